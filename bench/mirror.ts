@@ -1,0 +1,150 @@
+/**
+ * Mirror benchmark: the same N puts copied from one etcd prefix to another by spanfeed
+ * (etcd source -> etcd sink, with 1 and with 3 captures) and by `etcdctl make-mirror`,
+ * on one local etcd.
+ *
+ *   npm run bench:mirror [-- --events N --spans S]
+ *
+ * Throughput: N distinct keys are written first; each mirror then starts from the
+ * revision before them and is timed until it has applied them all (spanfeed: the
+ * persisted checkpoint passes the last revision; make-mirror: the destination holds N
+ * keys). Lag: with 3 captures, a writer puts 1,000 keys a second for 10 s and each
+ * sampled write's lag is the time until the persisted checkpoint passes its revision.
+ *
+ * Prints one JSON line: {"events","spanfeed1EventsPerSec","spanfeed3EventsPerSec",
+ * "makeMirrorEventsPerSec","ratio1","ratio3","checkpointLagMsP99"}.
+ */
+import { spawn } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import { Etcd3 } from 'etcd3';
+import { clusterKeys } from '../src/cluster/keys.ts';
+import { LocalCapture, LocalEtcd, api, apiWhenOwned, waitFor } from '../src/dev/local-cluster.ts';
+
+function positive(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
+  return n;
+}
+
+async function writeKeys(client: Etcd3, prefix: string, count: number): Promise<bigint> {
+  let last = 0n;
+  const inFlight = 64;
+  for (let done = 0; done < count; done += inFlight) {
+    const ops = [];
+    for (let i = done; i < Math.min(count, done + inFlight); i++) ops.push(client.put(`${prefix}${String(i).padStart(8, '0')}`).value(`value-${i}`).exec());
+    for (const r of await Promise.all(ops)) if (BigInt(r.header.revision) > last) last = BigInt(r.header.revision);
+  }
+  return last;
+}
+
+async function persistedCheckpoint(client: Etcd3, cluster: string, id: string): Promise<bigint> {
+  const value = await client.get(clusterKeys(cluster).changefeedStatus(id)).string();
+  return value === null ? 0n : BigInt((JSON.parse(value) as { checkpointTs: string }).checkpointTs);
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { events: { type: 'string' }, spans: { type: 'string' } }, strict: true });
+  const events = positive('events', values.events, 20_000);
+  const spans = positive('spans', values.spans, 16);
+  const etcd = await LocalEtcd.start();
+  const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+  const started: LocalCapture[] = [];
+  try {
+    const base = BigInt((await client.get('\u0000').exec()).header.revision);
+    const last = await writeKeys(client, 'src/', events);
+
+    const spanfeedRun = async (captureCount: number): Promise<number> => {
+      const cluster = `mirror${captureCount}`;
+      const captures: LocalCapture[] = [];
+      for (let i = 0; i < captureCount; i++) captures.push(await LocalCapture.start(etcd, { cluster, extraArgs: ['--log-level', 'warn'] }));
+      started.push(...captures);
+      const url = (captures[0] as LocalCapture).url;
+      await waitFor('an owner', async () => ((await api(url, 'GET', '/api/v1/health')).status === 200 ? true : undefined));
+      const t0 = Date.now();
+      const created = await apiWhenOwned(url, 'POST', '/api/v1/changefeeds', {
+        id: 'm',
+        source: { uri: `etcd://${etcd.endpoint}` },
+        sink: { uri: `etcd://${etcd.endpoint}/dst${captureCount}/` },
+        tables: [{ name: 'src', prefix: 'src/', spans }],
+        start: base.toString(),
+      });
+      if (created.status !== 201) throw new Error(`create failed: ${JSON.stringify(created.body)}`);
+      await waitFor('the mirror to catch up', async () => ((await persistedCheckpoint(client, cluster, 'm')) >= last ? true : undefined), 600_000, 20);
+      return (events * 1000) / (Date.now() - t0);
+    };
+
+    const spanfeed1 = await spanfeedRun(1);
+    await Promise.all(started.splice(0).map((c) => c.stop()));
+    const spanfeed3 = await spanfeedRun(3);
+
+    // etcdctl make-mirror of the same keys into mm/.
+    const t0 = Date.now();
+    const mirror = spawn('etcdctl', ['--endpoints', etcd.endpoint, 'make-mirror', '--prefix', 'src/', '--dest-prefix', 'mm/', etcd.endpoint], {
+      stdio: 'ignore',
+      env: { ...process.env, ETCDCTL_API: '3' },
+    });
+    let makeMirror = 0;
+    try {
+      await waitFor('make-mirror to copy every key', async () => {
+        const count = await client.getAll().prefix('mm/').count();
+        return count >= events ? true : undefined;
+      }, 600_000, 20);
+      makeMirror = (events * 1000) / (Date.now() - t0);
+    } finally {
+      mirror.kill('SIGKILL');
+    }
+
+    // Lag while keeping up: 1,000 puts a second for 10 s through the 3-capture mirror.
+    const lags: number[] = [];
+    const pending: { rev: bigint; at: number }[] = [];
+    const writerEnd = Date.now() + 10_000;
+    let n = 0;
+    const writer = (async () => {
+      while (Date.now() < writerEnd) {
+        const tickStart = Date.now();
+        const ops = [];
+        for (let i = 0; i < 20; i++) ops.push(client.put(`src/live${String(n++).padStart(8, '0')}`).value('x').exec());
+        const results = await Promise.all(ops);
+        const rev = results.reduce((m, r) => (BigInt(r.header.revision) > m ? BigInt(r.header.revision) : m), 0n);
+        pending.push({ rev, at: Date.now() });
+        await new Promise((resolve) => setTimeout(resolve, Math.max(0, 20 - (Date.now() - tickStart))));
+      }
+    })();
+    const poller = (async () => {
+      while (Date.now() < writerEnd + 5_000 && (Date.now() < writerEnd || pending.length > 0)) {
+        const checkpoint = await persistedCheckpoint(client, 'mirror3', 'm');
+        const now = Date.now();
+        while (pending.length > 0 && (pending[0] as { rev: bigint }).rev <= checkpoint) lags.push(now - (pending.shift() as { at: number }).at);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    })();
+    await Promise.all([writer, poller]);
+    lags.sort((a, b) => a - b);
+    const p99 = lags[Math.min(lags.length - 1, Math.ceil(0.99 * lags.length) - 1)] ?? null;
+    const round = (x: number): number => Math.round(x);
+    process.stdout.write(
+      `${JSON.stringify({
+        events,
+        spans,
+        spanfeed1EventsPerSec: round(spanfeed1),
+        spanfeed3EventsPerSec: round(spanfeed3),
+        makeMirrorEventsPerSec: round(makeMirror),
+        ratio1: Math.round((spanfeed1 / makeMirror) * 100) / 100,
+        ratio3: Math.round((spanfeed3 / makeMirror) * 100) / 100,
+        checkpointLagMsP99: p99,
+        lagSamples: lags.length,
+        lagUnappliedAtEnd: pending.length,
+      })}\n`,
+    );
+  } finally {
+    await Promise.all(started.map((c) => c.stop()));
+    client.close();
+    await etcd.stop();
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench:mirror failed: ${(error as Error).stack ?? String(error)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,25 @@
+/**
+ * The compose file's demo writer: creates the `demo` changefeed (etcd source, file sink
+ * under /tmp/demo-out in the capture containers) and writes changes until stopped.
+ *   node --import tsx scripts/demo-writer.ts --etcd host:port --api http://host:port
+ */
+import { parseArgs } from 'node:util';
+import { Etcd3 } from 'etcd3';
+import { createDemoChangefeed, startDemoWriter } from '../src/dev/demo-writer.ts';
+import { waitFor } from '../src/dev/local-cluster.ts';
+
+const { values } = parseArgs({ options: { etcd: { type: 'string' }, api: { type: 'string' } }, strict: true });
+const etcd = values.etcd ?? '127.0.0.1:2379';
+const apiUrl = values.api ?? 'http://127.0.0.1:8080';
+const client = new Etcd3({ hosts: `http://${etcd}` });
+await waitFor('the spanfeed API', async () => ((await fetch(`${apiUrl}/api/v1/health`)).ok ? true : undefined), 120_000, 500);
+await createDemoChangefeed(apiUrl, etcd, 'file:///tmp/demo-out');
+const stop = startDemoWriter(client);
+process.stdout.write(`demo writer: writing under demo/ on ${etcd}; changefeed "demo" created through ${apiUrl}\n`);
+const shutdown = (): void => {
+  stop();
+  client.close();
+  process.exit(0);
+};
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);

@@ -1,0 +1,472 @@
+/**
+ * The capture-side agent of one changefeed: answers the owner and drives the span
+ * pipelines (DESIGN.md §3, agent side). Pure: messages and pipeline events in, reports,
+ * pipeline commands and events out.
+ *
+ * ```
+ * absent/stopped ──add──► preparing ──source resolved──► prepared ──promote──► replicating
+ * preparing ──add(secondary: false)──► (promotes itself once prepared)
+ * preparing | prepared | replicating ──remove──► stopping ──pipeline stopped──► stopped
+ * stopping ──add──► (waits: one request in flight per span) ──► preparing once stopped
+ * stopping ──remove──► (drops the waiting add: the remove is the newer request)
+ * any ──pipeline failed──► stopped
+ * stopped ──heartbeat with spansComplete that no longer asks about it──► absent (forgotten)
+ * any ──stopAll (lease lost)──► absent (forgotten, after a stop command)
+ * ```
+ *
+ * Progress (checkpoint/resolved moving) is not a state change: it reaches the owner in
+ * the watermark and in the next report that names the span, never on its own.
+ *
+ * Fencing: messages from a lower owner revision are dropped and a higher one is adopted
+ * (also when the shell learns it from etcd through {@link Agent.observeOwner}); within
+ * one revision a message whose `seq` is not above the last accepted one is dropped, so a
+ * late or duplicated request can never undo a newer one.
+ */
+import { assert, assertNever } from '../core/assert.ts';
+import type {
+  AddSpanRequest,
+  AgentSpanState,
+  CaptureId,
+  CaptureWatermark,
+  DispatchMessage,
+  HeartbeatMessage,
+  MessageHeader,
+  OwnerMessage,
+  ReportMessage,
+  SpanStatus,
+} from '../core/messages.ts';
+import type { Span } from '../core/span.ts';
+import { spanKey } from '../core/span.ts';
+import { MutableDigest } from '../core/span-digest.ts';
+import { tsMax } from '../core/ts.ts';
+import type { PipelineCommand, PipelineEvent } from './pipeline.ts';
+
+/** What an agent is created with. */
+export interface AgentConfig {
+  readonly captureId: CaptureId;
+  /** Random per agent start, chosen by the shell. */
+  readonly captureEpoch: bigint;
+  readonly changefeed: string;
+  readonly changefeedEpoch: bigint;
+  /** Bound on statuses in one report. */
+  readonly statusesPerMessageMax: number;
+}
+
+/** Defaults for the limits in {@link AgentConfig}. */
+export const agentDefaults: { readonly statusesPerMessageMax: number } = { statusesPerMessageMax: 1_024 };
+
+/** What happened inside the agent, for the shell to log; the agent itself never logs. */
+export type AgentEvent =
+  | { readonly type: 'span-state-changed'; readonly span: Span; readonly from: AgentSpanState; readonly to: AgentSpanState }
+  | {
+      readonly type: 'message-dropped';
+      readonly reason: 'stale-owner' | 'stale-seq' | 'wrong-changefeed' | 'wrong-epoch' | 'wrong-capture';
+      readonly header: MessageHeader;
+    }
+  | { readonly type: 'owner-adopted'; readonly owner: CaptureId; readonly ownerRevision: bigint }
+  | { readonly type: 'span-failed'; readonly span: Span; readonly error: string };
+
+/** Why the agent ignored an owner's message. */
+export type AgentDropReason = Extract<AgentEvent, { type: 'message-dropped' }>['reason'];
+
+/** The result of every input: reports to send, pipeline commands to run, events to log. */
+export interface AgentOutput {
+  readonly outbox: ReportMessage[];
+  readonly commands: PipelineCommand[];
+  readonly events: AgentEvent[];
+}
+
+/** One span held by this capture. */
+interface AgentSpan {
+  readonly span: Span;
+  readonly key: string;
+  state: AgentSpanState;
+  checkpointTs: bigint;
+  resolvedTs: bigint;
+  /** Set by a plain add while preparing: promote at this checkpoint once prepared. */
+  promoteTs: bigint | undefined;
+  /** An add that arrived while stopping; it runs once stopped. */
+  pending: AddSpanRequest | undefined;
+  /** The last report seq sent before the span stopped: older requests cannot restart it. */
+  stoppedAfterSeq: number;
+  /** Why its pipeline failed for good, reported until the span starts again. */
+  fatalError: string | undefined;
+}
+
+/** The capture-side state machine of one changefeed. */
+export class Agent {
+  readonly captureId: CaptureId;
+  private readonly config: AgentConfig;
+  private readonly spans = new Map<string, AgentSpan>();
+  private readonly changed = new Set<string>();
+  /** Keys of spans in state `stopped`, so forgetting them never scans every span. */
+  private readonly stoppedKeys = new Set<string>();
+  private readonly digest = new MutableDigest();
+  private ownerId: CaptureId | undefined;
+  private ownerRevision = 0n;
+  private lastSeqIn = 0;
+  private seqOut = 0;
+  private stopping = false;
+  private barrierTs: bigint | undefined;
+  private cachedWatermark: CaptureWatermark | undefined;
+  private commands: PipelineCommand[] = [];
+  private events: AgentEvent[] = [];
+
+  constructor(config: AgentConfig) {
+    this.config = config;
+    this.captureId = config.captureId;
+  }
+
+  /** The shell saw in etcd that `owner` holds the election at `revision`. */
+  observeOwner(owner: CaptureId, revision: bigint): AgentOutput {
+    if (revision > this.ownerRevision) this.adopt(owner, revision);
+    return this.output([]);
+  }
+
+  /** Handles one message from an owner. */
+  handleMessage(message: OwnerMessage): AgentOutput {
+    const dropped = this.fence(message.header);
+    if (dropped !== undefined) {
+      this.events.push({ type: 'message-dropped', reason: dropped, header: message.header });
+      return this.output([]);
+    }
+    switch (message.kind) {
+      case 'dispatch':
+        return this.output(this.handleDispatch(message));
+      case 'heartbeat':
+        return this.output(this.handleHeartbeat(message));
+      default:
+        return assertNever(message, 'owner message');
+    }
+  }
+
+  /** Handles what a span pipeline reported. */
+  handlePipelineEvent(event: PipelineEvent): AgentOutput {
+    const held = this.spans.get(event.key);
+    if (held === undefined) return this.output([]);
+    switch (event.kind) {
+      case 'prepared':
+        if (held.state !== 'preparing') break;
+        held.resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
+        this.setState(held, 'prepared');
+        if (held.promoteTs !== undefined) this.promote(held, held.promoteTs);
+        break;
+      case 'progress':
+        if (held.state === 'replicating' || held.state === 'stopping') {
+          held.checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
+          held.resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
+          this.cachedWatermark = undefined;
+        } else if (held.state === 'preparing' || held.state === 'prepared') {
+          held.resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
+        }
+        break;
+      case 'stopped': {
+        if (held.state !== 'stopping') break;
+        held.checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
+        this.setState(held, 'stopped');
+        const pending = held.pending;
+        held.pending = undefined;
+        // The add waited for this stop, so it is newer than the stop: no ack check.
+        if (pending !== undefined) this.add(pending, Infinity);
+        break;
+      }
+      case 'failed':
+        this.events.push({ type: 'span-failed', span: held.span, error: event.error });
+        held.pending = undefined;
+        held.promoteTs = undefined;
+        held.fatalError = event.retryable ? undefined : event.error;
+        if (held.state !== 'stopped') this.setState(held, 'stopped');
+        else this.changed.add(held.key);
+        break;
+      default:
+        assertNever(event, 'pipeline event');
+    }
+    return this.output([]);
+  }
+
+  /** An unsolicited report of the spans that changed state since the last report. */
+  flush(): AgentOutput {
+    if (this.changed.size === 0 || this.ownerId === undefined) return this.output([]);
+    const statuses: SpanStatus[] = [];
+    for (const key of this.changed) {
+      if (statuses.length >= this.config.statusesPerMessageMax) break;
+      statuses.push(this.statusOf(key));
+    }
+    for (const status of statuses) this.changed.delete(spanKey(status.span));
+    return this.output(this.reports(statuses));
+  }
+
+  /** From now on reports say the capture is shutting down. */
+  setStopping(): void {
+    this.stopping = true;
+  }
+
+  /** Self-fence after losing the lease: stop every pipeline at once and forget every span. */
+  stopAll(): AgentOutput {
+    for (const held of this.spans.values()) {
+      if (held.state !== 'stopped') this.commands.push({ kind: 'stop', span: held.span, key: held.key });
+      if (held.state === 'replicating') this.digest.remove(held.key);
+    }
+    this.spans.clear();
+    this.changed.clear();
+    this.stoppedKeys.clear();
+    this.cachedWatermark = undefined;
+    return this.output([]);
+  }
+
+  /** Every span held, for the API and tests. */
+  statuses(): SpanStatus[] {
+    return [...this.spans.keys()].map((key) => this.statusOf(key));
+  }
+
+  /** The state of one span; `absent` when not held. */
+  spanState(key: string): AgentSpanState {
+    return this.spans.get(key)?.state ?? 'absent';
+  }
+
+  /** Min checkpoint and resolved over the spans replicated as primary, with their digest. */
+  watermark(): CaptureWatermark {
+    if (this.cachedWatermark !== undefined) return this.cachedWatermark;
+    let checkpointTs: bigint | undefined;
+    let resolvedTs: bigint | undefined;
+    for (const held of this.spans.values()) {
+      if (held.state !== 'replicating') continue;
+      if (checkpointTs === undefined || held.checkpointTs < checkpointTs) checkpointTs = held.checkpointTs;
+      const resolved = tsMax(held.resolvedTs, held.checkpointTs);
+      if (resolvedTs === undefined || resolved < resolvedTs) resolvedTs = resolved;
+    }
+    this.cachedWatermark = { checkpointTs: checkpointTs ?? 0n, resolvedTs: resolvedTs ?? 0n, digest: this.digest.snapshot() };
+    return this.cachedWatermark;
+  }
+
+  // ---- message handling ----
+
+  private fence(header: MessageHeader): AgentDropReason | undefined {
+    if (header.changefeed !== this.config.changefeed) return 'wrong-changefeed';
+    if (header.changefeedEpoch !== this.config.changefeedEpoch) return 'wrong-epoch';
+    if (header.to !== this.captureId) return 'wrong-capture';
+    if (header.captureEpoch !== 0n && header.captureEpoch !== this.config.captureEpoch) return 'wrong-epoch';
+    if (header.ownerRevision < this.ownerRevision) return 'stale-owner';
+    if (header.ownerRevision > this.ownerRevision) this.adopt(header.from, header.ownerRevision);
+    else if (header.seq <= this.lastSeqIn) return 'stale-seq';
+    this.ownerId = header.from;
+    this.lastSeqIn = header.seq;
+    return undefined;
+  }
+
+  private adopt(owner: CaptureId, revision: bigint): void {
+    this.ownerId = owner;
+    this.ownerRevision = revision;
+    this.lastSeqIn = 0;
+    this.seqOut = 0;
+    // A new owner learns every stop from its first collection before it adds anything.
+    for (const held of this.spans.values()) held.stoppedAfterSeq = 0;
+    this.events.push({ type: 'owner-adopted', owner, ownerRevision: revision });
+  }
+
+  private handleDispatch(message: DispatchMessage): ReportMessage[] {
+    for (const span of message.removes) this.remove(spanKey(span));
+    for (const add of message.adds) this.add(add, message.header.ackSeq);
+    return this.reports(this.answer([...message.removes, ...message.adds.map((add) => add.span)]));
+  }
+
+  private handleHeartbeat(message: HeartbeatMessage): ReportMessage[] {
+    if (this.barrierTs !== message.barrierTs) {
+      this.barrierTs = message.barrierTs;
+      this.commands.push({ kind: 'barrier', barrierTs: message.barrierTs });
+    }
+    if (message.collectId !== 0) return this.collection(message.collectId);
+    const reports = this.reports(this.answer(message.spans));
+    if (message.spansComplete && this.stoppedKeys.size > 0) {
+      const keep = new Set(message.spans.map(spanKey));
+      for (const key of [...this.stoppedKeys]) {
+        if (keep.has(key) || this.changed.has(key)) continue;
+        this.spans.delete(key);
+        this.stoppedKeys.delete(key);
+      }
+    }
+    return reports;
+  }
+
+  /** Statuses of the named spans (`absent` when not held) plus queued changes (bounded), each span once. */
+  private answer(named: readonly Span[]): SpanStatus[] {
+    const statuses: SpanStatus[] = [];
+    const seen = new Set<string>();
+    for (const span of named) {
+      const key = spanKey(span);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      statuses.push(this.spans.has(key) ? this.statusOf(key) : absentStatus(span));
+    }
+    let extra = 0;
+    for (const key of this.changed) {
+      if (extra >= this.config.statusesPerMessageMax) break;
+      if (seen.has(key)) continue;
+      statuses.push(this.statusOf(key));
+      seen.add(key);
+      extra++;
+    }
+    for (const key of seen) this.changed.delete(key);
+    return statuses;
+  }
+
+  /** A full collection: every span held, in parts built from one snapshot. */
+  private collection(id: number): ReportMessage[] {
+    const statuses = this.statuses();
+    this.changed.clear();
+    const max = this.config.statusesPerMessageMax;
+    const parts = Math.max(1, Math.ceil(statuses.length / max));
+    const reports: ReportMessage[] = [];
+    for (let part = 0; part < parts; part++) {
+      reports.push(this.report(statuses.slice(part * max, (part + 1) * max), { id, part, parts }));
+    }
+    return reports;
+  }
+
+  // ---- span transitions ----
+
+  /** `ackSeq`: the last report of ours the owner had seen when it sent the request. */
+  private add(request: AddSpanRequest, ackSeq: number): void {
+    const key = spanKey(request.span);
+    let held = this.spans.get(key);
+    if (held === undefined) {
+      held = {
+        span: request.span,
+        key,
+        state: 'absent',
+        checkpointTs: request.checkpointTs,
+        resolvedTs: request.checkpointTs,
+        promoteTs: undefined,
+        pending: undefined,
+        stoppedAfterSeq: 0,
+        fatalError: undefined,
+      };
+      this.spans.set(key, held);
+    }
+    if (held.state === 'stopped' && ackSeq <= held.stoppedAfterSeq) {
+      // Sent before the owner saw this span stop: it may already have given the span to
+      // another capture. Report the stop again instead; a newer add will follow if wanted.
+      this.changed.add(key);
+      return;
+    }
+    switch (held.state) {
+      case 'absent':
+      case 'stopped':
+        held.fatalError = undefined;
+        held.checkpointTs = request.checkpointTs;
+        held.resolvedTs = request.checkpointTs;
+        held.promoteTs = request.secondary ? undefined : request.checkpointTs;
+        this.setState(held, 'preparing');
+        this.commands.push({ kind: 'prepare', span: held.span, key, checkpointTs: request.checkpointTs });
+        return;
+      case 'preparing':
+        if (!request.secondary) held.promoteTs = request.checkpointTs;
+        return;
+      case 'prepared':
+        if (!request.secondary) this.promote(held, request.checkpointTs);
+        return;
+      case 'replicating':
+        return;
+      case 'stopping':
+        held.pending = request;
+        return;
+      default:
+        assertNever(held.state, 'agent span state');
+    }
+  }
+
+  private remove(key: string): void {
+    const held = this.spans.get(key);
+    if (held === undefined) return;
+    switch (held.state) {
+      case 'preparing':
+      case 'prepared':
+      case 'replicating':
+        held.pending = undefined;
+        held.promoteTs = undefined;
+        this.setState(held, 'stopping');
+        this.commands.push({ kind: 'stop', span: held.span, key });
+        return;
+      case 'absent':
+      case 'stopping':
+      case 'stopped':
+        held.pending = undefined;
+        return;
+      default:
+        assertNever(held.state, 'agent span state');
+    }
+  }
+
+  /**
+   * Not max(checkpoint, checkpointTs): before promotion the checkpoint is only where the
+   * source started reading, nothing this capture flushed. The writer starts at
+   * `checkpointTs`, so reporting anything higher would claim events nobody wrote yet.
+   */
+  private promote(held: AgentSpan, checkpointTs: bigint): void {
+    held.promoteTs = undefined;
+    held.checkpointTs = checkpointTs;
+    held.resolvedTs = tsMax(held.resolvedTs, checkpointTs);
+    this.setState(held, 'replicating');
+    this.commands.push({ kind: 'promote', span: held.span, key: held.key, checkpointTs });
+  }
+
+  private setState(held: AgentSpan, to: AgentSpanState): void {
+    const from = held.state;
+    if (from === to) return;
+    if (from === 'replicating') this.digest.remove(held.key);
+    if (to === 'replicating') this.digest.add(held.key);
+    held.state = to;
+    if (from === 'stopped') this.stoppedKeys.delete(held.key);
+    if (to === 'stopped') {
+      held.stoppedAfterSeq = this.seqOut;
+      this.stoppedKeys.add(held.key);
+    }
+    this.changed.add(held.key);
+    this.cachedWatermark = undefined;
+    this.events.push({ type: 'span-state-changed', span: held.span, from, to });
+  }
+
+  // ---- reports ----
+
+  private statusOf(key: string): SpanStatus {
+    const held = this.spans.get(key);
+    assert(held !== undefined, 'status of a span the agent does not hold', { key });
+    const status: SpanStatus = { span: held.span, state: held.state, checkpointTs: held.checkpointTs, resolvedTs: tsMax(held.resolvedTs, held.checkpointTs) };
+    return held.fatalError === undefined ? status : { ...status, fatalError: held.fatalError };
+  }
+
+  /** Reports carrying `statuses`, at most statusesPerMessageMax each (at least one). */
+  private reports(statuses: readonly SpanStatus[]): ReportMessage[] {
+    if (this.ownerId === undefined) return [];
+    const max = this.config.statusesPerMessageMax;
+    const reports: ReportMessage[] = [];
+    for (let i = 0; i === 0 || i < statuses.length; i += max) reports.push(this.report(statuses.slice(i, i + max)));
+    return reports;
+  }
+
+  private report(statuses: readonly SpanStatus[], collect?: ReportMessage['collect']): ReportMessage {
+    const header: MessageHeader = {
+      changefeed: this.config.changefeed,
+      ownerRevision: this.ownerRevision,
+      changefeedEpoch: this.config.changefeedEpoch,
+      captureEpoch: this.config.captureEpoch,
+      from: this.captureId,
+      to: this.ownerId ?? '',
+      seq: ++this.seqOut,
+      ackSeq: this.lastSeqIn,
+    };
+    const base = { kind: 'report', header, statuses, watermark: this.watermark(), liveness: this.stopping ? 'stopping' : 'alive' } as const;
+    return collect === undefined ? base : { ...base, collect };
+  }
+
+  private output(outbox: ReportMessage[]): AgentOutput {
+    const out: AgentOutput = { outbox, commands: this.commands, events: this.events };
+    this.commands = [];
+    this.events = [];
+    return out;
+  }
+}
+
+function absentStatus(span: Span): SpanStatus {
+  return { span, state: 'absent', checkpointTs: 0n, resolvedTs: 0n };
+}

@@ -1,0 +1,543 @@
+/**
+ * The HTTP API, served by every capture. JSON in and out, timestamps as decimal strings.
+ * `health` and `status` answer locally; everything else is answered by the owner, and a
+ * non-owner forwards the request to it. Bad input gets 400/404/409 with
+ * `{"error": {"code", "message"}}` and changes nothing.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { RequestResult } from '../core/coordinator.ts';
+import { spanKey } from '../core/span.ts';
+import { describeReason } from '../core/watermark.ts';
+import type { BackfillRecord } from '../pipeline/backfill.ts';
+import { openSource } from '../pipeline/registry.ts';
+import type { Capture } from '../server/capture.ts';
+import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
+import { ValidationError, parseCreateRequest, parseTables, validateId } from '../server/changefeed-info.ts';
+import type { OwnerRole } from '../server/owner-role.ts';
+
+let openApi: unknown;
+let dashboard: string | undefined;
+
+/** The dashboard (`src/api/dashboard.html`): one static page that polls this API. */
+function dashboardPage(): string {
+  dashboard ??= readFileSync(new URL('./dashboard.html', import.meta.url), 'utf8');
+  return dashboard;
+}
+
+/** The OpenAPI document of this API (`api/openapi.json`), read once. */
+export function openApiDocument(): unknown {
+  openApi ??= JSON.parse(readFileSync(new URL('../../api/openapi.json', import.meta.url), 'utf8'));
+  return openApi;
+}
+
+/** Bound on request bodies. */
+export const bodyBytesMax = 1_048_576;
+
+/** An error answered with a status and a code. */
+export class ApiError extends Error {
+  override readonly name = 'ApiError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Handler = (request: ApiRequest) => Promise<ApiResponse>;
+
+interface ApiRequest {
+  readonly method: string;
+  readonly params: readonly string[];
+  readonly body: unknown;
+  readonly query: URLSearchParams;
+}
+
+interface ApiResponse {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+interface Route {
+  readonly method: string;
+  readonly pattern: RegExp;
+  readonly local: boolean;
+  readonly handler: Handler;
+}
+
+const segment = '([^/]+)';
+
+export class HttpApi {
+  private server: Server | undefined;
+  private readonly routes: Route[];
+
+  constructor(private readonly capture: Capture) {
+    const r = (method: string, path: string, handler: Handler, local = false): Route => ({
+      method,
+      pattern: new RegExp(`^${path.replaceAll('{}', segment)}$`),
+      local,
+      handler,
+    });
+    this.routes = [
+      r('GET', '/api/v1/health', async () => this.health(), true),
+      r('GET', '/api/v1/status', async () => this.status(), true),
+      r('GET', '/api/v1/openapi.json', async () => ({ status: 200, body: openApiDocument() }), true),
+      r('GET', '/', async () => ({ status: 200, body: new RawBody(dashboardPage(), 'text/html; charset=utf-8') }), true),
+      r('GET', '/metrics', async () => ({ status: 200, body: new RawBody(await this.capture.metrics.registry.metrics(), this.capture.metrics.registry.contentType) }), true),
+      r('GET', '/api/v1/captures', async () => this.listCaptures()),
+      r('POST', '/api/v1/captures/{}/drain', async (q) => this.drain(q.params[0] as string)),
+      r('POST', '/api/v1/owner/resign', async () => this.resign()),
+      r('GET', '/api/v1/changefeeds', async () => this.listChangefeeds()),
+      r('POST', '/api/v1/changefeeds', async (q) => this.createChangefeed(q.body)),
+      r('GET', '/api/v1/changefeeds/{}', async (q) => this.getChangefeed(q.params[0])),
+      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.updateChangefeed(q.params[0], q.body)),
+      r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.removeChangefeed(q.params[0])),
+      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.setState(q.params[0], 'paused')),
+      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.setState(q.params[0], 'normal')),
+      r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
+      r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
+      r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
+      r('POST', '/api/v1/changefeeds/{}/rebalance', async (q) => this.rebalance(q.params[0])),
+    ];
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    const server = createServer((req, res) => void this.serve(req, res));
+    server.requestTimeout = 30_000;
+    server.headersTimeout = 10_000;
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    const address = server.address();
+    if (address === null || typeof address === 'string') throw new Error('http server has no port');
+    return address.port;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (server === undefined) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  // ---- plumbing ----
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      const method = req.method ?? 'GET';
+      const candidates = this.routes.filter((route) => route.pattern.test(url.pathname));
+      if (candidates.length === 0) throw new ApiError(404, 'not-found', `no such endpoint ${url.pathname}`);
+      const route = candidates.find((c) => c.method === method);
+      if (route === undefined) throw new ApiError(405, 'method-not-allowed', `${method} is not allowed on ${url.pathname}; use ${candidates.map((c) => c.method).join(' or ')}`);
+      const raw = await readBody(req);
+      if (!route.local && !this.capture.isOwner) {
+        await this.forward(req, res, url, raw);
+        return;
+      }
+      const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map((p) => decodeURIComponent(p));
+      let body: unknown;
+      if (raw.length > 0) {
+        try {
+          body = JSON.parse(raw.toString('utf8'));
+        } catch {
+          throw new ApiError(400, 'bad-json', 'the request body is not valid JSON');
+        }
+      }
+      const response = await route.handler({ method, params, body, query: url.searchParams });
+      if (response.body instanceof EventStream) {
+        await streamEvents(req, res, response.body);
+        return;
+      }
+      send(res, response.status, response.body);
+    } catch (error) {
+      if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
+      else if (error instanceof ValidationError) send(res, 400, { error: { code: 'invalid', message: error.message } });
+      else {
+        this.capture.log.error({ err: error }, 'api request failed');
+        send(res, 500, { error: { code: 'internal', message: (error as Error).message } });
+      }
+    }
+  }
+
+  /** Sends a request on to the owner and relays its answer. */
+  private async forward(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): Promise<void> {
+    const owner = this.capture.owner;
+    const record = owner === undefined ? undefined : this.capture.captures.get(owner.captureId);
+    if (record === undefined || record.id === this.capture.id) throw new ApiError(503, 'no-owner', 'no owner is elected yet; retry shortly');
+    // The timeout covers the answer's headers only: an event stream may then go on.
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 10_000);
+    req.on('close', () => abort.abort());
+    const init: RequestInit = { method: req.method ?? 'GET', headers: { 'content-type': 'application/json' }, signal: abort.signal };
+    if (body.length > 0) init.body = body;
+    let answer: Response;
+    try {
+      answer = await fetch(`http://${record.httpAddr}${url.pathname}${url.search}`, init);
+    } catch (error) {
+      throw new ApiError(503, 'owner-unreachable', `the owner ${record.id} at ${record.httpAddr} did not answer: ${(error as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
+    try {
+      if (answer.body !== null) for await (const chunk of answer.body) res.write(chunk);
+    } catch {
+      // The client or the owner went away mid-stream.
+    }
+    res.end();
+  }
+
+  private owner(): OwnerRole {
+    const role = this.capture.ownerRole;
+    if (role === undefined || !role.active) throw new ApiError(503, 'not-owner', 'this capture stopped being the owner; retry');
+    return role;
+  }
+
+  // ---- handlers ----
+
+  private health(): ApiResponse {
+    const owner = this.capture.owner;
+    if (owner === undefined) return { status: 503, body: { status: 'no-owner' } };
+    return { status: 200, body: { status: 'ok', owner: owner.captureId } };
+  }
+
+  private status(): ApiResponse {
+    return {
+      status: 200,
+      body: { id: this.capture.id, isOwner: this.capture.isOwner, version: this.capture.version, grpcAddr: this.capture.grpcAddr, httpAddr: this.capture.httpAddr },
+    };
+  }
+
+  private listCaptures(): ApiResponse {
+    const owner = this.owner();
+    const list = [...this.capture.captures.values()]
+      .sort((a, b) => a.id.localeCompare(b.id))
+      .map((c) => ({
+        id: c.id,
+        isOwner: c.id === owner.info.captureId,
+        grpcAddr: c.grpcAddr,
+        httpAddr: c.httpAddr,
+        draining: owner.draining.has(c.id),
+        spans: owner.remainingSpans(c.id),
+      }));
+    return { status: 200, body: list };
+  }
+
+  private async drain(captureId: string): Promise<ApiResponse> {
+    const result = await this.owner().drain(captureId);
+    if (!result.ok) {
+      const { code, message } = result;
+      throw code === 'not-persisted' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
+    }
+    return { status: 202, body: { remainingSpans: result.remainingSpans } };
+  }
+
+  private async resign(): Promise<ApiResponse> {
+    this.owner();
+    await this.capture.resign();
+    return { status: 202, body: { resigned: this.capture.id } };
+  }
+
+  private listChangefeeds(): ApiResponse {
+    this.owner();
+    return { status: 200, body: [...this.capture.changefeeds.values()].sort((a, b) => a.id.localeCompare(b.id)).map((info) => this.describe(info)) };
+  }
+
+  private findChangefeed(id: string | undefined): ChangefeedInfo {
+    this.owner();
+    validateId(id, 'changefeed id');
+    const info = this.capture.changefeeds.get(id as string);
+    if (info === undefined) throw new ApiError(404, 'unknown-changefeed', `no changefeed ${JSON.stringify(id)}`);
+    return info;
+  }
+
+  private describe(info: ChangefeedInfo): Record<string, unknown> {
+    const owner = this.owner();
+    const status: ChangefeedStatus | undefined = this.capture.statuses.get(info.id);
+    const managed = owner.managed.get(info.id);
+    // The persisted values: what survives any crash, so what a user may rely on.
+    const checkpointTs = status?.checkpointTs ?? info.startTs;
+    const resolvedTs = status?.resolvedTs ?? info.startTs;
+    const watermark = managed?.coordinator.lastWatermark;
+    const lags = owner.lagsMs(info.id, BigInt(checkpointTs), BigInt(resolvedTs));
+    return {
+      id: info.id,
+      state: info.state,
+      ...(info.error === undefined ? {} : { error: info.error }),
+      source: info.source,
+      sink: info.sink,
+      tables: info.tables,
+      start: info.start,
+      startTs: info.startTs,
+      ...(info.targetTs === undefined ? {} : { targetTs: info.targetTs }),
+      epoch: info.epoch,
+      checkpointTs,
+      resolvedTs,
+      checkpointLagMs: lags.checkpointLagMs,
+      resolvedLagMs: lags.resolvedLagMs,
+      watermark:
+        watermark === undefined
+          ? { state: 'cannot-proceed', reason: info.state === 'normal' ? 'starting' : info.state }
+          : watermark.state === 'advancing'
+            ? { state: 'advancing', reason: null }
+            : { state: 'cannot-proceed', reason: describeReason(watermark.reason), code: watermark.reason.code },
+      spans: managed?.coordinator.manager.sets.size ?? 0,
+      spansByState: managed?.coordinator.manager.stateCounts ?? null,
+    };
+  }
+
+  private async createChangefeed(body: unknown): Promise<ApiResponse> {
+    const owner = this.owner();
+    const request = parseCreateRequest(body);
+    if (this.capture.changefeeds.has(request.id)) throw new ApiError(409, 'changefeed-exists', `changefeed ${request.id} already exists`);
+    const source = openSource(request.source.uri);
+    let startTs: bigint;
+    const canSnapshot = source.snapshots !== undefined;
+    try {
+      if (request.start === 'now') startTs = await source.currentTs();
+      else if (request.start === 'earliest') startTs = source.earliestTs === undefined ? await source.currentTs() : await source.earliestTs();
+      else startTs = BigInt(request.start);
+    } finally {
+      await source.close();
+    }
+    if (request.targetTs !== undefined && BigInt(request.targetTs) <= startTs) throw new ApiError(400, 'invalid', 'targetTs must be after the start');
+    if (request.backfill && !canSnapshot) throw new ApiError(400, 'invalid', 'this source cannot backfill');
+    if (request.backfill && startTs === 0n) throw new ApiError(400, 'invalid', 'a backfill needs a start revision above 0');
+    const info: ChangefeedInfo = {
+      id: request.id,
+      source: request.source,
+      sink: request.sink,
+      // A backfilled table is first copied as it stands at the start revision.
+      tables: request.backfill ? request.tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : request.tables,
+      start: request.start,
+      startTs: startTs.toString(),
+      ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
+      state: 'normal',
+      epoch: '1',
+      createdAt: new Date().toISOString(),
+    };
+    // With a backfill nothing is in the sink yet, not even the start revision's state.
+    const initialTs = request.backfill ? startTs - 1n : startTs;
+    const status: ChangefeedStatus = { checkpointTs: initialTs.toString(), resolvedTs: initialTs.toString(), updatedAt: new Date().toISOString() };
+    if (!(await owner.writeInfo(info, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    this.capture.changefeeds.set(info.id, info);
+    this.capture.statuses.set(info.id, status);
+    return { status: 201, body: this.describe(info) };
+  }
+
+  private async updateChangefeed(id: string | undefined, body: unknown): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"tables": [...]}');
+    for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") can be updated`);
+    const backfill = (body as { backfill?: unknown }).backfill;
+    if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
+    const previous = new Map(info.tables.map((t) => [t.name, t]));
+    let tables = parseTables((body as { tables?: unknown }).tables);
+    // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
+    let backfillTs: string | undefined;
+    if (backfill === true && tables.some((t) => !previous.has(t.name))) {
+      const source = openSource(info.source.uri);
+      try {
+        if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
+        backfillTs = (await source.currentTs()).toString();
+      } finally {
+        await source.close();
+      }
+    }
+    tables = tables.map((t) => {
+      const old = previous.get(t.name);
+      if (old?.backfillTs !== undefined) return { ...t, backfillTs: old.backfillTs };
+      return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
+    });
+    const updated: ChangefeedInfo = { ...info, tables };
+    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    this.capture.changefeeds.set(updated.id, updated);
+    return { status: 200, body: this.describe(updated) };
+  }
+
+  private async removeChangefeed(id: string | undefined): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    if (!(await this.owner().deleteChangefeed(info.id))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    this.capture.changefeeds.delete(info.id);
+    return { status: 200, body: { removed: info.id } };
+  }
+
+  private async setState(id: string | undefined, state: 'normal' | 'paused'): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    if (state === 'paused' && info.state === 'paused') throw new ApiError(409, 'already-paused', `changefeed ${info.id} is already paused`);
+    if (state === 'normal' && info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
+    // Every resume starts a new epoch, fencing every message of the previous run.
+    const { error: _error, ...rest } = info;
+    const updated: ChangefeedInfo = { ...rest, state, epoch: state === 'normal' ? (BigInt(info.epoch) + 1n).toString() : info.epoch };
+    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    this.capture.changefeeds.set(updated.id, updated);
+    return { status: 202, body: this.describe(updated) };
+  }
+
+  /**
+   * The watermark of a changefeed as it changes: one event per change of checkpoint,
+   * resolved or state (checked every 100 ms), until the client leaves or the owner stops.
+   */
+  private async *watermarkEvents(id: string | undefined): AsyncGenerator<unknown> {
+    const info = this.findChangefeed(id);
+    let last = '';
+    for (;;) {
+      const role = this.capture.ownerRole;
+      const current = this.capture.changefeeds.get(info.id);
+      if (role === undefined || !role.active || current === undefined) return;
+      const view = this.describe(current);
+      const event = { checkpointTs: view.checkpointTs, resolvedTs: view.resolvedTs, checkpointLagMs: view.checkpointLagMs, state: view.state, watermark: view.watermark };
+      const text = JSON.stringify({ ...event, checkpointLagMs: undefined });
+      if (text !== last) {
+        last = text;
+        yield event;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  private async getChangefeed(id: string | undefined): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    const body = this.describe(info);
+    const progress = await this.backfillRecords(info);
+    if (progress === undefined) return { status: 200, body: { ...body, backfill: null } };
+    let keysDone = 0;
+    let keysTotal = 0;
+    let done = 0;
+    const backfilled = this.owner().managed.get(info.id)?.coordinator.manager.sets.size ?? 0;
+    for (const record of progress.values()) {
+      keysDone += record.keysDone;
+      keysTotal += record.keysTotal;
+      if (record.done) done++;
+    }
+    const spans = info.tables.filter((t) => t.backfillTs !== undefined).reduce((n, t) => n + (t.spans ?? 1), 0);
+    const state = done >= spans ? 'done' : progress.size === 0 ? 'pending' : 'running';
+    return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled } } };
+  }
+
+  /** The backfill records of a changefeed by span key, or undefined when it backfills nothing. */
+  private async backfillRecords(info: ChangefeedInfo): Promise<Map<string, BackfillRecord> | undefined> {
+    if (!info.tables.some((t) => t.backfillTs !== undefined)) return undefined;
+    const prefix = this.capture.keys.backfillPrefix(info.id);
+    const all = await this.capture.client.getAll().prefix(prefix).strings();
+    const records = new Map<string, BackfillRecord>();
+    for (const [key, value] of Object.entries(all)) {
+      records.set(Buffer.from(key.slice(prefix.length), 'hex').toString('latin1'), JSON.parse(value) as BackfillRecord);
+    }
+    return records;
+  }
+
+  private async listSpans(id: string | undefined): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    const managed = this.owner().managed.get(info.id);
+    if (managed === undefined) return { status: 200, body: [] };
+    const records = await this.backfillRecords(info);
+    const backfilled = new Set(info.tables.filter((t) => t.backfillTs !== undefined).map((t) => t.name));
+    const spans = [...managed.coordinator.manager.sets.values()].map((set) => ({
+      table: set.span.table,
+      start: set.span.start,
+      end: set.span.end,
+      state: set.state,
+      primary: set.primary ?? null,
+      secondaries: set.secondary === undefined ? [] : [set.secondary],
+      checkpointTs: set.checkpointTs.toString(),
+      resolvedTs: set.resolvedTs.toString(),
+      backfill: backfilled.has(set.span.table) ? backfillOf(records?.get(set.key)) : null,
+    }));
+    return { status: 200, body: spans };
+  }
+
+  private moveSpan(id: string | undefined, body: unknown): ApiResponse {
+    const info = this.findChangefeed(id);
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"table", "start", "captureId"}');
+    const fields = body as Record<string, unknown>;
+    for (const key of Object.keys(fields)) if (!['table', 'start', 'captureId'].includes(key)) throw new ValidationError(`unknown field "${key}"`);
+    if (typeof fields.table !== 'string' || typeof fields.start !== 'string' || typeof fields.captureId !== 'string') {
+      throw new ValidationError('"table", "start" and "captureId" must be strings');
+    }
+    const managed = this.owner().managed.get(info.id);
+    if (managed === undefined) throw new ApiError(409, 'not-running', `changefeed ${info.id} is not running`);
+    const set = managed.coordinator.findSpan(fields.table, fields.start);
+    if (set === undefined) throw new ApiError(404, 'unknown-span', `no span of table ${JSON.stringify(fields.table)} starts at ${JSON.stringify(fields.start)}`);
+    const result = managed.coordinator.requestMove(spanKey(set.span), fields.captureId);
+    if (!result.ok) throw refusal(result);
+    return { status: 202, body: { moving: { table: set.span.table, start: set.span.start, to: fields.captureId } } };
+  }
+
+  private rebalance(id: string | undefined): ApiResponse {
+    const info = this.findChangefeed(id);
+    const managed = this.owner().managed.get(info.id);
+    if (managed === undefined) throw new ApiError(409, 'not-running', `changefeed ${info.id} is not running`);
+    const result = managed.coordinator.requestRebalance();
+    if (!result.ok) throw refusal(result);
+    return { status: 202, body: { rebalancing: info.id } };
+  }
+}
+
+/** One span's backfill progress for the API. */
+function backfillOf(record: BackfillRecord | undefined): { state: string; keysDone: number; keysTotal: number } {
+  if (record === undefined) return { state: 'pending', keysDone: 0, keysTotal: 0 };
+  return { state: record.done ? 'done' : 'running', keysDone: record.keysDone, keysTotal: record.keysTotal };
+}
+
+/** Maps a refused core request to 404 (unknown things) or 409 (wrong state). */
+function refusal(result: RequestResult & { ok: false }): ApiError {
+  const notFound = result.code === 'unknown-span' || result.code === 'unknown-capture';
+  return new ApiError(notFound ? 404 : 409, result.code, result.message);
+}
+
+/** A Server-Sent Events response: each value the source yields is one event. */
+class EventStream {
+  constructor(readonly events: AsyncIterable<unknown>) {}
+}
+
+/** Writes an event stream until the client goes away. */
+async function streamEvents(req: IncomingMessage, res: ServerResponse, stream: EventStream): Promise<void> {
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+  let closed = false;
+  req.on('close', () => {
+    closed = true;
+  });
+  for await (const event of stream.events) {
+    if (closed || res.destroyed) break;
+    res.write(`event: watermark\ndata: ${JSON.stringify(event)}\n\n`);
+  }
+  res.end();
+}
+
+/** A response body sent as it is (e.g. Prometheus text), not as JSON. */
+class RawBody {
+  constructor(
+    readonly text: string,
+    readonly contentType: string,
+  ) {}
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) return;
+  if (body instanceof RawBody) {
+    res.writeHead(status, { 'content-type': body.contentType });
+    res.end(body.text);
+    return;
+  }
+  const text = JSON.stringify(body, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(text);
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > bodyBytesMax) throw new ApiError(413, 'body-too-large', `request bodies are limited to ${bodyBytesMax} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,104 @@
+/**
+ * Prometheus metrics of one capture (prom-client), served at `GET /metrics`. Counters
+ * and histograms are updated where things happen; gauges of changefeeds and spans are
+ * computed when Prometheus scrapes, from the owner's coordinators and the agents.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** What the scrape-time gauges read. */
+export interface MetricsSources {
+  /** Per changefeed coordinated here (owner only). */
+  changefeeds(): Iterable<{
+    readonly id: string;
+    readonly checkpointTs: bigint;
+    readonly resolvedTs: bigint;
+    readonly checkpointLagMs: number | null;
+    readonly resolvedLagMs: number | null;
+    readonly spansByState: Readonly<Record<string, number>>;
+    readonly movesInFlight: number;
+  }>;
+  /** Spans held by this capture, per changefeed. */
+  spansHeld(): ReadonlyMap<string, number>;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly sourceEvents: Counter<'changefeed'>;
+  readonly sinkFlushSeconds: Histogram<'changefeed'>;
+  readonly ownerTickSeconds: Histogram;
+  readonly elections: Counter;
+  readonly fencedWriteRejections: Counter;
+  readonly etcdErrors: Counter;
+  readonly cannotProceedTicks: Counter<'changefeed' | 'reason'>;
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    this.sourceEvents = new Counter({ name: 'spanfeed_source_events_total', help: 'Change events read from sources and written to sinks by this capture.', labelNames: ['changefeed'], registers });
+    this.sinkFlushSeconds = new Histogram({
+      name: 'spanfeed_sink_flush_duration_seconds',
+      help: 'Time a sink took to make a batch durable.',
+      labelNames: ['changefeed'],
+      buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.ownerTickSeconds = new Histogram({
+      name: 'spanfeed_owner_tick_duration_seconds',
+      help: 'Time one owner tick took, over every changefeed.',
+      buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    this.elections = new Counter({ name: 'spanfeed_owner_elections_total', help: 'Times this capture became owner.', registers });
+    this.fencedWriteRejections = new Counter({ name: 'spanfeed_fenced_write_rejections_total', help: 'Owner writes etcd rejected because the owner was deposed.', registers });
+    this.etcdErrors = new Counter({ name: 'spanfeed_etcd_errors_total', help: 'Failed etcd requests (reads, watches, writes).', registers });
+    this.cannotProceedTicks = new Counter({
+      name: 'spanfeed_changefeed_cannot_proceed_ticks_total',
+      help: 'Owner ticks in which the watermark could not proceed, by reason.',
+      labelNames: ['changefeed', 'reason'],
+      registers,
+    });
+    const changefeedGauge = (name: string, help: string, value: (c: ReturnType<MetricsSources['changefeeds']> extends Iterable<infer T> ? T : never) => number | undefined): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['changefeed'],
+        registers,
+        collect() {
+          this.reset();
+          for (const c of sources.changefeeds()) {
+            const v = value(c);
+            if (v !== undefined) this.set({ changefeed: c.id }, v);
+          }
+        },
+      });
+    };
+    changefeedGauge('spanfeed_changefeed_checkpoint_ts', 'The changefeed checkpoint-ts (as a float: exact below 2^53).', (c) => Number(c.checkpointTs));
+    changefeedGauge('spanfeed_changefeed_resolved_ts', 'The changefeed resolved-ts.', (c) => Number(c.resolvedTs));
+    changefeedGauge('spanfeed_changefeed_checkpoint_lag_seconds', 'How far the checkpoint is behind: now minus its time (datagen), or since the resolved-ts reached it.', (c) =>
+      c.checkpointLagMs === null ? undefined : c.checkpointLagMs / 1000,
+    );
+    changefeedGauge('spanfeed_changefeed_resolved_lag_seconds', 'How far the resolved-ts is behind: now minus its time (datagen), or since it last moved.', (c) =>
+      c.resolvedLagMs === null ? undefined : c.resolvedLagMs / 1000,
+    );
+    changefeedGauge('spanfeed_changefeed_moves_in_flight', 'Span moves in flight.', (c) => c.movesInFlight);
+    new Gauge({
+      name: 'spanfeed_changefeed_spans',
+      help: 'Spans of the changefeed by replication state.',
+      labelNames: ['changefeed', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of sources.changefeeds()) for (const [state, n] of Object.entries(c.spansByState)) this.set({ changefeed: c.id, state }, n);
+      },
+    });
+    new Gauge({
+      name: 'spanfeed_capture_spans_held',
+      help: 'Span pipelines running on this capture.',
+      labelNames: ['changefeed'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [changefeed, n] of sources.spansHeld()) this.set({ changefeed }, n);
+      },
+    });
+  }
+}

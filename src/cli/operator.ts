@@ -1,0 +1,239 @@
+/**
+ * `spanfeed cli --server http://host:port <noun> <verb> ...`: the operator's command line
+ * over the HTTP API. Human tables by default, `--json` for scripts; a clear message and
+ * a non-zero exit on any error.
+ */
+import { parseArgs } from 'node:util';
+
+export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--json] <noun> <verb> [args]
+
+  changefeed create --id <id> --source <uri> --sink <uri> --table <name>[:<prefix>][:<spans>] ...
+                    [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill]
+  changefeed list | get <id> | pause <id> | resume <id> | remove <id>
+  changefeed update <id> --table <name>[:<prefix>][:<spans>] ... [--backfill]
+  changefeed backfill <id>          progress bar until the backfill is done
+  capture list | drain <id>         drain shows a progress bar until 0 spans remain
+  span list <changefeed> | move <changefeed> --table <t> --start <key> --capture <id>
+  rebalance <changefeed>
+  owner resign
+  watermark watch <changefeed>      a live line: checkpoint, resolved, lag, state
+`;
+
+class CliError extends Error {}
+
+interface Context {
+  readonly server: string;
+  readonly json: boolean;
+  readonly out: (text: string) => void;
+}
+
+async function call(ctx: Context, method: string, path: string, body?: unknown): Promise<any> {
+  let response: Response;
+  try {
+    const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(15_000) };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    response = await fetch(`${ctx.server}${path}`, init);
+  } catch (error) {
+    throw new CliError(`cannot reach ${ctx.server}: ${(error as Error).message}`);
+  }
+  const text = await response.text();
+  let parsed: any;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new CliError(`${method} ${path}: ${response.status} ${text.slice(0, 200)}`);
+  }
+  if (!response.ok) throw new CliError(`${parsed?.error?.message ?? text} (${parsed?.error?.code ?? response.status})`);
+  return parsed;
+}
+
+/** A plain text table. */
+function table(rows: readonly Record<string, unknown>[], columns: readonly string[]): string {
+  const cell = (v: unknown): string => (v === null || v === undefined ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+  const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (values: readonly string[]): string => values.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(columns.map((c) => c.toUpperCase())), ...rows.map((r) => line(columns.map((c) => cell(r[c]))))].join('\n') + '\n';
+}
+
+function bar(done: number, total: number): string {
+  const width = 30;
+  const filled = total <= 0 ? width : Math.min(width, Math.round((done / total) * width));
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
+}
+
+/** `name[:prefix][:spans]` -> a table spec. */
+function tableSpec(text: string): Record<string, unknown> {
+  const [name, prefix, spans] = text.split(':');
+  if (name === undefined || name === '') throw new CliError(`--table ${JSON.stringify(text)}: expected <name>[:<prefix>][:<spans>]`);
+  const spec: Record<string, unknown> = { name };
+  if (prefix !== undefined && prefix !== '') spec.prefix = prefix;
+  if (spans !== undefined) {
+    if (!/^\d+$/.test(spans)) throw new CliError(`--table ${JSON.stringify(text)}: spans must be a number`);
+    spec.spans = Number(spans);
+  }
+  return spec;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+function need(value: string | undefined, what: string): string {
+  if (value === undefined || value === '') throw new CliError(`missing ${what}; run "spanfeed cli --help"`);
+  return value;
+}
+
+export async function runCli(argv: readonly string[], out: (text: string) => void = (t) => process.stdout.write(t)): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      options: {
+        server: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean' },
+        id: { type: 'string' },
+        source: { type: 'string' },
+        sink: { type: 'string' },
+        table: { type: 'string', multiple: true },
+        start: { type: 'string' },
+        'target-ts': { type: 'string' },
+        backfill: { type: 'boolean' },
+        capture: { type: 'string' },
+        'interval-ms': { type: 'string' },
+        count: { type: 'string' },
+      },
+      strict: true,
+    });
+  } catch (error) {
+    process.stderr.write(`spanfeed cli: ${(error as Error).message}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help === true || positionals.length === 0) {
+    out(cliUsage);
+    return values.help === true ? 0 : 2;
+  }
+  const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), json: values.json === true, out };
+  const [noun, verb, arg] = positionals;
+  const print = (value: unknown, render: () => string): void => out(ctx.json ? `${JSON.stringify(value)}\n` : render());
+  const intervalMs = Number(values['interval-ms'] ?? 500);
+  const count = values.count === undefined ? Infinity : Number(values.count);
+  try {
+    switch (`${noun} ${verb}`) {
+      case 'changefeed create': {
+        const body: Record<string, unknown> = {
+          id: need(values.id, '--id'),
+          source: { uri: need(values.source, '--source') },
+          sink: { uri: need(values.sink, '--sink') },
+          tables: (values.table ?? []).map(tableSpec),
+        };
+        if (values.start !== undefined) body.start = values.start;
+        if (values['target-ts'] !== undefined) body.targetTs = values['target-ts'];
+        if (values.backfill === true) body.backfill = true;
+        const created = await call(ctx, 'POST', '/api/v1/changefeeds', body);
+        print(created, () => `created changefeed ${created.id} starting at ${created.startTs}\n`);
+        return 0;
+      }
+      case 'changefeed list': {
+        const list = await call(ctx, 'GET', '/api/v1/changefeeds');
+        print(list, () => table(list.map((c: any) => ({ ...c, watermark: c.watermark.state, spans: c.spans })), ['id', 'state', 'checkpointTs', 'resolvedTs', 'checkpointLagMs', 'watermark', 'spans']));
+        return 0;
+      }
+      case 'changefeed get': {
+        const c = await call(ctx, 'GET', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}`);
+        print(c, () => `${Object.entries(c).map(([k, v]) => `${k.padEnd(16)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n')}\n`);
+        return 0;
+      }
+      case 'changefeed update': {
+        const body: Record<string, unknown> = { tables: (values.table ?? []).map(tableSpec) };
+        if (values.backfill === true) body.backfill = true;
+        const c = await call(ctx, 'PUT', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}`, body);
+        print(c, () => `updated changefeed ${c.id}: ${c.tables.map((t: any) => t.name).join(', ')}\n`);
+        return 0;
+      }
+      case 'changefeed pause':
+      case 'changefeed resume': {
+        const c = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}/${verb}`);
+        print(c, () => `changefeed ${c.id} is ${c.state} (epoch ${c.epoch})\n`);
+        return 0;
+      }
+      case 'changefeed remove': {
+        const r = await call(ctx, 'DELETE', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}`);
+        print(r, () => `removed changefeed ${r.removed}\n`);
+        return 0;
+      }
+      case 'changefeed backfill': {
+        const id = encodeURIComponent(need(arg, 'a changefeed id'));
+        for (let i = 0; i < count; i++) {
+          const c = await call(ctx, 'GET', `/api/v1/changefeeds/${id}`);
+          const b = c.backfill;
+          if (b === null) throw new CliError(`changefeed ${c.id} has no backfill`);
+          print(b, () => `\r${bar(b.keysDone, b.keysTotal)} ${b.keysDone}/${b.keysTotal} keys, ${b.spansDone}/${b.spans} spans ${b.state}   `);
+          if (b.state === 'done') break;
+          await sleep(intervalMs);
+        }
+        if (!ctx.json) out('\n');
+        return 0;
+      }
+      case 'capture list': {
+        const list = await call(ctx, 'GET', '/api/v1/captures');
+        print(list, () => table(list, ['id', 'isOwner', 'draining', 'spans', 'grpcAddr', 'httpAddr']));
+        return 0;
+      }
+      case 'capture drain': {
+        const id = encodeURIComponent(need(arg, 'a capture id'));
+        let first: number | undefined;
+        for (let i = 0; i < count; i++) {
+          const r = await call(ctx, 'POST', `/api/v1/captures/${id}/drain`);
+          first ??= r.remainingSpans;
+          print(r, () => `\r${bar((first ?? 0) - r.remainingSpans, first ?? 0)} ${r.remainingSpans} spans remaining   `);
+          if (r.remainingSpans === 0) break;
+          await sleep(intervalMs);
+        }
+        if (!ctx.json) out('\ndrained\n');
+        return 0;
+      }
+      case 'span list': {
+        const list = await call(ctx, 'GET', `/api/v1/changefeeds/${encodeURIComponent(need(verb === 'list' ? arg : undefined, 'a changefeed id'))}/spans`);
+        print(list, () => table(list.map((s: any) => ({ ...s, start: JSON.stringify(s.start), end: JSON.stringify(s.end) })), ['table', 'start', 'end', 'state', 'primary', 'checkpointTs']));
+        return 0;
+      }
+      case 'span move': {
+        const body = { table: need(values.table?.[0], '--table'), start: values.start ?? '', captureId: need(values.capture, '--capture') };
+        const r = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}/spans/move`, body);
+        print(r, () => `moving ${r.moving.table} ${JSON.stringify(r.moving.start)} to ${r.moving.to}\n`);
+        return 0;
+      }
+      case 'rebalance undefined':
+      case `rebalance ${verb}`: {
+        const r = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(verb, 'a changefeed id'))}/rebalance`);
+        print(r, () => `rebalancing ${r.rebalancing}\n`);
+        return 0;
+      }
+      case 'owner resign': {
+        const r = await call(ctx, 'POST', '/api/v1/owner/resign');
+        print(r, () => `owner ${r.resigned} resigned\n`);
+        return 0;
+      }
+      case 'watermark watch': {
+        const id = encodeURIComponent(need(arg, 'a changefeed id'));
+        for (let i = 0; i < count; i++) {
+          const c = await call(ctx, 'GET', `/api/v1/changefeeds/${id}`);
+          const line = { checkpointTs: c.checkpointTs, resolvedTs: c.resolvedTs, checkpointLagMs: c.checkpointLagMs, state: c.watermark.state, reason: c.watermark.reason };
+          print(line, () => `\rcheckpoint ${c.checkpointTs}  resolved ${c.resolvedTs}  lag ${c.checkpointLagMs ?? '-'} ms  ${c.watermark.state}${c.watermark.reason ? ` (${c.watermark.reason})` : ''}        `);
+          if (i + 1 < count) await sleep(intervalMs);
+        }
+        if (!ctx.json) out('\n');
+        return 0;
+      }
+      default:
+        throw new CliError(`unknown command "${positionals.join(' ')}"; run "spanfeed cli --help"`);
+    }
+  } catch (error) {
+    if (error instanceof CliError) {
+      process.stderr.write(`spanfeed cli: ${error.message}\n`);
+      return 1;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * `spanfeed server`: runs one capture until SIGTERM/SIGINT.
+ */
+import { createRootLogger } from '../log.ts';
+import { Capture } from '../server/capture.ts';
+import { ConfigError, parseServerConfig, serverUsage } from '../server/server-config.ts';
+
+/** What a shutdown may take beyond its drain wait before the process exits anyway. */
+const shutdownGraceMs = 10_000;
+
+export async function runServer(argv: readonly string[], version: string): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(serverUsage);
+    return 0;
+  }
+  let config;
+  try {
+    config = parseServerConfig(argv, process.env);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`spanfeed server: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
+  const log = createRootLogger(config.logLevel, { pid: process.pid });
+  const capture = new Capture(config, version, log);
+  try {
+    await capture.start();
+  } catch (error) {
+    log.fatal({ err: error }, 'capture failed to start');
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      const drainWaitMs = signal === 'SIGINT' ? 0 : config.drainWaitMs;
+      log.info({ signal, drainWaitMs }, 'stopping');
+      // A shutdown that hangs (etcd unreachable, a stuck sink) must not keep the process.
+      setTimeout(() => {
+        log.error({ afterMs: drainWaitMs + shutdownGraceMs }, 'shutdown took too long; exiting');
+        process.exit(1);
+      }, drainWaitMs + shutdownGraceMs).unref();
+      capture
+        .shutdown(drainWaitMs)
+        .then(() => finish(0))
+        .catch((error: unknown) => {
+          log.error({ err: error }, 'shutdown failed');
+          finish(1);
+        });
+    };
+    const finish = (code: number): void => {
+      log.info({ code }, 'stopped');
+      resolve(code);
+      // Whatever a library left open (a socket, a timer) must not keep the process alive.
+      setTimeout(() => process.exit(code), 200).unref();
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+}

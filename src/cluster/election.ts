@@ -1,0 +1,68 @@
+/**
+ * Owner election over etcd, on the capture's own session lease. Every candidate puts
+ * `/owner/<lease-id>` (create-if-absent) holding its capture id; the key with the lowest
+ * create revision is the owner, and that revision is the owner's fencing token: every
+ * owner write is a transaction comparing the key's create revision, so a deposed owner
+ * (its key gone with its lease) can never write.
+ */
+import type { Etcd3, IKeyValue } from 'etcd3';
+import type { ClusterKeys } from './keys.ts';
+import type { EtcdSession } from './session.ts';
+
+/** Who owns the cluster, and the revision that fences it. */
+export interface OwnerInfo {
+  readonly captureId: string;
+  readonly revision: bigint;
+  readonly key: string;
+}
+
+/** The owner among the candidate keys: the lowest create revision. */
+export function ownerOf(kvs: readonly IKeyValue[]): OwnerInfo | undefined {
+  let best: IKeyValue | undefined;
+  for (const kv of kvs) if (best === undefined || BigInt(kv.create_revision) < BigInt(best.create_revision)) best = kv;
+  if (best === undefined) return undefined;
+  return { captureId: best.value.toString(), revision: BigInt(best.create_revision), key: best.key.toString() };
+}
+
+export class Election {
+  private myKey: string | undefined;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly keys: ClusterKeys,
+    private readonly session: EtcdSession,
+    private readonly captureId: string,
+  ) {}
+
+  /** Becomes a candidate. Idempotent while the key exists. */
+  async campaign(): Promise<void> {
+    const key = this.keys.ownerKey(this.session.leaseIdHex);
+    await this.client
+      .if(key, 'Create', '==', 0)
+      .then(this.client.put(key).value(this.captureId).lease(this.session.leaseId))
+      .commit();
+    this.myKey = key;
+  }
+
+  /** Steps down: deletes the candidate key; a successor is elected at once. */
+  async resign(): Promise<void> {
+    if (this.myKey === undefined) return;
+    await this.client.delete().key(this.myKey).exec();
+  }
+
+  /** True when `owner` is this capture's candidacy. */
+  isMe(owner: OwnerInfo | undefined): boolean {
+    return owner !== undefined && owner.key === this.myKey && owner.captureId === this.captureId;
+  }
+
+  /**
+   * Runs `ops` only while `owner` still holds its election key with the same revision.
+   * Returns false when fenced.
+   */
+  async fencedPut(owner: OwnerInfo, puts: readonly { key: string; value: string }[], deletes: readonly string[] = []): Promise<boolean> {
+    const txn = this.client.if(owner.key, 'Create', '==', owner.revision.toString());
+    const ops = [...puts.map((p) => this.client.put(p.key).value(p.value)), ...deletes.map((key) => this.client.delete().prefix(key))];
+    const result = await txn.then(...ops).commit();
+    return result.succeeded;
+  }
+}

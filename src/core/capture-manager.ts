@@ -1,0 +1,177 @@
+/**
+ * The owner's view of the live captures for one changefeed: the initialisation
+ * handshake, heartbeat timing, fencing of their reports, full-status collections, their
+ * latest aggregate watermark, and who is draining.
+ *
+ * A capture is `initialised` once a full collection from it has arrived: the first
+ * heartbeat a new owner (or a newly joined capture) gets asks for one. Collections are
+ * then repeated every `collectIntervalTicks` (staggered per capture) to refresh per-span
+ * statuses for the API and to reconcile, and at once when a capture's aggregate keeps
+ * disagreeing with what the owner expects.
+ *
+ * A collection comes in parts, each a report with consecutive `seq` built from one
+ * snapshot on the capture; parts are only combined when they belong to the same snapshot
+ * (same `seq - part`), so a lost part restarts the collection instead of mixing views.
+ */
+import type { DropReason } from './events.ts';
+import type { CaptureId, CaptureWatermark, ReportMessage, SpanStatus } from './messages.ts';
+
+/** Timing of heartbeats and collections, in ticks. */
+export interface CaptureTiming {
+  readonly heartbeatIntervalTicks: number;
+  readonly collectIntervalTicks: number;
+  readonly collectTimeoutTicks: number;
+  /** Ticks a capture's aggregate may disagree with the owner before a collection reconciles. */
+  readonly digestMismatchCollectTicks: number;
+}
+
+/** A full-status collection being assembled. */
+interface Collection {
+  readonly id: number;
+  readonly startedTick: number;
+  base: number | undefined;
+  parts: (readonly SpanStatus[] | undefined)[];
+  received: number;
+}
+
+/** One live capture as the owner sees it. */
+export class CaptureState {
+  readonly id: CaptureId;
+  /** The epoch recorded from its first accepted report; later reports must match. */
+  epoch: bigint | undefined = undefined;
+  initialized = false;
+  lastSeqIn = 0;
+  seqOut = 0;
+  nextHeartbeatTick: number;
+  nextCollectTick: number;
+  /** Drain requested through the API. */
+  draining = false;
+  /** The capture itself said it is shutting down. */
+  stopping = false;
+  aggregate: CaptureWatermark | undefined = undefined;
+  collection: Collection | undefined = undefined;
+  /** First tick of the current run of digest mismatches, or -1. */
+  mismatchSinceTick = -1;
+  /** Rotates which spans in transition a heartbeat lists when there are too many. */
+  heartbeatCursor = 0;
+
+  constructor(id: CaptureId, tick: number, collectOffsetTicks: number) {
+    this.id = id;
+    this.nextHeartbeatTick = tick;
+    this.nextCollectTick = tick + collectOffsetTicks;
+  }
+
+  /** Draining for scheduling: asked to, or shutting down by itself. */
+  get leaving(): boolean {
+    return this.draining || this.stopping;
+  }
+}
+
+/** A complete collection: every span the capture held at one instant. */
+export interface CompletedCollection {
+  readonly capture: CaptureState;
+  readonly statuses: readonly SpanStatus[];
+  /** The last owner message the capture had received when it took the snapshot. */
+  readonly ackSeq: number;
+}
+
+/** Identity of the owner that fences reports. */
+export interface OwnerIdentity {
+  readonly ownerId: CaptureId;
+  readonly ownerRevision: bigint;
+  readonly changefeed: string;
+  readonly changefeedEpoch: bigint;
+}
+
+/** Tracks the live captures of one changefeed. */
+export class CaptureManager {
+  readonly captures = new Map<CaptureId, CaptureState>();
+  private readonly timing: CaptureTiming;
+  private readonly owner: OwnerIdentity;
+  private nextCollectId = 1;
+
+  constructor(owner: OwnerIdentity, timing: CaptureTiming) {
+    this.owner = owner;
+    this.timing = timing;
+  }
+
+  /** Adds a capture that joined; its first heartbeat asks for a collection. */
+  join(id: CaptureId, tick: number, collectOffsetTicks: number): CaptureState {
+    const state = new CaptureState(id, tick, collectOffsetTicks);
+    this.captures.set(id, state);
+    return state;
+  }
+
+  /** Forgets a capture that left. */
+  leave(id: CaptureId): void {
+    this.captures.delete(id);
+  }
+
+  /** Ids of live captures that have not completed their first collection. */
+  uninitialized(): CaptureId[] {
+    const ids: CaptureId[] = [];
+    for (const capture of this.captures.values()) if (!capture.initialized) ids.push(capture.id);
+    return ids;
+  }
+
+  /**
+   * Fences a report: returns the capture it comes from, or why it is dropped. Records the
+   * capture's epoch at its first accepted report and its sequence number.
+   */
+  accept(message: ReportMessage): CaptureState | DropReason {
+    const { header } = message;
+    if (header.changefeed !== this.owner.changefeed) return 'wrong-changefeed';
+    if (header.to !== this.owner.ownerId || header.ownerRevision !== this.owner.ownerRevision) return 'wrong-owner';
+    if (header.changefeedEpoch !== this.owner.changefeedEpoch) return 'wrong-epoch';
+    const capture = this.captures.get(header.from);
+    if (capture === undefined) return 'unknown-capture';
+    if (capture.epoch !== undefined && capture.epoch !== header.captureEpoch) return 'wrong-epoch';
+    if (header.seq <= capture.lastSeqIn) return 'stale-seq';
+    capture.epoch = header.captureEpoch;
+    capture.lastSeqIn = header.seq;
+    capture.stopping = message.liveness === 'stopping';
+    return capture;
+  }
+
+  /** The collection id a heartbeat to `capture` should carry now, starting one if due. */
+  collectIdFor(capture: CaptureState, tick: number): number {
+    const current = capture.collection;
+    if (current !== undefined && tick - current.startedTick < this.timing.collectTimeoutTicks) return current.id;
+    const due =
+      !capture.initialized ||
+      current !== undefined ||
+      tick >= capture.nextCollectTick ||
+      (capture.mismatchSinceTick >= 0 && tick - capture.mismatchSinceTick >= this.timing.digestMismatchCollectTicks);
+    if (!due) return 0;
+    capture.collection = { id: this.nextCollectId++, startedTick: tick, base: undefined, parts: [], received: 0 };
+    return capture.collection.id;
+  }
+
+  /**
+   * Adds one part of a collection. Returns the completed collection when this part was
+   * the last one missing, 'stale-collect' for a part of no current collection.
+   */
+  addPart(capture: CaptureState, message: ReportMessage, tick: number): CompletedCollection | 'stale-collect' | undefined {
+    const part = message.collect;
+    const collection = capture.collection;
+    if (part === undefined || collection === undefined || part.id !== collection.id) return 'stale-collect';
+    if (part.parts < 1 || part.part < 0 || part.part >= part.parts) return 'stale-collect';
+    const base = message.header.seq - part.part;
+    if (collection.base !== base || collection.parts.length !== part.parts) {
+      // A new snapshot of the same collection: start over with it.
+      collection.base = base;
+      collection.parts = new Array<readonly SpanStatus[] | undefined>(part.parts).fill(undefined);
+      collection.received = 0;
+    }
+    if (collection.parts[part.part] === undefined) collection.received++;
+    collection.parts[part.part] = message.statuses;
+    if (collection.received < part.parts) return undefined;
+    capture.collection = undefined;
+    capture.initialized = true;
+    capture.nextCollectTick = tick + this.timing.collectIntervalTicks;
+    capture.mismatchSinceTick = -1;
+    const statuses: SpanStatus[] = [];
+    for (const list of collection.parts) if (list !== undefined) for (const status of list) statuses.push(status);
+    return { capture, statuses, ackSeq: message.header.ackSeq };
+  }
+}

@@ -1,0 +1,481 @@
+/**
+ * The coordinator: the owner's logic for one changefeed, as a pure state machine.
+ *
+ * `tick(input) -> { outbox, watermark, advanced, events }`: the shell passes the live
+ * captures (from etcd) and the reports that arrived since the last tick; the coordinator
+ * fences and applies them, runs the scheduling policies, and returns the messages to
+ * send, the watermark, and what happened. It reads no clock (time is the tick count),
+ * does no I/O, and takes randomness only from its seed.
+ *
+ * Phases: `bootstrapping` (a new owner asks every live capture for a full collection and
+ * does nothing else until all have answered, then rebuilds every replication set from
+ * the answers), `running`, and `failed` (an invariant broke, e.g. two primaries for one
+ * span; the coordinator stops acting and the shell fails the changefeed).
+ */
+import { assert } from './assert.ts';
+import type { CaptureState, CaptureTiming, CompletedCollection } from './capture-manager.ts';
+import { CaptureManager } from './capture-manager.ts';
+import type { CoordinatorEvent } from './events.ts';
+import type { CaptureId, DispatchMessage, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage, SpanStatus } from './messages.ts';
+import type { ReplicationLimits } from './replication-manager.ts';
+import { ReplicationManager } from './replication-manager.ts';
+import type { ReplicationSet } from './replication-set.ts';
+import { SeededRandom } from './rng.ts';
+import { BalanceScheduler } from './scheduler/balance-scheduler.ts';
+import { BasicScheduler } from './scheduler/basic-scheduler.ts';
+import { DrainScheduler } from './scheduler/drain-scheduler.ts';
+import { MoveScheduler } from './scheduler/move-scheduler.ts';
+import { RebalanceScheduler } from './scheduler/rebalance-scheduler.ts';
+import type { Scheduler, SchedulerView } from './scheduler/scheduler.ts';
+import type { Span, TableRange } from './span.ts';
+import { spanKey } from './span.ts';
+import { maxTs, tsMax } from './ts.ts';
+import type { Watermark } from './watermark.ts';
+import { computeWatermark } from './watermark.ts';
+
+/** Every bound and interval of the coordinator; all configurable. */
+export interface CoordinatorLimits extends ReplicationLimits, CaptureTiming {
+  /** Spans (adds + removes, or spans asked about) in one message. */
+  readonly spansPerMessageMax: number;
+  /** Messages the coordinator emits in one tick; the rest wait (handlers re-send). */
+  readonly messagesPerTickMax: number;
+  /** Explicit move requests waiting for a slot. */
+  readonly moveRequestsQueuedMax: number;
+  /** Ticks between periodic balance rounds; 0 turns the balance policy off. */
+  readonly balanceIntervalTicks: number;
+  readonly balanceMovesPerRoundMax: number;
+}
+
+/** Defaults, tuned for a 50 ms tick. */
+export const coordinatorDefaults: CoordinatorLimits = {
+  moveTasksInFlightMax: 10,
+  addRemoveTasksInFlightMax: 10_000,
+  addBatchPerTickMax: 2_000,
+  heartbeatIntervalTicks: 2,
+  collectIntervalTicks: 600,
+  collectTimeoutTicks: 40,
+  digestMismatchCollectTicks: 40,
+  spansPerMessageMax: 1_024,
+  messagesPerTickMax: 10_000,
+  moveRequestsQueuedMax: 1_000,
+  balanceIntervalTicks: 1_200,
+  balanceMovesPerRoundMax: 10,
+};
+
+/** What a coordinator is created with. */
+export interface CoordinatorConfig {
+  readonly changefeed: string;
+  readonly changefeedEpoch: bigint;
+  readonly ownerId: CaptureId;
+  readonly ownerRevision: bigint;
+  /** The persisted global checkpoint: never regressed, and the floor of every add. */
+  readonly checkpointTs: bigint;
+  readonly seed: number;
+  readonly limits?: Partial<CoordinatorLimits>;
+}
+
+/** One tick's input. */
+export interface TickInput {
+  /** The live captures, when membership may have changed; omitted: unchanged. */
+  readonly captures?: readonly CaptureId[];
+  /** Reports received since the last tick, in arrival order. */
+  readonly reports: readonly ReportMessage[];
+  /** The position the changefeed must not pass (target-ts); omitted: unchanged. */
+  readonly barrierTs?: bigint;
+}
+
+/** One tick's output. */
+export interface TickOutput {
+  readonly outbox: OwnerMessage[];
+  readonly watermark: Watermark;
+  /** Set when the global checkpoint or resolved rose this tick: persist it (fenced). */
+  readonly advanced: { readonly checkpointTs: bigint; readonly resolvedTs: bigint } | undefined;
+  readonly events: CoordinatorEvent[];
+}
+
+/** The answer to an operator request. */
+export type RequestResult =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly code: RequestErrorCode; readonly message: string };
+
+/** Why an operator request was refused; the API maps these to 404 or 409. */
+export type RequestErrorCode =
+  | 'not-ready'
+  | 'unknown-span'
+  | 'unknown-capture'
+  | 'span-not-replicating'
+  | 'span-already-there'
+  | 'capture-draining'
+  | 'last-capture'
+  | 'queue-full';
+
+export type CoordinatorPhase = 'bootstrapping' | 'running' | 'failed';
+
+/** The owner logic for one changefeed. */
+export class Coordinator {
+  readonly config: CoordinatorConfig;
+  readonly limits: CoordinatorLimits;
+  readonly manager: ReplicationManager;
+  readonly captures: CaptureManager;
+  phase: CoordinatorPhase = 'bootstrapping';
+  failure: string | undefined = undefined;
+  tickCount = 0;
+  checkpointTs: bigint;
+  resolvedTs: bigint;
+  barrierTs: bigint = maxTs;
+  lastWatermark: Watermark = { state: 'cannot-proceed', reason: { code: 'capture-not-initialized', captures: [] } };
+
+  private readonly rng: SeededRandom;
+  private readonly moveScheduler: MoveScheduler;
+  private readonly rebalanceScheduler = new RebalanceScheduler();
+  private readonly schedulers: readonly Scheduler[];
+  private tables: readonly TableRange[] = [];
+  private desired: readonly Span[] = [];
+  private readonly bootstrapReports = new Map<CaptureId, readonly SpanStatus[]>();
+  private events: CoordinatorEvent[] = [];
+
+  constructor(config: CoordinatorConfig) {
+    this.config = config;
+    this.limits = { ...coordinatorDefaults, ...config.limits };
+    this.rng = new SeededRandom(config.seed);
+    this.checkpointTs = config.checkpointTs;
+    this.resolvedTs = config.checkpointTs;
+    this.manager = new ReplicationManager(this.limits, config.checkpointTs, (capture) => this.captures.captures.get(capture)?.seqOut ?? 0);
+    this.captures = new CaptureManager(
+      { ownerId: config.ownerId, ownerRevision: config.ownerRevision, changefeed: config.changefeed, changefeedEpoch: config.changefeedEpoch },
+      this.limits,
+    );
+    this.moveScheduler = new MoveScheduler(this.limits.moveRequestsQueuedMax);
+    this.schedulers = [
+      new BasicScheduler(),
+      new DrainScheduler(),
+      this.moveScheduler,
+      this.rebalanceScheduler,
+      new BalanceScheduler(this.limits.balanceIntervalTicks, this.limits.balanceMovesPerRoundMax, 0),
+    ];
+  }
+
+  /**
+   * Sets the tables and the spans they are split into. Before the rebuild they are kept
+   * for it; afterwards new spans start absent and dropped ones are removed.
+   */
+  setSpans(tables: readonly TableRange[], spans: readonly Span[]): void {
+    this.tables = tables;
+    this.desired = spans;
+    if (this.phase === 'running') this.manager.setDesiredSpans(tables, spans);
+  }
+
+  /** Advances one tick. */
+  tick(input: TickInput): TickOutput {
+    this.tickCount++;
+    const tick = this.tickCount;
+    if (input.barrierTs !== undefined) this.barrierTs = input.barrierTs;
+    if (this.phase === 'failed') return this.output([], undefined);
+
+    if (input.captures !== undefined) this.updateMembership(input.captures, tick);
+    for (const report of input.reports) this.handleReport(report, tick);
+    if (this.phase === 'bootstrapping') this.tryRebuild();
+    if (this.phase === 'running' && this.captures.uninitialized().length === 0) this.schedule(tick);
+    this.trackDigestMismatches(tick);
+
+    if (this.manager.violations.length > 0 || this.manager.fatalErrors.length > 0) {
+      this.phase = 'failed';
+      this.failure = [...this.manager.violations, ...this.manager.fatalErrors].join('; ');
+      return this.output([], undefined);
+    }
+    const outbox = this.buildOutbox(tick);
+    return this.output(outbox, this.updateWatermark());
+  }
+
+  // ---- operator requests (synchronous, validated, change nothing when refused) ----
+
+  /** Moves one span to one capture. */
+  requestMove(key: string, capture: CaptureId): RequestResult {
+    if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);
+    const set = this.manager.sets.get(key);
+    if (set === undefined) return refuse('unknown-span', 'no such span in this changefeed');
+    const target = this.captures.captures.get(capture);
+    if (target === undefined || !target.initialized) return refuse('unknown-capture', `no live capture ${capture}`);
+    if (target.leaving) return refuse('capture-draining', `capture ${capture} is draining`);
+    if (set.state !== 'replicating' || set.task !== undefined) return refuse('span-not-replicating', `the span is ${set.state}${set.task ? ` (${set.task} in flight)` : ''}`);
+    if (set.primary === capture) return refuse('span-already-there', `the span is already replicated by ${capture}`);
+    if (!this.moveScheduler.request(key, capture)) return refuse('queue-full', `${this.limits.moveRequestsQueuedMax} moves are already queued`);
+    return { ok: true };
+  }
+
+  /** Drains a capture: its spans move to others. Returns the spans still on it. */
+  requestDrain(capture: CaptureId): RequestResult & { readonly remainingSpans?: number } {
+    const target = this.captures.captures.get(capture);
+    if (target === undefined) return refuse('unknown-capture', `no live capture ${capture}`);
+    if (!target.leaving) {
+      const others = [...this.captures.captures.values()].filter((c) => c.id !== capture && !c.leaving);
+      if (others.length === 0) return refuse('last-capture', `capture ${capture} is the last one that is not draining`);
+      target.draining = true;
+    }
+    return { ok: true, remainingSpans: this.remainingSpans(capture) };
+  }
+
+  /** Starts a rebalance. */
+  requestRebalance(): RequestResult {
+    if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);
+    this.rebalanceScheduler.request();
+    return { ok: true };
+  }
+
+  /** Spans a capture still holds as primary or secondary. */
+  remainingSpans(capture: CaptureId): number {
+    return this.manager.captureSpans(capture)?.load ?? 0;
+  }
+
+  /** Looks a span up by table and start key (O(spans): for the API only). */
+  findSpan(table: string, start: string): ReplicationSet | undefined {
+    for (const set of this.manager.sets.values()) if (set.span.table === table && set.span.start === start) return set;
+    return undefined;
+  }
+
+  /** The set of a span, by span. */
+  setOf(span: Span): ReplicationSet | undefined {
+    return this.manager.sets.get(spanKey(span));
+  }
+
+  /**
+   * Checks the coordinator's invariants; throws an InvariantError with the state. O(spans):
+   * tests and the simulator call it after every step.
+   */
+  checkInvariants(): void {
+    this.manager.checkInvariants();
+    assert(this.checkpointTs <= this.resolvedTs, `global checkpoint ${this.checkpointTs} above resolved ${this.resolvedTs}`);
+  }
+
+  // ---- tick phases ----
+
+  private updateMembership(live: readonly CaptureId[], tick: number): void {
+    const liveSet = new Set(live);
+    for (const id of [...this.captures.captures.keys()]) {
+      if (liveSet.has(id)) continue;
+      this.captures.leave(id);
+      this.bootstrapReports.delete(id);
+      const affected = this.manager.removeCapture(id);
+      this.events.push({ type: 'capture-gone', capture: id, spansAffected: affected });
+    }
+    for (const id of live) {
+      if (this.captures.captures.has(id)) continue;
+      this.captures.join(id, tick, this.rng.int(this.limits.collectIntervalTicks));
+      this.manager.addCapture(id);
+      this.events.push({ type: 'capture-joined', capture: id });
+    }
+  }
+
+  private handleReport(report: ReportMessage, tick: number): void {
+    const accepted = this.captures.accept(report);
+    if (typeof accepted === 'string') {
+      this.events.push({ type: 'message-dropped', reason: accepted, from: report.header.from, seq: report.header.seq });
+      return;
+    }
+    accepted.aggregate = report.watermark;
+    if (report.collect !== undefined) {
+      const result = this.captures.addPart(accepted, report, tick);
+      if (result === 'stale-collect') {
+        this.events.push({ type: 'message-dropped', reason: 'stale-collect', from: report.header.from, seq: report.header.seq });
+      } else if (result !== undefined) {
+        this.handleCollection(result);
+      }
+      return;
+    }
+    if (this.phase !== 'running' || !accepted.initialized) return;
+    for (const status of report.statuses) this.manager.handleStatus(accepted.id, status, report.header.ackSeq);
+  }
+
+  private handleCollection({ capture, statuses, ackSeq }: CompletedCollection): void {
+    if (this.phase === 'bootstrapping') {
+      if (!this.bootstrapReports.has(capture.id)) this.events.push({ type: 'capture-initialized', capture: capture.id, spans: statuses.length });
+      this.bootstrapReports.set(capture.id, statuses);
+      return;
+    }
+    const listed = new Set<string>();
+    for (const status of statuses) {
+      listed.add(spanKey(status.span));
+      this.manager.handleStatus(capture.id, status, ackSeq);
+    }
+    this.manager.reconcile(capture.id, listed, ackSeq);
+  }
+
+  private tryRebuild(): void {
+    if (this.captures.captures.size === 0 || this.captures.uninitialized().length > 0) return;
+    this.manager.rebuild(this.bootstrapReports);
+    this.manager.setDesiredSpans(this.tables, this.desired);
+    this.events.push({ type: 'rebuilt', sets: this.manager.sets.size, captures: this.captures.captures.size });
+    this.bootstrapReports.clear();
+    this.phase = 'running';
+  }
+
+  private schedule(tick: number): void {
+    const manager = this.manager;
+    const limits = this.limits;
+    const captures = this.captures;
+    const initialized = [...captures.captures.values()].filter((c) => c.initialized).map((c) => c.id).sort();
+    const addRemoveInFlight = manager.tasksInFlight.add + manager.tasksInFlight.remove;
+    const view: SchedulerView = {
+      captures: initialized,
+      isLeaving: (capture) => captures.captures.get(capture)?.leaving ?? true,
+      spansOf: (capture) => {
+        const spans = manager.captureSpans(capture);
+        if (spans === undefined) throw new Error(`no span index for capture ${capture}`);
+        return spans;
+      },
+      absentSets: manager.absentSets,
+      unwantedSets: manager.unwantedSets,
+      spanCount: manager.sets.size,
+      moveSlots: limits.moveTasksInFlightMax - manager.tasksInFlight.move,
+      addSlots: Math.min(limits.addBatchPerTickMax, limits.addRemoveTasksInFlightMax - addRemoveInFlight),
+      rng: this.rng,
+      tick,
+    };
+    const anyStaying = initialized.some((id) => captures.captures.get(id)?.leaving === false);
+    const isTarget = (capture: CaptureId): boolean => {
+      const state = captures.captures.get(capture);
+      // With every capture leaving, spans may still go to one (see the basic policy).
+      return state !== undefined && state.initialized && (!state.leaving || !anyStaying);
+    };
+    for (const scheduler of this.schedulers) {
+      const tasks = scheduler.schedule(view);
+      if (tasks.length === 0) continue;
+      manager.handleTasks(tasks, isTarget, scheduler.name);
+      return;
+    }
+  }
+
+  /** Notes captures whose aggregate disagrees with the owner while nothing is in flight. */
+  private trackDigestMismatches(tick: number): void {
+    if (this.phase !== 'running') return;
+    for (const capture of this.captures.captures.values()) {
+      const spans = this.manager.captureSpans(capture.id);
+      if (spans === undefined || !capture.initialized) continue;
+      const expected = spans.replicatingDigest;
+      const reported = capture.aggregate?.digest;
+      const agrees =
+        spans.inTransition.size > 0 ||
+        (reported !== undefined && reported.count === expected.count && reported.hashA === expected.hashA && reported.hashB === expected.hashB) ||
+        (reported === undefined && expected.count === 0);
+      if (agrees) capture.mismatchSinceTick = -1;
+      else if (capture.mismatchSinceTick < 0) capture.mismatchSinceTick = tick;
+    }
+  }
+
+  private buildOutbox(tick: number): OwnerMessage[] {
+    const outbox: OwnerMessage[] = [];
+    const max = this.limits.messagesPerTickMax;
+    let dropped = 0;
+    for (const [to, pending] of this.manager.takePending()) {
+      const capture = this.captures.captures.get(to);
+      if (capture === undefined) continue;
+      const perMessage = this.limits.spansPerMessageMax;
+      let adds = pending.adds;
+      let removes = pending.removes;
+      while (adds.length + removes.length > 0) {
+        const takeRemoves = removes.slice(0, perMessage);
+        const takeAdds = adds.slice(0, perMessage - takeRemoves.length);
+        removes = removes.slice(takeRemoves.length);
+        adds = adds.slice(takeAdds.length);
+        if (outbox.length >= max) {
+          dropped++;
+          continue;
+        }
+        const message: DispatchMessage = { kind: 'dispatch', header: this.header(capture), adds: takeAdds, removes: takeRemoves };
+        outbox.push(message);
+      }
+    }
+    for (const capture of this.captures.captures.values()) {
+      if (tick < capture.nextHeartbeatTick) continue;
+      if (outbox.length >= max) {
+        dropped++;
+        continue;
+      }
+      outbox.push(this.heartbeat(capture, tick));
+      capture.nextHeartbeatTick = tick + this.limits.heartbeatIntervalTicks;
+    }
+    if (dropped > 0) this.events.push({ type: 'outbox-overflow', dropped });
+    return outbox;
+  }
+
+  private heartbeat(capture: CaptureState, tick: number): HeartbeatMessage {
+    const inTransition = this.phase === 'running' ? this.manager.captureSpans(capture.id)?.inTransition : undefined;
+    const max = this.limits.spansPerMessageMax;
+    let spans: Span[] = [];
+    let spansComplete = true;
+    if (inTransition !== undefined && inTransition.size > 0) {
+      const all = [...inTransition];
+      if (all.length <= max) {
+        spans = all.map((set) => set.span);
+      } else {
+        spansComplete = false;
+        const start = capture.heartbeatCursor % all.length;
+        for (let i = 0; i < max; i++) spans.push((all[(start + i) % all.length] as ReplicationSet).span);
+        capture.heartbeatCursor = start + max;
+      }
+    }
+    const digest = this.manager.captureSpans(capture.id)?.replicatingDigest;
+    return {
+      kind: 'heartbeat',
+      header: this.header(capture),
+      spans,
+      spansComplete: this.phase === 'running' && spansComplete,
+      primaryDigest: digest === undefined ? { count: 0, hashA: 0, hashB: 0 } : digest.snapshot(),
+      draining: capture.leaving,
+      barrierTs: this.barrierTs,
+      collectId: this.captures.collectIdFor(capture, tick),
+    };
+  }
+
+  private header(capture: CaptureState): MessageHeader {
+    capture.seqOut++;
+    return {
+      changefeed: this.config.changefeed,
+      ownerRevision: this.config.ownerRevision,
+      changefeedEpoch: this.config.changefeedEpoch,
+      captureEpoch: capture.epoch ?? 0n,
+      from: this.config.ownerId,
+      to: capture.id,
+      seq: capture.seqOut,
+      ackSeq: capture.lastSeqIn,
+    };
+  }
+
+  private updateWatermark(): { checkpointTs: bigint; resolvedTs: bigint } | undefined {
+    const manager = this.manager;
+    const captures = this.captures;
+    const watermark = computeWatermark({
+      uninitialized: this.phase === 'bootstrapping' && captures.captures.size === 0 ? ['(no live capture)'] : captures.uninitialized(),
+      coverage: this.phase === 'running' ? manager.coverageProblem() : undefined,
+      spanCount: manager.sets.size,
+      stateCounts: manager.stateCounts,
+      captures: (function* () {
+        for (const [id, spans] of manager.captureEntries()) yield [id, spans, captures.captures.get(id)?.aggregate] as const;
+      })(),
+      barrierTs: this.barrierTs,
+    });
+    this.lastWatermark = watermark;
+    if (watermark.state !== 'advancing') return undefined;
+    const checkpointTs = tsMax(this.checkpointTs, watermark.checkpointTs);
+    const resolvedTs = tsMax(tsMax(this.resolvedTs, watermark.resolvedTs), checkpointTs);
+    if (checkpointTs === this.checkpointTs && resolvedTs === this.resolvedTs) return undefined;
+    this.checkpointTs = checkpointTs;
+    this.resolvedTs = resolvedTs;
+    this.manager.floorTs = checkpointTs;
+    this.events.push({ type: 'checkpoint-advanced', checkpointTs, resolvedTs });
+    return { checkpointTs, resolvedTs };
+  }
+
+  private output(outbox: OwnerMessage[], advanced: TickOutput['advanced']): TickOutput {
+    const events = [...this.events, ...this.manager.takeEvents()];
+    this.events = [];
+    const watermark: Watermark =
+      this.phase === 'failed' ? { state: 'cannot-proceed', reason: { code: 'failed', message: this.failure ?? 'failed' } } : this.lastWatermark;
+    this.lastWatermark = watermark;
+    return { outbox, watermark, advanced, events };
+  }
+}
+
+function refuse(code: RequestErrorCode, message: string): RequestResult {
+  return { ok: false, code, message };
+}

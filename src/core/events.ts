@@ -1,0 +1,29 @@
+/**
+ * What the coordinator tells the shell happened during a tick. The core never logs:
+ * these events leave it as data and the shell logs them (span detail at `debug`).
+ */
+import type { CaptureId } from './messages.ts';
+import type { ReplicationState } from './replication-set.ts';
+import type { Span } from './span.ts';
+import type { TaskKind } from './task.ts';
+
+/** Why the owner ignored a capture's message. */
+export type DropReason =
+  | 'unknown-capture'
+  | 'wrong-owner'
+  | 'wrong-changefeed'
+  | 'wrong-epoch'
+  | 'stale-seq'
+  | 'stale-collect';
+
+export type CoordinatorEvent =
+  | { readonly type: 'span-state-changed'; readonly span: Span; readonly from: ReplicationState; readonly to: ReplicationState; readonly primary: CaptureId | undefined }
+  | { readonly type: 'task-started'; readonly kind: TaskKind; readonly span: Span; readonly capture: CaptureId | undefined; readonly scheduler: string }
+  | { readonly type: 'message-dropped'; readonly reason: DropReason; readonly from: CaptureId; readonly seq: number }
+  | { readonly type: 'capture-joined'; readonly capture: CaptureId }
+  | { readonly type: 'capture-initialized'; readonly capture: CaptureId; readonly spans: number }
+  | { readonly type: 'capture-gone'; readonly capture: CaptureId; readonly spansAffected: number }
+  | { readonly type: 'rebuilt'; readonly sets: number; readonly captures: number }
+  | { readonly type: 'invariant-violation'; readonly message: string; readonly state: unknown }
+  | { readonly type: 'checkpoint-advanced'; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
+  | { readonly type: 'outbox-overflow'; readonly dropped: number };

@@ -1,0 +1,255 @@
+/**
+ * A local cluster of real processes, for the demo, the integration tests and the
+ * benchmarks: a throwaway etcd on free loopback ports (its data dir removed afterwards)
+ * and `spanfeed server` captures. Everything started is stopped by the pid it was
+ * started with.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Installs etcd when missing (as root), or throws with what to install. */
+export function ensureEtcd(): void {
+  execFileSync('bash', [join(root, 'scripts/ensure-etcd.sh')], { stdio: 'inherit' });
+}
+
+/** A free TCP port on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${(lastError as Error).message}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+/** A process the tests started. */
+class Proc {
+  output = '';
+  exited: Promise<number | null>;
+  constructor(readonly child: ChildProcess) {
+    child.stdout?.on('data', (chunk: Buffer) => this.append(chunk));
+    child.stderr?.on('data', (chunk: Buffer) => this.append(chunk));
+    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  }
+
+  get pid(): number {
+    if (this.child.pid === undefined) throw new Error('process has no pid');
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (this.running) process.kill(this.pid, signal);
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.signal('SIGCONT');
+    this.signal('SIGKILL');
+    await this.exited;
+  }
+
+  private append(chunk: Buffer): void {
+    this.output += chunk.toString();
+    if (this.output.length > 2_000_000) this.output = this.output.slice(-1_000_000);
+  }
+}
+
+/** A single-node etcd in a temp dir. */
+export class LocalEtcd {
+  private constructor(
+    readonly endpoint: string,
+    private readonly proc: Proc,
+    private readonly dataDir: string,
+  ) {}
+
+  static async start(): Promise<LocalEtcd> {
+    ensureEtcd();
+    const dataDir = mkdtempSync(join(tmpdir(), 'spanfeed-etcd-'));
+    const clientPort = await freePort();
+    const peerPort = await freePort();
+    const client = `http://127.0.0.1:${clientPort}`;
+    const peer = `http://127.0.0.1:${peerPort}`;
+    const proc = new Proc(
+      spawn(
+        'etcd',
+        [
+          '--name', 'n1', '--data-dir', dataDir,
+          '--listen-client-urls', client, '--advertise-client-urls', client,
+          '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer,
+          '--initial-cluster', `n1=${peer}`, '--initial-cluster-state', 'new',
+          '--initial-cluster-token', `spanfeed-test-${process.pid}-${clientPort}`,
+          '--logger', 'zap', '--log-level', 'warn', '--heartbeat-interval=10', '--election-timeout=100',
+          // Frequent per-watcher progress: the etcd source's resolved-ts for idle spans.
+          '--experimental-watch-progress-notify-interval=100ms',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ),
+    );
+    const etcd = new LocalEtcd(`127.0.0.1:${clientPort}`, proc, dataDir);
+    try {
+      await waitFor('etcd to answer', async () => ((await fetch(`${client}/health`)).ok ? true : undefined), 10_000);
+    } catch (error) {
+      await etcd.stop();
+      throw new Error(`${(error as Error).message}\n${proc.output}`);
+    }
+    return etcd;
+  }
+
+  async stop(): Promise<void> {
+    await this.proc.stop();
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** A JSON answer from the HTTP API. */
+export interface ApiAnswer<T = unknown> {
+  readonly status: number;
+  readonly body: T;
+}
+
+/** Calls the HTTP API of a capture. */
+export async function api<T = any>(baseUrl: string, method: string, path: string, body?: unknown, raw?: string): Promise<ApiAnswer<T>> {
+  const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(10_000) };
+  if (raw !== undefined) init.body = raw;
+  else if (body !== undefined) init.body = JSON.stringify(body);
+  const response = await fetch(`${baseUrl}${path}`, init);
+  const text = await response.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // Not JSON: the test sees the text.
+  }
+  return { status: response.status, body: parsed as T };
+}
+
+/**
+ * Calls the API through the first running capture that answers (non-owners forward to
+ * the owner); a 503 (no owner right now) tries the next one.
+ */
+export async function callAny<T = any>(captures: readonly LocalCapture[], method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
+  for (const capture of captures) {
+    if (!capture.proc.running) continue;
+    try {
+      const answer = await api<T>(capture.url, method, path, body);
+      if (answer.status !== 503) return answer;
+    } catch {
+      // Paused or dying: try the next one.
+    }
+  }
+  throw new Error('no capture answered');
+}
+
+/**
+ * Calls the API until it answers something other than 503: right after an election the
+ * owner may be known before it acts, and the API says so with a 503 to retry.
+ */
+export async function apiWhenOwned<T = any>(baseUrl: string, method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<ApiAnswer<T>> {
+  return waitFor(`${method} ${path} to be answered by an owner`, async () => {
+    const answer = await api<T>(baseUrl, method, path, body);
+    return answer.status === 503 ? undefined : answer;
+  }, timeoutMs, 50);
+}
+
+/** One `spanfeed server` process. */
+export class LocalCapture {
+  id = '';
+  private constructor(
+    readonly proc: Proc,
+    readonly url: string,
+  ) {}
+
+  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; extraArgs?: string[] }): Promise<LocalCapture> {
+    const httpPort = await freePort();
+    const args = [
+      join(root, 'bin/spanfeed'), 'server',
+      '--etcd', etcd.endpoint, '--cluster', options.cluster,
+      '--http', `127.0.0.1:${httpPort}`, '--grpc', '127.0.0.1:0',
+      '--lease-ttl-s', String(options.leaseTtlS ?? 3), '--log-level', 'info',
+      ...(options.extraArgs ?? []),
+    ];
+    const proc = new Proc(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: root }));
+    const capture = new LocalCapture(proc, `http://127.0.0.1:${httpPort}`);
+    try {
+      await capture.refreshId();
+    } catch (error) {
+      await proc.stop();
+      throw new Error(`${(error as Error).message}\n${proc.output}`);
+    }
+    return capture;
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  /** Reads this capture's current id (a self-fenced capture rejoins with a new one). */
+  async refreshId(): Promise<string> {
+    this.id = await waitFor('the capture to serve its status', async () => {
+      const answer = await api<{ id: string }>(this.url, 'GET', '/api/v1/status');
+      return answer.status === 200 && answer.body.id !== '' ? answer.body.id : undefined;
+    });
+    return this.id;
+  }
+
+  async status(): Promise<{ id: string; isOwner: boolean }> {
+    return (await api<{ id: string; isOwner: boolean }>(this.url, 'GET', '/api/v1/status')).body;
+  }
+
+  async stop(): Promise<void> {
+    await this.proc.stop();
+  }
+}
+
+/** The changefeed fields the tests read. */
+export interface ChangefeedView {
+  readonly id: string;
+  readonly state: string;
+  readonly checkpointTs: string;
+  readonly resolvedTs: string;
+  readonly checkpointLagMs: number | null;
+  readonly watermark: { readonly state: string; readonly reason: string | null; readonly code?: string };
+  readonly spans: number;
+  readonly spansByState: Record<string, number> | null;
+}
+
+/** A span as the API lists it. */
+export interface SpanView {
+  readonly table: string;
+  readonly start: string;
+  readonly end: string;
+  readonly state: string;
+  readonly primary: string | null;
+  readonly secondaries: string[];
+  readonly checkpointTs: string;
+}

@@ -1,0 +1,312 @@
+/**
+ * Runs the span pipelines of one changefeed on one capture, as the agent commands.
+ *
+ * Every `intervalMs` each pipeline takes one step: a preparing pipeline learns the
+ * source's resolved-ts (reported once as `prepared`); a writing pipeline reads the next
+ * events after its position (bounded batch), writes them, flushes, and only then moves
+ * its position: the checkpoint it reports is always durable in the sink. A stop waits
+ * for the step in progress, so the final checkpoint covers everything written.
+ */
+import type { PipelineCommand, PipelineEvent } from '../agent/pipeline.ts';
+import type { Span } from '../core/span.ts';
+import { maxTs, tsMin } from '../core/ts.ts';
+import type { Logger } from '../log.ts';
+import type { BackfillLimits, BackfillStore } from './backfill.ts';
+import type { Sink } from './sink.ts';
+import type { Source } from './source.ts';
+
+/** How a changefeed's spans backfill, when they do. */
+export interface BackfillPlan {
+  /** The snapshot revision of the span's table, or undefined when it is not backfilled. */
+  snapshotTsFor(span: Span): bigint | undefined;
+  readonly store: BackfillStore;
+  readonly limits: BackfillLimits;
+}
+
+/** Hooks for metrics. */
+export interface PipelineObserver {
+  eventsWritten(count: number): void;
+  flushed(seconds: number): void;
+}
+
+/** A backfill in progress on one pipeline. */
+interface BackfillState {
+  readonly snapshotTs: bigint;
+  afterKey: string | undefined;
+  keysDone: number;
+  keysTotal: number;
+  done: boolean;
+}
+
+/** A backfill page failed more often than allowed: the changefeed fails. */
+export class BackfillError extends Error {
+  override readonly name = 'BackfillError';
+  readonly retryable = false;
+}
+
+/** Bounds of the runner. */
+export interface PipelineLimits {
+  readonly intervalMs: number;
+  /** Events read and written per pipeline step. */
+  readonly batchEventsMax: number;
+  /** Pipeline steps running at once. */
+  readonly stepsInFlightMax: number;
+}
+
+export const pipelineDefaults: PipelineLimits = { intervalMs: 50, batchEventsMax: 1_000, stepsInFlightMax: 256 };
+
+interface Pipeline {
+  readonly span: Span;
+  readonly key: string;
+  readonly startTs: bigint;
+  prepared: boolean;
+  writing: boolean;
+  position: bigint;
+  resolved: bigint;
+  stopping: boolean;
+  busy: Promise<void> | undefined;
+  /** undefined: not looked up yet; null: nothing to backfill. */
+  backfill: BackfillState | null | undefined;
+}
+
+export class PipelineRunner {
+  private readonly pipelines = new Map<string, Pipeline>();
+  private barrierTs = maxTs;
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight = 0;
+  private cursor = 0;
+  eventsWritten = 0;
+
+  constructor(
+    private readonly source: Source,
+    private readonly sink: Sink,
+    private readonly emit: (event: PipelineEvent) => void,
+    private readonly limits: PipelineLimits,
+    private readonly log: Logger,
+    private readonly backfill?: BackfillPlan,
+    private readonly observer?: PipelineObserver,
+  ) {}
+
+  private backfillsInFlight = 0;
+
+  start(): void {
+    this.timer = setInterval(() => this.stepAll(), this.limits.intervalMs);
+  }
+
+  /** Applies the agent's commands. */
+  apply(commands: readonly PipelineCommand[]): void {
+    for (const command of commands) {
+      switch (command.kind) {
+        case 'prepare':
+          this.pipelines.set(command.key, {
+            span: command.span,
+            key: command.key,
+            startTs: command.checkpointTs,
+            prepared: false,
+            writing: false,
+            position: command.checkpointTs,
+            resolved: command.checkpointTs,
+            stopping: false,
+            busy: undefined,
+            backfill: undefined,
+          });
+          // Step at once: the owner waits for `prepared` to go on with the add or move.
+          this.kick();
+          break;
+        case 'promote': {
+          const pipeline = this.pipelines.get(command.key);
+          if (pipeline === undefined) break;
+          pipeline.writing = true;
+          pipeline.position = command.checkpointTs;
+          // Look the backfill up again: another capture may have advanced it.
+          pipeline.backfill = undefined;
+          break;
+        }
+        case 'stop':
+          this.stop(command.key);
+          break;
+        case 'barrier':
+          this.barrierTs = command.barrierTs;
+          break;
+      }
+    }
+  }
+
+  private kicked = false;
+
+  private kick(): void {
+    if (this.kicked) return;
+    this.kicked = true;
+    setImmediate(() => {
+      this.kicked = false;
+      this.stepAll();
+    });
+  }
+
+  /** Spans held, for metrics. */
+  get size(): number {
+    return this.pipelines.size;
+  }
+
+  /** Stops every pipeline at once and forgets them (self-fence or shutdown). */
+  async close(): Promise<void> {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    const busy = [...this.pipelines.values()].map((p) => p.busy).filter((b) => b !== undefined);
+    this.pipelines.clear();
+    await Promise.allSettled(busy);
+    await Promise.allSettled([this.source.close(), this.sink.close()]);
+  }
+
+  private stop(key: string): void {
+    const pipeline = this.pipelines.get(key);
+    if (pipeline === undefined || pipeline.stopping) return;
+    pipeline.stopping = true;
+    const finish = async (): Promise<void> => {
+      await pipeline.busy;
+      if (this.pipelines.get(key) !== pipeline) return;
+      this.pipelines.delete(key);
+      this.source.release?.(pipeline.span);
+      this.emit({ kind: 'stopped', key, checkpointTs: pipeline.writing ? pipeline.position : pipeline.startTs });
+    };
+    void finish();
+  }
+
+  /**
+   * Starts a step for every idle pipeline, within the in-flight bound. When the bound
+   * cuts a round short, the next round starts where this one stopped, so no pipeline
+   * starves behind the others.
+   */
+  private stepAll(): void {
+    const all = [...this.pipelines.values()];
+    const start = this.cursor % Math.max(1, all.length);
+    for (let i = 0; i < all.length; i++) {
+      const pipeline = all[(start + i) % all.length] as Pipeline;
+      if (pipeline.busy !== undefined || pipeline.stopping) continue;
+      if (this.inFlight >= this.limits.stepsInFlightMax) {
+        this.cursor = start + i;
+        return;
+      }
+      this.inFlight++;
+      pipeline.busy = this.step(pipeline)
+        .catch((error: unknown) => {
+          this.log.warn({ err: error, span: pipeline.key }, 'pipeline step failed');
+          if (this.pipelines.get(pipeline.key) === pipeline) {
+            this.pipelines.delete(pipeline.key);
+            this.source.release?.(pipeline.span);
+            const retryable = (error as { retryable?: unknown }).retryable !== false;
+            this.emit({ kind: 'failed', key: pipeline.key, error: (error as Error).message, retryable });
+          }
+        })
+        .finally(() => {
+          this.inFlight--;
+          pipeline.busy = undefined;
+        });
+    }
+  }
+
+  /**
+   * One backfill page, when the span has one to do. Returns true when it took the step.
+   * While backfilling, the span reports a checkpoint below the snapshot: the sink does not
+   * hold the snapshot yet.
+   */
+  private async backfillStep(pipeline: Pipeline): Promise<boolean> {
+    const plan = this.backfill;
+    const snapshots = this.source.snapshots;
+    if (plan === undefined || snapshots === undefined) return false;
+    if (pipeline.backfill === undefined) {
+      const snapshotTs = plan.snapshotTsFor(pipeline.span);
+      const record = snapshotTs === undefined ? undefined : await plan.store.load(pipeline.span);
+      if (snapshotTs === undefined || record?.done === true || pipeline.position >= snapshotTs) {
+        pipeline.backfill = null;
+        return false;
+      }
+      const resume = record !== undefined && BigInt(record.snapshotTs) === snapshotTs;
+      pipeline.backfill = {
+        snapshotTs,
+        afterKey: resume && record.afterKeyBase64 !== undefined ? Buffer.from(record.afterKeyBase64, 'base64').toString('latin1') : undefined,
+        keysDone: resume ? record.keysDone : 0,
+        keysTotal: resume ? record.keysTotal : await snapshots.countKeys(pipeline.span, snapshotTs),
+        done: false,
+      };
+      this.log.info({ span: pipeline.key, snapshotTs, keysDone: pipeline.backfill.keysDone, keysTotal: pipeline.backfill.keysTotal }, 'backfill started');
+    }
+    const state = pipeline.backfill;
+    if (state === null || state.done) return false;
+    const checkpointTs = state.snapshotTs - 1n < pipeline.position ? state.snapshotTs - 1n : pipeline.position;
+    if (this.backfillsInFlight >= plan.limits.spansInFlightMax) {
+      this.emit({ kind: 'progress', key: pipeline.key, checkpointTs, resolvedTs: pipeline.resolved });
+      return true;
+    }
+    this.backfillsInFlight++;
+    try {
+      let page;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          page = await snapshots.snapshot(pipeline.span, state.snapshotTs, state.afterKey, plan.limits.pageKeysMax);
+          if (page.events.length > 0) await this.sink.write(pipeline.span, page.events);
+          await this.sink.flush(pipeline.span, state.snapshotTs);
+          break;
+        } catch (error) {
+          if (attempt >= plan.limits.pageTriesMax) {
+            throw new BackfillError(`backfill of table ${pipeline.span.table} failed ${attempt} times: ${(error as Error).message}`);
+          }
+          this.log.warn({ err: error, span: pipeline.key, attempt }, 'backfill page failed; retrying');
+          await new Promise((resolve) => setTimeout(resolve, plan.limits.retryBackoffMs * 2 ** (attempt - 1)));
+        }
+      }
+      if (this.pipelines.get(pipeline.key) !== pipeline) return true;
+      state.keysDone += page.events.length;
+      state.afterKey = page.nextAfterKey;
+      state.done = page.nextAfterKey === undefined;
+      const record = {
+        snapshotTs: state.snapshotTs.toString(),
+        ...(state.afterKey === undefined ? {} : { afterKeyBase64: Buffer.from(state.afterKey, 'latin1').toString('base64') }),
+        keysDone: state.keysDone,
+        keysTotal: Math.max(state.keysTotal, state.keysDone),
+        done: state.done,
+      };
+      await plan.store.save(pipeline.span, record);
+      if (state.done) {
+        // The snapshot is in the sink: stream everything after it.
+        if (pipeline.position < state.snapshotTs) pipeline.position = state.snapshotTs;
+        this.log.info({ span: pipeline.key, keysDone: state.keysDone }, 'backfill done');
+      }
+    } finally {
+      this.backfillsInFlight--;
+    }
+    this.emit({ kind: 'progress', key: pipeline.key, checkpointTs: state.done ? pipeline.position : checkpointTs, resolvedTs: pipeline.resolved });
+    return true;
+  }
+
+  private async step(pipeline: Pipeline): Promise<void> {
+    const resolved = await this.source.resolvedTs(pipeline.span, pipeline.position);
+    if (resolved > pipeline.resolved) pipeline.resolved = resolved;
+    if (!pipeline.prepared) {
+      pipeline.prepared = true;
+      this.emit({ kind: 'prepared', key: pipeline.key, resolvedTs: pipeline.resolved });
+      return;
+    }
+    if (pipeline.writing && !pipeline.stopping && (await this.backfillStep(pipeline))) return;
+    if (pipeline.writing && !pipeline.stopping) {
+      const upto = tsMin(pipeline.resolved, this.barrierTs);
+      if (upto > pipeline.position) {
+        const { events, readUpToTs } = await this.source.read(pipeline.span, pipeline.position, upto, this.limits.batchEventsMax);
+        if (events.length > 0) await this.sink.write(pipeline.span, events);
+        const flushStarted = performance.now();
+        await this.sink.flush(pipeline.span, readUpToTs);
+        this.observer?.flushed((performance.now() - flushStarted) / 1000);
+        this.eventsWritten += events.length;
+        if (events.length > 0) this.observer?.eventsWritten(events.length);
+        // Only now is everything up to readUpToTs durable.
+        if (this.pipelines.get(pipeline.key) === pipeline && readUpToTs > pipeline.position) pipeline.position = readUpToTs;
+      }
+    }
+    if (this.pipelines.get(pipeline.key) !== pipeline) return;
+    this.emit({
+      kind: 'progress',
+      key: pipeline.key,
+      checkpointTs: pipeline.writing ? pipeline.position : pipeline.startTs,
+      resolvedTs: pipeline.resolved,
+    });
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * Builds sources and sinks from URIs. New kinds register here.
+ */
+import type { Sink } from './sink.ts';
+import { BlackholeSink, parseBlackholeUri } from './sinks/blackhole.ts';
+import { EtcdSink, parseEtcdSinkUri } from './sinks/etcd.ts';
+import { FileSink, parseFileSinkUri } from './sinks/file.ts';
+import { PostgresSink, parsePostgresSinkUri } from './sinks/postgres.ts';
+import type { Source } from './source.ts';
+import { DatagenSource, parseDatagenUri } from './sources/datagen.ts';
+import { EtcdSource, parseEtcdSourceUri } from './sources/etcd.ts';
+import { BadUriError } from './uri.ts';
+
+const sources = {
+  datagen: (uri: string): Source => new DatagenSource(parseDatagenUri(uri)),
+  etcd: (uri: string): Source => new EtcdSource(parseEtcdSourceUri(uri)),
+} as const;
+
+const sinks = {
+  blackhole: (uri: string): Sink => new BlackholeSink(parseBlackholeUri(uri)),
+  file: (uri: string): Sink => new FileSink(parseFileSinkUri(uri)),
+  etcd: (uri: string): Sink => new EtcdSink(parseEtcdSinkUri(uri)),
+  postgres: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
+  postgresql: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
+} as const;
+
+const sourceValidators: Record<string, (uri: string) => unknown> = { datagen: parseDatagenUri, etcd: parseEtcdSourceUri };
+const sinkValidators: Record<string, (uri: string) => unknown> = {
+  blackhole: parseBlackholeUri,
+  file: parseFileSinkUri,
+  etcd: parseEtcdSinkUri,
+  postgres: parsePostgresSinkUri,
+  postgresql: parsePostgresSinkUri,
+};
+
+function schemeOf(uri: string): string {
+  return /^([a-z]+):/.exec(uri)?.[1] ?? '';
+}
+
+function pick<T>(table: Record<string, (uri: string) => T>, uri: string, what: string): (uri: string) => T {
+  const make = table[schemeOf(uri)];
+  if (make === undefined) {
+    throw new BadUriError(`${what} uri ${JSON.stringify(uri)}: supported schemes are ${Object.keys(table).map((s) => `${s}://`).join(', ')}`);
+  }
+  return make;
+}
+
+/** Checks a source URI without opening anything; throws BadUriError. */
+export function validateSourceUri(uri: string): void {
+  pick(sources, uri, 'source');
+  sourceValidators[schemeOf(uri)]?.(uri);
+}
+
+/** Checks a sink URI without opening anything; throws BadUriError. */
+export function validateSinkUri(uri: string): void {
+  pick(sinks, uri, 'sink');
+  sinkValidators[schemeOf(uri)]?.(uri);
+}
+
+export function openSource(uri: string): Source {
+  return pick(sources, uri, 'source')(uri);
+}
+
+export function openSink(uri: string): Sink {
+  return pick(sinks, uri, 'sink')(uri);
+}

@@ -1,0 +1,115 @@
+/**
+ * The `etcd` sink: mirrors each table's keys under a target prefix of a (downstream)
+ * etcd. `etcd://host:port[,host:port...]/<target-prefix>`.
+ *
+ * Never goes backwards: next to every mirrored key the sink keeps the source revision
+ * it last applied (under `/spanfeed-mirror-revisions/<target key>`, zero-padded so the
+ * string order is the numeric order), and applies an event only in a transaction that
+ * compares it: a replayed older event (at-least-once delivery) never overwrites a newer
+ * one. Within one write only the last event per key is applied; transactions run with a
+ * bounded number in flight.
+ */
+import type { Etcd3 } from 'etcd3';
+import type { Span } from '../../core/span.ts';
+import { createEtcdClient } from '../../cluster/etcd-client.ts';
+import type { Sink } from '../sink.ts';
+import type { ChangeEvent } from '../source.ts';
+import { BadUriError, intParam, parseUri } from '../uri.ts';
+
+export const mirrorRevisionsPrefix = '/spanfeed-mirror-revisions/';
+
+/** Transactions tried per event before the write fails (and the pipeline retries). */
+const applyAttemptsMax = 8;
+
+export interface EtcdSinkOptions {
+  readonly endpoints: readonly string[];
+  readonly targetPrefix: string;
+  readonly txnsInFlightMax: number;
+}
+
+export function parseEtcdSinkUri(uri: string): EtcdSinkOptions {
+  const url = parseUri(uri, ['etcd'], 'sink');
+  const rest = uri.slice('etcd://'.length).split('?')[0] ?? '';
+  const slash = rest.indexOf('/');
+  const hosts = slash < 0 ? rest : rest.slice(0, slash);
+  const targetPrefix = slash < 0 ? '' : decodeURIComponent(rest.slice(slash + 1));
+  const endpoints = hosts.split(',').filter((h) => h !== '');
+  if (endpoints.length === 0 || !endpoints.every((e) => /^[a-zA-Z0-9.-]+:\d{1,5}$/.test(e))) {
+    throw new BadUriError(`sink uri ${JSON.stringify(uri)} must be etcd://host:port[,host:port...]/<target-prefix>`);
+  }
+  if (targetPrefix === '') throw new BadUriError(`sink uri ${JSON.stringify(uri)} needs a target prefix: etcd://host:port/<target-prefix>`);
+  return { endpoints, targetPrefix, txnsInFlightMax: intParam(url, 'txnsInFlightMax', 64, 1, 4096) };
+}
+
+/** A revision as a fixed-width string: string order is numeric order. */
+export function revisionText(ts: bigint): string {
+  return ts.toString().padStart(20, '0');
+}
+
+/** Target keys remembered as mirrored, to try the likelier transaction first. */
+const knownKeysMax = 1_000_000;
+
+export class EtcdSink implements Sink {
+  private readonly client: Etcd3;
+  /** Keys this sink has mirrored: an update is likelier than a first write for them. */
+  private readonly known = new Set<string>();
+
+  constructor(private readonly options: EtcdSinkOptions) {
+    this.client = createEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 10_000 });
+  }
+
+  async write(_span: Span, events: readonly ChangeEvent[]): Promise<void> {
+    const latest = new Map<string, ChangeEvent>();
+    for (const event of events) latest.set(event.key, event);
+    const queue = [...latest.values()];
+    const workers = Array.from({ length: Math.min(this.options.txnsInFlightMax, queue.length) }, async () => {
+      for (let event = queue.shift(); event !== undefined; event = queue.shift()) await this.apply(event);
+    });
+    await Promise.all(workers);
+  }
+
+  /** Every write was a committed etcd transaction: nothing more to make durable. */
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+
+  private remember(target: string): void {
+    if (this.known.size >= knownKeysMax) this.known.clear();
+    this.known.add(target);
+  }
+
+  private async apply(event: ChangeEvent): Promise<void> {
+    const target = this.options.targetPrefix + event.key;
+    const marker = mirrorRevisionsPrefix + target;
+    const targetKey = Buffer.from(target, 'latin1');
+    const markerKey = Buffer.from(marker, 'latin1');
+    const rev = revisionText(event.ts);
+    const ops = [
+      event.op === 'delete' ? this.client.delete().key(targetKey) : this.client.put(targetKey).value(Buffer.from(event.value ?? '', 'latin1')),
+      this.client.put(markerKey).value(rev),
+    ];
+    // Applied only over an older revision, or where the key was never mirrored; the
+    // likelier of the two transactions goes first, so one round trip is the usual cost.
+    // Two writers of one key (a replay racing the new primary) may both miss; retry
+    // until the marker is at or past this event.
+    const over = (): Promise<boolean> => this.client.if(markerKey, 'Value', '<', rev).then(...ops).commit().then((r) => r.succeeded);
+    const first = (): Promise<boolean> => this.client.if(markerKey, 'Version', '==', 0).then(...ops).commit().then((r) => r.succeeded);
+    const tries = this.known.has(target) ? [over, first] : [first, over];
+    for (let attempt = 0; attempt < applyAttemptsMax; attempt++) {
+      for (const attemptTxn of tries) {
+        if (await attemptTxn()) {
+          this.remember(target);
+          return;
+        }
+      }
+      const current = await this.client.get(markerKey).string();
+      if (current !== null && current >= rev) {
+        this.remember(target);
+        return;
+      }
+    }
+    throw new Error(`could not apply revision ${event.ts} to ${JSON.stringify(target)} after ${applyAttemptsMax} attempts`);
+  }
+}

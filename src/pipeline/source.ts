@@ -1,0 +1,56 @@
+/**
+ * Sources: where span pipelines read changes from (DESIGN.md §7).
+ */
+import type { Span } from '../core/span.ts';
+import type { BackfillLimits } from './backfill.ts';
+
+/** One change of one key. Keys and values are binary strings (one byte per code unit). */
+export interface ChangeEvent {
+  readonly table: string;
+  readonly key: string;
+  readonly value?: string;
+  readonly op: 'put' | 'delete';
+  readonly ts: bigint;
+}
+
+/** What a read returned: events in ts order, and how far the read got. */
+export interface ReadResult {
+  readonly events: readonly ChangeEvent[];
+  /** Every event of the span with ts <= this was returned (by this or earlier reads). */
+  readonly readUpToTs: bigint;
+}
+
+/** One page of a snapshot read. */
+export interface SnapshotPage {
+  /** The keys of the page as puts, each with ts = the revision that last changed it. */
+  readonly events: readonly ChangeEvent[];
+  /** Where the next page starts (exclusive), or undefined after the last page. */
+  readonly nextAfterKey: string | undefined;
+}
+
+/** A source that can read a consistent snapshot for backfill (initial scan). */
+export interface SnapshotSource {
+  /** Backfill bounds the source's URI asked for, over the defaults. */
+  readonly backfillLimits?: Partial<BackfillLimits>;
+  /** Keys of `span` at `atTs` after `afterKey` (exclusive; '' = from the start), at most `limit`. */
+  snapshot(span: Span, atTs: bigint, afterKey: string | undefined, limit: number): Promise<SnapshotPage>;
+  /** How many keys `span` holds at `atTs`. */
+  countKeys(span: Span, atTs: bigint): Promise<number>;
+}
+
+/** A source of changes for spans. */
+export interface Source {
+  /** Present when the source can backfill. */
+  readonly snapshots?: SnapshotSource;
+  /** The highest ts up to which the span's history after `afterTs` is complete. */
+  resolvedTs(span: Span, afterTs: bigint): Promise<bigint>;
+  /** Events with afterTs < ts <= uptoTs, in ts order, at most `limit` of them. */
+  read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult>;
+  /** The span is no longer read here: free what reading it holds. */
+  release?(span: Span): void;
+  /** Where a changefeed that starts `now` begins. */
+  currentTs(): Promise<bigint>;
+  /** Where a changefeed that starts `earliest` begins (default: `currentTs`). */
+  earliestTs?(): Promise<bigint>;
+  close(): Promise<void>;
+}

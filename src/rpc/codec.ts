@@ -1,0 +1,229 @@
+/**
+ * Core messages <-> protobuf objects. Decoding validates everything that comes from the
+ * network and throws a {@link ProtocolError} naming the bad field.
+ */
+import type {
+  AgentSpanState,
+  CaptureWatermark,
+  MessageHeader,
+  OwnerMessage,
+  ReportMessage,
+  SpanStatus,
+} from '../core/messages.ts';
+import type { Span } from '../core/span.ts';
+import type { SpanDigest } from '../core/span-digest.ts';
+
+/** A malformed message from the network. */
+export class ProtocolError extends Error {
+  override readonly name = 'ProtocolError';
+  readonly retryable = false;
+}
+
+const states: Record<AgentSpanState, string> = {
+  absent: 'AGENT_SPAN_STATE_ABSENT',
+  preparing: 'AGENT_SPAN_STATE_PREPARING',
+  prepared: 'AGENT_SPAN_STATE_PREPARED',
+  replicating: 'AGENT_SPAN_STATE_REPLICATING',
+  stopping: 'AGENT_SPAN_STATE_STOPPING',
+  stopped: 'AGENT_SPAN_STATE_STOPPED',
+};
+const statesByName = new Map(Object.entries(states).map(([k, v]) => [v, k as AgentSpanState]));
+
+type Obj = Record<string, unknown>;
+
+function obj(value: unknown, field: string): Obj {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ProtocolError(`${field} is missing`);
+  return value as Obj;
+}
+
+const uint64Max = (1n << 64n) - 1n;
+
+function u64(value: unknown, field: string): bigint {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return BigInt(value);
+  if (typeof value !== 'string' || !/^\d{1,20}$/.test(value)) throw new ProtocolError(`${field} is not an unsigned 64-bit integer`);
+  const n = BigInt(value);
+  if (n > uint64Max) throw new ProtocolError(`${field} is not an unsigned 64-bit integer`);
+  return n;
+}
+
+function num(value: unknown, field: string): number {
+  const n = u64(value, field);
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`${field} is too large`);
+  return Number(n);
+}
+
+function str(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw new ProtocolError(`${field} is not a string`);
+  return value;
+}
+
+function bytes(value: unknown, field: string): string {
+  if (Buffer.isBuffer(value)) return value.toString('latin1');
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('latin1');
+  throw new ProtocolError(`${field} is not bytes`);
+}
+
+function list(value: unknown, field: string): unknown[] {
+  if (!Array.isArray(value)) throw new ProtocolError(`${field} is not a list`);
+  return value;
+}
+
+const encodeSpan = (span: Span): Obj => ({ table: span.table, start: Buffer.from(span.start, 'latin1'), end: Buffer.from(span.end, 'latin1') });
+
+function decodeSpan(value: unknown, field: string): Span {
+  const o = obj(value, field);
+  const table = str(o.table, `${field}.table`);
+  if (table.length === 0) throw new ProtocolError(`${field}.table is empty`);
+  return { table, start: bytes(o.start, `${field}.start`), end: bytes(o.end, `${field}.end`) };
+}
+
+const encodeHeader = (h: MessageHeader): Obj => ({
+  changefeed: h.changefeed,
+  ownerRevision: h.ownerRevision.toString(),
+  changefeedEpoch: h.changefeedEpoch.toString(),
+  captureEpoch: h.captureEpoch.toString(),
+  from: h.from,
+  to: h.to,
+  seq: String(h.seq),
+  ackSeq: String(h.ackSeq),
+});
+
+function decodeHeader(value: unknown): MessageHeader {
+  const o = obj(value, 'header');
+  return {
+    changefeed: str(o.changefeed, 'header.changefeed'),
+    ownerRevision: u64(o.ownerRevision, 'header.ownerRevision'),
+    changefeedEpoch: u64(o.changefeedEpoch, 'header.changefeedEpoch'),
+    captureEpoch: u64(o.captureEpoch, 'header.captureEpoch'),
+    from: str(o.from, 'header.from'),
+    to: str(o.to, 'header.to'),
+    seq: num(o.seq, 'header.seq'),
+    ackSeq: num(o.ackSeq, 'header.ackSeq'),
+  };
+}
+
+const encodeDigest = (d: SpanDigest): Obj => ({ count: d.count, hashA: d.hashA, hashB: d.hashB });
+
+function decodeDigest(value: unknown, field: string): SpanDigest {
+  const o = obj(value, field);
+  const n = (v: unknown, f: string): number => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new ProtocolError(`${field}.${f} is not a uint32`);
+    return v;
+  };
+  return { count: n(o.count, 'count'), hashA: n(o.hashA, 'hashA'), hashB: n(o.hashB, 'hashB') };
+}
+
+/** Encodes an owner message as the proto `OwnerMessage`. */
+export function encodeOwnerMessage(message: OwnerMessage): Obj {
+  if (message.kind === 'dispatch') {
+    return {
+      dispatch: {
+        header: encodeHeader(message.header),
+        adds: message.adds.map((a) => ({ span: encodeSpan(a.span), secondary: a.secondary, checkpointTs: a.checkpointTs.toString() })),
+        removes: message.removes.map(encodeSpan),
+      },
+    };
+  }
+  return {
+    heartbeat: {
+      header: encodeHeader(message.header),
+      spans: message.spans.map(encodeSpan),
+      spansComplete: message.spansComplete,
+      primaryDigest: encodeDigest(message.primaryDigest),
+      draining: message.draining,
+      barrierTs: message.barrierTs.toString(),
+      collectId: String(message.collectId),
+    },
+  };
+}
+
+/** Decodes and validates a proto `OwnerMessage`. */
+export function decodeOwnerMessage(value: unknown): OwnerMessage {
+  const o = obj(value, 'message');
+  if (o.dispatch !== undefined && o.dispatch !== null) {
+    const d = obj(o.dispatch, 'dispatch');
+    return {
+      kind: 'dispatch',
+      header: decodeHeader(d.header),
+      adds: list(d.adds, 'dispatch.adds').map((raw, i) => {
+        const a = obj(raw, `adds[${i}]`);
+        if (typeof a.secondary !== 'boolean') throw new ProtocolError(`adds[${i}].secondary is not a boolean`);
+        return { span: decodeSpan(a.span, `adds[${i}].span`), secondary: a.secondary, checkpointTs: u64(a.checkpointTs, `adds[${i}].checkpointTs`) };
+      }),
+      removes: list(d.removes, 'dispatch.removes').map((raw, i) => decodeSpan(raw, `removes[${i}]`)),
+    };
+  }
+  if (o.heartbeat !== undefined && o.heartbeat !== null) {
+    const h = obj(o.heartbeat, 'heartbeat');
+    if (typeof h.spansComplete !== 'boolean' || typeof h.draining !== 'boolean') throw new ProtocolError('heartbeat flags are not booleans');
+    return {
+      kind: 'heartbeat',
+      header: decodeHeader(h.header),
+      spans: list(h.spans, 'heartbeat.spans').map((raw, i) => decodeSpan(raw, `spans[${i}]`)),
+      spansComplete: h.spansComplete,
+      primaryDigest: decodeDigest(h.primaryDigest, 'heartbeat.primaryDigest'),
+      draining: h.draining,
+      barrierTs: u64(h.barrierTs, 'heartbeat.barrierTs'),
+      collectId: num(h.collectId, 'heartbeat.collectId'),
+    };
+  }
+  throw new ProtocolError('message has neither dispatch nor heartbeat');
+}
+
+const encodeStatus = (s: SpanStatus): Obj => ({
+  span: encodeSpan(s.span),
+  state: states[s.state],
+  checkpointTs: s.checkpointTs.toString(),
+  resolvedTs: s.resolvedTs.toString(),
+  fatalError: s.fatalError ?? '',
+});
+
+function decodeStatus(value: unknown, field: string): SpanStatus {
+  const o = obj(value, field);
+  const state = statesByName.get(str(o.state, `${field}.state`));
+  if (state === undefined) throw new ProtocolError(`${field}.state ${JSON.stringify(o.state)} is not a span state`);
+  const status: SpanStatus = { span: decodeSpan(o.span, `${field}.span`), state, checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`), resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`) };
+  if (o.fatalError === undefined || o.fatalError === null || o.fatalError === '') return status;
+  return { ...status, fatalError: str(o.fatalError, `${field}.fatalError`).slice(0, 4096) };
+}
+
+/** Encodes a report as the proto `CaptureMessage`. */
+export function encodeCaptureMessage(report: ReportMessage): Obj {
+  const w = report.watermark;
+  return {
+    report: {
+      header: encodeHeader(report.header),
+      statuses: report.statuses.map(encodeStatus),
+      watermark: { checkpointTs: w.checkpointTs.toString(), resolvedTs: w.resolvedTs.toString(), digest: encodeDigest(w.digest) },
+      liveness: report.liveness === 'stopping' ? 'LIVENESS_STOPPING' : 'LIVENESS_ALIVE',
+      ...(report.collect === undefined ? {} : { collect: { id: String(report.collect.id), part: report.collect.part, parts: report.collect.parts } }),
+    },
+  };
+}
+
+/** Decodes and validates a proto `CaptureMessage`. */
+export function decodeCaptureMessage(value: unknown): ReportMessage {
+  const r = obj(obj(value, 'message').report, 'report');
+  const w = obj(r.watermark, 'report.watermark');
+  const watermark: CaptureWatermark = {
+    checkpointTs: u64(w.checkpointTs, 'watermark.checkpointTs'),
+    resolvedTs: u64(w.resolvedTs, 'watermark.resolvedTs'),
+    digest: decodeDigest(w.digest, 'watermark.digest'),
+  };
+  if (r.liveness !== 'LIVENESS_ALIVE' && r.liveness !== 'LIVENESS_STOPPING') throw new ProtocolError(`report.liveness ${JSON.stringify(r.liveness)} is not valid`);
+  const base = {
+    kind: 'report' as const,
+    header: decodeHeader(r.header),
+    statuses: list(r.statuses, 'report.statuses').map((raw, i) => decodeStatus(raw, `statuses[${i}]`)),
+    watermark,
+    liveness: r.liveness === 'LIVENESS_STOPPING' ? ('stopping' as const) : ('alive' as const),
+  };
+  if (r.collect === undefined || r.collect === null) return base;
+  const c = obj(r.collect, 'report.collect');
+  const id = num(c.id, 'collect.id');
+  if (id === 0) return base;
+  const part = c.part;
+  const parts = c.parts;
+  if (typeof part !== 'number' || typeof parts !== 'number' || parts < 1 || part >= parts) throw new ProtocolError('report.collect part is out of range');
+  return { ...base, collect: { id, part, parts } };
+}

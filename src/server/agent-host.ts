@@ -1,0 +1,164 @@
+/**
+ * The capture side of every changefeed on this capture: one pure {@link Agent} and one
+ * {@link PipelineRunner} per changefeed, fed by the owner's stream and the pipelines.
+ * Reports go back on the stream the owner's latest accepted message came from.
+ */
+import { randomInt } from 'node:crypto';
+import { Agent, agentDefaults } from '../agent/agent.ts';
+import type { AgentOutput } from '../agent/agent.ts';
+import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
+import type { Logger } from '../log.ts';
+import type { Etcd3 } from 'etcd3';
+import type { Metrics } from '../api/metrics.ts';
+import type { ClusterKeys } from '../cluster/keys.ts';
+import { EtcdBackfillStore, backfillDefaults } from '../pipeline/backfill.ts';
+import type { PipelineLimits } from '../pipeline/pipeline-runner.ts';
+import { PipelineRunner } from '../pipeline/pipeline-runner.ts';
+import { openSink, openSource } from '../pipeline/registry.ts';
+import type { ChangefeedInfo } from './changefeed-info.ts';
+
+interface HostedAgent {
+  readonly agent: Agent;
+  readonly epoch: string;
+  readonly runner: PipelineRunner;
+  reply: ((report: ReportMessage) => void) | undefined;
+}
+
+export class AgentHost {
+  private readonly hosted = new Map<string, HostedAgent>();
+  private owner: { id: string; revision: bigint } | undefined;
+  private flushScheduled = false;
+  droppedMessages = 0;
+
+  constructor(
+    private readonly captureId: string,
+    private readonly changefeeds: () => ReadonlyMap<string, ChangefeedInfo>,
+    private readonly limits: PipelineLimits,
+    private readonly log: Logger,
+    private readonly metadata: { readonly client: Etcd3; readonly keys: ClusterKeys; readonly metrics: Metrics },
+  ) {}
+
+  /** A message from an owner, with the way back on its stream. */
+  handle(message: OwnerMessage, reply: (report: ReportMessage) => void): void {
+    const id = message.header.changefeed;
+    const info = this.changefeeds().get(id);
+    if (info === undefined || info.state !== 'normal' || BigInt(info.epoch) !== message.header.changefeedEpoch) {
+      this.droppedMessages++;
+      return;
+    }
+    const hosted = this.ensure(info);
+    const out = hosted.agent.handleMessage(message);
+    if (out.outbox.length > 0 || message.header.ownerRevision >= (this.owner?.revision ?? 0n)) hosted.reply = reply;
+    this.apply(id, hosted, out);
+  }
+
+  /** The owner seen in etcd: agents drop anything older. */
+  observeOwner(ownerId: string, revision: bigint): void {
+    this.owner = { id: ownerId, revision };
+    for (const [id, hosted] of this.hosted) this.apply(id, hosted, hosted.agent.observeOwner(ownerId, revision));
+  }
+
+  /** Sends each agent's pending state changes; called every tick. */
+  flush(): void {
+    for (const [id, hosted] of this.hosted) this.apply(id, hosted, hosted.agent.flush());
+  }
+
+  /** Stops agents whose changefeed is gone, paused, or re-created with a new epoch. */
+  sync(): void {
+    const infos = this.changefeeds();
+    for (const [id, hosted] of this.hosted) {
+      const info = infos.get(id);
+      if (info === undefined || info.state !== 'normal' || info.epoch !== hosted.epoch) void this.drop(id, 'changefeed stopped');
+    }
+  }
+
+  /** Tells owners this capture is shutting down. */
+  setStopping(): void {
+    for (const hosted of this.hosted.values()) hosted.agent.setStopping();
+  }
+
+  /** Self-fence: every pipeline stops at once and every agent is forgotten. */
+  async stopAll(reason: string): Promise<void> {
+    await Promise.all([...this.hosted.keys()].map((id) => this.drop(id, reason)));
+  }
+
+  /** Spans held per changefeed, for the API and metrics. */
+  spansHeld(): Map<string, number> {
+    const held = new Map<string, number>();
+    for (const [id, hosted] of this.hosted) held.set(id, hosted.runner.size);
+    return held;
+  }
+
+  private ensure(info: ChangefeedInfo): HostedAgent {
+    const existing = this.hosted.get(info.id);
+    if (existing !== undefined && existing.epoch === info.epoch) return existing;
+    if (existing !== undefined) void this.drop(info.id, 'new epoch');
+    const agent = new Agent({
+      captureId: this.captureId,
+      captureEpoch: BigInt(randomInt(1, 2 ** 47)),
+      changefeed: info.id,
+      changefeedEpoch: BigInt(info.epoch),
+      statusesPerMessageMax: agentDefaults.statusesPerMessageMax,
+    });
+    if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
+    const log = this.log.child({ changefeed: info.id });
+    let hosted: HostedAgent | undefined;
+    const source = openSource(info.source.uri);
+    const runner = new PipelineRunner(
+      source,
+      openSink(info.sink.uri),
+      (event) => {
+        if (hosted !== undefined && this.hosted.get(info.id) === hosted) this.apply(info.id, hosted, hosted.agent.handlePipelineEvent(event));
+      },
+      this.limits,
+      log,
+      {
+        snapshotTsFor: (span) => {
+          const table = this.changefeeds().get(info.id)?.tables.find((t) => t.name === span.table);
+          return table?.backfillTs === undefined ? undefined : BigInt(table.backfillTs);
+        },
+        store: new EtcdBackfillStore(this.metadata.client, this.metadata.keys.backfillPrefix(info.id)),
+        limits: { ...backfillDefaults, ...source.snapshots?.backfillLimits },
+      },
+      {
+        eventsWritten: (count) => this.metadata.metrics.sourceEvents.inc({ changefeed: info.id }, count),
+        flushed: (seconds) => this.metadata.metrics.sinkFlushSeconds.observe({ changefeed: info.id }, seconds),
+      },
+    );
+    hosted = { agent, epoch: info.epoch, runner, reply: undefined };
+    this.hosted.set(info.id, hosted);
+    runner.start();
+    log.info({ epoch: info.epoch }, 'agent started');
+    return hosted;
+  }
+
+  private apply(id: string, hosted: HostedAgent, out: AgentOutput): void {
+    if (out.commands.length > 0) hosted.runner.apply(out.commands);
+    for (const report of out.outbox) hosted.reply?.(report);
+    for (const event of out.events) {
+      // A state change is reported at once rather than at the next tick: every step of
+      // an add or a move waits for it.
+      if (event.type === 'span-state-changed') this.scheduleFlush();
+      if (event.type === 'span-failed') this.log.warn({ changefeed: id, span: event.span, error: event.error }, 'span pipeline failed');
+      else this.log.debug({ changefeed: id, event }, 'agent event');
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private async drop(id: string, reason: string): Promise<void> {
+    const hosted = this.hosted.get(id);
+    if (hosted === undefined) return;
+    this.hosted.delete(id);
+    hosted.agent.stopAll();
+    await hosted.runner.close();
+    this.log.info({ changefeed: id, reason }, 'agent stopped');
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * One capture process (`spanfeed server`): registers in etcd under its session lease,
+ * campaigns for owner, serves the agent side over gRPC and the HTTP API, and, when
+ * elected, runs the {@link OwnerRole}.
+ *
+ * Losing the session (no keepalive for one TTL) self-fences: every pipeline stops at
+ * once, the owner role stops, and the capture starts again with a new id and a new
+ * lease. SIGTERM drains this capture's spans to others (bounded wait), resigns
+ * ownership, deregisters and exits.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Etcd3 } from 'etcd3';
+import { Election, ownerOf } from '../cluster/election.ts';
+import type { OwnerInfo } from '../cluster/election.ts';
+import { createEtcdClient } from '../cluster/etcd-client.ts';
+import type { ClusterKeys } from '../cluster/keys.ts';
+import { clusterKeys } from '../cluster/keys.ts';
+import { PrefixWatch } from '../cluster/prefix-watch.ts';
+import type { PrefixSnapshot } from '../cluster/prefix-watch.ts';
+import { EtcdSession } from '../cluster/session.ts';
+import type { Logger } from '../log.ts';
+import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
+import { CaptureRpcServer } from '../rpc/capture-server.ts';
+import { HttpApi } from '../api/http-api.ts';
+import { Metrics } from '../api/metrics.ts';
+import { AgentHost } from './agent-host.ts';
+import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
+import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
+import { OwnerRole } from './owner-role.ts';
+import type { ServerConfig } from './server-config.ts';
+
+/** The state a capture shares with its API and owner role. */
+export class Capture {
+  id = '';
+  readonly keys: ClusterKeys;
+  readonly client: Etcd3;
+  captures = new Map<string, CaptureRecord>();
+  changefeeds = new Map<string, ChangefeedInfo>();
+  statuses = new Map<string, ChangefeedStatus>();
+  owner: OwnerInfo | undefined;
+  ownerRole: OwnerRole | undefined;
+  grpcAddr = '';
+  httpAddr = '';
+  readonly metrics: Metrics;
+  private session: EtcdSession | undefined;
+  private election: Election | undefined;
+  private agents: AgentHost | undefined;
+  private rpc: CaptureRpcServer | undefined;
+  private api: HttpApi | undefined;
+  private watches: PrefixWatch[] = [];
+  private flushTimer: NodeJS.Timeout | undefined;
+  private restarting = false;
+  private shuttingDown = false;
+  private campaignTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly config: ServerConfig,
+    readonly version: string,
+    readonly log: Logger,
+  ) {
+    this.keys = clusterKeys(config.clusterId);
+    this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000 });
+    this.metrics = new Metrics({
+      changefeeds: () =>
+        [...(this.ownerRole?.managed.values() ?? [])].map((m) => ({
+          id: m.info.id,
+          checkpointTs: m.coordinator.checkpointTs,
+          resolvedTs: m.coordinator.resolvedTs,
+          ...(this.ownerRole as OwnerRole).lagsMs(m.info.id, m.coordinator.checkpointTs, m.coordinator.resolvedTs),
+          spansByState: m.coordinator.manager.stateCounts,
+          movesInFlight: m.coordinator.manager.tasksInFlight.move,
+        })),
+      spansHeld: () => this.agents?.spansHeld() ?? new Map(),
+    });
+  }
+
+  /** Starts serving; resolves once registered and campaigning. */
+  async start(): Promise<void> {
+    if (this.rpc === undefined) {
+      this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), { messagesQueuedMax: 10_000 });
+      const [grpcHost, grpcPort] = splitHostPort(this.config.grpcAddr);
+      const port = await this.rpc.listen(grpcHost, grpcPort);
+      // What is registered is what other captures dial.
+      const advertised = (host: string): string => this.config.advertiseHost ?? host;
+      this.grpcAddr = `${advertised(grpcHost)}:${port}`;
+      this.api = new HttpApi(this);
+      const [httpHost, httpPort] = splitHostPort(this.config.httpAddr);
+      this.httpAddr = `${advertised(httpHost)}:${await this.api.listen(httpHost, httpPort)}`;
+    }
+    await this.join();
+  }
+
+  /** Registers with a new id and lease, watches the cluster, campaigns. */
+  private async join(): Promise<void> {
+    this.id = `${randomBytes(6).toString('hex')}`;
+    const log = this.log.child({ captureId: this.id });
+    const session = new EtcdSession(this.client, this.config.leaseTtlS, log);
+    await session.start();
+    this.session = session;
+    session.onLost(() => void this.selfFence());
+    this.agents = new AgentHost(this.id, () => this.changefeeds, { ...pipelineDefaults, intervalMs: this.config.tickIntervalMs }, log, {
+      client: this.client,
+      keys: this.keys,
+      metrics: this.metrics,
+    });
+    const record: CaptureRecord = { id: this.id, grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, version: this.version, startedAt: new Date().toISOString() };
+    await this.client.put(this.keys.capture(this.id)).value(JSON.stringify(record)).lease(session.leaseId).exec();
+    this.election = new Election(this.client, this.keys, session, this.id);
+    const etcdError = (): void => this.metrics.etcdErrors.inc();
+    this.watches = [
+      new PrefixWatch(this.client, this.keys.capturesPrefix, (s) => this.onCaptures(s), log, 1_000, etcdError),
+      new PrefixWatch(this.client, this.keys.changefeedsPrefix, (s) => this.onChangefeeds(s), log, 1_000, etcdError),
+      new PrefixWatch(this.client, this.keys.ownerPrefix, (s) => this.onOwner(s), log, 500, etcdError),
+    ];
+    for (const watch of this.watches) await watch.start();
+    this.flushTimer = setInterval(() => this.agents?.flush(), this.config.tickIntervalMs);
+    await this.election.campaign();
+    log.info({ grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, leaseTtlS: this.config.leaseTtlS }, 'capture registered');
+  }
+
+  /** True when this capture is the acting owner. */
+  get isOwner(): boolean {
+    return this.ownerRole?.active === true;
+  }
+
+  /** Hands ownership to another capture: resign, and campaign again a little later. */
+  async resign(): Promise<void> {
+    this.ownerRole?.stop('resigned');
+    await this.election?.resign();
+    if (this.campaignTimer !== undefined) clearTimeout(this.campaignTimer);
+    this.campaignTimer = setTimeout(() => void this.election?.campaign().catch((error: unknown) => this.log.warn({ err: error }, 'campaign failed')), 1_000);
+    this.campaignTimer.unref();
+  }
+
+  /** SIGTERM: drain own spans (bounded wait), resign, deregister, stop. */
+  async shutdown(drainWaitMs: number): Promise<void> {
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    this.log.info({ captureId: this.id }, 'shutting down');
+    this.agents?.setStopping();
+    const deadline = Date.now() + drainWaitMs;
+    while (Date.now() < deadline && this.captures.size > 1) {
+      const held = [...(this.agents?.spansHeld().values() ?? [])].reduce((a, b) => a + b, 0);
+      if (held === 0) break;
+      if (this.isOwner) await this.ownerRole?.drain(this.id);
+      await sleep(100);
+    }
+    if (this.isOwner) await this.resign();
+    await this.leave();
+    await this.api?.close();
+    await this.rpc?.close();
+    this.client.close();
+  }
+
+  private async leave(): Promise<void> {
+    if (this.flushTimer !== undefined) clearInterval(this.flushTimer);
+    this.ownerRole?.stop('leaving');
+    this.ownerRole = undefined;
+    await this.agents?.stopAll('leaving');
+    for (const watch of this.watches) await watch.close();
+    this.watches = [];
+    await this.session?.close();
+  }
+
+  /** The lease is gone: stop everything at once, then join again as a new capture. */
+  private async selfFence(): Promise<void> {
+    if (this.restarting || this.shuttingDown) return;
+    this.restarting = true;
+    this.log.error({ captureId: this.id }, 'session lost: self-fencing');
+    const agents = this.agents;
+    this.agents = undefined;
+    this.ownerRole?.stop('session lost');
+    this.ownerRole = undefined;
+    await agents?.stopAll('session lost');
+    if (this.flushTimer !== undefined) clearInterval(this.flushTimer);
+    for (const watch of this.watches) await watch.close();
+    this.watches = [];
+    for (let attempt = 0; !this.shuttingDown; attempt++) {
+      try {
+        await this.join();
+        break;
+      } catch (error) {
+        this.log.warn({ err: error, attempt }, 'rejoin failed');
+        await sleep(Math.min(5_000, 200 * 2 ** attempt));
+      }
+    }
+    this.restarting = false;
+  }
+
+  private onCaptures(snapshot: PrefixSnapshot): void {
+    const captures = new Map<string, CaptureRecord>();
+    for (const kv of snapshot.kvs) {
+      try {
+        const record = JSON.parse(kv.value.toString()) as CaptureRecord;
+        if (typeof record.id === 'string' && typeof record.grpcAddr === 'string') captures.set(record.id, record);
+      } catch {
+        this.log.warn({ key: kv.key.toString() }, 'ignoring a malformed capture key');
+      }
+    }
+    this.captures = captures;
+  }
+
+  private onChangefeeds(snapshot: PrefixSnapshot): void {
+    const infos = new Map<string, ChangefeedInfo>();
+    const statuses = new Map<string, ChangefeedStatus>();
+    for (const kv of snapshot.kvs) {
+      const key = kv.key.toString().slice(this.keys.changefeedsPrefix.length);
+      const [id, kind] = key.split('/');
+      if (id === undefined) continue;
+      try {
+        if (kind === 'info') infos.set(id, JSON.parse(kv.value.toString()) as ChangefeedInfo);
+        else if (kind === 'status') statuses.set(id, JSON.parse(kv.value.toString()) as ChangefeedStatus);
+      } catch {
+        this.log.warn({ key: kv.key.toString() }, 'ignoring a malformed changefeed key');
+      }
+    }
+    this.changefeeds = infos;
+    this.statuses = statuses;
+    this.agents?.sync();
+  }
+
+  private onOwner(snapshot: PrefixSnapshot): void {
+    const owner = ownerOf(snapshot.kvs);
+    const previous = this.owner;
+    this.owner = owner;
+    if (owner !== undefined && (previous === undefined || previous.revision !== owner.revision)) {
+      this.agents?.observeOwner(owner.captureId, owner.revision);
+      this.log.info({ owner: owner.captureId, ownerRevision: owner.revision }, 'owner observed');
+    }
+    const election = this.election;
+    const session = this.session;
+    if (election === undefined || session === undefined || this.restarting || this.shuttingDown) return;
+    if (election.isMe(owner) && owner !== undefined && this.ownerRole === undefined && session.alive) {
+      this.metrics.elections.inc();
+      const role: OwnerRole = new OwnerRole({
+        owner,
+        client: this.client,
+        keys: this.keys,
+        election,
+        session,
+        captures: () => this.captures,
+        changefeeds: () => this.changefeeds,
+        statuses: () => this.statuses,
+        limits: ownerLimits(this.config),
+        log: this.log.child({ captureId: this.id, component: 'owner' }),
+        metrics: this.metrics,
+        onStop: () => {
+          if (this.ownerRole === role) this.ownerRole = undefined;
+        },
+      });
+      this.ownerRole = role;
+      role.start();
+    } else if (this.ownerRole !== undefined && !election.isMe(owner)) {
+      this.ownerRole.stop('another capture owns');
+    }
+  }
+}
+
+function ownerLimits(config: ServerConfig): OwnerLimits {
+  return {
+    tickIntervalMs: config.tickIntervalMs,
+    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax },
+    sendQueueMax: 1_000,
+    reconnectBackoffMinMs: 50,
+    reconnectBackoffMaxMs: 2_000,
+    reportsQueuedMax: 10_000,
+  };
+}
+
+/** Splits `host:port` (port may be 0). */
+export function splitHostPort(address: string): [string, number] {
+  const index = address.lastIndexOf(':');
+  const host = address.slice(0, index);
+  const port = Number(address.slice(index + 1));
+  return [host === '' ? '127.0.0.1' : host, port];
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,231 @@
+/**
+ * A changefeed's configuration as stored in etcd (`/changefeeds/<id>/info`), its
+ * validation (every field, with a message saying what is wrong), and how its tables
+ * split into spans.
+ */
+import type { Span, TableRange } from '../core/span.ts';
+import { splitTable } from '../core/span.ts';
+import { validateSinkUri, validateSourceUri } from '../pipeline/registry.ts';
+import { BadUriError } from '../pipeline/uri.ts';
+
+/** A table of a changefeed: a key prefix or a [start, end) range, split into spans. */
+export interface TableSpec {
+  readonly name: string;
+  readonly prefix?: string;
+  readonly start?: string;
+  readonly end?: string;
+  readonly spans?: number;
+  /** Set by the owner when the table is backfilled: the snapshot revision. */
+  readonly backfillTs?: string;
+}
+
+export type ChangefeedState = 'normal' | 'paused' | 'failed';
+
+/** What is stored under `/changefeeds/<id>/info`. Timestamps are decimal strings. */
+export interface ChangefeedInfo {
+  readonly id: string;
+  readonly source: { readonly uri: string };
+  readonly sink: { readonly uri: string };
+  readonly tables: readonly TableSpec[];
+  readonly start: string;
+  readonly startTs: string;
+  readonly targetTs?: string;
+  readonly state: ChangefeedState;
+  readonly error?: string;
+  /** Bumped on every resume: fences messages of the previous run. */
+  readonly epoch: string;
+  readonly createdAt: string;
+}
+
+/** What is stored under `/changefeeds/<id>/status`. */
+export interface ChangefeedStatus {
+  readonly checkpointTs: string;
+  readonly resolvedTs: string;
+  readonly updatedAt: string;
+}
+
+/** Bad input from a user: the API answers 400 with this message. */
+export class ValidationError extends Error {
+  override readonly name = 'ValidationError';
+  readonly retryable = false;
+}
+
+/** Bounds on what a changefeed may ask for. */
+export const changefeedLimits = {
+  tablesMax: 10_000,
+  spansPerTableMax: 100_000,
+  spansMax: 1_000_000,
+  idLengthMax: 128,
+} as const;
+
+const idPattern = /^[a-zA-Z0-9][a-zA-Z0-9._-]*$/;
+const tsPattern = /^\d{1,20}$/;
+
+/** Checks an id used in paths and keys. */
+export function validateId(id: unknown, what: string): string {
+  if (typeof id !== 'string' || id.length === 0 || id.length > changefeedLimits.idLengthMax || !idPattern.test(id)) {
+    throw new ValidationError(`${what} must be 1-${changefeedLimits.idLengthMax} characters of letters, digits, ".", "_" or "-", starting with a letter or digit`);
+  }
+  return id;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function rejectUnknown(value: Record<string, unknown>, allowed: readonly string[], where: string): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.includes(key)) throw new ValidationError(`unknown field "${key}" in ${where}`);
+  }
+}
+
+/** Parses a decimal uint64 timestamp. */
+export function parseTs(value: unknown, what: string): bigint {
+  if (typeof value !== 'string' || !tsPattern.test(value) || BigInt(value) > (1n << 64n) - 1n) {
+    throw new ValidationError(`${what} must be a decimal string of an unsigned 64-bit integer`);
+  }
+  return BigInt(value);
+}
+
+function parseUriField(value: unknown, where: string, validate: (uri: string) => void): { uri: string } {
+  if (!isObject(value)) throw new ValidationError(`${where} must be an object {"uri": "..."}`);
+  rejectUnknown(value, ['uri'], where);
+  if (typeof value.uri !== 'string' || value.uri.length === 0 || value.uri.length > 4096) throw new ValidationError(`${where}.uri must be a non-empty string`);
+  try {
+    validate(value.uri);
+  } catch (error) {
+    if (error instanceof BadUriError) throw new ValidationError(error.message);
+    throw error;
+  }
+  return { uri: value.uri };
+}
+
+/** Validates a table list (create and update). */
+export function parseTables(value: unknown): TableSpec[] {
+  if (!Array.isArray(value) || value.length === 0) throw new ValidationError('tables must be a non-empty array');
+  if (value.length > changefeedLimits.tablesMax) throw new ValidationError(`at most ${changefeedLimits.tablesMax} tables`);
+  const names = new Set<string>();
+  let spans = 0;
+  const tables = value.map((raw, i): TableSpec => {
+    const where = `tables[${i}]`;
+    if (!isObject(raw)) throw new ValidationError(`${where} must be an object`);
+    rejectUnknown(raw, ['name', 'prefix', 'start', 'end', 'spans'], where);
+    const name = validateId(raw.name, `${where}.name`);
+    if (names.has(name)) throw new ValidationError(`table "${name}" appears twice`);
+    names.add(name);
+    for (const field of ['prefix', 'start', 'end'] as const) {
+      if (raw[field] !== undefined && (typeof raw[field] !== 'string' || (raw[field] as string).length > 1024)) {
+        throw new ValidationError(`${where}.${field} must be a string of at most 1024 characters`);
+      }
+    }
+    if (raw.prefix !== undefined && (raw.start !== undefined || raw.end !== undefined)) throw new ValidationError(`${where}: give either prefix or start/end, not both`);
+    if (raw.start !== undefined && raw.end !== undefined && raw.end !== '' && !((raw.start as string) < (raw.end as string))) {
+      throw new ValidationError(`${where}: start must sort before end`);
+    }
+    const count = raw.spans ?? 1;
+    if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 1 || count > changefeedLimits.spansPerTableMax) {
+      throw new ValidationError(`${where}.spans must be an integer from 1 to ${changefeedLimits.spansPerTableMax}`);
+    }
+    spans += count;
+    const spec: { -readonly [K in keyof TableSpec]: TableSpec[K] } = { name, spans: count };
+    if (raw.prefix !== undefined) spec.prefix = raw.prefix as string;
+    if (raw.start !== undefined) spec.start = raw.start as string;
+    if (raw.end !== undefined) spec.end = raw.end as string;
+    return spec;
+  });
+  if (spans > changefeedLimits.spansMax) throw new ValidationError(`at most ${changefeedLimits.spansMax} spans in all`);
+  return tables;
+}
+
+/** The validated body of `POST /api/v1/changefeeds`. */
+export interface CreateRequest {
+  readonly id: string;
+  readonly source: { readonly uri: string };
+  readonly sink: { readonly uri: string };
+  readonly tables: TableSpec[];
+  readonly start: string;
+  readonly targetTs?: string;
+  readonly backfill: boolean;
+}
+
+/** Validates a create request. */
+export function parseCreateRequest(body: unknown): CreateRequest {
+  if (!isObject(body)) throw new ValidationError('the body must be a JSON object');
+  rejectUnknown(body, ['id', 'source', 'sink', 'tables', 'start', 'targetTs', 'backfill'], 'the body');
+  if (body.backfill !== undefined && typeof body.backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
+  const id = validateId(body.id, 'id');
+  const source = parseUriField(body.source, 'source', validateSourceUri);
+  const sink = parseUriField(body.sink, 'sink', validateSinkUri);
+  const tables = parseTables(body.tables);
+  const start = body.start ?? 'now';
+  if (typeof start !== 'string' || !(start === 'now' || start === 'earliest' || tsPattern.test(start))) {
+    throw new ValidationError('start must be "now", "earliest" or a decimal timestamp');
+  }
+  if (tsPattern.test(start)) parseTs(start, 'start');
+  const request: CreateRequest = { id, source, sink, tables, start, backfill: body.backfill === true };
+  if (body.targetTs !== undefined) {
+    parseTs(body.targetTs, 'targetTs');
+    return { ...request, targetTs: body.targetTs as string };
+  }
+  return request;
+}
+
+/** The key just after every key starting with `prefix` ('' when there is none). */
+export function prefixEnd(prefix: string): string {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    const code = prefix.charCodeAt(i);
+    if (code < 0xff) return prefix.slice(0, i) + String.fromCharCode(code + 1);
+  }
+  return '';
+}
+
+/** The key range of a table: its prefix (default `<name>/`) or its start/end. */
+export function tableRange(spec: TableSpec): TableRange {
+  if (spec.start !== undefined || spec.end !== undefined) return { name: spec.name, start: spec.start ?? '', end: spec.end ?? '' };
+  const prefix = spec.prefix ?? `${spec.name}/`;
+  return { name: spec.name, start: prefix, end: prefixEnd(prefix) };
+}
+
+/**
+ * Splits [start, end) into `count` spans at evenly spaced keys, treating keys as
+ * base-256 fractions; boundaries are strictly increasing and inside the range.
+ */
+export function splitRange(range: TableRange, count: number): Span[] {
+  if (count <= 1) return splitTable(range, []);
+  const width = Math.max(range.start.length, range.end.length, 1) + 4;
+  const toInt = (key: string, fill: number): bigint => {
+    let n = 0n;
+    for (let i = 0; i < width; i++) n = n * 256n + BigInt(i < key.length ? key.charCodeAt(i) & 0xff : fill);
+    return n;
+  };
+  const low = toInt(range.start, 0);
+  const high = range.end === '' ? toInt('', 0xff) : toInt(range.end, 0);
+  const boundaries: string[] = [];
+  let last = range.start;
+  for (let i = 1; i < count; i++) {
+    let n = low + ((high - low) * BigInt(i)) / BigInt(count);
+    let key = '';
+    for (let j = 0; j < width; j++) {
+      key = String.fromCharCode(Number(n & 0xffn)) + key;
+      n >>= 8n;
+    }
+    key = key.replace(/\u0000+$/, '');
+    if (key > last && (range.end === '' || key < range.end)) {
+      boundaries.push(key);
+      last = key;
+    }
+  }
+  return splitTable(range, boundaries);
+}
+
+/** Every table range and span of a changefeed. */
+export function changefeedSpans(info: Pick<ChangefeedInfo, 'tables'>): { tables: TableRange[]; spans: Span[] } {
+  const tables: TableRange[] = [];
+  const spans: Span[] = [];
+  for (const spec of info.tables) {
+    const range = tableRange(spec);
+    tables.push(range);
+    spans.push(...splitRange(range, spec.spans ?? 1));
+  }
+  return { tables, spans };
+}

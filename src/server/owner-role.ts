@@ -1,0 +1,357 @@
+/**
+ * What the elected capture does as owner: one pure {@link Coordinator} per running
+ * changefeed, ticked every `tickIntervalMs`; one gRPC stream to every live capture; the
+ * fenced persistence of checkpoints; and the operator requests of the HTTP API.
+ *
+ * The owner stops acting the moment its session is no longer alive (no keepalive for
+ * one TTL) or a fenced write fails: its election key is gone, someone else may own.
+ */
+import type { Etcd3 } from 'etcd3';
+import type { CoordinatorLimits, RequestErrorCode, RequestResult } from '../core/coordinator.ts';
+import { Coordinator } from '../core/coordinator.ts';
+import type { ReportMessage } from '../core/messages.ts';
+import { maxTs } from '../core/ts.ts';
+import type { OwnerInfo } from '../cluster/election.ts';
+import type { Election } from '../cluster/election.ts';
+import type { ClusterKeys } from '../cluster/keys.ts';
+import type { EtcdSession } from '../cluster/session.ts';
+import type { Metrics } from '../api/metrics.ts';
+import type { Logger } from '../log.ts';
+import { CaptureConnection } from '../rpc/owner-client.ts';
+import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
+import { changefeedSpans } from './changefeed-info.ts';
+import { LagTracker } from './lag-tracker.ts';
+
+/** A live capture as registered in etcd. */
+/** The answer to a drain request; `not-persisted` when etcd did not take the drain. */
+export type DrainResult =
+  | { readonly ok: true; readonly remainingSpans: number }
+  | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted'; readonly message: string };
+
+export interface CaptureRecord {
+  readonly id: string;
+  readonly grpcAddr: string;
+  readonly httpAddr: string;
+  readonly version: string;
+  readonly startedAt: string;
+}
+
+/** Timing and bounds of the owner. */
+export interface OwnerLimits {
+  readonly tickIntervalMs: number;
+  readonly coordinator: Partial<CoordinatorLimits>;
+  readonly sendQueueMax: number;
+  readonly reconnectBackoffMinMs: number;
+  readonly reconnectBackoffMaxMs: number;
+  /** Reports buffered per changefeed between ticks; more are dropped (level-triggered). */
+  readonly reportsQueuedMax: number;
+}
+
+export const ownerDefaults: OwnerLimits = {
+  tickIntervalMs: 50,
+  coordinator: {},
+  sendQueueMax: 1_000,
+  reconnectBackoffMinMs: 50,
+  reconnectBackoffMaxMs: 2_000,
+  reportsQueuedMax: 10_000,
+};
+
+/** Everything the owner reads from the rest of the capture. */
+export interface OwnerContext {
+  readonly owner: OwnerInfo;
+  readonly client: Etcd3;
+  readonly keys: ClusterKeys;
+  readonly election: Election;
+  readonly session: EtcdSession;
+  readonly captures: () => ReadonlyMap<string, CaptureRecord>;
+  readonly changefeeds: () => ReadonlyMap<string, ChangefeedInfo>;
+  readonly statuses: () => ReadonlyMap<string, ChangefeedStatus>;
+  readonly limits: OwnerLimits;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Called once when the owner stops acting (deposed, fenced or resigned). */
+  readonly onStop: (reason: string) => void;
+}
+
+interface ManagedChangefeed {
+  readonly info: ChangefeedInfo;
+  readonly coordinator: Coordinator;
+  /** When the resolved-ts reached which value: lags in ms for revision timestamps. */
+  readonly lag: LagTracker;
+  reports: ReportMessage[];
+  persisting: boolean;
+}
+
+export class OwnerRole {
+  readonly managed = new Map<string, ManagedChangefeed>();
+  private readonly connections = new Map<string, { address: string; connection: CaptureConnection }>();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  /** Captures an operator asked to drain; applied to every changefeed. */
+  readonly draining = new Set<string>();
+
+  constructor(private readonly ctx: OwnerContext) {}
+
+  get info(): OwnerInfo {
+    return this.ctx.owner;
+  }
+
+  start(): void {
+    this.ctx.log.info({ ownerRevision: this.ctx.owner.revision }, 'became owner');
+    // Drains asked of an earlier owner apply before this one schedules anything.
+    void this.loadDrains()
+      .catch((error: unknown) => {
+        this.ctx.metrics.etcdErrors.inc();
+        this.ctx.log.warn({ err: error }, 'reading drains failed');
+      })
+      .finally(() => {
+        if (!this.stopped) this.timer = setInterval(() => this.tick(), this.ctx.limits.tickIntervalMs);
+      });
+  }
+
+  private async loadDrains(): Promise<void> {
+    const prefix = this.ctx.keys.drainingPrefix;
+    const ids = await this.ctx.client.getAll().prefix(prefix).keys();
+    for (const key of ids) this.draining.add(key.slice(prefix.length));
+  }
+
+  /**
+   * Persists a drain (fenced), so the next owner keeps draining. Resolves false when the
+   * write was fenced or failed; the owner stops acting on a fenced write.
+   */
+  private async persistDrain(captureId: string, draining: boolean): Promise<boolean> {
+    const key = this.ctx.keys.draining(captureId);
+    try {
+      const ok = draining
+        ? await this.ctx.election.fencedPut(this.ctx.owner, [{ key, value: new Date().toISOString() }])
+        : await this.ctx.election.fencedPut(this.ctx.owner, [], [key]);
+      if (!ok) {
+        this.ctx.metrics.fencedWriteRejections.inc();
+        this.stop('fenced write rejected');
+      }
+      return ok;
+    } catch (error) {
+      this.ctx.metrics.etcdErrors.inc();
+      this.ctx.log.warn({ err: error, captureId }, 'drain write failed');
+      return false;
+    }
+  }
+
+  /** Stops acting as owner. Idempotent. */
+  stop(reason: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer !== undefined) clearInterval(this.timer);
+    for (const { connection } of this.connections.values()) connection.close();
+    this.connections.clear();
+    this.ctx.log.warn({ reason, ownerRevision: this.ctx.owner.revision }, 'stopped acting as owner');
+    this.ctx.onStop(reason);
+  }
+
+  get active(): boolean {
+    return !this.stopped;
+  }
+
+  /** A report from a capture's stream. */
+  onReport(report: ReportMessage): void {
+    const managed = this.managed.get(report.header.changefeed);
+    if (managed === undefined || managed.reports.length >= this.ctx.limits.reportsQueuedMax) return;
+    managed.reports.push(report);
+  }
+
+  // ---- the tick ----
+
+  private tick(): void {
+    if (this.stopped) return;
+    if (!this.ctx.session.alive) {
+      this.stop('session lost');
+      return;
+    }
+    const started = performance.now();
+    const captures = this.ctx.captures();
+    this.syncConnections(captures);
+    this.syncChangefeeds();
+    const live = [...captures.keys()];
+    for (const id of this.draining) {
+      // A drained capture that left needs no drain any more.
+      if (!captures.has(id)) {
+        this.draining.delete(id);
+        void this.persistDrain(id, false);
+      }
+    }
+    for (const [id, managed] of this.managed) {
+      for (const capture of this.draining) if (captures.has(capture)) managed.coordinator.requestDrain(capture);
+      const reports = managed.reports;
+      managed.reports = [];
+      const targetTs = managed.info.targetTs === undefined ? maxTs : BigInt(managed.info.targetTs);
+      const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs });
+      managed.lag.observeResolved(managed.coordinator.resolvedTs, Date.now());
+      for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
+      for (const event of out.events) {
+        if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
+        else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
+        else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
+      }
+      if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
+      if (managed.coordinator.phase === 'failed') void this.failChangefeed(managed, managed.coordinator.failure ?? 'invariant violation');
+      else if (out.advanced !== undefined) void this.persist(managed);
+    }
+    this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  private syncConnections(captures: ReadonlyMap<string, CaptureRecord>): void {
+    for (const [id, entry] of this.connections) {
+      const record = captures.get(id);
+      if (record === undefined || record.grpcAddr !== entry.address) {
+        entry.connection.close();
+        this.connections.delete(id);
+      }
+    }
+    for (const [id, record] of captures) {
+      if (this.connections.has(id)) continue;
+      const limits = this.ctx.limits;
+      const connection = new CaptureConnection(record.grpcAddr, (report) => this.onReport(report), {
+        reconnectBackoffMinMs: limits.reconnectBackoffMinMs,
+        reconnectBackoffMaxMs: limits.reconnectBackoffMaxMs,
+        sendQueueMax: limits.sendQueueMax,
+      });
+      this.connections.set(id, { address: record.grpcAddr, connection });
+    }
+  }
+
+  private syncChangefeeds(): void {
+    const infos = this.ctx.changefeeds();
+    for (const [id, managed] of this.managed) {
+      const info = infos.get(id);
+      if (info === undefined || info.state !== 'normal' || info.epoch !== managed.info.epoch) this.managed.delete(id);
+      else if (info !== managed.info && JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables)) {
+        const { tables, spans } = changefeedSpans(info);
+        managed.coordinator.setSpans(tables, spans);
+        this.managed.set(id, { ...managed, info });
+      }
+    }
+    const statuses = this.ctx.statuses();
+    for (const [id, info] of infos) {
+      if (info.state !== 'normal' || this.managed.has(id)) continue;
+      const status = statuses.get(id);
+      const checkpointTs = BigInt(status?.checkpointTs ?? info.startTs);
+      const coordinator = new Coordinator({
+        changefeed: id,
+        changefeedEpoch: BigInt(info.epoch),
+        ownerId: this.ctx.owner.captureId,
+        ownerRevision: this.ctx.owner.revision,
+        checkpointTs,
+        seed: Number(this.ctx.owner.revision % 2_147_483_647n),
+        limits: this.ctx.limits.coordinator,
+      });
+      const { tables, spans } = changefeedSpans(info);
+      coordinator.setSpans(tables, spans);
+      this.managed.set(id, { info, coordinator, lag: new LagTracker(), reports: [], persisting: false });
+      this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
+    }
+  }
+
+  /** Writes the coordinator's checkpoint, fenced; one write in flight per changefeed. */
+  private async persist(managed: ManagedChangefeed): Promise<void> {
+    if (managed.persisting) return;
+    managed.persisting = true;
+    try {
+      const coordinator = managed.coordinator;
+      const status: ChangefeedStatus = {
+        checkpointTs: coordinator.checkpointTs.toString(),
+        resolvedTs: coordinator.resolvedTs.toString(),
+        updatedAt: new Date().toISOString(),
+      };
+      const previous = this.ctx.statuses().get(managed.info.id);
+      if (previous !== undefined && BigInt(previous.checkpointTs) > coordinator.checkpointTs) return;
+      const ok = await this.ctx.election.fencedPut(this.ctx.owner, [{ key: this.ctx.keys.changefeedStatus(managed.info.id), value: JSON.stringify(status) }]);
+      if (!ok) {
+        this.ctx.metrics.fencedWriteRejections.inc();
+        this.stop('fenced write rejected');
+      }
+    } catch (error) {
+      this.ctx.metrics.etcdErrors.inc();
+      this.ctx.log.warn({ err: error, changefeed: managed.info.id }, 'checkpoint write failed');
+    } finally {
+      managed.persisting = false;
+    }
+  }
+
+  private async failChangefeed(managed: ManagedChangefeed, error: string): Promise<void> {
+    if (!this.managed.has(managed.info.id)) return;
+    this.managed.delete(managed.info.id);
+    this.ctx.log.error({ changefeed: managed.info.id, error }, 'changefeed failed');
+    const info: ChangefeedInfo = { ...managed.info, state: 'failed', error };
+    await this.writeInfo(info);
+  }
+
+  /** Writes changefeed info, fenced. */
+  async writeInfo(info: ChangefeedInfo, status?: ChangefeedStatus): Promise<boolean> {
+    const puts = [{ key: this.ctx.keys.changefeedInfo(info.id), value: JSON.stringify(info) }];
+    if (status !== undefined) puts.push({ key: this.ctx.keys.changefeedStatus(info.id), value: JSON.stringify(status) });
+    const ok = await this.ctx.election.fencedPut(this.ctx.owner, puts);
+    if (!ok) {
+      this.ctx.metrics.fencedWriteRejections.inc();
+      this.stop('fenced write rejected');
+    }
+    return ok;
+  }
+
+  /** Deletes a changefeed's keys, fenced. */
+  async deleteChangefeed(id: string): Promise<boolean> {
+    const ok = await this.ctx.election.fencedPut(this.ctx.owner, [], [this.ctx.keys.changefeedPrefix(id), this.ctx.keys.backfillPrefix(id)]);
+    if (!ok) {
+      this.ctx.metrics.fencedWriteRejections.inc();
+      this.stop('fenced write rejected');
+    }
+    this.managed.delete(id);
+    return ok;
+  }
+
+  // ---- operator requests ----
+
+  /**
+   * Drains a capture in every changefeed; the sum of spans still on it. Answers once the
+   * drain is persisted, so a 202 survives an owner change.
+   */
+  async drain(captureId: string): Promise<DrainResult> {
+    const captures = this.ctx.captures();
+    if (!captures.has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
+    const staying = [...captures.keys()].filter((id) => id !== captureId && !this.draining.has(id));
+    if (!this.draining.has(captureId) && staying.length === 0) {
+      return { ok: false, code: 'last-capture', message: `capture ${captureId} is the last one that is not draining` };
+    }
+    const fresh = !this.draining.has(captureId);
+    this.draining.add(captureId);
+    let remainingSpans = 0;
+    for (const managed of this.managed.values()) {
+      const result = managed.coordinator.requestDrain(captureId);
+      if (result.ok) remainingSpans += result.remainingSpans ?? 0;
+      else remainingSpans += managed.coordinator.remainingSpans(captureId);
+    }
+    if (fresh && !(await this.persistDrain(captureId, true))) {
+      return { ok: false, code: 'not-persisted', message: `the drain of ${captureId} could not be persisted; retry` };
+    }
+    return { ok: true, remainingSpans };
+  }
+
+  /**
+   * Checkpoint and resolved lag in ms: for wall-clock timestamps (datagen) now minus the
+   * timestamp; otherwise from when the resolved-ts reached them. Null when unknown.
+   */
+  lagsMs(id: string, checkpointTs: bigint, resolvedTs: bigint): { checkpointLagMs: number | null; resolvedLagMs: number | null } {
+    const managed = this.managed.get(id);
+    const now = Date.now();
+    if (managed?.info.source.uri.startsWith('datagen:') === true) {
+      return { checkpointLagMs: Math.max(0, now - Number(checkpointTs)), resolvedLagMs: Math.max(0, now - Number(resolvedTs)) };
+    }
+    return { checkpointLagMs: managed?.lag.checkpointLagMs(checkpointTs, now) ?? null, resolvedLagMs: managed?.lag.resolvedLagMs(now) ?? null };
+  }
+
+  /** Spans a capture still holds over every changefeed. */
+  remainingSpans(captureId: string): number {
+    let total = 0;
+    for (const managed of this.managed.values()) total += managed.coordinator.remainingSpans(captureId);
+    return total;
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * Configuration of `spanfeed server`: defaults, then a JSON config file (`--config`),
+ * then environment variables (`SPANFEED_*`), then flags. Every value is validated with a
+ * message that names it.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { LogLevel } from '../log.ts';
+import { logLevels } from '../log.ts';
+
+export interface ServerConfig {
+  readonly etcdEndpoints: readonly string[];
+  readonly clusterId: string;
+  readonly grpcAddr: string;
+  readonly httpAddr: string;
+  readonly leaseTtlS: number;
+  readonly logLevel: LogLevel;
+  readonly tickIntervalMs: number;
+  readonly moveTasksInFlightMax: number;
+  readonly drainWaitMs: number;
+  /** The host others reach this capture at (registered); default: the listen host. */
+  readonly advertiseHost: string | undefined;
+}
+
+/** A bad flag, variable or config file: the CLI prints it and exits 2. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly retryable = false;
+}
+
+export const serverDefaults: ServerConfig = {
+  etcdEndpoints: ['127.0.0.1:2379'],
+  clusterId: 'default',
+  grpcAddr: '127.0.0.1:0',
+  httpAddr: '127.0.0.1:0',
+  leaseTtlS: 10,
+  logLevel: 'info',
+  tickIntervalMs: 50,
+  moveTasksInFlightMax: 10,
+  drainWaitMs: 30_000,
+  advertiseHost: undefined,
+};
+
+/** Option name (flag without dashes) -> [env var, config file key]. */
+const options = {
+  etcd: ['SPANFEED_ETCD', 'etcd'],
+  cluster: ['SPANFEED_CLUSTER', 'cluster'],
+  grpc: ['SPANFEED_GRPC', 'grpc'],
+  http: ['SPANFEED_HTTP', 'http'],
+  'lease-ttl-s': ['SPANFEED_LEASE_TTL_S', 'leaseTtlS'],
+  'log-level': ['SPANFEED_LOG_LEVEL', 'logLevel'],
+  'tick-ms': ['SPANFEED_TICK_MS', 'tickMs'],
+  'moves-in-flight': ['SPANFEED_MOVES_IN_FLIGHT', 'movesInFlight'],
+  'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
+  'advertise-host': ['SPANFEED_ADVERTISE_HOST', 'advertiseHost'],
+} as const;
+
+type OptionName = keyof typeof options;
+
+export const serverUsage = `spanfeed server [flags]
+
+Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file):
+  --etcd <host:port,...>    etcd endpoints (default 127.0.0.1:2379)
+  --cluster <id>            cluster id, the etcd key prefix /spanfeed/<id> (default "default")
+  --grpc <host:port>        gRPC listen address; port 0 picks one (default 127.0.0.1:0)
+  --http <host:port>        HTTP API listen address; port 0 picks one (default 127.0.0.1:0)
+  --lease-ttl-s <n>         etcd session TTL in seconds, 2 or more (default 10)
+  --log-level <level>       fatal, error, warn, info, debug, trace, silent (default info)
+  --tick-ms <n>             owner tick interval, 10-1000 ms (default 50)
+  --moves-in-flight <n>     moves in flight per changefeed, 1-10000 (default 10)
+  --drain-wait-ms <n>       on SIGTERM, how long to wait for spans to move away (default 30000)
+  --advertise-host <host>   the host other captures reach this one at (default: the listen host;
+                            set it when listening on 0.0.0.0, e.g. in a container)
+  --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
+`;
+
+function intIn(name: string, raw: string, min: number, max: number): number {
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  }
+  return value;
+}
+
+function address(name: string, raw: string): string {
+  const match = /^([a-zA-Z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(raw);
+  if (match === null || Number(match[2]) > 65535) throw new ConfigError(`${name} must be host:port, got ${JSON.stringify(raw)}`);
+  return raw;
+}
+
+/** Parses argv (after `server`) and the environment into a validated config. */
+export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEnv): ServerConfig {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      options: {
+        ...Object.fromEntries(Object.keys(options).map((name) => [name, { type: 'string' as const }])),
+        config: { type: 'string' },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
+  }
+  const values = parsed.values as Record<string, string | undefined>;
+  const raw = new Map<OptionName, string>();
+  if (values.config !== undefined) {
+    let file: unknown;
+    try {
+      file = JSON.parse(readFileSync(values.config, 'utf8'));
+    } catch (error) {
+      throw new ConfigError(`cannot read config file ${values.config}: ${(error as Error).message}`);
+    }
+    if (typeof file !== 'object' || file === null || Array.isArray(file)) throw new ConfigError(`config file ${values.config} must hold a JSON object`);
+    const byKey = new Map(Object.entries(options).map(([name, [, key]]) => [key as string, name as OptionName]));
+    for (const [key, value] of Object.entries(file)) {
+      const name = byKey.get(key);
+      if (name === undefined) throw new ConfigError(`unknown key "${key}" in config file ${values.config}`);
+      if (typeof value !== 'string' && typeof value !== 'number') throw new ConfigError(`config key "${key}" must be a string or a number`);
+      raw.set(name, String(value));
+    }
+  }
+  for (const [name, [envName]] of Object.entries(options) as [OptionName, readonly [string, string]][]) {
+    const fromEnv = env[envName];
+    if (fromEnv !== undefined && fromEnv !== '') raw.set(name, fromEnv);
+    const fromFlag = values[name];
+    if (fromFlag !== undefined) raw.set(name, fromFlag);
+  }
+  const get = (name: OptionName): string | undefined => raw.get(name);
+  const etcd = get('etcd');
+  const logLevel = get('log-level') ?? serverDefaults.logLevel;
+  if (!(logLevels as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level must be one of ${logLevels.join(', ')}`);
+  const cluster = get('cluster') ?? serverDefaults.clusterId;
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/.test(cluster)) throw new ConfigError('--cluster must be 1-64 letters, digits, ".", "_" or "-"');
+  return {
+    etcdEndpoints: etcd === undefined ? serverDefaults.etcdEndpoints : etcd.split(',').map((e) => address('--etcd', e.trim())),
+    clusterId: cluster,
+    grpcAddr: address('--grpc', get('grpc') ?? serverDefaults.grpcAddr),
+    httpAddr: address('--http', get('http') ?? serverDefaults.httpAddr),
+    leaseTtlS: intIn('--lease-ttl-s', get('lease-ttl-s') ?? String(serverDefaults.leaseTtlS), 2, 3600),
+    logLevel: logLevel as LogLevel,
+    tickIntervalMs: intIn('--tick-ms', get('tick-ms') ?? String(serverDefaults.tickIntervalMs), 10, 1000),
+    moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
+    drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
+    advertiseHost: advertiseHost(get('advertise-host')),
+  };
+}
+
+function advertiseHost(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^[a-zA-Z0-9.-]{1,253}$/.test(raw)) throw new ConfigError(`--advertise-host must be a host name or address, got ${JSON.stringify(raw)}`);
+  return raw;
+}

@@ -1,0 +1,90 @@
+/**
+ * `spanfeed cli` against a real two-capture cluster: every noun and verb, human and
+ * JSON output, and a clear error with a non-zero exit.
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+
+const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
+const cluster = `cli${process.pid}`;
+let etcd: TestEtcd;
+const captures: TestCapture[] = [];
+
+function cli(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [bin, 'cli', '--server', (captures[0] as TestCapture).url, ...args]);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('exit', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+beforeAll(async () => {
+  etcd = await TestEtcd.start();
+  for (let i = 0; i < 2; i++) captures.push(await TestCapture.start(etcd, { cluster }));
+  await waitFor('an owner', async () => ((await api((captures[0] as TestCapture).url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(captures.map((c) => c.stop()));
+  await etcd?.stop();
+});
+
+describe('spanfeed cli', () => {
+  it('creates, lists, inspects, moves, drains, pauses, resumes and removes', async () => {
+    const created = await cli('--json', 'changefeed', 'create', '--id', 'c1', '--source', 'datagen://?rate=5', '--sink', 'blackhole://', '--table', 'orders::6', '--table', 'users::6');
+    expect(created.status, created.stderr).toBe(0);
+    expect(JSON.parse(created.stdout)).toMatchObject({ id: 'c1', state: 'normal' });
+    await waitFor('placement', async () => ((await api((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/c1')).body.spansByState?.replicating === 12 ? true : undefined));
+
+    const list = await cli('changefeed', 'list');
+    expect(list.stdout).toMatch(/^ID\s+STATE\s+CHECKPOINTTS/);
+    expect(list.stdout).toContain('c1');
+    expect((await cli('changefeed', 'get', 'c1')).stdout).toMatch(/watermark\s+\{"state":"advancing"/);
+    const captureList = JSON.parse((await cli('--json', 'capture', 'list')).stdout) as { id: string; isOwner: boolean }[];
+    expect(captureList).toHaveLength(2);
+    const spans = JSON.parse((await cli('--json', 'span', 'list', 'c1')).stdout) as { table: string; start: string; primary: string }[];
+    expect(spans).toHaveLength(12);
+
+    const target = captureList.find((c) => c.id !== spans[0]?.primary) as { id: string };
+    const moved = await cli('span', 'move', 'c1', '--table', (spans[0] as { table: string }).table, '--start', (spans[0] as { start: string }).start, '--capture', target.id);
+    expect(moved.status, moved.stderr).toBe(0);
+    expect(moved.stdout).toContain(`to ${target.id}`);
+    expect((await cli('rebalance', 'c1')).stdout).toContain('rebalancing c1');
+
+    const watch = await cli('--json', 'watermark', 'watch', 'c1', '--count', '2', '--interval-ms', '100');
+    const lines = watch.stdout.trim().split('\n').map((l) => JSON.parse(l) as { checkpointTs: string });
+    expect(lines).toHaveLength(2);
+
+    const drained = captureList.find((c) => !c.isOwner) as { id: string };
+    const drain = await cli('capture', 'drain', drained.id, '--interval-ms', '100');
+    expect(drain.status, drain.stderr).toBe(0);
+    expect(drain.stdout).toContain('0 spans remaining');
+    expect(drain.stdout).toContain('#');
+
+    expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
+    expect(JSON.parse((await cli('--json', 'changefeed', 'resume', 'c1')).stdout)).toMatchObject({ state: 'normal', epoch: '2' });
+    expect((await cli('changefeed', 'remove', 'c1')).stdout).toContain('removed changefeed c1');
+  });
+
+  it('fails with a clear message and a non-zero exit', async () => {
+    const missing = await cli('changefeed', 'get', 'nope');
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toContain('no changefeed "nope" (unknown-changefeed)');
+    const unknown = await cli('frobnicate', 'now');
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toContain('unknown command');
+    const noServer = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [bin, 'cli', '--server', 'http://127.0.0.1:1', 'capture', 'list']);
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.on('exit', (status) => resolve({ status, stderr }));
+    });
+    expect(noServer.status).toBe(1);
+    expect(noServer.stderr).toContain('cannot reach http://127.0.0.1:1');
+  });
+});

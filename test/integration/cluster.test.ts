@@ -1,0 +1,404 @@
+/**
+ * A real three-capture cluster: real etcd, real `spanfeed server` processes talking gRPC
+ * on loopback, a datagen -> blackhole changefeed of 300 spans. The tests run in order on
+ * one cluster; a monitor reads the persisted checkpoint from etcd all along and the last
+ * test asserts it never decreased and stayed <= resolved.
+ */
+import { Etcd3 } from 'etcd3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Election } from '../../src/cluster/election.ts';
+import { clusterKeys } from '../../src/cluster/keys.ts';
+import type { ApiAnswer, ChangefeedView, SpanView } from './harness.ts';
+import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+import { checkAgainstOpenApi } from './openapi-check.ts';
+
+const cluster = `it${process.pid}`;
+const keys = clusterKeys(cluster);
+const changefeedId = 'cf1';
+const ttlS = 3;
+
+let etcd: TestEtcd;
+let client: Etcd3;
+const captures: TestCapture[] = [];
+const persisted: { checkpointTs: bigint; resolvedTs: bigint }[] = [];
+/** Every (method, path, status) whose answer was checked against the OpenAPI document. */
+const checkedAnswers = new Set<string>();
+let monitor: NodeJS.Timeout | undefined;
+
+/** Any running capture's API (non-owners forward to the owner). */
+async function call<T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
+  let last: ApiAnswer<T> | undefined;
+  for (const capture of captures) {
+    if (!capture.proc.running) continue;
+    try {
+      last = await api<T>(capture.url, method, path, body);
+    } catch {
+      // Paused or dying: try the next one.
+      continue;
+    }
+    // Every answer the tests see must be what the OpenAPI document promises.
+    checkedAnswers.add(checkAgainstOpenApi(method, path, last.status, last.body));
+    if (last.status !== 503) return last;
+  }
+  if (last === undefined) throw new Error('no capture answered');
+  return last;
+}
+
+async function changefeed(): Promise<ChangefeedView> {
+  const answer = await call<ChangefeedView>('GET', `/api/v1/changefeeds/${changefeedId}`);
+  if (answer.status !== 200) throw new Error(`GET changefeed: ${answer.status} ${JSON.stringify(answer.body)}`);
+  return answer.body;
+}
+
+async function spans(): Promise<SpanView[]> {
+  const answer = await call<SpanView[]>('GET', `/api/v1/changefeeds/${changefeedId}/spans`);
+  if (answer.status !== 200) throw new Error(`GET spans: ${answer.status}`);
+  return answer.body;
+}
+
+/** Waits until every span replicates and the persisted checkpoint passes `after`. */
+async function waitAdvancing(after: bigint, timeoutMs = 30_000): Promise<ChangefeedView> {
+  return waitFor(
+    `all 300 spans replicating and the checkpoint passing ${after}`,
+    async () => {
+      const view = await changefeed();
+      return view.spansByState?.replicating === 300 && view.watermark.state === 'advancing' && BigInt(view.checkpointTs) > after ? view : undefined;
+    },
+    timeoutMs,
+    100,
+  );
+}
+
+async function owner(): Promise<TestCapture> {
+  return waitFor('an owner among the running captures', async () => {
+    for (const capture of captures) {
+      if (!capture.proc.running) continue;
+      try {
+        if ((await capture.status()).isOwner) return capture;
+      } catch {
+        // Not answering right now.
+      }
+    }
+    return undefined;
+  });
+}
+
+const lastCheckpoint = (): bigint => persisted.at(-1)?.checkpointTs ?? 0n;
+
+beforeAll(async () => {
+  etcd = await TestEtcd.start();
+  client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+  for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
+  monitor = setInterval(() => {
+    void client
+      .get(keys.changefeedStatus(changefeedId))
+      .string()
+      .then((value) => {
+        if (value === null) return;
+        const status = JSON.parse(value) as { checkpointTs: string; resolvedTs: string };
+        persisted.push({ checkpointTs: BigInt(status.checkpointTs), resolvedTs: BigInt(status.resolvedTs) });
+      })
+      .catch(() => undefined);
+  }, 50);
+}, 60_000);
+
+afterAll(async () => {
+  if (monitor !== undefined) clearInterval(monitor);
+  await Promise.all(captures.map((c) => c.stop()));
+  client?.close();
+  await etcd?.stop();
+});
+
+describe('a three-capture cluster', () => {
+  it('elects exactly one owner, places 300 spans on all three, and advances the checkpoint', async () => {
+    const answer = await waitFor('one owner and three captures', async () => {
+      const list = await call<{ id: string; isOwner: boolean }[]>('GET', '/api/v1/captures');
+      return list.status === 200 && list.body.length === 3 ? list.body : undefined;
+    });
+    expect(answer.filter((c) => c.isOwner)).toHaveLength(1);
+
+    const created = await call('POST', '/api/v1/changefeeds', {
+      id: changefeedId,
+      source: { uri: 'datagen://?rate=20&keys=50&seed=7' },
+      sink: { uri: 'blackhole://' },
+      tables: [
+        { name: 'orders', spans: 100 },
+        { name: 'users', spans: 100 },
+        { name: 'items', spans: 100 },
+      ],
+    });
+    expect(created.status).toBe(201);
+    const start = BigInt((created.body as { startTs: string }).startTs);
+    await waitAdvancing(start);
+    const holders = new Set((await spans()).map((s) => s.primary));
+    expect(holders.size).toBe(3);
+    expect(new Set(captures.map((c) => c.id))).toEqual(holders);
+  });
+
+  it('serves Prometheus metrics on every capture', async () => {
+    const owning = await owner();
+    const text = await (await fetch(`${owning.url}/metrics`)).text();
+    expect(text).toMatch(/spanfeed_changefeed_checkpoint_ts\{changefeed="cf1"\} \d+/);
+    expect(text).toMatch(/spanfeed_changefeed_checkpoint_lag_seconds\{changefeed="cf1"\} [\d.]+/);
+    expect(text).toContain('spanfeed_changefeed_spans{changefeed="cf1",state="replicating"} 300');
+    expect(text).toMatch(/spanfeed_owner_tick_duration_seconds_count \d+/);
+    expect(text).toContain('spanfeed_owner_elections_total 1');
+    const other = captures.find((c) => c !== owning) as TestCapture;
+    const response = await fetch(`${other.url}/metrics`);
+    expect(response.headers.get('content-type')).toContain('text/plain');
+    const otherText = await response.text();
+    expect(otherText).toMatch(/spanfeed_capture_spans_held\{changefeed="cf1"\} \d+/);
+    expect(otherText).toMatch(/spanfeed_sink_flush_duration_seconds_count\{changefeed="cf1"\} \d+/);
+    expect(otherText).toMatch(/spanfeed_source_events_total\{changefeed="cf1"\} \d+/);
+  });
+
+  it('streams watermark changes as server-sent events, also through a non-owner', async () => {
+    const owning = await owner();
+    const other = captures.find((c) => c !== owning) as TestCapture;
+    const abort = new AbortController();
+    try {
+      const response = await fetch(`${other.url}/api/v1/changefeeds/${changefeedId}/watermark/stream`, { signal: abort.signal });
+      expect(response.headers.get('content-type')).toContain('text/event-stream');
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      let text = '';
+      while ((text.match(/\n\n/g) ?? []).length < 3) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += Buffer.from(value).toString();
+      }
+      const events = text.split('\n\n').filter((e) => e.startsWith('event: watermark')).map((e) => JSON.parse(e.split('data: ')[1] as string) as { checkpointTs: string });
+      expect(events.length).toBeGreaterThanOrEqual(3);
+      for (let i = 1; i < events.length; i++) expect(BigInt((events[i] as { checkpointTs: string }).checkpointTs) >= BigInt((events[i - 1] as { checkpointTs: string }).checkpointTs)).toBe(true);
+    } finally {
+      abort.abort();
+    }
+  });
+
+  it('moves one span with the watermark withheld while the move is in flight', async () => {
+    const list = await spans();
+    const span = list[0] as SpanView;
+    const target = captures.find((c) => c.id !== span.primary) as TestCapture;
+    const moved = await call('POST', `/api/v1/changefeeds/${changefeedId}/spans/move`, { table: span.table, start: span.start, captureId: target.id });
+    expect(moved.status).toBe(202);
+    const during = await waitFor('the watermark to show the move in flight', async () => {
+      const view = await changefeed();
+      return view.watermark.state === 'cannot-proceed' ? view : undefined;
+    }, 5_000, 5);
+    expect(during.watermark.code).toBe('span-not-replicating');
+    await waitAdvancing(lastCheckpoint());
+    const after = (await spans()).find((s) => s.table === span.table && s.start === span.start);
+    expect(after?.primary).toBe(target.id);
+  });
+
+  it('rebalances until no capture holds more than its share', async () => {
+    // Pile 30 spans onto one capture first.
+    const target = captures[0] as TestCapture;
+    const others = (await spans()).filter((s) => s.primary !== target.id).slice(0, 30);
+    for (const span of others) {
+      const answer = await call('POST', `/api/v1/changefeeds/${changefeedId}/spans/move`, { table: span.table, start: span.start, captureId: target.id });
+      expect([202, 409]).toContain(answer.status);
+    }
+    await waitFor('the moves to finish', async () => ((await spans()).filter((s) => s.primary === target.id).length >= 120 ? true : undefined), 30_000, 100);
+    expect((await call('POST', `/api/v1/changefeeds/${changefeedId}/rebalance`)).status).toBe(202);
+    await waitFor('balance', async () => {
+      const list = await spans();
+      const counts = new Map<string, number>();
+      for (const s of list) if (s.state === 'replicating' && s.primary !== null) counts.set(s.primary, (counts.get(s.primary) ?? 0) + 1);
+      return list.every((s) => s.state === 'replicating') && [...counts.values()].every((n) => n <= 100) ? counts : undefined;
+    }, 30_000, 100);
+    await waitAdvancing(lastCheckpoint());
+  });
+
+  it('drains a capture to 0 spans, and refuses to drain the last one', async () => {
+    const owning = await owner();
+    const drained = captures.find((c) => c !== owning) as TestCapture;
+    const first = await call<{ remainingSpans: number }>('POST', `/api/v1/captures/${drained.id}/drain`);
+    expect(first.status).toBe(202);
+    expect(first.body.remainingSpans).toBeGreaterThan(0);
+    await waitFor('the drain to finish', async () => {
+      const answer = await call<{ remainingSpans: number }>('POST', `/api/v1/captures/${drained.id}/drain`);
+      return answer.body.remainingSpans === 0 ? true : undefined;
+    }, 60_000, 200);
+    expect((await spans()).some((s) => s.primary === drained.id)).toBe(false);
+    await waitAdvancing(lastCheckpoint());
+    const third = captures.find((c) => c !== owning && c !== drained) as TestCapture;
+    expect((await call('POST', `/api/v1/captures/${third.id}/drain`)).status).toBe(202);
+    const last = await call<{ error: { code: string } }>('POST', `/api/v1/captures/${owning.id}/drain`);
+    expect(last.status).toBe(409);
+    expect(last.body.error.code).toBe('last-capture');
+    // A restarted capture replaces the drained ones (draining is an operator's first step of a restart).
+    await drained.stop();
+    await third.stop();
+    captures.splice(captures.indexOf(drained), 1);
+    captures.splice(captures.indexOf(third), 1);
+    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
+    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
+    await waitAdvancing(lastCheckpoint());
+    // The drains of the captures that left are forgotten.
+    await waitFor('drains of departed captures to be cleaned up', async () => {
+      const left = await client.getAll().prefix(keys.drainingPrefix).keys();
+      return left.some((k) => k.endsWith(drained.id) || k.endsWith(third.id)) ? undefined : true;
+    }, 30_000, 100);
+  });
+
+  it('survives SIGKILL of the owner: a new owner rebuilds without restarting healthy spans, and keeps drains', async () => {
+    const old = await owner();
+    // A drain asked of this owner must survive it: a capture that just joined holds no span.
+    const newest = await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS });
+    captures.push(newest);
+    const drainAsked = await waitFor('the owner to know the new capture', async () => {
+      const answer = await call<{ remainingSpans: number }>('POST', `/api/v1/captures/${newest.id}/drain`);
+      return answer.status === 202 ? answer : undefined;
+    }, 20_000, 100);
+    expect(drainAsked.body.remainingSpans).toBe(0);
+    expect(await client.get(keys.draining(newest.id)).string()).not.toBeNull();
+    const before = await spans();
+    const survivors = new Map(before.filter((s) => s.primary !== old.id).map((s) => [`${s.table}\u0000${s.start}`, s.primary]));
+    old.proc.signal('SIGKILL');
+    await old.proc.exited;
+    captures.splice(captures.indexOf(old), 1);
+    const next = await owner();
+    expect(next.id).not.toBe(old.id);
+    await waitAdvancing(lastCheckpoint());
+    const after = await spans();
+    const kept = after.filter((s) => survivors.get(`${s.table}\u0000${s.start}`) === s.primary).length;
+    expect(kept).toBe(survivors.size);
+    const list = await call<{ id: string; draining: boolean }[]>('GET', '/api/v1/captures');
+    expect(list.body.find((c) => c.id === newest.id)?.draining).toBe(true);
+    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
+  });
+
+  it('survives SIGKILL of a non-owner: its spans are re-added elsewhere', async () => {
+    const owning = await owner();
+    const list = await spans();
+    // The victim: the non-owner holding the most spans.
+    const victim = captures
+      .filter((c) => c !== owning)
+      .map((c) => ({ c, held: list.filter((s) => s.primary === c.id).length }))
+      .sort((a, b) => b.held - a.held)[0]?.c as TestCapture;
+    const held = list.filter((s) => s.primary === victim.id).length;
+    expect(held).toBeGreaterThan(0);
+    victim.proc.signal('SIGKILL');
+    await victim.proc.exited;
+    captures.splice(captures.indexOf(victim), 1);
+    // Its death is seen when its lease expires; then its spans go elsewhere.
+    await waitFor('the dead capture to hold no span', async () => ((await spans()).some((s) => s.primary === victim.id) ? undefined : true), 30_000, 100);
+    await waitAdvancing(lastCheckpoint(), 40_000);
+    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
+  });
+
+  it('fences an owner paused past its lease: a successor takes over, the old one comes back as a follower', async () => {
+    const paused = await owner();
+    const oldId = paused.id;
+    paused.proc.signal('SIGSTOP');
+    try {
+      const next = await waitFor('a successor owner', async () => {
+        for (const capture of captures) {
+          if (capture === paused) continue;
+          if ((await capture.status()).isOwner) return capture;
+        }
+        return undefined;
+      }, 30_000, 200);
+      expect(next).not.toBe(paused);
+      await waitAdvancing(lastCheckpoint(), 40_000);
+    } finally {
+      paused.proc.signal('SIGCONT');
+    }
+    // It notices it lost its lease, stops everything, and rejoins as a new capture.
+    const rejoined = await waitFor('the paused capture to rejoin with a new id', async () => {
+      const status = await paused.status();
+      return status.id !== oldId ? status : undefined;
+    }, 30_000, 200);
+    expect(rejoined.isOwner).toBe(false);
+    await paused.refreshId();
+    await waitAdvancing(lastCheckpoint(), 30_000);
+  });
+
+  it('rejects a deposed owner writes in etcd (fenced transaction)', async () => {
+    const lease = client.lease(ttlS);
+    const leaseId = await lease.grant();
+    const session = { leaseId, leaseIdHex: BigInt(leaseId).toString(16) } as unknown as import('../../src/cluster/session.ts').EtcdSession;
+    const election = new Election(client, keys, session, 'fake-owner');
+    await election.campaign();
+    const key = keys.ownerKey(session.leaseIdHex);
+    const kv = await client.get(key).exec();
+    const revision = BigInt(kv.kvs[0]?.create_revision ?? '0');
+    const me = { captureId: 'fake-owner', revision, key };
+    expect(await election.fencedPut(me, [{ key: `${keys.root}/fence-test`, value: 'a' }])).toBe(true);
+    await lease.revoke();
+    expect(await election.fencedPut(me, [{ key: `${keys.root}/fence-test`, value: 'b' }])).toBe(false);
+    expect(await client.get(`${keys.root}/fence-test`).string()).toBe('a');
+  });
+
+  it('answers bad API input with a 4xx JSON error and changes nothing', async () => {
+    const infoBefore = await client.getAll().prefix(keys.changefeedsPrefix).strings();
+    const infoKeys = (all: Record<string, string>): Record<string, string> => Object.fromEntries(Object.entries(all).filter(([k]) => k.endsWith('/info')));
+    const bad: [string, string, unknown, number][] = [
+      ['POST', '/api/v1/changefeeds', { id: 'x' }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'bad id!', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'nope://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://?rate=0' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 0 }] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }], extra: 1 }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }], start: 'yesterday' }, 400],
+      ['POST', '/api/v1/changefeeds', { id: changefeedId, source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 409],
+      ['GET', '/api/v1/changefeeds/nope', undefined, 404],
+      ['DELETE', '/api/v1/changefeeds/nope', undefined, 404],
+      ['POST', '/api/v1/changefeeds/nope/pause', undefined, 404],
+      ['POST', `/api/v1/changefeeds/${changefeedId}/resume`, undefined, 409],
+      ['POST', `/api/v1/changefeeds/${changefeedId}/spans/move`, { table: 'orders' }, 400],
+      ['POST', `/api/v1/changefeeds/${changefeedId}/spans/move`, { table: 'orders', start: 'zz', captureId: 'x' }, 404],
+      ['POST', '/api/v1/captures/nope/drain', undefined, 404],
+      ['PUT', `/api/v1/changefeeds/${changefeedId}`, { tables: 'no' }, 400],
+      ['GET', '/api/v1/nothing-here', undefined, 404],
+      ['PATCH', '/api/v1/changefeeds', undefined, 405],
+    ];
+    for (const [method, path, body, status] of bad) {
+      const answer = await call<{ error: { code: string; message: string } }>(method, path, body);
+      expect(answer.status, `${method} ${path} ${JSON.stringify(body)}`).toBe(status);
+      expect(typeof answer.body.error.message).toBe('string');
+    }
+    const capture = captures.find((c) => c.proc.running) as TestCapture;
+    const invalidJson = await api(capture.url, 'POST', '/api/v1/changefeeds', undefined, '{not json');
+    expect(invalidJson.status).toBe(400);
+    const span = (await spans())[0] as SpanView;
+    const notReady = await call('POST', `/api/v1/changefeeds/${changefeedId}/spans/move`, { table: span.table, start: span.start, captureId: span.primary });
+    expect(notReady.status).toBe(409);
+    const infoAfter = await client.getAll().prefix(keys.changefeedsPrefix).strings();
+    expect(infoKeys(infoAfter)).toEqual(infoKeys(infoBefore));
+  });
+
+  it('SIGTERM moves the capture spans away, deregisters it and exits 0', async () => {
+    const owning = await owner();
+    const list = await spans();
+    const leaving = captures
+      .filter((c) => c !== owning && c.proc.running)
+      .map((c) => ({ c, held: list.filter((s) => s.primary === c.id).length }))
+      .sort((a, b) => b.held - a.held)[0]?.c as TestCapture;
+    leaving.proc.signal('SIGTERM');
+    const code = await Promise.race([leaving.proc.exited, new Promise((resolve) => setTimeout(() => resolve('still running'), 45_000))]);
+    expect(code, leaving.proc.output.slice(-3_000)).toBe(0);
+    captures.splice(captures.indexOf(leaving), 1);
+    const registered = await client.getAll().prefix(keys.capturesPrefix).keys();
+    expect(registered.some((k) => k.endsWith(leaving.id))).toBe(false);
+    await waitAdvancing(lastCheckpoint(), 30_000);
+  });
+
+  it('serves its OpenAPI document, and every answer above matched it', async () => {
+    const doc = await call<{ openapi: string; paths: Record<string, unknown> }>('GET', '/api/v1/openapi.json');
+    expect(doc.body.openapi).toBe('3.1.0');
+    expect(Object.keys(doc.body.paths)).toContain('/api/v1/changefeeds/{id}/spans/move');
+    expect(checkedAnswers.size).toBeGreaterThan(15);
+  });
+
+  it('kept the persisted checkpoint monotonic and <= resolved the whole time', () => {
+    expect(persisted.length).toBeGreaterThan(50);
+    for (let i = 1; i < persisted.length; i++) {
+      const previous = persisted[i - 1] as { checkpointTs: bigint };
+      const current = persisted[i] as { checkpointTs: bigint; resolvedTs: bigint };
+      expect(current.checkpointTs >= previous.checkpointTs).toBe(true);
+      expect(current.checkpointTs <= current.resolvedTs).toBe(true);
+    }
+  });
+});

@@ -1,0 +1,88 @@
+/**
+ * The dashboard in headless Chromium (Debian's, driven by playwright-core) against a real
+ * three-capture cluster: its content, one action, and a screenshot in docs/.
+ */
+import { execFileSync } from 'node:child_process';
+import { rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const cluster = `ui${process.pid}`;
+let etcd: TestEtcd;
+let browser: Browser | undefined;
+const captures: TestCapture[] = [];
+
+beforeAll(async () => {
+  execFileSync('bash', ['scripts/ensure-chromium.sh'], { cwd: root, stdio: 'inherit' });
+  etcd = await TestEtcd.start();
+  for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster }));
+  const url = (captures[0] as TestCapture).url;
+  await waitFor('an owner', async () => ((await api(url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
+  const created = await api(url, 'POST', '/api/v1/changefeeds', {
+    id: 'orders-feed',
+    source: { uri: 'datagen://?rate=20' },
+    sink: { uri: 'blackhole://' },
+    tables: [
+      { name: 'orders', spans: 40 },
+      { name: 'users', spans: 20 },
+    ],
+  });
+  expect(created.status).toBe(201);
+  await waitFor('placement', async () => ((await api(url, 'GET', '/api/v1/changefeeds/orders-feed')).body.spansByState?.replicating === 60 ? true : undefined));
+  // playwright-core gives Chromium a new empty profile of its own.
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await Promise.all(captures.map((c) => c.stop()));
+  await etcd?.stop();
+});
+
+describe('dashboard', () => {
+  it('shows captures, changefeeds, the span map and the lag chart; its actions work', async () => {
+    const page = await (browser as Browser).newPage({ viewport: { width: 1280, height: 900 } });
+    // Served by a non-owner: everything is forwarded to the owner.
+    const owner = await waitFor('the owner', async () => {
+      for (const c of captures) if ((await c.status()).isOwner) return c;
+      return undefined;
+    });
+    const other = captures.find((c) => c !== owner) as TestCapture;
+    await page.goto(`${other.url}/`);
+    await page.waitForSelector('#captures tbody tr:nth-child(3)');
+    expect(await page.locator('#captures tbody tr').count()).toBe(3);
+    expect(await page.locator('.owner').count()).toBe(1);
+    await expect.poll(async () => page.locator(`[data-capture="${owner.id}"] .owner`).count()).toBe(1);
+    await page.waitForSelector('[data-changefeed="orders-feed"]');
+    expect(await page.locator('[data-changefeed="orders-feed"] td').first().textContent()).toBe('orders-feed');
+    await page.waitForSelector('[data-map="orders-feed"] .cell');
+    expect(await page.locator('[data-map="orders-feed"] .cell').count()).toBe(60);
+    await expect.poll(async () => page.locator('[data-changefeed="orders-feed"] .state-advancing').count(), { timeout: 10_000 }).toBe(1);
+
+    // An action: pause, then resume through the buttons.
+    await page.locator('[data-changefeed="orders-feed"] button', { hasText: 'Pause' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe('pause orders-feed: ok');
+    expect((await api(other.url, 'GET', '/api/v1/changefeeds/orders-feed')).body.state).toBe('paused');
+    await page.locator('[data-changefeed="orders-feed"] button', { hasText: 'Resume' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe('resume orders-feed: ok');
+    await waitFor('replicating again', async () => ((await api(other.url, 'GET', '/api/v1/changefeeds/orders-feed')).body.spansByState?.replicating === 60 ? true : undefined));
+    // Let the chart collect a few seconds of lag, then keep a picture.
+    await page.waitForTimeout(4_000);
+    // docs/dashboard.png is refreshed with SPANFEED_UPDATE_SCREENSHOT=1; otherwise the
+    // picture goes to a temp file, so a test run leaves the tree as it was.
+    const path = process.env.SPANFEED_UPDATE_SCREENSHOT === '1' ? join(root, 'docs/dashboard.png') : join(tmpdir(), `spanfeed-dashboard-${process.pid}.png`);
+    await page.screenshot({ path, fullPage: true });
+    expect(statSync(path).size).toBeGreaterThan(10_000);
+    if (process.env.SPANFEED_UPDATE_SCREENSHOT !== '1') rmSync(path);
+    await page.close();
+  });
+});

@@ -1,0 +1,48 @@
+/**
+ * Checks real API answers against `api/openapi.json`: the response schema of the
+ * matching path, method and status must accept the body.
+ */
+import { readFileSync } from 'node:fs';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import type { ValidateFunction } from 'ajv/dist/2020.js';
+
+interface Doc {
+  paths: Record<string, Record<string, { responses?: Record<string, { content?: Record<string, { schema: unknown }> }> }>>;
+}
+
+const doc = JSON.parse(readFileSync(new URL('../../api/openapi.json', import.meta.url), 'utf8')) as Doc;
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+ajv.addSchema(doc as object, 'openapi.json');
+const compiled = new Map<string, ValidateFunction>();
+const templates = Object.keys(doc.paths).map((template) => ({
+  template,
+  pattern: new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`),
+}));
+
+/** Throws when `body` does not conform to the documented answer; returns what was checked. */
+export function checkAgainstOpenApi(method: string, path: string, status: number, body: unknown): string {
+  const pathname = path.split('?')[0] ?? path;
+  const match = templates.find((t) => t.pattern.test(pathname));
+  if (match === undefined) {
+    // An unknown endpoint: a 404 with the documented error body.
+    if (status !== 404) throw new Error(`${method} ${pathname} is not in the OpenAPI document and answered ${status}`);
+    return checkSchema(`${method} (unknown) 404`, { $ref: '#/components/schemas/Error' }, body);
+  }
+  const operation = doc.paths[match.template]?.[method.toLowerCase()];
+  if (operation === undefined) return 'method not documented (405)';
+  const response = operation.responses?.[String(status)];
+  if (response === undefined) throw new Error(`${method} ${match.template} answered ${status}, which the OpenAPI document does not list`);
+  const schema = response.content?.['application/json']?.schema;
+  if (schema === undefined) return 'no JSON schema';
+  return checkSchema(`${method} ${match.template} ${status}`, schema, body);
+}
+
+function checkSchema(key: string, schema: unknown, body: unknown): string {
+  let validate = compiled.get(key);
+  if (validate === undefined) {
+    validate = ajv.compile(JSON.parse(JSON.stringify(schema).replaceAll('"#/components', '"openapi.json#/components')) as object);
+    compiled.set(key, validate);
+  }
+  if (!validate(body)) throw new Error(`${key}: ${ajv.errorsText(validate.errors)} in ${JSON.stringify(body).slice(0, 500)}`);
+  return key;
+}

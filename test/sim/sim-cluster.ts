@@ -1,0 +1,469 @@
+/**
+ * A simulated spanfeed cluster for one seed: captures running the real pure agent over
+ * simulated pipelines, an owner running the real pure coordinator, an unreliable network,
+ * a model of etcd (membership with lease expiry, election revisions, fenced checkpoint
+ * writes), and faults: capture crashes and restarts, owner crashes, pauses longer than
+ * the lease (the deposed owner keeps acting for a few steps and must be fenced), owner
+ * resignations, pipeline failures, and operator moves, drains and rebalances.
+ *
+ * After every step it checks the invariants of DESIGN.md §8; once faults stop it checks
+ * that every span replicates again and the checkpoint advances within a bound.
+ */
+import { Agent } from '../../src/agent/agent.ts';
+import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
+import { Coordinator } from '../../src/core/coordinator.ts';
+import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
+import { SeededRandom } from '../../src/core/rng.ts';
+import type { Span, TableRange } from '../../src/core/span.ts';
+import { spanKey, splitTable } from '../../src/core/span.ts';
+import { SimNetwork } from './sim-network.ts';
+import { SimPipelines, SinkModel } from './sim-pipelines.ts';
+
+/** What one simulation run is made of. */
+export interface SimOptions {
+  readonly seed: number;
+  readonly steps: number;
+  readonly spans: number;
+  readonly captures: number;
+  /** Steps after faults stop within which every span must replicate and the checkpoint advance. */
+  readonly livenessStepsMax: number;
+  /** Prints every event about spans whose key contains this text (debugging a seed). */
+  readonly trace?: string;
+}
+
+/** The result of one seed. */
+export interface SimResult {
+  readonly seed: number;
+  readonly steps: number;
+  readonly violations: string[];
+  readonly livenessFailure: string | undefined;
+  readonly stats: Record<string, number>;
+}
+
+interface SimCapture {
+  readonly id: CaptureId;
+  readonly agent: Agent;
+  readonly pipelines: SimPipelines;
+  alive: boolean;
+  pausedUntil: number;
+}
+
+interface SimOwner {
+  readonly id: CaptureId;
+  readonly revision: bigint;
+  readonly coordinator: CoordinatorType;
+  /** Steps a deposed owner keeps acting before it notices; -1 while it is the owner. */
+  zombieUntil: number;
+  reports: ReportMessage[];
+}
+
+const changefeed = 'sim';
+const changefeedEpoch = 1n;
+const startTs = 100n;
+
+export class SimCluster {
+  private readonly options: SimOptions;
+  private readonly rng: SeededRandom;
+  private readonly network: SimNetwork;
+  private readonly sink: SinkModel;
+  private readonly tables: TableRange[];
+  private readonly spans: Span[];
+  private readonly captures = new Map<CaptureId, SimCapture>();
+  /** Registered in etcd (lease alive). */
+  private readonly membership = new Set<CaptureId>();
+  private readonly leaseExpiry = new Map<CaptureId, number>();
+  private owner: SimOwner | undefined;
+  private zombies: SimOwner[] = [];
+  private revision = 0n;
+  private nextCaptureNumber = 0;
+  private step = 0;
+  private upstreamTs = startTs;
+  private persisted = { checkpointTs: startTs, resolvedTs: startTs };
+  private readonly faultsEndStep: number;
+  private settledAt = -1;
+  private checkpointAtSettle = 0n;
+  private readonly violations: string[] = [];
+  private livenessFailure: string | undefined;
+  private readonly stats: Record<string, number> = {
+    crashes: 0,
+    pauses: 0,
+    resigns: 0,
+    elections: 0,
+    moves: 0,
+    drains: 0,
+    rebalances: 0,
+    fencedWrites: 0,
+    pipelineFailures: 0,
+    checkpointAdvances: 0,
+  };
+
+  constructor(options: SimOptions) {
+    this.options = options;
+    this.rng = new SeededRandom(options.seed);
+    this.network = new SimNetwork(this.rng, { dropProbability: 0.05, duplicateProbability: 0.03, delayStepsMax: 3 });
+    const tableCount = 1 + this.rng.int(3);
+    this.tables = [];
+    this.spans = [];
+    for (let t = 0; t < tableCount; t++) {
+      const table: TableRange = { name: `t${t}`, start: 'a', end: 'z' };
+      const count = Math.max(1, Math.floor(options.spans / tableCount) + (t === 0 ? options.spans % tableCount : 0));
+      const boundaries: string[] = [];
+      for (let i = 1; i < count; i++) boundaries.push(`k${String(i).padStart(6, '0')}`);
+      this.tables.push(table);
+      this.spans.push(...splitTable(table, boundaries));
+    }
+    this.sink = new SinkModel(this.spans.map(spanKey), startTs);
+    this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
+    for (let i = 0; i < options.captures; i++) this.startCapture();
+  }
+
+  /** Runs every step and returns the verdict. */
+  run(): SimResult {
+    for (this.step = 1; this.step <= this.options.steps; this.step++) {
+      this.runStep();
+      if (this.violations.length > 0) break;
+    }
+    if (this.violations.length === 0 && this.livenessFailure === undefined) this.checkLiveness(true);
+    return {
+      seed: this.options.seed,
+      steps: Math.min(this.step, this.options.steps),
+      violations: this.violations,
+      livenessFailure: this.livenessFailure,
+      stats: { ...this.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
+    };
+  }
+
+  private get faultsOn(): boolean {
+    return this.step < this.faultsEndStep;
+  }
+
+  private runStep(): void {
+    const step = this.step;
+    this.upstreamTs += BigInt(1 + this.rng.int(3));
+    if (step === this.faultsEndStep) this.endFaults();
+    if (this.faultsOn) this.injectFaults();
+    this.resumePaused();
+    this.expireLeases();
+    this.elect();
+    this.deliver();
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture)) continue;
+      const events = capture.pipelines.step(step, this.upstreamTs, this.faultsOn ? 0.0005 : 0);
+      for (const event of events) {
+        this.trace(`${capture.id} pipeline ${event.kind} ${'checkpointTs' in event ? event.checkpointTs : ''}`, event.key);
+        if (event.kind === 'failed') this.stats.pipelineFailures = (this.stats.pipelineFailures ?? 0) + 1;
+        const out = capture.agent.handlePipelineEvent(event);
+        this.traceAgent(capture.id, out);
+        capture.pipelines.apply(out.commands, step);
+        this.sendAll(out.outbox);
+      }
+      this.sendAll(capture.agent.flush().outbox);
+    }
+    this.tickOwners();
+    this.checkInvariants();
+    if (!this.faultsOn) this.checkLiveness(false);
+  }
+
+  // ---- faults ----
+
+  private injectFaults(): void {
+    const live = this.liveCaptures();
+    if (live.length > 1 && this.rng.chance(0.01)) this.crash(this.rng.pick(live));
+    if (this.liveCaptures().length < this.options.captures && this.rng.chance(0.05)) this.startCapture();
+    if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.pauseOwner();
+    if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
+    const coordinator = this.owner?.coordinator;
+    if (coordinator === undefined || coordinator.phase !== 'running') return;
+    if (this.rng.chance(0.05)) {
+      const span = this.rng.pick(this.spans);
+      const targets = [...coordinator.captures.captures.keys()];
+      if (targets.length > 0 && coordinator.requestMove(spanKey(span), this.rng.pick(targets)).ok) this.stats.moves = (this.stats.moves ?? 0) + 1;
+    }
+    if (this.rng.chance(0.004)) {
+      const targets = [...coordinator.captures.captures.keys()];
+      if (targets.length > 0 && coordinator.requestDrain(this.rng.pick(targets)).ok) this.stats.drains = (this.stats.drains ?? 0) + 1;
+    }
+    if (this.rng.chance(0.01) && coordinator.requestRebalance().ok) this.stats.rebalances = (this.stats.rebalances ?? 0) + 1;
+    // A rolling restart: a drained capture that holds nothing is stopped and replaced.
+    for (const [id, state] of coordinator.captures.captures) {
+      const capture = this.captures.get(id);
+      if (state.draining && coordinator.remainingSpans(id) === 0 && capture !== undefined && this.canRun(capture) && this.liveCaptures().length > 1) {
+        this.crash(capture);
+      }
+    }
+  }
+
+  private endFaults(): void {
+    this.network.faults = undefined;
+    for (const capture of this.captures.values()) if (capture.pausedUntil > this.step) capture.pausedUntil = this.step;
+  }
+
+  private startCapture(): void {
+    const id = `c${this.nextCaptureNumber++}`;
+    const agent = new Agent({
+      captureId: id,
+      captureEpoch: BigInt(1 + this.rng.int(1_000_000_000)),
+      changefeed,
+      changefeedEpoch,
+      statusesPerMessageMax: 8,
+    });
+    if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
+    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.sink), alive: true, pausedUntil: -1 });
+    this.membership.add(id);
+  }
+
+  /** A process crash: everything on it vanishes; its lease expires a few steps later. */
+  private crash(capture: SimCapture): void {
+    this.stats.crashes = (this.stats.crashes ?? 0) + 1;
+    capture.alive = false;
+    capture.pipelines.crash();
+    this.leaseExpiry.set(capture.id, this.step + 2 + this.rng.int(6));
+    // A crashed owner stays owner in etcd until its lease expires; its zombie dies with it.
+    this.zombies = this.zombies.filter((z) => z.id !== capture.id);
+  }
+
+  /** The owner's process stops for longer than its lease (SIGSTOP). */
+  private pauseOwner(): void {
+    const owner = this.owner;
+    const capture = owner === undefined ? undefined : this.captures.get(owner.id);
+    if (owner === undefined || capture === undefined || !this.canRun(capture)) return;
+    this.stats.pauses = (this.stats.pauses ?? 0) + 1;
+    const lease = 2 + this.rng.int(6);
+    capture.pausedUntil = this.step + lease + 1 + this.rng.int(10);
+    this.leaseExpiry.set(capture.id, this.step + lease);
+  }
+
+  /** The owner resigns; it may still send a few messages as it winds down. */
+  private resignOwner(): void {
+    const owner = this.owner;
+    if (owner === undefined || this.liveCaptures().length < 2) return;
+    this.stats.resigns = (this.stats.resigns ?? 0) + 1;
+    owner.zombieUntil = this.step + this.rng.int(3);
+    this.zombies.push(owner);
+    this.owner = undefined;
+    this.elect(owner.id);
+  }
+
+  /** A paused capture resumes: it has lost its lease, so it self-fences and is replaced. */
+  private resumePaused(): void {
+    for (const capture of this.captures.values()) {
+      if (capture.pausedUntil < 0 || capture.pausedUntil > this.step || !capture.alive) continue;
+      capture.pausedUntil = -1;
+      if (this.membership.has(capture.id)) {
+        // Resumed before its lease expired: the keepalive renews it.
+        this.leaseExpiry.delete(capture.id);
+        continue;
+      }
+      capture.agent.stopAll();
+      capture.pipelines.crash();
+      capture.alive = false;
+      if (this.owner?.id === capture.id) this.owner = undefined;
+      const zombie = [...this.zombies].find((z) => z.id === capture.id);
+      if (zombie !== undefined) zombie.zombieUntil = this.step + this.rng.int(3);
+      this.startCapture();
+    }
+  }
+
+  private expireLeases(): void {
+    for (const [id, at] of [...this.leaseExpiry]) {
+      if (at > this.step) continue;
+      this.leaseExpiry.delete(id);
+      this.membership.delete(id);
+      if (this.owner?.id === id) {
+        // The owner lost its lease: if it is only paused, it acts again as a zombie when it resumes.
+        const capture = this.captures.get(id);
+        if (capture !== undefined && capture.alive) {
+          this.owner.zombieUntil = capture.pausedUntil + 3;
+          this.zombies.push(this.owner);
+        }
+        this.owner = undefined;
+      }
+    }
+  }
+
+  /** Elects an owner among registered, running captures when there is none. */
+  private elect(exclude?: CaptureId): void {
+    if (this.owner !== undefined) return;
+    const candidates = [...this.membership].filter((id) => {
+      const capture = this.captures.get(id);
+      return id !== exclude && capture !== undefined && this.canRun(capture);
+    });
+    if (candidates.length === 0) return;
+    const id = this.rng.pick(candidates);
+    this.revision++;
+    this.stats.elections = (this.stats.elections ?? 0) + 1;
+    const coordinator = new Coordinator({
+      changefeed,
+      changefeedEpoch,
+      ownerId: id,
+      ownerRevision: this.revision,
+      checkpointTs: this.persisted.checkpointTs,
+      seed: this.rng.int(2 ** 31),
+      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8 },
+    });
+    coordinator.setSpans(this.tables, this.spans);
+    this.owner = { id, revision: this.revision, coordinator, zombieUntil: -1, reports: [] };
+    // Captures learn the new owner from etcd, some sooner than others.
+    for (const capture of this.captures.values()) {
+      if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent.observeOwner(id, this.revision);
+    }
+  }
+
+  // ---- message flow ----
+
+  private deliver(): void {
+    for (const message of this.network.deliver(this.step)) {
+      if (message.kind === 'report') {
+        const owner = [this.owner, ...this.zombies].find((o) => o !== undefined && o.id === message.header.to && o.revision === message.header.ownerRevision)
+          ?? [this.owner, ...this.zombies].find((o) => o !== undefined && o.id === message.header.to);
+        owner?.reports.push(message);
+        continue;
+      }
+      const capture = this.captures.get(message.header.to);
+      if (capture === undefined || !this.canRun(capture)) continue;
+      const out = capture.agent.handleMessage(message as OwnerMessage);
+      if (this.options.trace !== undefined) {
+        const m = message as OwnerMessage;
+        const text = m.kind === 'dispatch'
+          ? `adds ${m.adds.map((a) => `${spanKey(a.span)}:${a.secondary ? 'sec' : 'pri'}@${a.checkpointTs}`).join(',')} removes ${m.removes.map(spanKey).join(',')}`
+          : `heartbeat spans ${m.spans.map(spanKey).join(',')} collect ${m.collectId}`;
+        this.trace(`${capture.id} <- ${m.header.from}@${m.header.ownerRevision}#${m.header.seq} ${m.kind} ${text}`, text);
+      }
+      this.traceAgent(capture.id, out);
+      capture.pipelines.apply(out.commands, this.step);
+      this.sendAll(out.outbox);
+    }
+  }
+
+  private tickOwners(): void {
+    this.zombies = this.zombies.filter((z) => z.zombieUntil >= this.step);
+    for (const zombie of this.zombies) {
+      const capture = this.captures.get(zombie.id);
+      if (capture === undefined || !capture.alive || capture.pausedUntil > this.step) continue;
+      const out = zombie.coordinator.tick({ reports: zombie.reports.splice(0) });
+      this.sendAll(out.outbox);
+      if (out.advanced !== undefined) this.stats.fencedWrites = (this.stats.fencedWrites ?? 0) + 1;
+    }
+    const owner = this.owner;
+    if (owner === undefined) return;
+    const ownerCapture = this.captures.get(owner.id);
+    if (ownerCapture === undefined || !this.canRun(ownerCapture)) return;
+    const reports = owner.reports.splice(0);
+    const out = owner.coordinator.tick({ captures: [...this.membership], reports });
+    if (this.options.trace !== undefined) {
+      for (const report of reports) {
+        for (const status of report.statuses) this.trace(`owner ${owner.id} got from ${report.header.from}#${report.header.seq} ${spanKey(status.span)} ${status.state} ${status.checkpointTs}`, spanKey(status.span));
+      }
+      for (const event of out.events) {
+        const text = JSON.stringify(event, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+        this.trace(`owner ${owner.id} ${text}`, text);
+      }
+    }
+    this.sendAll(out.outbox);
+    if (owner.coordinator.phase === 'failed') {
+      this.violations.push(`step ${this.step}: coordinator failed: ${owner.coordinator.failure ?? '?'}`);
+    }
+    if (out.advanced !== undefined) {
+      // The fenced write: etcd accepts it only from the current owner, and never lower.
+      if (out.advanced.checkpointTs < this.persisted.checkpointTs) {
+        this.violations.push(`step ${this.step}: owner tried to lower the checkpoint from ${this.persisted.checkpointTs} to ${out.advanced.checkpointTs}`);
+      }
+      if (out.advanced.checkpointTs > this.persisted.checkpointTs) this.stats.checkpointAdvances = (this.stats.checkpointAdvances ?? 0) + 1;
+      this.persisted = { checkpointTs: out.advanced.checkpointTs, resolvedTs: out.advanced.resolvedTs };
+    }
+  }
+
+  private trace(line: string, about: string): void {
+    const filter = this.options.trace;
+    if (filter !== undefined && about.includes(filter)) process.stderr.write(`[${this.step}] ${line}\n`);
+  }
+
+  private traceAgent(id: CaptureId, out: { events: readonly { type: string }[]; outbox: readonly ReportMessage[] }): void {
+    if (this.options.trace === undefined) return;
+    for (const event of out.events) {
+      const text = JSON.stringify(event, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+      this.trace(`${id} agent ${text}`, text);
+    }
+    for (const report of out.outbox) {
+      for (const status of report.statuses) {
+        this.trace(`${id} -> ${report.header.to}#${report.header.seq} ${report.collect ? "collect " : ""}${spanKey(status.span)} ${status.state} ${status.checkpointTs}`, spanKey(status.span));
+      }
+    }
+  }
+
+  private sendAll(messages: readonly Message[]): void {
+    for (const message of messages) this.network.send(message, this.step);
+  }
+
+  // ---- checks ----
+
+  private checkInvariants(): void {
+    const step = this.step;
+    // At most one primary and one writer per span among captures that can act.
+    const primaries = new Map<string, CaptureId>();
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture)) continue;
+      for (const status of capture.agent.statuses()) {
+        if (status.state !== 'replicating') continue;
+        const key = spanKey(status.span);
+        const other = primaries.get(key);
+        if (other !== undefined) this.violations.push(`step ${step}: two primaries for ${key}: ${other} and ${capture.id}`);
+        primaries.set(key, capture.id);
+      }
+    }
+    const writers = new Map<string, number>();
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture)) continue;
+      for (const key of capture.pipelines.writingKeys()) writers.set(key, (writers.get(key) ?? 0) + 1);
+    }
+    for (const [key, count] of writers) if (count > 1) this.violations.push(`step ${step}: ${count} writers for ${key}`);
+    // The persisted checkpoint: at most resolved, and nothing at or below it is missing.
+    if (this.persisted.checkpointTs > this.persisted.resolvedTs) {
+      this.violations.push(`step ${step}: persisted checkpoint ${this.persisted.checkpointTs} above resolved ${this.persisted.resolvedTs}`);
+    }
+    const flushed = this.sink.minContiguous();
+    if (this.persisted.checkpointTs > flushed) {
+      this.violations.push(`step ${step}: persisted checkpoint ${this.persisted.checkpointTs} above what the sink holds (${flushed})`);
+    }
+    const coordinator = this.owner?.coordinator;
+    if (coordinator !== undefined) {
+      try {
+        coordinator.checkInvariants();
+      } catch (error) {
+        const state = (error as { state?: unknown }).state;
+        this.violations.push(`step ${step}: ${(error as Error).message} ${state === undefined ? '' : JSON.stringify(state, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+      }
+    }
+  }
+
+  /** After faults stop: every span replicating, then the checkpoint advancing, in time. */
+  private checkLiveness(final: boolean): void {
+    const coordinator = this.owner?.coordinator;
+    const settled =
+      coordinator !== undefined &&
+      coordinator.phase === 'running' &&
+      coordinator.manager.sets.size === this.spans.length &&
+      coordinator.manager.stateCounts.replicating === this.spans.length;
+    if (settled && this.settledAt < 0) {
+      this.settledAt = this.step;
+      this.checkpointAtSettle = this.persisted.checkpointTs;
+    }
+    const deadline = this.faultsEndStep + this.options.livenessStepsMax;
+    if (this.step < deadline && !final) return;
+    if (this.livenessFailure !== undefined) return;
+    if (this.settledAt < 0) {
+      const counts = coordinator === undefined ? 'no owner' : `${coordinator.phase} ${JSON.stringify(coordinator.manager.stateCounts)}`;
+      this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})`;
+    } else if (this.persisted.checkpointTs <= this.checkpointAtSettle) {
+      this.livenessFailure = `checkpoint stuck at ${this.persisted.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
+    }
+  }
+
+  private canRun(capture: SimCapture): boolean {
+    return capture.alive && !(capture.pausedUntil > this.step);
+  }
+
+  private liveCaptures(): SimCapture[] {
+    return [...this.captures.values()].filter((c) => this.canRun(c) && this.membership.has(c.id));
+  }
+}

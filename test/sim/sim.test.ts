@@ -1,0 +1,17 @@
+import { describe, expect, it } from 'vitest';
+import { runSeeds } from './run-seeds.ts';
+
+// A short run of the deterministic simulator in every `npm test`; the long run is
+// `npm run sim -- --seeds 1000 --steps 2000`. SIM_SEED replays a failing range.
+const firstSeed = process.env.SIM_SEED !== undefined ? Number(process.env.SIM_SEED) : 1;
+
+describe('simulated cluster under faults', () => {
+  it('keeps every invariant and recovers, over 120 seeds', () => {
+    const failures: string[] = [];
+    const summary = runSeeds({ firstSeed, seeds: 120, steps: 500, spans: 16, captures: 4, livenessStepsMax: 200 }, (result) => {
+      failures.push(`seed ${result.seed}: ${[...result.violations.slice(0, 3), result.livenessFailure ?? ''].join(' | ')}`);
+    });
+    expect(failures).toEqual([]);
+    expect(summary).toMatchObject({ seeds: 120, violations: 0, livenessFailures: 0, firstFailingSeed: null });
+  });
+});
