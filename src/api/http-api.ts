@@ -95,8 +95,8 @@ export class HttpApi {
       r('GET', '/api/v1/changefeeds/{}', async (q) => this.getChangefeed(q.params[0])),
       r('PUT', '/api/v1/changefeeds/{}', async (q) => this.updateChangefeed(q.params[0], q.body)),
       r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.removeChangefeed(q.params[0])),
-      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.setState(q.params[0], 'paused')),
-      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.setState(q.params[0], 'normal')),
+      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.pause(q.params[0], q.body)),
+      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.resume(q.params[0], q.body)),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
@@ -368,15 +368,57 @@ export class HttpApi {
     return { status: 200, body: { removed: info.id } };
   }
 
-  private async setState(id: string | undefined, state: 'normal' | 'paused'): Promise<ApiResponse> {
+  private async pause(id: string | undefined, body: unknown): Promise<ApiResponse> {
     const info = this.findChangefeed(id);
-    if (state === 'paused' && info.state === 'paused') throw new ApiError(409, 'already-paused', `changefeed ${info.id} is already paused`);
-    if (state === 'normal' && info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
-    // Every resume starts a new epoch, fencing every message of the previous run.
+    if (body !== undefined && (typeof body !== 'object' || body === null || Array.isArray(body) || Object.keys(body).length > 0)) {
+      throw new ValidationError('pause takes no body (or an empty JSON object)');
+    }
+    if (info.state === 'paused') throw new ApiError(409, 'already-paused', `changefeed ${info.id} is already paused`);
+    return this.writeState({ ...info, state: 'paused' });
+  }
+
+  /**
+   * Resumes a paused or failed changefeed in a new epoch, which fences every message of
+   * the previous run. With `{"backfill": true}` every table is copied again at the current
+   * revision, the way out of a checkpoint the source compacted: the checkpoint moves up
+   * to just below that revision (it never goes down: the compacted checkpoint is older),
+   * and each span's backfill retires, in the sink, the keys deleted meanwhile.
+   */
+  private async resume(id: string | undefined, body: unknown): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    let backfill = false;
+    if (body !== undefined) {
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"backfill"?: boolean}');
+      for (const key of Object.keys(body)) if (key !== 'backfill') throw new ValidationError(`unknown field "${key}"; resume takes only "backfill"`);
+      const value = (body as { backfill?: unknown }).backfill;
+      if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true or false');
+      backfill = value === true;
+    }
+    if (info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
     const { error: _error, ...rest } = info;
-    const updated: ChangefeedInfo = { ...rest, state, epoch: state === 'normal' ? (BigInt(info.epoch) + 1n).toString() : info.epoch };
-    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    if (!backfill) return this.writeState({ ...rest, state: 'normal' });
+    const source = openSource(info.source.uri);
+    let snapshotTs: bigint;
+    try {
+      if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
+      snapshotTs = await source.currentTs();
+    } finally {
+      await source.close();
+    }
+    const previous = BigInt(this.capture.statuses.get(info.id)?.checkpointTs ?? info.startTs);
+    const checkpointTs = snapshotTs - 1n > previous ? snapshotTs - 1n : previous;
+    const status: ChangefeedStatus = { checkpointTs: checkpointTs.toString(), resolvedTs: checkpointTs.toString(), updatedAt: new Date().toISOString() };
+    const tables = info.tables.map((t) => ({ ...t, backfillTs: snapshotTs.toString() }));
+    return this.writeState({ ...rest, tables, state: 'normal' }, status);
+  }
+
+  /** Writes a paused or resumed changefeed; a resume starts a new epoch. */
+  private async writeState(info: ChangefeedInfo, status?: ChangefeedStatus): Promise<ApiResponse> {
+    const previous = this.findChangefeed(info.id);
+    const updated: ChangefeedInfo = { ...info, epoch: info.state === 'normal' ? (BigInt(previous.epoch) + 1n).toString() : previous.epoch };
+    if (!(await this.owner().writeInfo(updated, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
     this.capture.changefeeds.set(updated.id, updated);
+    if (status !== undefined) this.capture.statuses.set(updated.id, status);
     return { status: 202, body: this.describe(updated) };
   }
 

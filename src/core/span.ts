@@ -29,6 +29,15 @@ export function spanKey(span: Span): string {
   return `${span.table}\u0000${span.start.length}:${span.start}${span.end}`;
 }
 
+/** The key just after every key starting with `prefix` ('' when there is none). */
+export function prefixEnd(prefix: string): string {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    const code = prefix.charCodeAt(i);
+    if (code < 0xff) return prefix.slice(0, i) + String.fromCharCode(code + 1);
+  }
+  return '';
+}
+
 /** True when key `a` sorts before key `b`, where `''` as an end means +infinity. */
 export function endBefore(a: string, b: string): boolean {
   if (a === '') return false;

@@ -243,8 +243,13 @@ export class PipelineRunner {
       for (let attempt = 1; ; attempt++) {
         try {
           page = await snapshots.snapshot(pipeline.span, state.snapshotTs, state.afterKey, plan.limits.pageKeysMax);
-          if (page.events.length > 0) await this.sink.write(pipeline.span, page.events);
-          await this.sink.flush(pipeline.span, state.snapshotTs);
+          // Every copied key is stamped with the snapshot revision: the sink then knows
+          // which of its keys the snapshot confirmed, and retires the rest after the
+          // last page (keys deleted upstream while the changefeed did not see them).
+          const snapshotTs = state.snapshotTs;
+          if (page.events.length > 0) await this.sink.write(pipeline.span, page.events.map((event) => ({ ...event, ts: snapshotTs })));
+          await this.sink.flush(pipeline.span, snapshotTs);
+          if (page.nextAfterKey === undefined) await this.sink.retire(pipeline.span, snapshotTs);
           break;
         } catch (error) {
           if (attempt >= plan.limits.pageTriesMax) {

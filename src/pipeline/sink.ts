@@ -9,5 +9,13 @@ export interface Sink {
   write(span: Span, events: readonly ChangeEvent[]): Promise<void>;
   /** Resolves once everything written for `span` up to `uptoTs` is durable. */
   flush(span: Span, uptoTs: bigint): Promise<void>;
+  /**
+   * Removes every key of `span` whose state in the sink was set before `beforeTs`. A
+   * backfill at snapshot revision R writes every key it copies stamped R, then retires
+   * the span before R: what is left older is a key the upstream no longer has (deleted
+   * while the changefeed could not see it, e.g. behind a compaction). Idempotent, never
+   * goes backwards (a key written at or after `beforeTs` is kept), durable on return.
+   */
+  retire(span: Span, beforeTs: bigint): Promise<void>;
   close(): Promise<void>;
 }

@@ -4,7 +4,7 @@
  * split into spans.
  */
 import type { Span, TableRange } from '../core/span.ts';
-import { splitTable } from '../core/span.ts';
+import { prefixEnd, splitTable } from '../core/span.ts';
 import { validateSinkUri, validateSourceUri } from '../pipeline/registry.ts';
 import { BadUriError } from '../pipeline/uri.ts';
 
@@ -168,15 +168,6 @@ export function parseCreateRequest(body: unknown): CreateRequest {
     return { ...request, targetTs: body.targetTs as string };
   }
   return request;
-}
-
-/** The key just after every key starting with `prefix` ('' when there is none). */
-export function prefixEnd(prefix: string): string {
-  for (let i = prefix.length - 1; i >= 0; i--) {
-    const code = prefix.charCodeAt(i);
-    if (code < 0xff) return prefix.slice(0, i) + String.fromCharCode(code + 1);
-  }
-  return '';
 }
 
 /** The key range of a table: its prefix (default `<name>/`) or its start/end. */

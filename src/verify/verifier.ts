@@ -5,12 +5,14 @@
  *
  * Upstream (etcd): a range read of each table at revision `atTs`, page by page. Sink
  * (file): every NDJSON line of the table's directory replayed, keeping per key the
- * event with the highest ts <= atTs; a delete removes the key.
+ * event with the highest ts <= atTs; a delete removes the key, a retire every key of its
+ * range last written before it.
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { TableRange } from '../core/span.ts';
+import { prefixEnd } from '../core/span.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import { mirrorRevisionsPrefix, parseEtcdSinkUri } from '../pipeline/sinks/etcd.ts';
 import { parseFileSinkUri } from '../pipeline/sinks/file.ts';
@@ -46,7 +48,7 @@ async function rangeState(client: Etcd3, startKey: string, endKey: string, atTs?
   }
 }
 
-function decodeField(line: Record<string, unknown>, name: 'key' | 'value'): string | undefined {
+function decodeField(line: Record<string, unknown>, name: 'key' | 'value' | 'start' | 'end'): string | undefined {
   if (typeof line[name] === 'string') return Buffer.from(line[name] as string, 'utf8').toString('latin1');
   const b64 = line[`${name}Base64`];
   if (typeof b64 === 'string') return Buffer.from(b64, 'base64').toString('latin1');
@@ -54,8 +56,9 @@ function decodeField(line: Record<string, unknown>, name: 'key' | 'value'): stri
 }
 
 /** The file sink's state of one table at `atTs`. */
-async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<Map<string, string>> {
+export async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<Map<string, string>> {
   const latest = new Map<string, { ts: bigint; value: string | undefined }>();
+  const retires: { start: string; end: string; ts: bigint }[] = [];
   let names: string[] = [];
   try {
     names = (await readdir(join(dir, table))).filter((n) => n.endsWith('.ndjson')).sort();
@@ -73,13 +76,26 @@ async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<
         // A torn last line of a crashed writer: it was never flushed, so never counted.
         continue;
       }
-      const key = decodeField(line, 'key');
-      if (key === undefined || typeof line.ts !== 'string') continue;
+      if (typeof line.ts !== 'string') continue;
       const ts = BigInt(line.ts);
       if (ts > atTs) continue;
+      if (line.op === 'retire') {
+        const start = decodeField(line, 'start');
+        if (start !== undefined) retires.push({ start, end: decodeField(line, 'end') ?? '', ts });
+        continue;
+      }
+      const key = decodeField(line, 'key');
+      if (key === undefined) continue;
       const previous = latest.get(key);
       if (previous !== undefined && previous.ts > ts) continue;
       latest.set(key, { ts, value: line.op === 'delete' ? undefined : decodeField(line, 'value') });
+    }
+  }
+  // A retire at ts deletes every key of its range last written before ts, whatever the
+  // order of the files: that is a delete at ts which a line at the same ts outranks.
+  for (const retire of retires) {
+    for (const [key, entry] of latest) {
+      if (entry.ts < retire.ts && key >= retire.start && (retire.end === '' || key < retire.end)) latest.set(key, { ts: retire.ts, value: undefined });
     }
   }
   const state = new Map<string, string>();
@@ -97,9 +113,9 @@ async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint): 
   const client = createEtcdClient({ endpoints: sink.endpoints, callTimeoutMs: 30_000 });
   try {
     const prefix = sink.targetPrefix;
-    const end = table.end === '' ? prefixEndOf(prefix) : prefix + table.end;
+    const end = table.end === '' ? prefixEnd(prefix) : prefix + table.end;
     const mirrored = await rangeState(client, prefix + table.start, end);
-    const markers = await rangeState(client, mirrorRevisionsPrefix + prefix + table.start, end === '' ? prefixEndOf(mirrorRevisionsPrefix + prefix) : mirrorRevisionsPrefix + end);
+    const markers = await rangeState(client, mirrorRevisionsPrefix + prefix + table.start, end === '' ? prefixEnd(mirrorRevisionsPrefix + prefix) : mirrorRevisionsPrefix + end);
     const state = new Map<string, string>();
     const newer = new Set<string>();
     for (const [key, value] of mirrored) state.set(key.slice(prefix.length), value);
@@ -108,14 +124,6 @@ async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint): 
   } finally {
     client.close();
   }
-}
-
-function prefixEndOf(prefix: string): string {
-  for (let i = prefix.length - 1; i >= 0; i--) {
-    const code = prefix.charCodeAt(i);
-    if (code < 0xff) return prefix.slice(0, i) + String.fromCharCode(code + 1);
-  }
-  return '';
 }
 
 /** Verifies an etcd-sourced changefeed against its file or etcd sink at `atTs`. */

@@ -1,7 +1,8 @@
 /**
  * The idempotent sinks never go backwards: a replayed older event (at-least-once
  * delivery) cannot overwrite a newer one, and a deleted key is not brought back by an
- * older put. Against a real PostgreSQL and a real etcd.
+ * older put; a retire removes exactly a span's keys older than its revision. Against a
+ * real PostgreSQL, a real etcd and real files.
  */
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,13 +14,32 @@ import type { Span } from '../../src/core/span.ts';
 import { LocalEtcd } from '../../src/dev/local-cluster.ts';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
 import { EtcdSink, parseEtcdSinkUri } from '../../src/pipeline/sinks/etcd.ts';
-import { FileSink, eventLine, parseFileSinkUri } from '../../src/pipeline/sinks/file.ts';
+import { FileSink, eventLine, parseFileSinkUri, retireLine } from '../../src/pipeline/sinks/file.ts';
 import { PostgresSink, parsePostgresSinkUri } from '../../src/pipeline/sinks/postgres.ts';
+import type { Sink } from '../../src/pipeline/sink.ts';
 import type { ChangeEvent } from '../../src/pipeline/source.ts';
+import { fileSinkState } from '../../src/verify/verifier.ts';
 
 const span: Span = { table: 'kv', start: '', end: '' };
 const put = (key: string, value: string, ts: bigint): ChangeEvent => ({ table: 'kv', key, value, op: 'put', ts });
 const del = (key: string, ts: bigint): ChangeEvent => ({ table: 'kv', key, op: 'delete', ts });
+
+/**
+ * Retire: table `rt` holds a, b, c (ts 10), cc (ts 40) and d (ts 10); retiring the span
+ * [b, d) before 30 removes b and c only (cc is newer, a and d are outside), and a replayed
+ * older put of b does not bring it back. Every sink must end with `retiredState`.
+ */
+const retired: Span = { table: 'rt', start: 'b', end: 'd' };
+const rtPut = (key: string, ts: bigint): ChangeEvent => ({ table: 'rt', key, value: `${key}${ts}`, op: 'put', ts });
+const retiredState = { a: 'a10', cc: 'cc40', d: 'd10' };
+async function exerciseRetire(sink: Sink): Promise<void> {
+  await sink.write(retired, [rtPut('a', 10n), rtPut('b', 10n), rtPut('c', 10n), rtPut('cc', 40n), rtPut('d', 10n)]);
+  await sink.flush(retired, 40n);
+  await sink.retire(retired, 30n);
+  await sink.retire(retired, 30n);
+  await sink.write(retired, [rtPut('b', 10n)]);
+  await sink.flush(retired, 40n);
+}
 
 let postgres: LocalPostgres;
 let etcd: LocalEtcd;
@@ -56,6 +76,22 @@ describe('postgres sink', () => {
     }
   });
 
+  it('retires the keys of a span older than a revision, as tombstones', async () => {
+    const sink = new PostgresSink(parsePostgresSinkUri(postgres.url));
+    try {
+      await exerciseRetire(sink);
+      const client = new pg.Client({ connectionString: postgres.url });
+      await client.connect();
+      const rows = (await client.query('select convert_from(key, \'UTF8\') as key, convert_from(value, \'UTF8\') as value, ts::text as ts from rt where not deleted order by key')).rows as { key: string; value: string }[];
+      const tombstones = (await client.query('select ts::text as ts from rt where deleted')).rows;
+      await client.end();
+      expect(Object.fromEntries(rows.map((r) => [r.key, r.value]))).toEqual(retiredState);
+      expect(tombstones).toEqual([{ ts: '30' }, { ts: '30' }]);
+    } finally {
+      await sink.close();
+    }
+  });
+
   it('rejects a URI without a database', () => {
     expect(() => parsePostgresSinkUri('postgres://127.0.0.1:5432')).toThrow(/postgres:\/\/user:password@host:port\/database/);
   });
@@ -70,6 +106,18 @@ describe('etcd sink', () => {
       await sink.write(span, [put('a', '2', 20n), del('b', 20n)]);
       await sink.write(span, [put('a', '1', 10n), put('b', '1', 10n)]);
       expect(await client.getAll().prefix('m/').strings()).toEqual({ 'm/a': '2' });
+    } finally {
+      await sink.close();
+      client.close();
+    }
+  });
+
+  it('retires the keys of a span older than a revision', async () => {
+    const sink = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/r/`));
+    const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+    try {
+      await exerciseRetire(sink);
+      expect(await client.getAll().prefix('r/').strings()).toEqual({ 'r/a': 'a10', 'r/cc': 'cc40', 'r/d': 'd10' });
     } finally {
       await sink.close();
       client.close();
@@ -98,6 +146,22 @@ describe('file sink', () => {
       expect(files.length).toBeGreaterThan(1);
       const lines = files.flatMap((f) => readFileSync(join(dir, 'kv', f), 'utf8').split('\n').filter((l) => l !== ''));
       expect(lines).toHaveLength(50);
+    } finally {
+      await sink.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes a retire line that the verifier replays in any file order', async () => {
+    expect(retireLine(retired, 30n)).toBe('{"table":"rt","op":"retire","start":"b","end":"d","ts":"30"}\n');
+    expect(retireLine({ table: 'rt', start: 'b', end: '' }, 30n)).toBe('{"table":"rt","op":"retire","start":"b","ts":"30"}\n');
+    const dir = mkdtempSync(join(tmpdir(), 'spanfeed-file-'));
+    const sink = new FileSink(parseFileSinkUri(`file://${dir}`));
+    try {
+      await exerciseRetire(sink);
+      expect(Object.fromEntries(await fileSinkState(dir, 'rt', 100n))).toEqual(retiredState);
+      // Read before the retire, the state is what it was.
+      expect(Object.fromEntries(await fileSinkState(dir, 'rt', 29n))).toEqual({ a: 'a10', b: 'b10', c: 'c10', d: 'd10' });
     } finally {
       await sink.close();
       rmSync(dir, { recursive: true, force: true });

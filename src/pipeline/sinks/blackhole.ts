@@ -29,5 +29,7 @@ export class BlackholeSink implements Sink {
     if (this.options.flushMs > 0) await new Promise((resolve) => setTimeout(resolve, this.options.flushMs));
   }
 
+  async retire(): Promise<void> {}
+
   async close(): Promise<void> {}
 }

@@ -7,10 +7,11 @@
  * string order is the numeric order), and applies an event only in a transaction that
  * compares it: a replayed older event (at-least-once delivery) never overwrites a newer
  * one. Within one write only the last event per key is applied; transactions run with a
- * bounded number in flight.
+ * bounded number in flight. `retire` deletes the span's keys with older markers.
  */
 import type { Etcd3 } from 'etcd3';
 import type { Span } from '../../core/span.ts';
+import { prefixEnd } from '../../core/span.ts';
 import { createEtcdClient } from '../../cluster/etcd-client.ts';
 import type { Sink } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
@@ -46,6 +47,9 @@ export function revisionText(ts: bigint): string {
   return ts.toString().padStart(20, '0');
 }
 
+/** Revision markers read per page when a span is retired. */
+const retirePageKeysMax = 1_000;
+
 /** Target keys remembered as mirrored, to try the likelier transaction first. */
 const knownKeysMax = 1_000_000;
 
@@ -70,6 +74,32 @@ export class EtcdSink implements Sink {
 
   /** Every write was a committed etcd transaction: nothing more to make durable. */
   async flush(): Promise<void> {}
+
+  /**
+   * Deletes every mirrored key of the span whose revision marker is older than
+   * `beforeTs`, page by page; each delete is a transaction that compares the marker it
+   * read, so a key written meanwhile is kept. The marker stays, at `beforeTs`.
+   */
+  async retire(span: Span, beforeTs: bigint): Promise<void> {
+    const prefix = mirrorRevisionsPrefix + this.options.targetPrefix;
+    const end = Buffer.from(span.end === '' ? prefixEnd(prefix) : prefix + span.end, 'latin1');
+    const rev = revisionText(beforeTs);
+    let start = Buffer.from(prefix + span.start, 'latin1');
+    for (;;) {
+      const page = await this.client.getAll().inRange({ start, end }).limit(retirePageKeysMax).exec();
+      const stale = page.kvs.filter((kv) => kv.value.toString('latin1') < rev);
+      const workers = Array.from({ length: Math.min(this.options.txnsInFlightMax, stale.length) }, async () => {
+        for (let kv = stale.shift(); kv !== undefined; kv = stale.shift()) {
+          const target = Buffer.from(kv.key.toString('latin1').slice(mirrorRevisionsPrefix.length), 'latin1');
+          await this.client.if(kv.key, 'Value', '==', kv.value).then(this.client.delete().key(target), this.client.put(kv.key).value(rev)).commit();
+        }
+      });
+      await Promise.all(workers);
+      const last = page.kvs.at(-1);
+      if (!page.more || last === undefined) return;
+      start = Buffer.concat([last.key, Buffer.from([0])]);
+    }
+  }
 
   async close(): Promise<void> {
     this.client.close();

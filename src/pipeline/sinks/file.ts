@@ -4,7 +4,8 @@
  *
  * One event per line: `{"table","key","value","op":"put"|"delete","ts":"<decimal>"}`,
  * `key`/`value` as UTF-8 strings, or `keyBase64`/`valueBase64` when the bytes are not
- * valid UTF-8; no value on a delete. `flush` fsyncs the span's file, and the table
+ * valid UTF-8; no value on a delete. A retire after a backfill is one line too (see
+ * `retireLine`). `flush` fsyncs the span's file, and the table
  * directory when a file was created in it, before it returns: only then may the
  * checkpoint pass what was written. Each pipeline writes its own files (named by span
  * hash, process and a counter), so writers on different captures never interleave lines.
@@ -34,7 +35,7 @@ export function parseFileSinkUri(uri: string): FileSinkOptions {
 }
 
 /** Encodes a binary string as JSON fields: UTF-8 text when it is valid, else base64. */
-export function encodeBytes(name: 'key' | 'value', binary: string): Record<string, string> {
+export function encodeBytes(name: 'key' | 'value' | 'start' | 'end', binary: string): Record<string, string> {
   const bytes = Buffer.from(binary, 'latin1');
   const text = bytes.toString('utf8');
   return Buffer.from(text, 'utf8').equals(bytes) ? { [name]: text } : { [`${name}Base64`]: bytes.toString('base64') };
@@ -44,6 +45,18 @@ export function encodeBytes(name: 'key' | 'value', binary: string): Record<strin
 export function eventLine(event: ChangeEvent): string {
   const fields: Record<string, string> = { table: event.table, ...encodeBytes('key', event.key), op: event.op, ts: event.ts.toString() };
   if (event.op === 'put' && event.value !== undefined) Object.assign(fields, encodeBytes('value', event.value));
+  return `${JSON.stringify(fields)}\n`;
+}
+
+/**
+ * The NDJSON line of a retire: `{"table","op":"retire","start","end"?,"ts"}` (no `end`
+ * when the span runs to the end of the key space). A reader deletes, at `ts`, every key
+ * in [start, end) whose last line has a smaller ts.
+ */
+export function retireLine(span: Span, beforeTs: bigint): string {
+  const fields: Record<string, string> = { table: span.table, op: 'retire', ...encodeBytes('start', span.start) };
+  if (span.end !== '') Object.assign(fields, encodeBytes('end', span.end));
+  fields.ts = beforeTs.toString();
   return `${JSON.stringify(fields)}\n`;
 }
 
@@ -63,8 +76,16 @@ export class FileSink implements Sink {
 
   async write(span: Span, events: readonly ChangeEvent[]): Promise<void> {
     if (events.length === 0) return;
+    await this.append(span, events.map(eventLine).join(''));
+  }
+
+  async retire(span: Span, beforeTs: bigint): Promise<void> {
+    await this.append(span, retireLine(span, beforeTs));
+    await this.flush(span);
+  }
+
+  private async append(span: Span, text: string): Promise<void> {
     let file = await this.fileFor(span);
-    const text = events.map(eventLine).join('');
     if (file.bytes > 0 && file.bytes + text.length > this.options.maxFileBytes) {
       await this.rotate(span, file);
       file = await this.fileFor(span);

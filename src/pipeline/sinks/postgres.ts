@@ -10,7 +10,7 @@
  * could bring a deleted key back. Readers select `where not deleted`.
  *
  * Each write is one statement in its own transaction, durable once it returns, so
- * `flush` has nothing left to do.
+ * `flush` has nothing left to do. `retire` tombstones the span's older rows.
  */
 import pg from 'pg';
 import type { Span } from '../../core/span.ts';
@@ -74,6 +74,18 @@ export class PostgresSink implements Sink {
   }
 
   async flush(): Promise<void> {}
+
+  /** Tombstones, at `beforeTs`, every live row of the span older than it. */
+  async retire(span: Span, beforeTs: bigint): Promise<void> {
+    await this.ensureTable(span.table);
+    const values: unknown[] = [beforeTs.toString(), Buffer.from(span.start, 'latin1')];
+    if (span.end !== '') values.push(Buffer.from(span.end, 'latin1'));
+    await this.pool.query(
+      `update ${tableIdentifier(span.table)} set value = null, deleted = true, ts = $1::numeric
+       where not deleted and ts < $1::numeric and key >= $2${span.end === '' ? '' : ' and key < $3'}`,
+      values,
+    );
+  }
 
   async close(): Promise<void> {
     await this.pool.end();
