@@ -96,7 +96,12 @@ describe('the HTTP API under malformed input', () => {
           break;
         }
         case 4: requests.push(['POST', `/api/v1/changefeeds/${id}/${rng.pick(['pause', 'rebalance'])}`, undefined]); break;
-        case 5: requests.push(['POST', '/api/v1/changefeeds/cf/resume', undefined]); break;
+        case 5: {
+          // cf runs: a resume is refused, and so is a pause or resume with a bad body.
+          const badBody = rng.pick([json({ backfill: rng.pick(['yes', 1, null]) }), json({ backfill: true, x: 1 }), '[]', '5', '"s"', 'not json', '{"id": ']);
+          requests.push(rng.chance(0.3) ? ['POST', '/api/v1/changefeeds/cf/resume', undefined] : ['POST', `/api/v1/changefeeds/cf/${rng.pick(['pause', 'resume'])}`, badBody]);
+          break;
+        }
         case 6: requests.push(['POST', '/api/v1/changefeeds/cf/spans/move', rng.chance(0.3) ? garbage : json(randomValue(rng))]); break;
         case 7: requests.push(['POST', `/api/v1/changefeeds/${id}/spans/move`, json({ table: 't', start: '', captureId: 'x' })]); break;
         case 8: requests.push(['POST', `/api/v1/captures/${id}/drain`, undefined]); break;
