@@ -15,7 +15,7 @@ import { openSource } from '../pipeline/registry.ts';
 import type { Capture } from '../server/capture.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
 import { ValidationError, parseCreateRequest, parseTables, validateId } from '../server/changefeed-info.ts';
-import type { OwnerRole } from '../server/owner-role.ts';
+import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
 
 let openApi: unknown;
 let dashboard: string | undefined;
@@ -89,6 +89,7 @@ export class HttpApi {
       r('GET', '/metrics', async () => ({ status: 200, body: new RawBody(await this.capture.metrics.registry.metrics(), this.capture.metrics.registry.contentType) }), true),
       r('GET', '/api/v1/captures', async () => this.listCaptures()),
       r('POST', '/api/v1/captures/{}/drain', async (q) => this.drain(q.params[0] as string)),
+      r('DELETE', '/api/v1/captures/{}/drain', async (q) => this.undrain(q.params[0] as string)),
       r('POST', '/api/v1/owner/resign', async () => this.resign()),
       r('GET', '/api/v1/changefeeds', async () => this.listChangefeeds()),
       r('POST', '/api/v1/changefeeds', async (q) => this.createChangefeed(q.body)),
@@ -230,12 +231,11 @@ export class HttpApi {
   }
 
   private async drain(captureId: string): Promise<ApiResponse> {
-    const result = await this.owner().drain(captureId);
-    if (!result.ok) {
-      const { code, message } = result;
-      throw code === 'not-persisted' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
-    }
-    return { status: 202, body: { remainingSpans: result.remainingSpans } };
+    return { status: 202, body: { remainingSpans: drainedSpans(await this.owner().drain(captureId)) } };
+  }
+
+  private async undrain(captureId: string): Promise<ApiResponse> {
+    return { status: 200, body: { draining: false, spans: drainedSpans(await this.owner().undrain(captureId)) } };
   }
 
   private async resign(): Promise<ApiResponse> {
@@ -356,7 +356,8 @@ export class HttpApi {
       return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
     });
     const updated: ChangefeedInfo = { ...info, tables };
-    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    const removed = info.tables.filter((t) => !tables.some((kept) => kept.name === t.name)).map((t) => t.name);
+    if (!(await this.owner().writeInfo(updated, undefined, removed))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
     this.capture.changefeeds.set(updated.id, updated);
     return { status: 200, body: this.describe(updated) };
   }
@@ -532,6 +533,13 @@ function backfillOf(record: BackfillRecord | undefined): { state: string; keysDo
 function refusal(result: RequestResult & { ok: false }): ApiError {
   const notFound = result.code === 'unknown-span' || result.code === 'unknown-capture';
   return new ApiError(notFound ? 404 : 409, result.code, result.message);
+}
+
+/** The spans a drain or undrain left on the capture; a refusal as an ApiError. */
+function drainedSpans(result: DrainResult): number {
+  if (result.ok) return result.remainingSpans;
+  const { code, message } = result;
+  throw code === 'not-persisted' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
 }
 
 /** A Server-Sent Events response: each value the source yields is one event. */

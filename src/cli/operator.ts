@@ -13,6 +13,7 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--json] 
   changefeed update <id> --table <name>[:<prefix>][:<spans>] ... [--backfill]
   changefeed backfill <id>          progress bar until the backfill is done
   capture list | drain <id>         drain shows a progress bar until 0 spans remain
+  capture undrain <id>              cancels a drain (rebalance to give spans back)
   span list <changefeed> | move <changefeed> --table <t> --start <key> --capture <id>
   rebalance <changefeed>
   owner resign
@@ -193,6 +194,11 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
           await sleep(intervalMs);
         }
         if (!ctx.json) out('\ndrained\n');
+        return 0;
+      }
+      case 'capture undrain': {
+        const r = await call(ctx, 'DELETE', `/api/v1/captures/${encodeURIComponent(need(arg, 'a capture id'))}/drain`);
+        print(r, () => `capture ${arg} is no longer draining; it holds ${r.spans} spans\n`);
         return 0;
       }
       case 'span list': {

@@ -215,6 +215,18 @@ export class Coordinator {
     return { ok: true, remainingSpans: this.remainingSpans(capture) };
   }
 
+  /**
+   * Cancels a drain: the capture may take spans again (new ones at once, its share back by
+   * a rebalance). Moves already in flight finish. Idempotent; a capture that is shutting
+   * down by itself stays leaving.
+   */
+  cancelDrain(capture: CaptureId): RequestResult {
+    const target = this.captures.captures.get(capture);
+    if (target === undefined) return refuse('unknown-capture', `no live capture ${capture}`);
+    target.draining = false;
+    return { ok: true };
+  }
+
   /** Starts a rebalance. */
   requestRebalance(): RequestResult {
     if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);

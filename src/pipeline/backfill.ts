@@ -44,6 +44,11 @@ export function backfillKey(prefix: string, span: Span): string {
   return prefix + Buffer.from(spanKey(span), 'latin1').toString('hex');
 }
 
+/** The prefix of every record of one table's spans under `prefix` (span keys start with the table). */
+export function backfillTablePrefix(prefix: string, table: string): string {
+  return prefix + Buffer.from(`${table}\u0000`, 'latin1').toString('hex');
+}
+
 export class EtcdBackfillStore implements BackfillStore {
   constructor(
     private readonly client: Etcd3,

@@ -21,6 +21,7 @@ import { CaptureConnection } from '../rpc/owner-client.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import { changefeedSpans } from './changefeed-info.ts';
 import { LagTracker } from './lag-tracker.ts';
+import { backfillTablePrefix } from '../pipeline/backfill.ts';
 
 /** A live capture as registered in etcd. */
 /** The answer to a drain request; `not-persisted` when etcd did not take the drain. */
@@ -285,11 +286,12 @@ export class OwnerRole {
     await this.writeInfo(info);
   }
 
-  /** Writes changefeed info, fenced. */
-  async writeInfo(info: ChangefeedInfo, status?: ChangefeedStatus): Promise<boolean> {
+  /** Writes changefeed info, fenced; forgets the backfill records of `removedTables`. */
+  async writeInfo(info: ChangefeedInfo, status?: ChangefeedStatus, removedTables: readonly string[] = []): Promise<boolean> {
     const puts = [{ key: this.ctx.keys.changefeedInfo(info.id), value: JSON.stringify(info) }];
     if (status !== undefined) puts.push({ key: this.ctx.keys.changefeedStatus(info.id), value: JSON.stringify(status) });
-    const ok = await this.ctx.election.fencedPut(this.ctx.owner, puts);
+    const deletes = removedTables.map((table) => backfillTablePrefix(this.ctx.keys.backfillPrefix(info.id), table));
+    const ok = await this.ctx.election.fencedPut(this.ctx.owner, puts, deletes);
     if (!ok) {
       this.ctx.metrics.fencedWriteRejections.inc();
       this.stop('fenced write rejected');
@@ -333,6 +335,20 @@ export class OwnerRole {
       return { ok: false, code: 'not-persisted', message: `the drain of ${captureId} could not be persisted; retry` };
     }
     return { ok: true, remainingSpans };
+  }
+
+  /**
+   * Cancels a capture's drain in every changefeed (idempotent): it takes new spans again,
+   * and its share back by a rebalance. Answers once the cancel is persisted.
+   */
+  async undrain(captureId: string): Promise<DrainResult> {
+    if (!this.ctx.captures().has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
+    const was = this.draining.delete(captureId);
+    for (const managed of this.managed.values()) managed.coordinator.cancelDrain(captureId);
+    if (was && !(await this.persistDrain(captureId, false))) {
+      return { ok: false, code: 'not-persisted', message: `the end of the drain of ${captureId} could not be persisted; retry` };
+    }
+    return { ok: true, remainingSpans: this.remainingSpans(captureId) };
   }
 
   /**

@@ -677,6 +677,22 @@ describe('Coordinator: operator requests', () => {
     expect([s0, s1, s2, s3].map((s) => co.setOf(s)?.primary)).toEqual(['B', 'B', 'B', 'B']);
   });
 
+  it('cancelDrain: the capture is a target again, and later drains are possible', () => {
+    const { co } = running();
+    expect(co.cancelDrain('Z')).toMatchObject({ ok: false, code: 'unknown-capture' });
+    expect(co.requestDrain('A')).toEqual({ ok: true, remainingSpans: 3 });
+    expect(co.requestMove(k(s2), 'A')).toMatchObject({ ok: false, code: 'capture-draining' });
+    expect(co.cancelDrain('A')).toEqual({ ok: true });
+    expect(co.cancelDrain('A')).toEqual({ ok: true });
+    // No drain moves start, the heartbeat says so, and A takes a move again.
+    const out = step(co, { reports: [] });
+    expect(heartbeatTo(out, 'A').draining).toBe(false);
+    expect(ofType(out, 'task-started').filter((e) => e.scheduler === 'drain')).toEqual([]);
+    expect(co.requestMove(k(s2), 'A')).toEqual({ ok: true });
+    // B may be drained now that A stays.
+    expect(co.requestDrain('B')).toMatchObject({ ok: true });
+  });
+
   it('requestRebalance moves spans until each capture holds at most ceil(spans / captures)', () => {
     const { co, A, B } = running();
     const C = new FakeCapture('C', 33n);

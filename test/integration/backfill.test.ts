@@ -13,6 +13,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import type { BackfillRecord } from '../../src/pipeline/backfill.ts';
+import { backfillTablePrefix } from '../../src/pipeline/backfill.ts';
 import type { ChangefeedView, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
 
@@ -147,5 +148,10 @@ describe('backfill', () => {
     expect(out.stderr).toBe('');
     const result = JSON.parse(out.stdout.trim()) as Record<string, number>;
     expect(result).toMatchObject({ tables: 2, keysChecked: 28_000, missing: 0, mismatched: 0, extra: 0 });
+    // The removed table's backfill records are gone with it; the others stay.
+    const left = [...(await records()).keys()];
+    expect(left.some((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'b')))).toBe(false);
+    expect(left.some((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'a')))).toBe(true);
+    expect(left.filter((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'c')))).toHaveLength(2);
   });
 });

@@ -65,6 +65,17 @@ describe('spanfeed cli', () => {
     expect(drain.status, drain.stderr).toBe(0);
     expect(drain.stdout).toContain('0 spans remaining');
     expect(drain.stdout).toContain('#');
+    expect(JSON.parse((await cli('--json', 'capture', 'list')).stdout).find((c: { id: string }) => c.id === drained.id)).toMatchObject({ draining: true, spans: 0 });
+    const undrain = await cli('capture', 'undrain', drained.id);
+    expect(undrain.status, undrain.stderr).toBe(0);
+    expect(undrain.stdout).toContain(`capture ${drained.id} is no longer draining`);
+    expect(JSON.parse((await cli('--json', 'capture', 'list')).stdout).find((c: { id: string }) => c.id === drained.id)).toMatchObject({ draining: false });
+    // A rebalance gives it its share back.
+    await cli('rebalance', 'c1');
+    await waitFor('the undrained capture to hold spans again', async () => {
+      const list = JSON.parse((await cli('--json', 'capture', 'list')).stdout) as { id: string; spans: number }[];
+      return (list.find((c) => c.id === drained.id)?.spans ?? 0) > 0 ? true : undefined;
+    }, 30_000, 200);
 
     expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
     expect(JSON.parse((await cli('--json', 'changefeed', 'resume', 'c1')).stdout)).toMatchObject({ state: 'normal', epoch: '2' });

@@ -265,6 +265,11 @@ describe('a three-capture cluster', () => {
     expect(kept).toBe(survivors.size);
     const list = await call<{ id: string; draining: boolean }[]>('GET', '/api/v1/captures');
     expect(list.body.find((c) => c.id === newest.id)?.draining).toBe(true);
+    // Cancelling the drain is persisted too, before the answer.
+    const undrained = await call<{ draining: boolean }>('DELETE', `/api/v1/captures/${newest.id}/drain`);
+    expect(undrained.status).toBe(200);
+    expect(undrained.body.draining).toBe(false);
+    expect(await client.get(keys.draining(newest.id)).string()).toBeNull();
     captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
   });
 

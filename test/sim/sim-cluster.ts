@@ -91,6 +91,7 @@ export class SimCluster {
     elections: 0,
     moves: 0,
     drains: 0,
+    drainsCancelled: 0,
     rebalances: 0,
     fencedWrites: 0,
     pipelineFailures: 0,
@@ -182,6 +183,10 @@ export class SimCluster {
     if (this.rng.chance(0.004)) {
       const targets = [...coordinator.captures.captures.keys()];
       if (targets.length > 0 && coordinator.requestDrain(this.rng.pick(targets)).ok) this.stats.drains = (this.stats.drains ?? 0) + 1;
+    }
+    if (this.rng.chance(0.002)) {
+      const draining = [...coordinator.captures.captures.values()].filter((c) => c.draining);
+      if (draining.length > 0 && coordinator.cancelDrain(this.rng.pick(draining).id).ok) this.stats.drainsCancelled = (this.stats.drainsCancelled ?? 0) + 1;
     }
     if (this.rng.chance(0.01) && coordinator.requestRebalance().ok) this.stats.rebalances = (this.stats.rebalances ?? 0) + 1;
     // A rolling restart: a drained capture that holds nothing is stopped and replaced.
