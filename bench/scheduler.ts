@@ -19,7 +19,7 @@ import type { PipelineCommand, PipelineEvent } from '../src/agent/pipeline.ts';
 import { Coordinator } from '../src/core/coordinator.ts';
 import type { OwnerMessage, ReportMessage } from '../src/core/messages.ts';
 import type { Span, TableRange } from '../src/core/span.ts';
-import { spanKey, splitTable } from '../src/core/span.ts';
+import { splitTable } from '../src/core/span.ts';
 
 const spansPerTable = 100;
 

@@ -7,7 +7,7 @@
  * one TTL) or a fenced write fails: its election key is gone, someone else may own.
  */
 import type { Etcd3 } from 'etcd3';
-import type { CoordinatorLimits, RequestErrorCode, RequestResult } from '../core/coordinator.ts';
+import type { CoordinatorLimits, RequestErrorCode } from '../core/coordinator.ts';
 import { Coordinator } from '../core/coordinator.ts';
 import type { ReportMessage } from '../core/messages.ts';
 import { maxTs } from '../core/ts.ts';

@@ -1,63 +1,9 @@
 import { describe, expect, it } from 'vitest';
+import { FakeOwner, a, b, c, keyA, keyB } from './fake-owner.ts';
 import { Agent } from '../../src/agent/agent.ts';
-import type { AddSpanRequest, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
-import type { Span } from '../../src/core/span.ts';
+import type { MessageHeader, ReportMessage } from '../../src/core/messages.ts';
 import { spanKey } from '../../src/core/span.ts';
 import { MutableDigest } from '../../src/core/span-digest.ts';
-import { maxTs } from '../../src/core/ts.ts';
-
-const a: Span = { table: 't', start: 'a', end: 'b' };
-const b: Span = { table: 't', start: 'b', end: 'c' };
-const c: Span = { table: 't', start: 'c', end: 'd' };
-const keyA = spanKey(a);
-const keyB = spanKey(b);
-
-/** An owner that numbers its messages like the coordinator does. */
-class FakeOwner {
-  seq = 0;
-  ack = 0;
-  constructor(
-    readonly id = 'owner',
-    readonly revision = 5n,
-  ) {}
-
-  header(overrides: Partial<MessageHeader> = {}): MessageHeader {
-    return {
-      changefeed: 'cf',
-      ownerRevision: this.revision,
-      changefeedEpoch: 1n,
-      captureEpoch: 0n,
-      from: this.id,
-      to: 'cap',
-      seq: ++this.seq,
-      ackSeq: this.ack,
-      ...overrides,
-    };
-  }
-
-  dispatch(adds: AddSpanRequest[], removes: Span[] = [], overrides: Partial<MessageHeader> = {}): OwnerMessage {
-    return { kind: 'dispatch', header: this.header(overrides), adds, removes };
-  }
-
-  heartbeat(spans: Span[] = [], extra: Partial<HeartbeatMessage> = {}): OwnerMessage {
-    return {
-      kind: 'heartbeat',
-      header: this.header(),
-      spans,
-      spansComplete: true,
-      primaryDigest: { count: 0, hashA: 0, hashB: 0 },
-      draining: false,
-      barrierTs: maxTs,
-      collectId: 0,
-      ...extra,
-    };
-  }
-
-  /** Records the last report seen, as the owner acknowledges it in later messages. */
-  saw(reports: readonly ReportMessage[]): void {
-    for (const report of reports) this.ack = Math.max(this.ack, report.header.seq);
-  }
-}
 
 function newAgent(statusesPerMessageMax = 16): Agent {
   return new Agent({ captureId: 'cap', captureEpoch: 77n, changefeed: 'cf', changefeedEpoch: 1n, statusesPerMessageMax });

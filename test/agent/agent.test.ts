@@ -4,6 +4,7 @@
  * the events, and check the agent's invariants through its public API.
  */
 import { describe, expect, it } from 'vitest';
+import { FakeOwner, a, b, c, keyA, keyB, keyC } from './fake-owner.ts';
 import { Agent } from '../../src/agent/agent.ts';
 import type { AgentOutput } from '../../src/agent/agent.ts';
 import type { PipelineEvent } from '../../src/agent/pipeline.ts';
@@ -12,7 +13,6 @@ import type {
   AgentSpanState,
   CaptureWatermark,
   CollectPart,
-  HeartbeatMessage,
   MessageHeader,
   OwnerMessage,
   ReportMessage,
@@ -23,62 +23,8 @@ import { spanKey } from '../../src/core/span.ts';
 import { MutableDigest, emptyDigest } from '../../src/core/span-digest.ts';
 import { maxTs } from '../../src/core/ts.ts';
 
-const a: Span = { table: 't', start: 'a', end: 'b' };
-const b: Span = { table: 't', start: 'b', end: 'c' };
-const c: Span = { table: 't', start: 'c', end: 'd' };
-const keyA = spanKey(a);
-const keyB = spanKey(b);
-const keyC = spanKey(c);
 
 const captureEpoch = 77n;
-
-/** An owner that numbers its messages like the coordinator does. */
-class FakeOwner {
-  seq = 0;
-  /** The last report seq this owner has seen, sent back as `ackSeq`. */
-  ack = 0;
-
-  constructor(
-    readonly id = 'owner',
-    readonly revision = 5n,
-  ) {}
-
-  header(overrides: Partial<MessageHeader> = {}): MessageHeader {
-    return {
-      changefeed: 'cf',
-      ownerRevision: this.revision,
-      changefeedEpoch: 1n,
-      captureEpoch: 0n,
-      from: this.id,
-      to: 'cap',
-      seq: ++this.seq,
-      ackSeq: this.ack,
-      ...overrides,
-    };
-  }
-
-  dispatch(adds: AddSpanRequest[], removes: Span[] = [], overrides: Partial<MessageHeader> = {}): OwnerMessage {
-    return { kind: 'dispatch', header: this.header(overrides), adds, removes };
-  }
-
-  heartbeat(spans: Span[] = [], extra: Partial<Omit<HeartbeatMessage, 'kind' | 'header'>> = {}): OwnerMessage {
-    return {
-      kind: 'heartbeat',
-      header: this.header(),
-      spans,
-      spansComplete: false,
-      primaryDigest: emptyDigest,
-      draining: false,
-      barrierTs: maxTs,
-      collectId: 0,
-      ...extra,
-    };
-  }
-
-  saw(reports: readonly ReportMessage[]): void {
-    for (const report of reports) this.ack = Math.max(this.ack, report.header.seq);
-  }
-}
 
 const add = (span: Span, checkpointTs: bigint, secondary = false): AddSpanRequest => ({ span, secondary, checkpointTs });
 
@@ -195,7 +141,7 @@ function replicating(agent: Checked, owner: FakeOwner, span: Span, checkpointTs:
 
 describe('agent: plain add', () => {
   it('prepares, promotes itself once prepared, and reports each state once', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
 
     expect(agent.message(owner.dispatch([add(a, 10n)]))).toEqual({
@@ -237,7 +183,7 @@ describe('agent: plain add', () => {
 
 describe('agent: secondary add and promotion', () => {
   it('stays prepared, then promotes at the higher checkpoint the owner sends', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     expect(agent.message(owner.dispatch([add(a, 10n, true)]))).toEqual({
       outbox: [report(1, 1, [status(a, 'preparing', 10n, 10n)], noWatermark)],
@@ -276,7 +222,7 @@ describe('agent: secondary add and promotion', () => {
   });
 
   it('a plain add while preparing promotes once prepared, at the latest checkpoint sent', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     agent.message(owner.dispatch([add(a, 10n, true)]));
     expect(agent.message(owner.dispatch([add(a, 20n)]))).toEqual({
@@ -297,7 +243,7 @@ describe('agent: secondary add and promotion', () => {
 
 describe('agent: remove', () => {
   it('stops a replicating span and reports the final checkpoint', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.pipeline({ kind: 'progress', key: keyA, checkpointTs: 30n, resolvedTs: 35n });
@@ -330,7 +276,7 @@ describe('agent: remove', () => {
   });
 
   it('stops a preparing span without promoting it later', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     agent.message(owner.dispatch([add(a, 10n)]));
     expect(agent.message(owner.dispatch([], [a])).commands).toEqual([{ kind: 'stop', span: a, key: keyA }]);
@@ -344,7 +290,7 @@ describe('agent: remove', () => {
   });
 
   it('an add that arrives while stopping waits, the newest replaces it, and it runs once stopped', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.message(owner.dispatch([], [a]));
@@ -370,7 +316,7 @@ describe('agent: remove', () => {
   });
 
   it('a remove while stopping drops the waiting add: it is the newer request', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.message(owner.dispatch([], [a]));
@@ -386,7 +332,7 @@ describe('agent: remove', () => {
 
 describe('agent: stale adds after a stop', () => {
   it('ignores an add sent before the owner saw the stop, and accepts one sent after', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.pipeline({ kind: 'failed', key: keyA, error: 'boom', retryable: true });
@@ -410,7 +356,7 @@ describe('agent: stale adds after a stop', () => {
 
 describe('agent: pipeline failures', () => {
   it('a failed pipeline leaves the span stopped at its checkpoint, with no command', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.pipeline({ kind: 'progress', key: keyA, checkpointTs: 20n, resolvedTs: 25n });
@@ -427,7 +373,7 @@ describe('agent: pipeline failures', () => {
   });
 
   it('a failure no retry can fix is reported on the stopped span', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     agent.message(owner.dispatch([add(a, 1n, true)]));
     agent.pipeline({ kind: 'failed', key: keyA, error: 'revision 2 was compacted', retryable: false });
@@ -437,7 +383,7 @@ describe('agent: pipeline failures', () => {
   });
 
   it('a failure while stopping drops the waiting add', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.message(owner.dispatch([], [a]));
@@ -464,7 +410,7 @@ describe('agent: pipeline failures', () => {
 
 describe('agent: fencing', () => {
   it('drops a duplicated dispatch (same seq)', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     const message = owner.dispatch([add(a, 1n)]);
     expect(agent.message(message).commands).toHaveLength(1);
@@ -476,7 +422,7 @@ describe('agent: fencing', () => {
   });
 
   it('drops a message that arrives after a newer one (lower seq)', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     const first = owner.dispatch([add(a, 1n)]);
     const second = owner.dispatch([], [a]);
@@ -495,12 +441,12 @@ describe('agent: fencing', () => {
   });
 
   it('drops a stale owner revision; adopts a higher one and restarts both seqs', () => {
-    const old = new FakeOwner('old', 5n);
+    const old = new FakeOwner('old', 5n, false);
     const agent = new Checked();
     agent.message(old.heartbeat());
     expect(agent.message(old.heartbeat()).outbox).toEqual([report(2, 2, [], noWatermark, { to: 'old' })]);
 
-    const fresh = new FakeOwner('new', 6n);
+    const fresh = new FakeOwner('new', 6n, false);
     expect(agent.message(fresh.heartbeat())).toEqual({
       outbox: [report(1, 1, [], noWatermark, { to: 'new', ownerRevision: 6n })],
       commands: [],
@@ -526,7 +472,7 @@ describe('agent: fencing', () => {
   });
 
   it('drops messages for another changefeed, changefeed epoch, capture or capture epoch', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     const cases: [Partial<MessageHeader>, string][] = [
       [{ changefeed: 'other' }, 'wrong-changefeed'],
@@ -553,7 +499,7 @@ describe('agent: fencing', () => {
 
 describe('agent: dispatch replies', () => {
   it('answer every span named plus every queued change, each once', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     owner.saw(agent.message(owner.dispatch([add(a, 1n), add(b, 1n, true)])).outbox);
     agent.pipeline({ kind: 'prepared', key: keyA, resolvedTs: 2n });
@@ -578,7 +524,7 @@ describe('agent: dispatch replies', () => {
   });
 
   it('chunk by statusesPerMessageMax, every part carrying the watermark', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(2);
     const out = agent.message(owner.dispatch([add(a, 3n, true), add(b, 3n, true), add(c, 3n, true)]));
     expect(out.outbox).toEqual([
@@ -590,7 +536,7 @@ describe('agent: dispatch replies', () => {
 
 describe('agent: unsolicited reports', () => {
   it('flush sends one report of at most statusesPerMessageMax changes; the rest wait', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(2);
     owner.saw(agent.message(owner.dispatch([add(a, 3n, true), add(b, 3n, true), add(c, 3n, true)])).outbox);
     for (const key of [keyA, keyB, keyC]) agent.pipeline({ kind: 'prepared', key, resolvedTs: 4n });
@@ -600,7 +546,7 @@ describe('agent: unsolicited reports', () => {
   });
 
   it('reports carry liveness stopping once the capture is shutting down', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     agent.message(owner.heartbeat());
     agent.agent.setStopping();
@@ -610,7 +556,7 @@ describe('agent: unsolicited reports', () => {
 
 describe('agent: heartbeats', () => {
   it('answers absent for spans it lacks, plus queued changes', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     owner.saw(agent.message(owner.dispatch([add(a, 5n, true)])).outbox);
     agent.pipeline({ kind: 'prepared', key: keyA, resolvedTs: 6n });
@@ -623,7 +569,7 @@ describe('agent: heartbeats', () => {
   });
 
   it('adds at most statusesPerMessageMax queued changes to an answer', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(1);
     owner.saw(agent.message(owner.dispatch([add(a, 5n, true), add(b, 5n, true)])).outbox);
     agent.pipeline({ kind: 'prepared', key: keyA, resolvedTs: 6n });
@@ -636,7 +582,7 @@ describe('agent: heartbeats', () => {
   });
 
   it('sends a barrier command only when the barrier moves', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     expect(agent.message(owner.heartbeat([], { barrierTs: 100n })).commands).toEqual([{ kind: 'barrier', barrierTs: 100n }]);
     expect(agent.message(owner.heartbeat([], { barrierTs: 100n })).commands).toEqual([]);
@@ -644,7 +590,7 @@ describe('agent: heartbeats', () => {
   });
 
   it('forgets stopped spans the owner no longer asks about, only when the list is complete', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     owner.saw(agent.message(owner.dispatch([add(a, 1n, true), add(b, 1n, true)])).outbox);
     owner.saw(agent.message(owner.dispatch([], [a, b])).outbox);
@@ -671,7 +617,7 @@ describe('agent: heartbeats', () => {
   });
 
   it('keeps a stopped span whose stop is still queued, even under a complete list', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(1);
     owner.saw(agent.message(owner.dispatch([add(a, 1n, true)])).outbox);
     owner.saw(agent.message(owner.dispatch([add(b, 1n, true)])).outbox);
@@ -692,7 +638,7 @@ describe('agent: heartbeats', () => {
 
 describe('agent: collections', () => {
   it('sends every span held, stopped ones included, in parts built from one snapshot', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(2);
     owner.saw(agent.message(owner.dispatch([add(a, 3n), add(b, 3n, true), add(c, 3n, true)])).outbox);
     agent.pipeline({ kind: 'prepared', key: keyA, resolvedTs: 4n });
@@ -714,7 +660,7 @@ describe('agent: collections', () => {
   });
 
   it('sends one empty part when it holds nothing', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     expect(agent.message(owner.heartbeat([], { collectId: 7 })).outbox).toEqual([
       report(1, 1, [], noWatermark, { collect: { id: 7, part: 0, parts: 1 } }),
@@ -722,7 +668,7 @@ describe('agent: collections', () => {
   });
 
   it('splits into exactly ceil(n / max) parts', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked(2);
     owner.saw(agent.message(owner.dispatch([add(a, 3n, true), add(b, 3n, true)])).outbox);
     expect(agent.message(owner.heartbeat([], { collectId: 9 })).outbox.map((r) => [r.collect, r.statuses.length])).toEqual([
@@ -738,7 +684,7 @@ describe('agent: watermark', () => {
   });
 
   it('is the min over replicating spans only, with a digest equal to one built by hand', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     replicating(agent, owner, b, 10n);
@@ -765,7 +711,7 @@ describe('agent: watermark', () => {
 
 describe('agent: stopAll', () => {
   it('stops every live pipeline, forgets every span and reports nothing', () => {
-    const owner = new FakeOwner();
+    const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();
     replicating(agent, owner, a, 10n);
     agent.message(owner.dispatch([add(b, 1n, true), add(c, 1n, true)]));

@@ -234,6 +234,8 @@ export class EtcdSource implements Source, SnapshotSource {
   }
 
   private async openStream(): Promise<WatchStream> {
+    // A pipeline step still running when its source closed must not reopen a stream.
+    if (this.closed) throw new Error('the etcd source is closed');
     if (this.stream !== undefined) return this.stream;
     if (this.opening !== undefined) return this.opening;
     this.opening = this.client.watchClient.watch().then((stream) => {
