@@ -381,9 +381,9 @@ export class HttpApi {
   /**
    * Resumes a paused or failed changefeed in a new epoch, which fences every message of
    * the previous run. With `{"backfill": true}` every table is copied again at the current
-   * revision, the way out of a checkpoint the source compacted: the checkpoint moves up
-   * to just below that revision (it never goes down: the compacted checkpoint is older),
-   * and each span's backfill retires, in the sink, the keys deleted meanwhile.
+   * revision R, the way out of a checkpoint the source compacted: spans stream from R on,
+   * each span's backfill retires, in the sink, the keys deleted meanwhile, and the
+   * checkpoint holds still until every span has its snapshot, then moves past R.
    */
   private async resume(id: string | undefined, body: unknown): Promise<ApiResponse> {
     const info = this.findChangefeed(id);
@@ -406,20 +406,16 @@ export class HttpApi {
     } finally {
       await source.close();
     }
-    const previous = BigInt(this.capture.statuses.get(info.id)?.checkpointTs ?? info.startTs);
-    const checkpointTs = snapshotTs - 1n > previous ? snapshotTs - 1n : previous;
-    const status: ChangefeedStatus = { checkpointTs: checkpointTs.toString(), resolvedTs: checkpointTs.toString(), updatedAt: new Date().toISOString() };
     const tables = info.tables.map((t) => ({ ...t, backfillTs: snapshotTs.toString() }));
-    return this.writeState({ ...rest, tables, state: 'normal' }, status);
+    return this.writeState({ ...rest, tables, state: 'normal' });
   }
 
   /** Writes a paused or resumed changefeed; a resume starts a new epoch. */
-  private async writeState(info: ChangefeedInfo, status?: ChangefeedStatus): Promise<ApiResponse> {
+  private async writeState(info: ChangefeedInfo): Promise<ApiResponse> {
     const previous = this.findChangefeed(info.id);
     const updated: ChangefeedInfo = { ...info, epoch: info.state === 'normal' ? (BigInt(previous.epoch) + 1n).toString() : previous.epoch };
-    if (!(await this.owner().writeInfo(updated, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
     this.capture.changefeeds.set(updated.id, updated);
-    if (status !== undefined) this.capture.statuses.set(updated.id, status);
     return { status: 202, body: this.describe(updated) };
   }
 
@@ -464,14 +460,21 @@ export class HttpApi {
     return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled } } };
   }
 
-  /** The backfill records of a changefeed by span key, or undefined when it backfills nothing. */
+  /**
+   * The backfill records of a changefeed by span key, or undefined when it backfills
+   * nothing. Only records of each table's current snapshot count (a resume with backfill
+   * starts a new one).
+   */
   private async backfillRecords(info: ChangefeedInfo): Promise<Map<string, BackfillRecord> | undefined> {
     if (!info.tables.some((t) => t.backfillTs !== undefined)) return undefined;
+    const snapshots = new Map(info.tables.map((t) => [t.name, t.backfillTs]));
     const prefix = this.capture.keys.backfillPrefix(info.id);
     const all = await this.capture.client.getAll().prefix(prefix).strings();
     const records = new Map<string, BackfillRecord>();
     for (const [key, value] of Object.entries(all)) {
-      records.set(Buffer.from(key.slice(prefix.length), 'hex').toString('latin1'), JSON.parse(value) as BackfillRecord);
+      const span = Buffer.from(key.slice(prefix.length), 'hex').toString('latin1');
+      const record = JSON.parse(value) as BackfillRecord;
+      if (snapshots.get(span.slice(0, span.indexOf('\u0000'))) === record.snapshotTs) records.set(span, record);
     }
     return records;
   }

@@ -215,17 +215,24 @@ export class PipelineRunner {
     if (plan === undefined || snapshots === undefined) return false;
     if (pipeline.backfill === undefined) {
       const snapshotTs = plan.snapshotTsFor(pipeline.span);
-      const record = snapshotTs === undefined ? undefined : await plan.store.load(pipeline.span);
-      if (snapshotTs === undefined || record?.done === true || pipeline.position >= snapshotTs) {
+      if (snapshotTs === undefined || pipeline.position >= snapshotTs) {
         pipeline.backfill = null;
         return false;
       }
-      const resume = record !== undefined && BigInt(record.snapshotTs) === snapshotTs;
+      // A record of another snapshot (an earlier backfill of the table) does not count.
+      const stored = await plan.store.load(pipeline.span);
+      const record = stored !== undefined && BigInt(stored.snapshotTs) === snapshotTs ? stored : undefined;
+      if (record?.done === true) {
+        // The snapshot is in the sink already: stream after it, not from before it.
+        pipeline.position = snapshotTs;
+        pipeline.backfill = null;
+        return false;
+      }
       pipeline.backfill = {
         snapshotTs,
-        afterKey: resume && record.afterKeyBase64 !== undefined ? Buffer.from(record.afterKeyBase64, 'base64').toString('latin1') : undefined,
-        keysDone: resume ? record.keysDone : 0,
-        keysTotal: resume ? record.keysTotal : await snapshots.countKeys(pipeline.span, snapshotTs),
+        afterKey: record?.afterKeyBase64 !== undefined ? Buffer.from(record.afterKeyBase64, 'base64').toString('latin1') : undefined,
+        keysDone: record?.keysDone ?? 0,
+        keysTotal: record?.keysTotal ?? (await snapshots.countKeys(pipeline.span, snapshotTs)),
         done: false,
       };
       this.log.info({ span: pipeline.key, snapshotTs, keysDone: pipeline.backfill.keysDone, keysTotal: pipeline.backfill.keysTotal }, 'backfill started');
@@ -283,8 +290,18 @@ export class PipelineRunner {
     return true;
   }
 
+  /**
+   * Where the span's stream starts: never before its backfill snapshot, which stands for
+   * every change up to it (the revisions below it may be compacted, after a resume with
+   * backfill). The checkpoint reported meanwhile stays at the position.
+   */
+  private streamFrom(pipeline: Pipeline): bigint {
+    const snapshotTs = this.backfill?.snapshotTsFor(pipeline.span);
+    return snapshotTs !== undefined && pipeline.position < snapshotTs - 1n ? snapshotTs - 1n : pipeline.position;
+  }
+
   private async step(pipeline: Pipeline): Promise<void> {
-    const resolved = await this.source.resolvedTs(pipeline.span, pipeline.position);
+    const resolved = await this.source.resolvedTs(pipeline.span, this.streamFrom(pipeline));
     if (resolved > pipeline.resolved) pipeline.resolved = resolved;
     if (!pipeline.prepared) {
       pipeline.prepared = true;
