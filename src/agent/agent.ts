@@ -32,6 +32,7 @@ import type {
   HeartbeatMessage,
   MessageHeader,
   OwnerMessage,
+  PipelinesFailing,
   ReportMessage,
   SpanStatus,
 } from '../core/messages.ts';
@@ -93,6 +94,9 @@ interface AgentSpan {
   fatalError: string | undefined;
 }
 
+/** The longest pipeline error a report carries. */
+export const failingErrorCharsMax = 512;
+
 /** The capture-side state machine of one changefeed. */
 export class Agent {
   readonly captureId: CaptureId;
@@ -101,6 +105,11 @@ export class Agent {
   private readonly changed = new Set<string>();
   /** Keys of spans in state `stopped`, so forgetting them never scans every span. */
   private readonly stoppedKeys = new Set<string>();
+  /**
+   * Spans whose pipeline retries a failed step in place, with its error, the latest last;
+   * cleared when the pipeline recovers, or the span stops.
+   */
+  private readonly retrying = new Map<string, string>();
   private readonly digest = new MutableDigest();
   private ownerId: CaptureId | undefined;
   private ownerRevision = 0n;
@@ -144,6 +153,12 @@ export class Agent {
   handlePipelineEvent(event: PipelineEvent): AgentOutput {
     const held = this.spans.get(event.key);
     if (held === undefined) return this.output([]);
+    if (event.kind === 'retrying' || event.kind === 'recovered') {
+      // The latest error last: delete first, so setting moves it to the end.
+      this.retrying.delete(held.key);
+      if (event.kind === 'retrying') this.retrying.set(held.key, event.error);
+      return this.output([]);
+    }
     switch (event.kind) {
       case 'prepared':
         if (held.state !== 'preparing') break;
@@ -456,7 +471,20 @@ export class Agent {
       ackSeq: this.lastSeqIn,
     };
     const base = { kind: 'report', header, statuses, watermark: this.watermark(), liveness: this.stopping ? 'stopping' : 'alive' } as const;
-    return collect === undefined ? base : { ...base, collect };
+    const failing = this.failing();
+    const withFailing = failing === undefined ? base : { ...base, failing };
+    return collect === undefined ? withFailing : { ...withFailing, collect };
+  }
+
+  /** The spans still held whose pipeline is retrying, or undefined when none is. */
+  private failing(): PipelinesFailing | undefined {
+    for (const key of this.retrying.keys()) {
+      const held = this.spans.get(key);
+      if (held === undefined || held.state === 'stopped') this.retrying.delete(key);
+    }
+    let latest = '';
+    for (const error of this.retrying.values()) latest = error;
+    return this.retrying.size === 0 ? undefined : { spans: this.retrying.size, error: latest.slice(0, failingErrorCharsMax) };
   }
 
   private output(outbox: ReportMessage[]): AgentOutput {

@@ -23,5 +23,9 @@ export type PipelineEvent =
   | { readonly kind: 'progress'; readonly key: string; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
   /** A stop finished; `checkpointTs` is durable in the sink. */
   | { readonly kind: 'stopped'; readonly key: string; readonly checkpointTs: bigint }
+  /** A step failed and is retried in place (a sink or source outage); the span stays. */
+  | { readonly kind: 'retrying'; readonly key: string; readonly error: string }
+  /** A step that failed before went through: the span's outage is over. */
+  | { readonly kind: 'recovered'; readonly key: string }
   /** The pipeline failed and is gone; `retryable: false` fails the changefeed. */
   | { readonly kind: 'failed'; readonly key: string; readonly error: string; readonly retryable: boolean };

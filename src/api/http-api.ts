@@ -289,6 +289,7 @@ export class HttpApi {
             : { state: 'cannot-proceed', reason: describeReason(watermark.reason), code: watermark.reason.code },
       spans: managed?.coordinator.manager.sets.size ?? 0,
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
+      warning: failingWarning(managed?.coordinator.failing()),
     };
   }
 
@@ -536,6 +537,12 @@ function backfillOf(record: BackfillRecord | undefined): { state: string; keysDo
 function refusal(result: RequestResult & { ok: false }): ApiError {
   const notFound = result.code === 'unknown-span' || result.code === 'unknown-capture';
   return new ApiError(notFound ? 404 : 409, result.code, result.message);
+}
+
+/** Pipelines retrying through an outage, as the changefeed's warning (null when none). */
+function failingWarning(failing: { spans: number; error: string | undefined } | undefined): { failingSpans: number; error: string } | null {
+  if (failing === undefined || failing.spans === 0) return null;
+  return { failingSpans: failing.spans, error: failing.error ?? '' };
 }
 
 /** The spans a drain or undrain left on the capture; a refusal as an ApiError. */

@@ -16,6 +16,7 @@ export interface MetricsSources {
     readonly resolvedLagMs: number | null;
     readonly spansByState: Readonly<Record<string, number>>;
     readonly movesInFlight: number;
+    readonly failingSpans: number;
   }>;
   /** Spans held by this capture, per changefeed. */
   spansHeld(): ReadonlyMap<string, number>;
@@ -80,6 +81,7 @@ export class Metrics {
       c.resolvedLagMs === null ? undefined : c.resolvedLagMs / 1000,
     );
     changefeedGauge('spanfeed_changefeed_moves_in_flight', 'Span moves in flight.', (c) => c.movesInFlight);
+    changefeedGauge('spanfeed_changefeed_failing_spans', 'Spans whose pipelines retry a failed step in place (a sink or source outage).', (c) => c.failingSpans);
     new Gauge({
       name: 'spanfeed_changefeed_spans',
       help: 'Spans of the changefeed by replication state.',

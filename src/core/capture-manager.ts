@@ -14,7 +14,7 @@
  * (same `seq - part`), so a lost part restarts the collection instead of mixing views.
  */
 import type { DropReason } from './events.ts';
-import type { CaptureId, CaptureWatermark, ReportMessage, SpanStatus } from './messages.ts';
+import type { CaptureId, CaptureWatermark, PipelinesFailing, ReportMessage, SpanStatus } from './messages.ts';
 
 /** Timing of heartbeats and collections, in ticks. */
 export interface CaptureTiming {
@@ -49,6 +49,8 @@ export class CaptureState {
   /** The capture itself said it is shutting down. */
   stopping = false;
   aggregate: CaptureWatermark | undefined = undefined;
+  /** Its pipelines retrying a failed step, from its latest report. */
+  failing: PipelinesFailing | undefined = undefined;
   collection: Collection | undefined = undefined;
   /** First tick of the current run of digest mismatches, or -1. */
   mismatchSinceTick = -1;
@@ -130,6 +132,7 @@ export class CaptureManager {
     capture.epoch = header.captureEpoch;
     capture.lastSeqIn = header.seq;
     capture.stopping = message.liveness === 'stopping';
+    capture.failing = message.failing;
     return capture;
   }
 

@@ -234,6 +234,21 @@ export class Coordinator {
     return { ok: true };
   }
 
+  /**
+   * Spans whose pipelines retry a failed step (a sink or source outage), summed over the
+   * captures' latest reports, with one of their errors. O(captures).
+   */
+  failing(): { readonly spans: number; readonly error: string | undefined } {
+    let spans = 0;
+    let error: string | undefined;
+    for (const capture of this.captures.captures.values()) {
+      if (capture.failing === undefined) continue;
+      spans += capture.failing.spans;
+      error ??= capture.failing.error;
+    }
+    return { spans, error };
+  }
+
   /** Spans a capture still holds as primary or secondary. */
   remainingSpans(capture: CaptureId): number {
     return this.manager.captureSpans(capture)?.load ?? 0;

@@ -125,6 +125,14 @@ export interface ReportMessage {
   readonly liveness: 'alive' | 'stopping';
   /** Set when `statuses` is one part of a full-status collection. */
   readonly collect?: CollectPart;
+  /** Spans of this capture retrying a failed step in place, and the latest error. */
+  readonly failing?: PipelinesFailing;
+}
+
+/** What a capture says of its span pipelines that keep failing (an outage). */
+export interface PipelinesFailing {
+  readonly spans: number;
+  readonly error: string;
 }
 
 export type OwnerMessage = DispatchMessage | HeartbeatMessage;

@@ -51,9 +51,24 @@ export interface PipelineLimits {
   readonly batchEventsMax: number;
   /** Pipeline steps running at once. */
   readonly stepsInFlightMax: number;
+  /**
+   * Failed steps of one pipeline retried in place (a sink or source outage), with
+   * exponential backoff, before the pipeline gives the span back for the owner to
+   * schedule again (perhaps elsewhere).
+   */
+  readonly stepRetriesMax: number;
+  readonly retryBackoffMinMs: number;
+  readonly retryBackoffMaxMs: number;
 }
 
-export const pipelineDefaults: PipelineLimits = { intervalMs: 50, batchEventsMax: 1_000, stepsInFlightMax: 256 };
+export const pipelineDefaults: PipelineLimits = {
+  intervalMs: 50,
+  batchEventsMax: 1_000,
+  stepsInFlightMax: 256,
+  stepRetriesMax: 10,
+  retryBackoffMinMs: 100,
+  retryBackoffMaxMs: 5_000,
+};
 
 interface Pipeline {
   readonly span: Span;
@@ -67,6 +82,9 @@ interface Pipeline {
   busy: Promise<void> | undefined;
   /** undefined: not looked up yet; null: nothing to backfill. */
   backfill: BackfillState | null | undefined;
+  /** Failed steps in a row, and when the next try may start (ms since the epoch). */
+  failures: number;
+  retryAt: number;
 }
 
 export class PipelineRunner {
@@ -109,6 +127,8 @@ export class PipelineRunner {
             stopping: false,
             busy: undefined,
             backfill: undefined,
+            failures: 0,
+            retryAt: 0,
           });
           // Step at once: the owner waits for `prepared` to go on with the add or move.
           this.kick();
@@ -179,29 +199,59 @@ export class PipelineRunner {
   private stepAll(): void {
     const all = [...this.pipelines.values()];
     const start = this.cursor % Math.max(1, all.length);
+    const now = Date.now();
     for (let i = 0; i < all.length; i++) {
       const pipeline = all[(start + i) % all.length] as Pipeline;
-      if (pipeline.busy !== undefined || pipeline.stopping) continue;
+      if (pipeline.busy !== undefined || pipeline.stopping || pipeline.retryAt > now) continue;
       if (this.inFlight >= this.limits.stepsInFlightMax) {
         this.cursor = start + i;
         return;
       }
       this.inFlight++;
       pipeline.busy = this.step(pipeline)
-        .catch((error: unknown) => {
-          this.log.warn({ err: error, span: pipeline.key }, 'pipeline step failed');
-          if (this.pipelines.get(pipeline.key) === pipeline) {
-            this.pipelines.delete(pipeline.key);
-            this.source.release?.(pipeline.span);
-            const retryable = (error as { retryable?: unknown }).retryable !== false;
-            this.emit({ kind: 'failed', key: pipeline.key, error: (error as Error).message, retryable });
-          }
-        })
+        .catch((error: unknown) => this.onStepFailed(pipeline, error))
         .finally(() => {
           this.inFlight--;
           pipeline.busy = undefined;
         });
     }
+  }
+
+  /**
+   * A step did what failed before (read the source, wrote and flushed the sink): the
+   * outage is over for this pipeline. A step with nothing to do proves nothing.
+   */
+  private succeeded(pipeline: Pipeline): void {
+    if (pipeline.failures === 0) return;
+    this.log.info({ span: pipeline.key, failures: pipeline.failures }, 'pipeline recovered');
+    pipeline.failures = 0;
+    this.emit({ kind: 'recovered', key: pipeline.key });
+  }
+
+  /**
+   * A failed step: retried in place with backoff while the error is retryable and the
+   * tries last (the position has not moved, so the retry reads the same events again
+   * with a fresh reader and writes them again; sinks are idempotent); else the pipeline
+   * is gone and the agent told.
+   */
+  private onStepFailed(pipeline: Pipeline, error: unknown): void {
+    if (this.pipelines.get(pipeline.key) !== pipeline) return;
+    const retryable = (error as { retryable?: unknown }).retryable !== false;
+    if (retryable && !pipeline.stopping && pipeline.failures < this.limits.stepRetriesMax) {
+      pipeline.failures++;
+      const backoffMs = Math.min(this.limits.retryBackoffMaxMs, this.limits.retryBackoffMinMs * 2 ** (pipeline.failures - 1));
+      pipeline.retryAt = Date.now() + backoffMs;
+      // The failed step may have consumed what it read, or the source's reader may be
+      // broken: the retry reads again from the position with a fresh reader.
+      this.source.release?.(pipeline.span);
+      this.log.warn({ err: error, span: pipeline.key, failures: pipeline.failures, retryInMs: backoffMs }, 'pipeline step failed; retrying in place');
+      this.emit({ kind: 'retrying', key: pipeline.key, error: (error as Error).message });
+      return;
+    }
+    this.log.warn({ err: error, span: pipeline.key, failures: pipeline.failures }, 'pipeline failed');
+    this.pipelines.delete(pipeline.key);
+    this.source.release?.(pipeline.span);
+    this.emit({ kind: 'failed', key: pipeline.key, error: (error as Error).message, retryable });
   }
 
   /**
@@ -278,6 +328,7 @@ export class PipelineRunner {
         done: state.done,
       };
       await plan.store.save(pipeline.span, record);
+      this.succeeded(pipeline);
       if (state.done) {
         // The snapshot is in the sink: stream everything after it.
         if (pipeline.position < state.snapshotTs) pipeline.position = state.snapshotTs;
@@ -303,6 +354,8 @@ export class PipelineRunner {
   private async step(pipeline: Pipeline): Promise<void> {
     const resolved = await this.source.resolvedTs(pipeline.span, this.streamFrom(pipeline));
     if (resolved > pipeline.resolved) pipeline.resolved = resolved;
+    // A pipeline that only reads (a secondary) is well once the source answers.
+    if (!pipeline.writing) this.succeeded(pipeline);
     if (!pipeline.prepared) {
       pipeline.prepared = true;
       this.emit({ kind: 'prepared', key: pipeline.key, resolvedTs: pipeline.resolved });
@@ -320,7 +373,10 @@ export class PipelineRunner {
         this.eventsWritten += events.length;
         if (events.length > 0) this.observer?.eventsWritten(events.length);
         // Only now is everything up to readUpToTs durable.
-        if (this.pipelines.get(pipeline.key) === pipeline && readUpToTs > pipeline.position) pipeline.position = readUpToTs;
+        if (this.pipelines.get(pipeline.key) === pipeline && readUpToTs > pipeline.position) {
+          pipeline.position = readUpToTs;
+          this.succeeded(pipeline);
+        }
       }
     }
     if (this.pipelines.get(pipeline.key) !== pipeline) return;

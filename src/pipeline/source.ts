@@ -44,9 +44,13 @@ export interface Source {
   readonly snapshots?: SnapshotSource;
   /** The highest ts up to which the span's history after `afterTs` is complete. */
   resolvedTs(span: Span, afterTs: bigint): Promise<bigint>;
-  /** Events with afterTs < ts <= uptoTs, in ts order, at most `limit` of them. */
+  /**
+   * Events with afterTs < ts <= uptoTs, in ts order, at most `limit` of them. A read may
+   * consume what it returns (the etcd source drops them from its buffer): a caller that
+   * could not write them calls `release` before it reads from `afterTs` again.
+   */
   read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult>;
-  /** The span is no longer read here: free what reading it holds. */
+  /** The span is no longer read here (or is read again from its position): free what reading it holds. */
   release?(span: Span): void;
   /** Where a changefeed that starts `now` begins. */
   currentTs(): Promise<bigint>;

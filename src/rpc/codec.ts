@@ -7,6 +7,7 @@ import type {
   CaptureWatermark,
   MessageHeader,
   OwnerMessage,
+  PipelinesFailing,
   ReportMessage,
   SpanStatus,
 } from '../core/messages.ts';
@@ -197,8 +198,17 @@ export function encodeCaptureMessage(report: ReportMessage): Obj {
       watermark: { checkpointTs: w.checkpointTs.toString(), resolvedTs: w.resolvedTs.toString(), digest: encodeDigest(w.digest) },
       liveness: report.liveness === 'stopping' ? 'LIVENESS_STOPPING' : 'LIVENESS_ALIVE',
       ...(report.collect === undefined ? {} : { collect: { id: String(report.collect.id), part: report.collect.part, parts: report.collect.parts } }),
+      ...(report.failing === undefined ? {} : { failingSpans: report.failing.spans, failingError: report.failing.error }),
     },
   };
+}
+
+/** The report's failing pipelines, absent when none. */
+function decodeFailing(r: Obj): { failing?: PipelinesFailing } {
+  const spans = r.failingSpans === undefined || r.failingSpans === null ? 0 : num(r.failingSpans, 'report.failingSpans');
+  if (spans === 0) return {};
+  const error = r.failingError === undefined || r.failingError === null ? '' : str(r.failingError, 'report.failingError');
+  return { failing: { spans, error: error.slice(0, 4096) } };
 }
 
 /** Decodes and validates a proto `CaptureMessage`. */
@@ -217,6 +227,7 @@ export function decodeCaptureMessage(value: unknown): ReportMessage {
     statuses: list(r.statuses, 'report.statuses').map((raw, i) => decodeStatus(raw, `statuses[${i}]`)),
     watermark,
     liveness: r.liveness === 'LIVENESS_STOPPING' ? ('stopping' as const) : ('alive' as const),
+    ...decodeFailing(r),
   };
   if (r.collect === undefined || r.collect === null) return base;
   const c = obj(r.collect, 'report.collect');

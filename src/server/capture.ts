@@ -69,6 +69,7 @@ export class Capture {
           ...(this.ownerRole as OwnerRole).lagsMs(m.info.id, m.coordinator.checkpointTs, m.coordinator.resolvedTs),
           spansByState: m.coordinator.manager.stateCounts,
           movesInFlight: m.coordinator.manager.tasksInFlight.move,
+          failingSpans: m.coordinator.failing().spans,
         })),
       spansHeld: () => this.agents?.spansHeld() ?? new Map(),
     });
@@ -98,7 +99,14 @@ export class Capture {
     await session.start();
     this.session = session;
     session.onLost(() => void this.selfFence());
-    this.agents = new AgentHost(this.id, () => this.changefeeds, { ...pipelineDefaults, intervalMs: this.config.tickIntervalMs }, log, {
+    this.agents = new AgentHost(this.id, () => this.changefeeds, {
+      ...pipelineDefaults,
+      intervalMs: this.config.tickIntervalMs,
+      batchEventsMax: this.config.pipelineBatchEvents,
+      stepsInFlightMax: this.config.pipelineStepsInFlight,
+      stepRetriesMax: this.config.pipelineRetries,
+      retryBackoffMaxMs: this.config.pipelineRetryBackoffMaxMs,
+    }, log, {
       client: this.client,
       keys: this.keys,
       metrics: this.metrics,

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from '../log.ts';
 import { logLevels } from '../log.ts';
+import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -18,6 +19,14 @@ export interface ServerConfig {
   readonly tickIntervalMs: number;
   readonly moveTasksInFlightMax: number;
   readonly drainWaitMs: number;
+  /** Events read and written per pipeline step. */
+  readonly pipelineBatchEvents: number;
+  /** Pipeline steps running at once per changefeed on this capture. */
+  readonly pipelineStepsInFlight: number;
+  /** Failed steps a pipeline retries in place before it gives its span back. */
+  readonly pipelineRetries: number;
+  /** The longest wait between two of those tries. */
+  readonly pipelineRetryBackoffMaxMs: number;
   /** The host others reach this capture at (registered); default: the listen host. */
   readonly advertiseHost: string | undefined;
 }
@@ -38,6 +47,10 @@ export const serverDefaults: ServerConfig = {
   tickIntervalMs: 50,
   moveTasksInFlightMax: 10,
   drainWaitMs: 30_000,
+  pipelineBatchEvents: pipelineDefaults.batchEventsMax,
+  pipelineStepsInFlight: pipelineDefaults.stepsInFlightMax,
+  pipelineRetries: pipelineDefaults.stepRetriesMax,
+  pipelineRetryBackoffMaxMs: pipelineDefaults.retryBackoffMaxMs,
   advertiseHost: undefined,
 };
 
@@ -52,6 +65,10 @@ const options = {
   'tick-ms': ['SPANFEED_TICK_MS', 'tickMs'],
   'moves-in-flight': ['SPANFEED_MOVES_IN_FLIGHT', 'movesInFlight'],
   'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
+  'pipeline-batch-events': ['SPANFEED_PIPELINE_BATCH_EVENTS', 'pipelineBatchEvents'],
+  'pipeline-steps-in-flight': ['SPANFEED_PIPELINE_STEPS_IN_FLIGHT', 'pipelineStepsInFlight'],
+  'pipeline-retries': ['SPANFEED_PIPELINE_RETRIES', 'pipelineRetries'],
+  'pipeline-retry-backoff-max-ms': ['SPANFEED_PIPELINE_RETRY_BACKOFF_MAX_MS', 'pipelineRetryBackoffMaxMs'],
   'advertise-host': ['SPANFEED_ADVERTISE_HOST', 'advertiseHost'],
 } as const;
 
@@ -69,6 +86,15 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --tick-ms <n>             owner tick interval, 10-1000 ms (default 50)
   --moves-in-flight <n>     moves in flight per changefeed, 1-10000 (default 10)
   --drain-wait-ms <n>       on SIGTERM, how long to wait for spans to move away (default 30000)
+  --pipeline-batch-events <n>
+                            events read and written per span pipeline step, 1-100000 (default 1000)
+  --pipeline-steps-in-flight <n>
+                            span pipeline steps at once per changefeed, 1-10000 (default 256)
+  --pipeline-retries <n>    failed steps (a sink or source outage) a span pipeline retries in
+                            place, with exponential backoff from 100 ms, before it gives the
+                            span back to the owner to place again, 0-1000 (default 10)
+  --pipeline-retry-backoff-max-ms <n>
+                            the longest wait between two of those tries, 100-600000 (default 5000)
   --advertise-host <host>   the host other captures reach this one at (default: the listen host;
                             set it when listening on 0.0.0.0, e.g. in a container)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
@@ -144,6 +170,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     tickIntervalMs: intIn('--tick-ms', get('tick-ms') ?? String(serverDefaults.tickIntervalMs), 10, 1000),
     moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
     drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
+    pipelineBatchEvents: intIn('--pipeline-batch-events', get('pipeline-batch-events') ?? String(serverDefaults.pipelineBatchEvents), 1, 100_000),
+    pipelineStepsInFlight: intIn('--pipeline-steps-in-flight', get('pipeline-steps-in-flight') ?? String(serverDefaults.pipelineStepsInFlight), 1, 10_000),
+    pipelineRetries: intIn('--pipeline-retries', get('pipeline-retries') ?? String(serverDefaults.pipelineRetries), 0, 1_000),
+    pipelineRetryBackoffMaxMs: intIn('--pipeline-retry-backoff-max-ms', get('pipeline-retry-backoff-max-ms') ?? String(serverDefaults.pipelineRetryBackoffMaxMs), 100, 600_000),
     advertiseHost: advertiseHost(get('advertise-host')),
   };
 }

@@ -243,3 +243,34 @@ describe('agent: watermark', () => {
     expect(agent.watermark().digest.count).toBe(0);
   });
 });
+
+describe('agent: pipelines retrying through an outage', () => {
+  it('reports how many spans retry and the latest error, until they progress or stop', () => {
+    const owner = new FakeOwner();
+    const agent = newAgent();
+    agent.handleMessage(owner.dispatch([a, b, c].map((span) => ({ span, secondary: false, checkpointTs: 10n }))));
+    for (const span of [a, b, c]) agent.handlePipelineEvent({ kind: 'prepared', key: spanKey(span), resolvedTs: 10n });
+    const answer = (): ReportMessage | undefined => agent.handleMessage(owner.heartbeat()).outbox[0];
+    expect(answer()?.failing).toBeUndefined();
+
+    // Retrying changes no span's state: no report of its own, the next answer carries it.
+    expect(agent.handlePipelineEvent({ kind: 'retrying', key: keyA, error: 'sink down' }).outbox).toEqual([]);
+    agent.handlePipelineEvent({ kind: 'retrying', key: keyB, error: 'x'.repeat(600) });
+    agent.handlePipelineEvent({ kind: 'retrying', key: keyA, error: 'sink still down' });
+    expect(answer()?.failing).toEqual({ spans: 2, error: 'sink still down' });
+    expect(agent.spanState(keyA)).toBe('replicating');
+
+    // Progress alone proves nothing (a step with nothing to write); recovery clears the
+    // span, and a span that stops leaves the count too.
+    agent.handlePipelineEvent({ kind: 'progress', key: keyA, checkpointTs: 20n, resolvedTs: 20n });
+    expect(answer()?.failing?.spans).toBe(2);
+    agent.handlePipelineEvent({ kind: 'recovered', key: keyA });
+    expect(answer()?.failing).toEqual({ spans: 1, error: 'x'.repeat(512) });
+    agent.handlePipelineEvent({ kind: 'failed', key: keyB, error: 'gave up', retryable: true });
+    expect(answer()?.failing).toBeUndefined();
+
+    // Errors are cut to a bounded length.
+    agent.handlePipelineEvent({ kind: 'retrying', key: spanKey(c), error: 'y'.repeat(600) });
+    expect(answer()?.failing?.error).toHaveLength(512);
+  });
+});

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SeededRandom } from '../../src/core/rng.ts';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
@@ -246,6 +247,37 @@ describe('etcd source to file sink', () => {
       expect({ id, ...result }).toMatchObject({ id, missing: 0, mismatched: 0, extra: 0, tables: 3 });
       expect(status).toBe(0);
     }
+  });
+
+  it('rides out a PostgreSQL outage: spans stay where they are, retry in place, and nothing is lost', async () => {
+    await waitCheckpointPast(lastRevision, 60_000, 'cf-pg');
+    const where = (s: SpanView): string => `${s.table}\u0000${s.start}`;
+    const placed = new Map((await call<SpanView[]>('GET', '/api/v1/changefeeds/cf-pg/spans')).body.map((s) => [where(s), s.primary]));
+    const admin = new pg.Client({ connectionString: postgres.url.replace(/\/spanfeed$/, '/postgres') });
+    await admin.connect();
+    try {
+      // The outage: every connection to the sink database dropped, new ones refused.
+      await admin.query('alter database spanfeed allow_connections false');
+      await admin.query("select pg_terminate_backend(pid) from pg_stat_activity where datname = 'spanfeed'");
+      await write(1_000, 8);
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      const during = (await call<ChangefeedView & { warning: { failingSpans: number; error: string } | null }>('GET', '/api/v1/changefeeds/cf-pg')).body;
+      expect(during.state).toBe('normal');
+      // The operator sees why the checkpoint holds.
+      expect(during.warning?.failingSpans).toBeGreaterThan(0);
+      expect(during.warning?.error).toMatch(/connection|terminat|accepting/i);
+      expect(BigInt(during.checkpointTs) < lastRevision).toBe(true);
+      const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/cf-pg/spans')).body;
+      expect(spans.filter((s) => s.state !== 'replicating' || placed.get(where(s)) !== s.primary)).toEqual([]);
+    } finally {
+      await admin.query('alter database spanfeed allow_connections true');
+      await admin.end();
+    }
+    await waitCheckpointPast(lastRevision, 60_000, 'cf-pg');
+    await waitFor('the warning to clear', async () => ((await call<{ warning: unknown }>('GET', '/api/v1/changefeeds/cf-pg')).body.warning === null ? true : undefined), 10_000, 100);
+    const { status, result } = runVerifier('cf-pg');
+    expect(result).toMatchObject({ missing: 0, mismatched: 0, extra: 0, tables: 3 });
+    expect(status).toBe(0);
   });
 
   it('the verifier notices a sink that lost data', async () => {

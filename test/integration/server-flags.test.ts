@@ -22,6 +22,9 @@ describe('spanfeed executable', () => {
       [['server', '--log-level', 'loud'], /--log-level must be one of/],
       [['server', '--bogus'], /Unknown option '--bogus'/],
       [['server', '--advertise-host', 'no spaces'], /--advertise-host must be a host name/],
+      [['server', '--pipeline-retries', '1001'], /--pipeline-retries must be an integer from 0 to 1000/],
+      [['server', '--pipeline-retry-backoff-max-ms', '5'], /--pipeline-retry-backoff-max-ms must be an integer from 100/],
+      [['server', '--pipeline-batch-events', '0'], /--pipeline-batch-events must be an integer from 1/],
       [['server', '--config', '/nonexistent.json'], /cannot read config file/],
       [['bogus'], /unknown command or flag "bogus"/],
     ];

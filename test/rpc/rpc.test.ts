@@ -63,6 +63,8 @@ describe('codec', () => {
     expect(decodeOwnerMessage(ownerWire(dispatch))).toEqual(dispatch);
     expect(decodeOwnerMessage(ownerWire(heartbeat(6)))).toEqual(heartbeat(6));
     expect(decodeCaptureMessage(captureWire(report(4)))).toEqual(report(4));
+    const failing: ReportMessage = { ...report(5), failing: { spans: 7, error: 'connection refused' } };
+    expect(decodeCaptureMessage(captureWire(failing))).toEqual(failing);
   });
 
   it('leaves collect absent when it is not set', () => {
@@ -70,6 +72,7 @@ describe('codec', () => {
     const decoded = decodeCaptureMessage(captureWire({ ...plain, liveness: 'alive' }));
     expect(decoded).toEqual({ ...plain, liveness: 'alive' });
     expect('collect' in decoded).toBe(false);
+    expect('failing' in decoded).toBe(false);
   });
 
   it('rejects malformed input with a ProtocolError naming the field', () => {

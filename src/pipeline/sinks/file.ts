@@ -90,14 +90,32 @@ export class FileSink implements Sink {
       await this.rotate(span, file);
       file = await this.fileFor(span);
     }
-    await file.handle.write(text);
+    try {
+      await file.handle.write(text);
+    } catch (error) {
+      // A failed write may leave a torn line: the retry goes to a new file, so its first
+      // line is never glued to the torn one (readers skip the unparseable tail).
+      this.forget(span, file);
+      throw error;
+    }
     file.bytes += Buffer.byteLength(text);
+  }
+
+  private forget(span: Span, file: OpenFile): void {
+    if (this.files.get(spanKey(span)) === file) this.files.delete(spanKey(span));
+    void file.handle.close().catch(() => undefined);
   }
 
   async flush(span: Span): Promise<void> {
     const file = this.files.get(spanKey(span));
     if (file === undefined) return;
-    await file.handle.sync();
+    try {
+      await file.handle.sync();
+    } catch (error) {
+      // After a failed fsync the written pages' fate is unknown: write them again anew.
+      this.forget(span, file);
+      throw error;
+    }
     if (file.dirDirty) {
       await syncDir(file.tableDir);
       await syncDir(this.options.dir);
