@@ -68,6 +68,18 @@ describe('dashboard', () => {
     expect(await page.locator('[data-map="orders-feed"] .cell').count()).toBe(60);
     await expect.poll(async () => page.locator('[data-changefeed="orders-feed"] .state-advancing').count(), { timeout: 10_000 }).toBe(1);
 
+    // Drain a capture, then cancel the drain, then rebalance, through the buttons.
+    const row = page.locator(`[data-capture="${other.id}"]`);
+    await row.locator('button', { hasText: 'Drain' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe(`drain ${other.id}: ok`);
+    await expect.poll(async () => row.locator('button', { hasText: 'Undrain' }).count(), { timeout: 10_000 }).toBe(1);
+    await row.locator('button', { hasText: 'Undrain' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe(`undrain ${other.id}: ok`);
+    const listed = (await api<{ id: string; draining: boolean }[]>(other.url, 'GET', '/api/v1/captures')).body;
+    expect(listed.find((c) => c.id === other.id)?.draining).toBe(false);
+    await page.locator('[data-changefeed="orders-feed"] button', { hasText: 'Rebalance' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe('rebalance orders-feed: ok');
+
     // An action: pause, then resume through the buttons.
     await page.locator('[data-changefeed="orders-feed"] button', { hasText: 'Pause' }).click();
     await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toBe('pause orders-feed: ok');
