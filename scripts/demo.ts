@@ -59,7 +59,8 @@ async function main(): Promise<number> {
         const v = answer.body;
         const states = v.spansByState === null ? '' : Object.entries(v.spansByState).filter(([, n]) => n > 0).map(([s, n]) => `${s}=${n}`).join(' ');
         const reason = v.watermark.state === 'advancing' ? '' : ` (${v.watermark.reason ?? ''})`;
-        process.stdout.write(`${new Date().toISOString()}  checkpoint ${v.checkpointTs}  resolved ${v.resolvedTs}  lag ${v.checkpointLagMs ?? '-'} ms  ${v.watermark.state}${reason}  spans ${states}\n`);
+        const warning = v.warning === null ? '' : `  WARNING ${v.warning.failingSpans} spans retrying: ${v.warning.error}`;
+        process.stdout.write(`${new Date().toISOString()}  checkpoint ${v.checkpointTs}  resolved ${v.resolvedTs}  lag ${v.checkpointLagMs ?? '-'} ms  ${v.watermark.state}${reason}  spans ${states}${warning}\n`);
       }
       await new Promise((resolve) => setTimeout(resolve, 1_000));
     }

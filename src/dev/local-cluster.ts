@@ -241,6 +241,8 @@ export interface ChangefeedView {
   readonly watermark: { readonly state: string; readonly reason: string | null; readonly code?: string };
   readonly spans: number;
   readonly spansByState: Record<string, number> | null;
+  /** Pipelines retrying through an outage, or null. */
+  readonly warning: { readonly failingSpans: number; readonly error: string } | null;
 }
 
 /** A span as the API lists it. */
