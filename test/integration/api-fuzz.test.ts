@@ -104,7 +104,7 @@ describe('the HTTP API under malformed input', () => {
         }
         case 6: requests.push(['POST', '/api/v1/changefeeds/cf/spans/move', rng.chance(0.3) ? garbage : json(randomValue(rng))]); break;
         case 7: requests.push(['POST', `/api/v1/changefeeds/${id}/spans/move`, json({ table: 't', start: '', captureId: 'x' })]); break;
-        case 8: requests.push(['POST', `/api/v1/captures/${id}/drain`, undefined]); break;
+        case 8: requests.push([rng.pick(['POST', 'DELETE']), `/api/v1/captures/${id}/drain`, undefined]); break;
         case 9: requests.push([rng.pick(['PATCH', 'OPTIONS', 'PUT']), rng.pick(['/api/v1/changefeeds', '/api/v1/captures', '/api/v1/owner/resign']), undefined]); break;
         case 10: requests.push(['GET', rng.pick(['/api/v2/changefeeds', '/api/v1/changefeeds/cf/spans/x', '/api/v1', '/etc/passwd', '/api/v1/changefeeds/cf/watermark']), undefined]); break;
         default: requests.push(['GET', `/api/v1/changefeeds/${id}/spans`, undefined]);
