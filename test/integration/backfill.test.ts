@@ -154,4 +154,17 @@ describe('backfill', () => {
     expect(left.some((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'a')))).toBe(true);
     expect(left.filter((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'c')))).toHaveLength(2);
   });
+
+  it('starts an "earliest" changefeed at revision 0 when etcd compacted nothing', async () => {
+    const early = await call<{ startTs: string }>('POST', '/api/v1/changefeeds', {
+      id: 'bf-earliest',
+      source: { uri: `etcd://${etcd.endpoint}` },
+      sink: { uri: 'blackhole://' },
+      tables: [{ name: 'a', prefix: 'bf/a/' }],
+      start: 'earliest',
+    });
+    expect(early.status).toBe(201);
+    expect(early.body.startTs).toBe('0');
+    expect((await call('DELETE', '/api/v1/changefeeds/bf-earliest')).status).toBe(200);
+  });
 });
