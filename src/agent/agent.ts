@@ -159,6 +159,8 @@ export class Agent {
       if (event.kind === 'retrying') this.retrying.set(held.key, event.error);
       return this.output([]);
     }
+    // A pipeline that stopped or failed is gone, and its failures with it.
+    if (event.kind === 'stopped' || event.kind === 'failed') this.retrying.delete(held.key);
     switch (event.kind) {
       case 'prepared':
         if (held.state !== 'preparing') break;
@@ -372,6 +374,8 @@ export class Agent {
         held.resolvedTs = request.checkpointTs;
         held.promoteTs = request.secondary ? undefined : request.checkpointTs;
         this.setState(held, 'preparing');
+        // A new pipeline starts with no failures behind it.
+        this.retrying.delete(key);
         this.commands.push({ kind: 'prepare', span: held.span, key, checkpointTs: request.checkpointTs });
         return;
       case 'preparing':

@@ -407,6 +407,9 @@ export class HttpApi {
     } finally {
       await source.close();
     }
+    if (info.targetTs !== undefined && BigInt(info.targetTs) < snapshotTs) {
+      throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${snapshotTs}: a backfill there would pass it`);
+    }
     const tables = info.tables.map((t) => ({ ...t, backfillTs: snapshotTs.toString() }));
     return this.writeState({ ...rest, tables, state: 'normal' });
   }
@@ -475,7 +478,7 @@ export class HttpApi {
     for (const [key, value] of Object.entries(all)) {
       const span = Buffer.from(key.slice(prefix.length), 'hex').toString('latin1');
       const record = JSON.parse(value) as BackfillRecord;
-      if (snapshots.get(span.slice(0, span.indexOf('\u0000'))) === record.snapshotTs) records.set(span, record);
+      if (snapshots.get(span.slice(0, span.indexOf('\u0000'))) === (record.generation ?? record.snapshotTs)) records.set(span, record);
     }
     return records;
   }
@@ -549,7 +552,7 @@ function failingWarning(failing: { spans: number; error: string | undefined } | 
 function drainedSpans(result: DrainResult): number {
   if (result.ok) return result.remainingSpans;
   const { code, message } = result;
-  throw code === 'not-persisted' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
+  throw code === 'not-persisted' || code === 'drains-loading' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
 }
 
 /** A Server-Sent Events response: each value the source yields is one event. */

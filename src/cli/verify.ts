@@ -12,6 +12,8 @@ import { clusterKeys } from '../cluster/keys.ts';
 import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from '../server/changefeed-info.ts';
 import { ValidationError, changefeedSpans, parseTables, parseTs, validateId } from '../server/changefeed-info.ts';
 import { verify } from '../verify/verifier.ts';
+import type { BackfillRecord } from '../pipeline/backfill.ts';
+import { backfillKey } from '../pipeline/backfill.ts';
 
 export const verifyUsage = `spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
 spanfeed verify --source <uri> --sink <uri> --tables '<json>' --at <ts>
@@ -19,10 +21,20 @@ spanfeed verify --source <uri> --sink <uri> --tables '<json>' --at <ts>
 Compares the upstream tables at the changefeed's persisted checkpoint (or --at) with
 what the sink holds at that ts, and prints {"atTs","tables","tablesPending",
 "keysChecked","missing","mismatched","extra"}. Exits 0 only when all three counts are 0.
-A table backfilled at a snapshot revision joins the changefeed there: while the
-checkpoint is below it the table is pending, not checked. Sources: etcd://; sinks:
+A backfilled table joins the changefeed once every span of it has its snapshot in the
+sink at or below the checkpoint: until then it is pending, not checked. Sources: etcd://; sinks:
 file://, etcd://, postgres://.
 `;
+
+/** True when every span of backfilled table `t` finished a snapshot of its current backfill at or below `atTs`. */
+function backfilledBy(t: TableSpec, atTs: bigint, records: ReadonlyMap<string, BackfillRecord>, prefix: string): boolean {
+  if (t.backfillTs === undefined) return true;
+  if (BigInt(t.backfillTs) > atTs) return false;
+  return changefeedSpans({ tables: [t] }).spans.every((span) => {
+    const record = records.get(backfillKey(prefix, span));
+    return record !== undefined && record.done && (record.generation ?? record.snapshotTs) === t.backfillTs && BigInt(record.snapshotTs) <= atTs;
+  });
+}
 
 export async function runVerify(argv: readonly string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
@@ -54,6 +66,8 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
     let sinkUri: string;
     let tableSpecs: TableSpec[];
     let atTs: bigint;
+    let records: ReadonlyMap<string, BackfillRecord> = new Map();
+    let recordsPrefix = '';
     if (typeof values.changefeed === 'string') {
       const id = validateId(values.changefeed, '--changefeed');
       const keys = clusterKeys(typeof values.cluster === 'string' ? values.cluster : 'default');
@@ -68,6 +82,11 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
         sinkUri = parsedInfo.sink.uri;
         tableSpecs = [...parsedInfo.tables];
         atTs = BigInt((JSON.parse(status) as ChangefeedStatus).checkpointTs);
+        if (tableSpecs.some((t) => t.backfillTs !== undefined)) {
+          const raw = await client.getAll().prefix(keys.backfillPrefix(id)).strings();
+          records = new Map(Object.entries(raw).map(([key, value]) => [key, JSON.parse(value) as BackfillRecord]));
+          recordsPrefix = keys.backfillPrefix(id);
+        }
       } finally {
         client.close();
       }
@@ -86,8 +105,9 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
       tableSpecs = parseTables(tablesJson);
       atTs = parseTs(values.at, '--at');
     }
-    // The checkpoint claims nothing of a table before its backfill snapshot.
-    const pending = tableSpecs.filter((t) => t.backfillTs !== undefined && BigInt(t.backfillTs) > atTs);
+    // The checkpoint claims nothing of a backfilled table until every span of it has its
+    // snapshot, at or below the checkpoint, in the sink.
+    const pending = tableSpecs.filter((t) => t.backfillTs !== undefined && !backfilledBy(t, atTs, records, recordsPrefix));
     const { tables } = changefeedSpans({ tables: tableSpecs.filter((t) => !pending.includes(t)) });
     const result = await verify(sourceUri, sinkUri, tables, atTs);
     const { atTs: at, tables: checked, ...counts } = result;

@@ -13,7 +13,13 @@ import { spanKey } from '../core/span.ts';
 
 /** What is stored per span. Keys are base64 (binary-safe). */
 export interface BackfillRecord {
+  /** The revision whose state the span copies. */
   readonly snapshotTs: string;
+  /**
+   * The table's backfill revision this record belongs to (absent in older records: then
+   * `snapshotTs`). A table backfilled again (resume with backfill) starts a new one.
+   */
+  readonly generation?: string;
   readonly afterKeyBase64?: string;
   readonly keysDone: number;
   readonly keysTotal: number;

@@ -31,7 +31,10 @@ export interface PipelineObserver {
 
 /** A backfill in progress on one pipeline. */
 interface BackfillState {
+  /** The revision whose state is copied. */
   readonly snapshotTs: bigint;
+  /** The table's backfill revision, which names this backfill in its records. */
+  readonly generation: bigint;
   afterKey: string | undefined;
   keysDone: number;
   keysTotal: number;
@@ -264,22 +267,29 @@ export class PipelineRunner {
     const snapshots = this.source.snapshots;
     if (plan === undefined || snapshots === undefined) return false;
     if (pipeline.backfill === undefined) {
-      const snapshotTs = plan.snapshotTsFor(pipeline.span);
-      if (snapshotTs === undefined || pipeline.position >= snapshotTs) {
+      const generation = plan.snapshotTsFor(pipeline.span);
+      if (generation === undefined) {
         pipeline.backfill = null;
         return false;
       }
-      // A record of another snapshot (an earlier backfill of the table) does not count.
+      // Records of an earlier backfill of the table (another generation) do not count.
       const stored = await plan.store.load(pipeline.span);
-      const record = stored !== undefined && BigInt(stored.snapshotTs) === snapshotTs ? stored : undefined;
-      if (record?.done === true) {
+      const ofGeneration = stored !== undefined && BigInt(stored.generation ?? stored.snapshotTs) === generation ? stored : undefined;
+      if (ofGeneration?.done === true) {
         // The snapshot is in the sink already: stream after it, not from before it.
-        pipeline.position = snapshotTs;
+        const done = BigInt(ofGeneration.snapshotTs);
+        if (pipeline.position < done) pipeline.position = done;
         pipeline.backfill = null;
         return false;
       }
+      // The table's backfill revision; or, for a span that starts past it (a table added
+      // to a running changefeed whose checkpoint moved on), its own position: the state
+      // there stands for every change up to it, and streaming goes on after it.
+      const snapshotTs = pipeline.position > generation ? pipeline.position : generation;
+      const record = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) === snapshotTs ? ofGeneration : undefined;
       pipeline.backfill = {
         snapshotTs,
+        generation,
         afterKey: record?.afterKeyBase64 !== undefined ? Buffer.from(record.afterKeyBase64, 'base64').toString('latin1') : undefined,
         keysDone: record?.keysDone ?? 0,
         keysTotal: record?.keysTotal ?? (await snapshots.countKeys(pipeline.span, snapshotTs)),
@@ -322,6 +332,7 @@ export class PipelineRunner {
       state.done = page.nextAfterKey === undefined;
       const record = {
         snapshotTs: state.snapshotTs.toString(),
+        generation: state.generation.toString(),
         ...(state.afterKey === undefined ? {} : { afterKeyBase64: Buffer.from(state.afterKey, 'latin1').toString('base64') }),
         keysDone: state.keysDone,
         keysTotal: Math.max(state.keysTotal, state.keysDone),

@@ -24,10 +24,15 @@ import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
 
 /** A live capture as registered in etcd. */
-/** The answer to a drain request; `not-persisted` when etcd did not take the drain. */
+/**
+ * The answer to a drain request; `not-persisted` when etcd did not take the change,
+ * `drains-loading` while a new owner has not read the persisted drains yet (retry both).
+ */
 export type DrainResult =
   | { readonly ok: true; readonly remainingSpans: number }
-  | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted'; readonly message: string };
+  | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted' | 'drains-loading'; readonly message: string };
+
+const drainsLoading: DrainResult = { ok: false, code: 'drains-loading', message: 'this owner is still reading the persisted drains; retry' };
 
 export interface CaptureRecord {
   readonly id: string;
@@ -89,7 +94,17 @@ export class OwnerRole {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   /** Captures an operator asked to drain; applied to every changefeed. */
+  /**
+   * Captures being drained. Changed only after etcd took the change, so it always says
+   * what the next owner will read (once `drainsLoaded`).
+   */
   readonly draining = new Set<string>();
+  private drainsLoaded = false;
+  private drainsLoading = false;
+  /** Drain writes run one at a time: a drain and an undrain reach etcd in their order. */
+  private drainWrites: Promise<unknown> = Promise.resolve();
+  /** Departed captures whose drain key is being deleted. */
+  private readonly departing = new Set<string>();
 
   constructor(private readonly ctx: OwnerContext) {}
 
@@ -100,20 +115,33 @@ export class OwnerRole {
   start(): void {
     this.ctx.log.info({ ownerRevision: this.ctx.owner.revision }, 'became owner');
     // Drains asked of an earlier owner apply before this one schedules anything.
-    void this.loadDrains()
-      .catch((error: unknown) => {
-        this.ctx.metrics.etcdErrors.inc();
-        this.ctx.log.warn({ err: error }, 'reading drains failed');
-      })
-      .finally(() => {
-        if (!this.stopped) this.timer = setInterval(() => this.tick(), this.ctx.limits.tickIntervalMs);
-      });
+    void this.loadDrains().finally(() => {
+      if (!this.stopped) this.timer = setInterval(() => this.tick(), this.ctx.limits.tickIntervalMs);
+    });
   }
 
+  /** Reads the persisted drains; a failed read is tried again on the next tick. */
   private async loadDrains(): Promise<void> {
-    const prefix = this.ctx.keys.drainingPrefix;
-    const ids = await this.ctx.client.getAll().prefix(prefix).keys();
-    for (const key of ids) this.draining.add(key.slice(prefix.length));
+    if (this.drainsLoaded || this.drainsLoading) return;
+    this.drainsLoading = true;
+    try {
+      const prefix = this.ctx.keys.drainingPrefix;
+      const ids = await this.ctx.client.getAll().prefix(prefix).keys();
+      for (const key of ids) this.draining.add(key.slice(prefix.length));
+      this.drainsLoaded = true;
+    } catch (error) {
+      this.ctx.metrics.etcdErrors.inc();
+      this.ctx.log.warn({ err: error }, 'reading drains failed; trying again');
+    } finally {
+      this.drainsLoading = false;
+    }
+  }
+
+  /** Runs a drain write after the ones before it. */
+  private serializeDrainWrite<T>(write: () => Promise<T>): Promise<T> {
+    const result = this.drainWrites.then(write);
+    this.drainWrites = result.catch(() => undefined);
+    return result;
   }
 
   /**
@@ -173,12 +201,12 @@ export class OwnerRole {
     this.syncConnections(captures);
     this.syncChangefeeds();
     const live = [...captures.keys()];
+    if (!this.drainsLoaded) void this.loadDrains();
     for (const id of this.draining) {
-      // A drained capture that left needs no drain any more.
-      if (!captures.has(id)) {
-        this.draining.delete(id);
-        void this.persistDrain(id, false);
-      }
+      // A drained capture that left needs no drain any more (one cleanup at a time).
+      if (captures.has(id) || this.departing.has(id)) continue;
+      this.departing.add(id);
+      void this.undrain(id, { departed: true }).finally(() => this.departing.delete(id));
     }
     for (const [id, managed] of this.managed) {
       for (const capture of this.draining) if (captures.has(capture)) managed.coordinator.requestDrain(capture);
@@ -316,39 +344,47 @@ export class OwnerRole {
    * Drains a capture in every changefeed; the sum of spans still on it. Answers once the
    * drain is persisted, so a 202 survives an owner change.
    */
-  async drain(captureId: string): Promise<DrainResult> {
-    const captures = this.ctx.captures();
-    if (!captures.has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
-    const staying = [...captures.keys()].filter((id) => id !== captureId && !this.draining.has(id));
-    if (!this.draining.has(captureId) && staying.length === 0) {
-      return { ok: false, code: 'last-capture', message: `capture ${captureId} is the last one that is not draining` };
-    }
-    const fresh = !this.draining.has(captureId);
-    this.draining.add(captureId);
-    let remainingSpans = 0;
-    for (const managed of this.managed.values()) {
-      const result = managed.coordinator.requestDrain(captureId);
-      if (result.ok) remainingSpans += result.remainingSpans ?? 0;
-      else remainingSpans += managed.coordinator.remainingSpans(captureId);
-    }
-    if (fresh && !(await this.persistDrain(captureId, true))) {
-      return { ok: false, code: 'not-persisted', message: `the drain of ${captureId} could not be persisted; retry` };
-    }
-    return { ok: true, remainingSpans };
+  drain(captureId: string): Promise<DrainResult> {
+    if (!this.drainsLoaded) return Promise.resolve(drainsLoading);
+    return this.serializeDrainWrite(async (): Promise<DrainResult> => {
+      const captures = this.ctx.captures();
+      if (!captures.has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
+      if (!this.draining.has(captureId)) {
+        const staying = [...captures.keys()].filter((id) => id !== captureId && !this.draining.has(id));
+        if (staying.length === 0) return { ok: false, code: 'last-capture', message: `capture ${captureId} is the last one that is not draining` };
+        if (!(await this.persistDrain(captureId, true))) {
+          return { ok: false, code: 'not-persisted', message: `the drain of ${captureId} could not be persisted; retry` };
+        }
+        this.draining.add(captureId);
+      }
+      let remainingSpans = 0;
+      for (const managed of this.managed.values()) {
+        const result = managed.coordinator.requestDrain(captureId);
+        if (result.ok) remainingSpans += result.remainingSpans ?? 0;
+        else remainingSpans += managed.coordinator.remainingSpans(captureId);
+      }
+      return { ok: true, remainingSpans };
+    });
   }
 
   /**
    * Cancels a capture's drain in every changefeed (idempotent): it takes new spans again,
-   * and its share back by a rebalance. Answers once the cancel is persisted.
+   * and its share back by a rebalance. Answers once the cancel is persisted. A capture
+   * that left (`departed`) is only forgotten.
    */
-  async undrain(captureId: string): Promise<DrainResult> {
-    if (!this.ctx.captures().has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
-    const was = this.draining.delete(captureId);
-    for (const managed of this.managed.values()) managed.coordinator.cancelDrain(captureId);
-    if (was && !(await this.persistDrain(captureId, false))) {
-      return { ok: false, code: 'not-persisted', message: `the end of the drain of ${captureId} could not be persisted; retry` };
-    }
-    return { ok: true, remainingSpans: this.remainingSpans(captureId) };
+  undrain(captureId: string, options: { departed?: boolean } = {}): Promise<DrainResult> {
+    if (!this.drainsLoaded) return Promise.resolve(drainsLoading);
+    return this.serializeDrainWrite(async (): Promise<DrainResult> => {
+      if (options.departed !== true && !this.ctx.captures().has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
+      if (this.draining.has(captureId)) {
+        if (!(await this.persistDrain(captureId, false))) {
+          return { ok: false, code: 'not-persisted', message: `the end of the drain of ${captureId} could not be persisted; retry` };
+        }
+        this.draining.delete(captureId);
+      }
+      for (const managed of this.managed.values()) managed.coordinator.cancelDrain(captureId);
+      return { ok: true, remainingSpans: this.remainingSpans(captureId) };
+    });
   }
 
   /**

@@ -155,6 +155,33 @@ describe('backfill', () => {
     expect(left.filter((k) => k.startsWith(backfillTablePrefix(keys.backfillPrefix('bf'), 'c')))).toHaveLength(2);
   });
 
+  it('copies a table added while the checkpoint is already past its backfill revision', async () => {
+    // Keys that exist before the table joins, and a checkpoint that has caught up with
+    // them: the spans of the new table may start past the revision the update chose.
+    const before = await putAll('bf/d/', 300, (i) => `d${i}`);
+    await waitFor('the checkpoint to pass the keys of d', async () => (BigInt((await call<ChangefeedView>('GET', '/api/v1/changefeeds/bf')).body.checkpointTs) >= before ? true : undefined), 30_000, 50);
+    const updated = await call('PUT', '/api/v1/changefeeds/bf', {
+      tables: [
+        { name: 'a', prefix: 'bf/a/', spans: 4 },
+        { name: 'c', prefix: 'bf/c/', spans: 2 },
+        { name: 'd', prefix: 'bf/d/', spans: 2 },
+      ],
+      backfill: true,
+    });
+    expect(updated.status).toBe(200);
+    await waitFor('table d to be backfilled', async () => {
+      const view = await call<ChangefeedView & { backfill: { state: string } }>('GET', '/api/v1/changefeeds/bf');
+      const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/bf/spans')).body;
+      return view.body.backfill.state === 'done' && spans.length === 8 ? true : undefined;
+    }, 60_000, 100);
+    const verified = await waitFor('the verifier to check all three tables', async () => {
+      const out = spawnSync(process.execPath, [bin, 'verify', '--changefeed', 'bf', '--etcd', etcd.endpoint, '--cluster', cluster], { encoding: 'utf8' });
+      const result = JSON.parse(out.stdout.trim()) as Record<string, number>;
+      return result.tablesPending === 0 ? result : undefined;
+    }, 30_000, 200);
+    expect(verified).toMatchObject({ tables: 3, keysChecked: 28_300, missing: 0, mismatched: 0, extra: 0 });
+  });
+
   it('starts an "earliest" changefeed at revision 0 when etcd compacted nothing', async () => {
     const early = await call<{ startTs: string }>('POST', '/api/v1/changefeeds', {
       id: 'bf-earliest',

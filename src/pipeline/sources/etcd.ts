@@ -37,8 +37,11 @@ export interface EtcdSourceOptions {
    * lets the resolved-ts pass undelivered events, so it is only for newer servers.
    */
   readonly progress: 'notify' | 'request';
-  /** Backfill page size and parallelism (`backfillPageKeys`, `backfillSpansInFlight`). */
-  readonly backfill: { readonly pageKeysMax: number; readonly spansInFlightMax: number };
+  /**
+   * Backfill page size, parallelism and the tries of one page before the changefeed fails
+   * (`backfillPageKeys`, `backfillSpansInFlight`, `backfillPageTries`, `backfillRetryBackoffMs`).
+   */
+  readonly backfill: { readonly pageKeysMax: number; readonly spansInFlightMax: number; readonly pageTriesMax: number; readonly retryBackoffMs: number };
 }
 
 /** Parses an `etcd://host:port[,host:port]` URI. */
@@ -57,6 +60,8 @@ export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
     backfill: {
       pageKeysMax: intParam(url, 'backfillPageKeys', 1_000, 1, 100_000),
       spansInFlightMax: intParam(url, 'backfillSpansInFlight', 4, 1, 1_000),
+      pageTriesMax: intParam(url, 'backfillPageTries', 5, 1, 100),
+      retryBackoffMs: intParam(url, 'backfillRetryBackoffMs', 100, 1, 60_000),
     },
   };
 }
@@ -119,7 +124,10 @@ export class EtcdSource implements Source, SnapshotSource {
     try {
       return await new Promise<bigint>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('etcd did not answer a watch request')), 5_000);
-        stream.on('error', (error: Error) => reject(error));
+        stream.on('error', (error: Error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
         stream.on('data', (response: IWatchResponse) => {
           if (response.created && !response.canceled) {
             // Accepted from revision 1: nothing was compacted, or the refusal follows.
