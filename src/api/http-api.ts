@@ -73,6 +73,7 @@ const segment = '([^/]+)';
 export class HttpApi {
   private server: Server | undefined;
   private readonly routes: Route[];
+  private changefeedWrites: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly capture: Capture) {
     const r = (method: string, path: string, handler: Handler, local = false): Route => ({
@@ -92,17 +93,28 @@ export class HttpApi {
       r('DELETE', '/api/v1/captures/{}/drain', async (q) => this.undrain(q.params[0] as string)),
       r('POST', '/api/v1/owner/resign', async () => this.resign()),
       r('GET', '/api/v1/changefeeds', async () => this.listChangefeeds()),
-      r('POST', '/api/v1/changefeeds', async (q) => this.createChangefeed(q.body)),
+      r('POST', '/api/v1/changefeeds', async (q) => this.oneAtATime(() => this.createChangefeed(q.body))),
       r('GET', '/api/v1/changefeeds/{}', async (q) => this.getChangefeed(q.params[0])),
-      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.updateChangefeed(q.params[0], q.body)),
-      r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.removeChangefeed(q.params[0])),
-      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.pause(q.params[0], q.body)),
-      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.resume(q.params[0], q.body)),
+      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.oneAtATime(() => this.updateChangefeed(q.params[0], q.body))),
+      r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.oneAtATime(() => this.removeChangefeed(q.params[0]))),
+      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.oneAtATime(() => this.pause(q.params[0], q.body))),
+      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.oneAtATime(() => this.resume(q.params[0], q.body))),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
       r('POST', '/api/v1/changefeeds/{}/rebalance', async (q) => this.rebalance(q.params[0])),
     ];
+  }
+
+  /**
+   * Runs changefeed writes one at a time. Each reads the info, may await the source, then
+   * writes: two at once (two resumes) could both pass the state check and write the
+   * same epoch. Non-owners forward, so the owner's queue orders them all.
+   */
+  private oneAtATime(write: () => Promise<ApiResponse>): Promise<ApiResponse> {
+    const result = this.changefeedWrites.then(write);
+    this.changefeedWrites = result.catch(() => undefined);
+    return result;
   }
 
   async listen(host: string, port: number): Promise<number> {

@@ -79,6 +79,11 @@ describe('spanfeed cli', () => {
 
     expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
     expect(JSON.parse((await cli('--json', 'changefeed', 'resume', 'c1')).stdout)).toMatchObject({ state: 'normal', epoch: '2' });
+    // Two resumes at once, through both captures: one wins, one is told it runs.
+    expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
+    const both = await Promise.all(captures.map((c) => api<{ epoch?: string }>(c.url, 'POST', '/api/v1/changefeeds/c1/resume')));
+    expect(both.map((a) => a.status).sort()).toEqual([202, 409]);
+    expect((await api<{ epoch: string }>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/c1')).body.epoch).toBe('3');
     expect((await cli('changefeed', 'remove', 'c1')).stdout).toContain('removed changefeed c1');
   });
 
