@@ -73,7 +73,6 @@ const segment = '([^/]+)';
 export class HttpApi {
   private server: Server | undefined;
   private readonly routes: Route[];
-  private changefeedWrites: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly capture: Capture) {
     const r = (method: string, path: string, handler: Handler, local = false): Route => ({
@@ -107,14 +106,14 @@ export class HttpApi {
   }
 
   /**
-   * Runs changefeed writes one at a time. Each reads the info, may await the source, then
-   * writes: two at once (two resumes) could both pass the state check and write the
-   * same epoch. Non-owners forward, so the owner's queue orders them all.
+   * Runs changefeed writes one at a time, in the owner's queue (with its failures): each
+   * reads the info, may await the source, then writes; two at once (two resumes) could
+   * both pass the state check and write the same epoch. Non-owners forward to the owner.
    */
   private oneAtATime(write: () => Promise<ApiResponse>): Promise<ApiResponse> {
-    const result = this.changefeedWrites.then(write);
-    this.changefeedWrites = result.catch(() => undefined);
-    return result;
+    const queued = this.owner().queueInfoWrite(write);
+    if (queued === undefined) throw new ApiError(503, 'busy', 'too many changefeed changes are waiting; retry');
+    return queued;
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -361,6 +360,9 @@ export class HttpApi {
         backfillTs = (await source.currentTs()).toString();
       } finally {
         await source.close();
+      }
+      if (info.targetTs !== undefined && BigInt(info.targetTs) < BigInt(backfillTs)) {
+        throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${backfillTs}: a backfill there would pass it`);
       }
     }
     tables = tables.map((t) => {

@@ -285,8 +285,11 @@ export class PipelineRunner {
       // The table's backfill revision; or, for a span that starts past it (a table added
       // to a running changefeed whose checkpoint moved on), its own position: the state
       // there stands for every change up to it, and streaming goes on after it.
-      const snapshotTs = pipeline.position > generation ? pipeline.position : generation;
-      const record = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) === snapshotTs ? ofGeneration : undefined;
+      // A backfill of this generation under way goes on at its snapshot (its token is for
+      // that snapshot), as long as the span has not passed it.
+      const started = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) >= pipeline.position ? ofGeneration : undefined;
+      const snapshotTs = started !== undefined ? BigInt(started.snapshotTs) : pipeline.position > generation ? pipeline.position : generation;
+      const record = started;
       pipeline.backfill = {
         snapshotTs,
         generation,
@@ -323,7 +326,9 @@ export class PipelineRunner {
             throw new BackfillError(`backfill of table ${pipeline.span.table} failed ${attempt} times: ${(error as Error).message}`);
           }
           this.log.warn({ err: error, span: pipeline.key, attempt }, 'backfill page failed; retrying');
-          await new Promise((resolve) => setTimeout(resolve, plan.limits.retryBackoffMs * 2 ** (attempt - 1)));
+          await new Promise((resolve) => setTimeout(resolve, Math.min(this.limits.retryBackoffMaxMs, plan.limits.retryBackoffMs * 2 ** (attempt - 1))));
+          // A stop or a move waits for this step: do not keep it waiting on more tries.
+          if (pipeline.stopping || this.pipelines.get(pipeline.key) !== pipeline) return true;
         }
       }
       if (this.pipelines.get(pipeline.key) !== pipeline) return true;

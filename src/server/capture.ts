@@ -26,7 +26,7 @@ import { Metrics } from '../api/metrics.ts';
 import { AgentHost } from './agent-host.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
-import { OwnerRole } from './owner-role.ts';
+import { OwnerRole, ownerDefaults } from './owner-role.ts';
 import type { ServerConfig } from './server-config.ts';
 
 /** The state a capture shares with its API and owner role. */
@@ -266,12 +266,9 @@ export class Capture {
 
 function ownerLimits(config: ServerConfig): OwnerLimits {
   return {
+    ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
     coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax },
-    sendQueueMax: 1_000,
-    reconnectBackoffMinMs: 50,
-    reconnectBackoffMaxMs: 2_000,
-    reportsQueuedMax: 10_000,
   };
 }
 

@@ -51,6 +51,8 @@ export interface OwnerLimits {
   readonly reconnectBackoffMaxMs: number;
   /** Reports buffered per changefeed between ticks; more are dropped (level-triggered). */
   readonly reportsQueuedMax: number;
+  /** Changefeed info writes (API requests, failures) waiting their turn; more get 503. */
+  readonly infoWritesQueuedMax: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -60,6 +62,7 @@ export const ownerDefaults: OwnerLimits = {
   reconnectBackoffMinMs: 50,
   reconnectBackoffMaxMs: 2_000,
   reportsQueuedMax: 10_000,
+  infoWritesQueuedMax: 64,
 };
 
 /** Everything the owner reads from the rest of the capture. */
@@ -103,6 +106,8 @@ export class OwnerRole {
   private drainsLoading = false;
   /** Drain writes run one at a time: a drain and an undrain reach etcd in their order. */
   private drainWrites: Promise<unknown> = Promise.resolve();
+  private infoWrites: Promise<unknown> = Promise.resolve();
+  private infoWritesQueued = 0;
   /** Departed captures whose drain key is being deleted. */
   private readonly departing = new Set<string>();
 
@@ -127,7 +132,13 @@ export class OwnerRole {
     try {
       const prefix = this.ctx.keys.drainingPrefix;
       const ids = await this.ctx.client.getAll().prefix(prefix).keys();
+      this.draining.clear();
       for (const key of ids) this.draining.add(key.slice(prefix.length));
+      // After a read again, a drain cancelled in etcd is cancelled here too (the tick
+      // re-asks every drain in the set).
+      for (const managed of this.managed.values()) {
+        for (const id of this.ctx.captures().keys()) if (!this.draining.has(id)) managed.coordinator.cancelDrain(id);
+      }
       this.drainsLoaded = true;
     } catch (error) {
       this.ctx.metrics.etcdErrors.inc();
@@ -161,7 +172,11 @@ export class OwnerRole {
       return ok;
     } catch (error) {
       this.ctx.metrics.etcdErrors.inc();
-      this.ctx.log.warn({ err: error, captureId }, 'drain write failed');
+      this.ctx.log.warn({ err: error, captureId }, 'drain write failed; reading the drains again');
+      // A write that timed out may still have landed: read the drains again before
+      // answering more drain requests or scheduling.
+      this.drainsLoaded = false;
+      this.draining.clear();
       return false;
     }
   }
@@ -201,7 +216,11 @@ export class OwnerRole {
     this.syncConnections(captures);
     this.syncChangefeeds();
     const live = [...captures.keys()];
-    if (!this.drainsLoaded) void this.loadDrains();
+    if (!this.drainsLoaded) {
+      // No scheduling before the drains are known: spans could go to a draining capture.
+      void this.loadDrains();
+      return;
+    }
     for (const id of this.draining) {
       // A drained capture that left needs no drain any more (one cleanup at a time).
       if (captures.has(id) || this.departing.has(id)) continue;
@@ -307,11 +326,32 @@ export class OwnerRole {
   }
 
   private async failChangefeed(managed: ManagedChangefeed, error: string): Promise<void> {
-    if (!this.managed.has(managed.info.id)) return;
-    this.managed.delete(managed.info.id);
-    this.ctx.log.error({ changefeed: managed.info.id, error }, 'changefeed failed');
-    const info: ChangefeedInfo = { ...managed.info, state: 'failed', error };
-    await this.writeInfo(info);
+    const id = managed.info.id;
+    if (!this.managed.has(id)) return;
+    this.managed.delete(id);
+    this.ctx.log.error({ changefeed: id, error }, 'changefeed failed');
+    // In line with the API's writes, over the latest info: a table change the API just
+    // made stays, and a run that an operator already paused or restarted is left alone.
+    await this.queueInfoWrite(async () => {
+      const latest = this.ctx.changefeeds().get(id);
+      if (latest === undefined || latest.state !== 'normal' || latest.epoch !== managed.info.epoch) return;
+      await this.writeInfo({ ...latest, state: 'failed', error });
+    });
+  }
+
+  /**
+   * Runs a changefeed info write after the ones before it: each reads the info, may wait
+   * on the source, then writes; two at once (two resumes, a resume and a failure) could
+   * both pass their checks. Undefined when `infoWritesQueuedMax` are already waiting.
+   */
+  queueInfoWrite<T>(write: () => Promise<T>): Promise<T> | undefined {
+    if (this.infoWritesQueued >= this.ctx.limits.infoWritesQueuedMax) return undefined;
+    this.infoWritesQueued++;
+    const result = this.infoWrites.then(write).finally(() => {
+      this.infoWritesQueued--;
+    });
+    this.infoWrites = result.catch(() => undefined);
+    return result;
   }
 
   /** Writes changefeed info, fenced; forgets the backfill records of `removedTables`. */
