@@ -314,7 +314,14 @@ export class HttpApi {
     try {
       if (request.start === 'now') startTs = await source.currentTs();
       else if (request.start === 'earliest') startTs = source.earliestTs === undefined ? await source.currentTs() : await source.earliestTs();
-      else startTs = BigInt(request.start);
+      else {
+        startTs = BigInt(request.start);
+        // A snapshot cannot be read at a revision etcd has not reached.
+        if (request.backfill && canSnapshot) {
+          const current = await source.currentTs();
+          if (startTs > current) throw new ApiError(400, 'invalid', `a backfill cannot start at revision ${startTs}: the source is at ${current}`);
+        }
+      }
     } finally {
       await source.close();
     }

@@ -193,5 +193,16 @@ describe('backfill', () => {
     expect(early.status).toBe(201);
     expect(early.body.startTs).toBe('0');
     expect((await call('DELETE', '/api/v1/changefeeds/bf-earliest')).status).toBe(200);
+    // A backfill at a revision etcd has not reached is refused, not failed later.
+    const future = await call<{ error: { message: string } }>('POST', '/api/v1/changefeeds', {
+      id: 'bf-future',
+      source: { uri: `etcd://${etcd.endpoint}` },
+      sink: { uri: 'blackhole://' },
+      tables: [{ name: 'a', prefix: 'bf/a/' }],
+      start: '99999999',
+      backfill: true,
+    });
+    expect(future.status).toBe(400);
+    expect(future.body.error.message).toMatch(/cannot start at revision 99999999: the source is at \d+/);
   });
 });
