@@ -92,12 +92,12 @@ export class HttpApi {
       r('DELETE', '/api/v1/captures/{}/drain', async (q) => this.undrain(q.params[0] as string)),
       r('POST', '/api/v1/owner/resign', async () => this.resign()),
       r('GET', '/api/v1/changefeeds', async () => this.listChangefeeds()),
-      r('POST', '/api/v1/changefeeds', async (q) => this.oneAtATime(() => this.createChangefeed(q.body))),
+      r('POST', '/api/v1/changefeeds', async (q) => this.createChangefeed(q.body)),
       r('GET', '/api/v1/changefeeds/{}', async (q) => this.getChangefeed(q.params[0])),
-      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.oneAtATime(() => this.updateChangefeed(q.params[0], q.body))),
+      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.updateChangefeed(q.params[0], q.body)),
       r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.oneAtATime(() => this.removeChangefeed(q.params[0]))),
       r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.oneAtATime(() => this.pause(q.params[0], q.body))),
-      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.oneAtATime(() => this.resume(q.params[0], q.body))),
+      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.resume(q.params[0], q.body)),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
@@ -107,8 +107,10 @@ export class HttpApi {
 
   /**
    * Runs changefeed writes one at a time, in the owner's queue (with its failures): each
-   * reads the info, may await the source, then writes; two at once (two resumes) could
-   * both pass the state check and write the same epoch. Non-owners forward to the owner.
+   * reads the latest info, checks, then writes; two at once (two resumes) could both
+   * pass the state check and write the same epoch. Work on the source (which may be slow
+   * or unreachable) happens before a request joins the queue, so only etcd writes, which
+   * have deadlines, wait in it. Non-owners forward to the owner.
    */
   private oneAtATime(write: () => Promise<ApiResponse>): Promise<ApiResponse> {
     const queued = this.owner().queueInfoWrite(write);
@@ -305,7 +307,7 @@ export class HttpApi {
   }
 
   private async createChangefeed(body: unknown): Promise<ApiResponse> {
-    const owner = this.owner();
+    this.owner();
     const request = parseCreateRequest(body);
     if (this.capture.changefeeds.has(request.id)) throw new ApiError(409, 'changefeed-exists', `changefeed ${request.id} already exists`);
     const source = openSource(request.source.uri);
@@ -328,26 +330,30 @@ export class HttpApi {
     if (request.targetTs !== undefined && BigInt(request.targetTs) <= startTs) throw new ApiError(400, 'invalid', 'targetTs must be after the start');
     if (request.backfill && !canSnapshot) throw new ApiError(400, 'invalid', 'this source cannot backfill');
     if (request.backfill && startTs === 0n) throw new ApiError(400, 'invalid', 'a backfill needs a start revision above 0');
-    const info: ChangefeedInfo = {
-      id: request.id,
-      source: request.source,
-      sink: request.sink,
-      // A backfilled table is first copied as it stands at the start revision.
-      tables: request.backfill ? request.tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : request.tables,
-      start: request.start,
-      startTs: startTs.toString(),
-      ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
-      state: 'normal',
-      epoch: '1',
-      createdAt: new Date().toISOString(),
-    };
-    // With a backfill nothing is in the sink yet, not even the start revision's state.
-    const initialTs = request.backfill ? startTs - 1n : startTs;
-    const status: ChangefeedStatus = { checkpointTs: initialTs.toString(), resolvedTs: initialTs.toString(), updatedAt: new Date().toISOString() };
-    if (!(await owner.writeInfo(info, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-    this.capture.changefeeds.set(info.id, info);
-    this.capture.statuses.set(info.id, status);
-    return { status: 201, body: this.describe(info) };
+    // The source was asked outside the queue (it may be slow); the write waits its turn.
+    return this.oneAtATime(async () => {
+      if (this.capture.changefeeds.has(request.id)) throw new ApiError(409, 'changefeed-exists', `changefeed ${request.id} already exists`);
+      const info: ChangefeedInfo = {
+        id: request.id,
+        source: request.source,
+        sink: request.sink,
+        // A backfilled table is first copied as it stands at the start revision.
+        tables: request.backfill ? request.tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : request.tables,
+        start: request.start,
+        startTs: startTs.toString(),
+        ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
+        state: 'normal',
+        epoch: '1',
+        createdAt: new Date().toISOString(),
+      };
+      // With a backfill nothing is in the sink yet, not even the start revision's state.
+      const initialTs = request.backfill ? startTs - 1n : startTs;
+      const status: ChangefeedStatus = { checkpointTs: initialTs.toString(), resolvedTs: initialTs.toString(), updatedAt: new Date().toISOString() };
+      if (!(await this.owner().writeInfo(info, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+      this.capture.changefeeds.set(info.id, info);
+      this.capture.statuses.set(info.id, status);
+      return { status: 201, body: this.describe(info) };
+    });
   }
 
   private async updateChangefeed(id: string | undefined, body: unknown): Promise<ApiResponse> {
@@ -356,11 +362,10 @@ export class HttpApi {
     for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") can be updated`);
     const backfill = (body as { backfill?: unknown }).backfill;
     if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
-    const previous = new Map(info.tables.map((t) => [t.name, t]));
-    let tables = parseTables((body as { tables?: unknown }).tables);
+    const asked = parseTables((body as { tables?: unknown }).tables);
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
     let backfillTs: string | undefined;
-    if (backfill === true && tables.some((t) => !previous.has(t.name))) {
+    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) {
       const source = openSource(info.source.uri);
       try {
         if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
@@ -372,16 +377,21 @@ export class HttpApi {
         throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${backfillTs}: a backfill there would pass it`);
       }
     }
-    tables = tables.map((t) => {
-      const old = previous.get(t.name);
-      if (old?.backfillTs !== undefined) return { ...t, backfillTs: old.backfillTs };
-      return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
+    // The source was asked outside the queue; the write waits its turn, over the latest info.
+    return this.oneAtATime(async () => {
+      const latest = this.findChangefeed(id);
+      const previous = new Map(latest.tables.map((t) => [t.name, t]));
+      const tables = asked.map((t) => {
+        const old = previous.get(t.name);
+        if (old?.backfillTs !== undefined) return { ...t, backfillTs: old.backfillTs };
+        return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
+      });
+      const updated: ChangefeedInfo = { ...latest, tables };
+      const removed = latest.tables.filter((t) => !tables.some((kept) => kept.name === t.name)).map((t) => t.name);
+      if (!(await this.owner().writeInfo(updated, undefined, removed))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
+      this.capture.changefeeds.set(updated.id, updated);
+      return { status: 200, body: this.describe(updated) };
     });
-    const updated: ChangefeedInfo = { ...info, tables };
-    const removed = info.tables.filter((t) => !tables.some((kept) => kept.name === t.name)).map((t) => t.name);
-    if (!(await this.owner().writeInfo(updated, undefined, removed))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-    this.capture.changefeeds.set(updated.id, updated);
-    return { status: 200, body: this.describe(updated) };
   }
 
   private async removeChangefeed(id: string | undefined): Promise<ApiResponse> {
@@ -418,21 +428,28 @@ export class HttpApi {
       backfill = value === true;
     }
     if (info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
-    const { error: _error, ...rest } = info;
-    if (!backfill) return this.writeState({ ...rest, state: 'normal' });
-    const source = openSource(info.source.uri);
-    let snapshotTs: bigint;
-    try {
-      if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
-      snapshotTs = await source.currentTs();
-    } finally {
-      await source.close();
+    let snapshotTs: bigint | undefined;
+    if (backfill) {
+      // Asked outside the queue: the source may be slow.
+      const source = openSource(info.source.uri);
+      try {
+        if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
+        snapshotTs = await source.currentTs();
+      } finally {
+        await source.close();
+      }
     }
-    if (info.targetTs !== undefined && BigInt(info.targetTs) < snapshotTs) {
-      throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${snapshotTs}: a backfill there would pass it`);
-    }
-    const tables = info.tables.map((t) => ({ ...t, backfillTs: snapshotTs.toString() }));
-    return this.writeState({ ...rest, tables, state: 'normal' });
+    return this.oneAtATime(async () => {
+      const latest = this.findChangefeed(id);
+      if (latest.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${latest.id} is running`);
+      const { error: _error, ...rest } = latest;
+      if (snapshotTs === undefined) return this.writeState({ ...rest, state: 'normal' });
+      if (latest.targetTs !== undefined && BigInt(latest.targetTs) < snapshotTs) {
+        throw new ApiError(409, 'past-target', `changefeed ${latest.id} stops at targetTs ${latest.targetTs}, below the current revision ${snapshotTs}: a backfill there would pass it`);
+      }
+      const at = snapshotTs.toString();
+      return this.writeState({ ...rest, tables: latest.tables.map((t) => ({ ...t, backfillTs: at })), state: 'normal' });
+    });
   }
 
   /** Writes a paused or resumed changefeed; a resume starts a new epoch. */
