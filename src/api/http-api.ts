@@ -366,16 +366,9 @@ export class HttpApi {
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
     let backfillTs: string | undefined;
     if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) {
-      const source = openSource(info.source.uri);
-      try {
-        if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
-        backfillTs = (await source.currentTs()).toString();
-      } finally {
-        await source.close();
-      }
-      if (info.targetTs !== undefined && BigInt(info.targetTs) < BigInt(backfillTs)) {
-        throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${backfillTs}: a backfill there would pass it`);
-      }
+      const at = await backfillRevision(info);
+      refusePastTarget(info, at);
+      backfillTs = at.toString();
     }
     // The source was asked outside the queue; the write waits its turn, over the latest info.
     return this.oneAtATime(async () => {
@@ -429,24 +422,14 @@ export class HttpApi {
     }
     if (info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
     let snapshotTs: bigint | undefined;
-    if (backfill) {
-      // Asked outside the queue: the source may be slow.
-      const source = openSource(info.source.uri);
-      try {
-        if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
-        snapshotTs = await source.currentTs();
-      } finally {
-        await source.close();
-      }
-    }
+    // Asked outside the queue: the source may be slow.
+    if (backfill) snapshotTs = await backfillRevision(info);
     return this.oneAtATime(async () => {
       const latest = this.findChangefeed(id);
       if (latest.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${latest.id} is running`);
       const { error: _error, ...rest } = latest;
       if (snapshotTs === undefined) return this.writeState({ ...rest, state: 'normal' });
-      if (latest.targetTs !== undefined && BigInt(latest.targetTs) < snapshotTs) {
-        throw new ApiError(409, 'past-target', `changefeed ${latest.id} stops at targetTs ${latest.targetTs}, below the current revision ${snapshotTs}: a backfill there would pass it`);
-      }
+      refusePastTarget(latest, snapshotTs);
       const at = snapshotTs.toString();
       return this.writeState({ ...rest, tables: latest.tables.map((t) => ({ ...t, backfillTs: at })), state: 'normal' });
     });
@@ -580,6 +563,24 @@ function refusal(result: RequestResult & { ok: false }): ApiError {
   return new ApiError(notFound ? 404 : 409, result.code, result.message);
 }
 
+/** The revision a backfill of the changefeed's tables would copy now: its source's current one. */
+async function backfillRevision(info: ChangefeedInfo): Promise<bigint> {
+  const source = openSource(info.source.uri);
+  try {
+    if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
+    return await source.currentTs();
+  } finally {
+    await source.close();
+  }
+}
+
+/** A backfill at `revision` would write past the changefeed's targetTs: 409. */
+function refusePastTarget(info: ChangefeedInfo, revision: bigint): void {
+  if (info.targetTs !== undefined && BigInt(info.targetTs) < revision) {
+    throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${revision}: a backfill there would pass it`);
+  }
+}
+
 /** Pipelines retrying through an outage, as the changefeed's warning (null when none). */
 function failingWarning(failing: { spans: number; error: string | undefined } | undefined): { failingSpans: number; error: string } | null {
   if (failing === undefined || failing.spans === 0) return null;
@@ -590,7 +591,7 @@ function failingWarning(failing: { spans: number; error: string | undefined } | 
 function drainedSpans(result: DrainResult): number {
   if (result.ok) return result.remainingSpans;
   const { code, message } = result;
-  throw code === 'not-persisted' || code === 'drains-loading' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
+  throw code === 'not-persisted' || code === 'drains-loading' || code === 'busy' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
 }
 
 /** A Server-Sent Events response: each value the source yields is one event. */

@@ -29,7 +29,8 @@ file://, etcd://, postgres://.
 /** True when every span of backfilled table `t` finished a snapshot of its current backfill at or below `atTs`. */
 function backfilledBy(t: TableSpec, atTs: bigint, records: ReadonlyMap<string, BackfillRecord>, prefix: string): boolean {
   if (t.backfillTs === undefined) return true;
-  if (BigInt(t.backfillTs) > atTs) return false;
+  // A snapshot is never below its backfill revision, so this also holds the table back
+  // while the checkpoint is below that revision.
   return changefeedSpans({ tables: [t] }).spans.every((span) => {
     const record = records.get(backfillKey(prefix, span));
     return record !== undefined && record.done && (record.generation ?? record.snapshotTs) === t.backfillTs && BigInt(record.snapshotTs) <= atTs;

@@ -282,14 +282,13 @@ export class PipelineRunner {
         pipeline.backfill = null;
         return false;
       }
-      // The table's backfill revision; or, for a span that starts past it (a table added
-      // to a running changefeed whose checkpoint moved on), its own position: the state
-      // there stands for every change up to it, and streaming goes on after it.
       // A backfill of this generation under way goes on at its snapshot (its token is for
-      // that snapshot), as long as the span has not passed it.
-      const started = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) >= pipeline.position ? ofGeneration : undefined;
-      const snapshotTs = started !== undefined ? BigInt(started.snapshotTs) : pipeline.position > generation ? pipeline.position : generation;
-      const record = started;
+      // that snapshot), as long as the span has not passed it. Else the table's backfill
+      // revision; or, for a span that starts past it (a table added to a running
+      // changefeed whose checkpoint moved on), its own position: the state there stands
+      // for every change up to it, and streaming goes on after it.
+      const record = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) >= pipeline.position ? ofGeneration : undefined;
+      const snapshotTs = record !== undefined ? BigInt(record.snapshotTs) : pipeline.position > generation ? pipeline.position : generation;
       pipeline.backfill = {
         snapshotTs,
         generation,

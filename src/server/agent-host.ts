@@ -24,6 +24,18 @@ interface HostedAgent {
   reply: ((report: ReportMessage) => void) | undefined;
 }
 
+/** Backfill revision per table, computed once per info (every pipeline step asks). */
+const backfillRevisionsByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, bigint>>();
+
+function backfillRevisions(info: ChangefeedInfo): ReadonlyMap<string, bigint> {
+  let revisions = backfillRevisionsByInfo.get(info);
+  if (revisions === undefined) {
+    revisions = new Map(info.tables.flatMap((t) => (t.backfillTs === undefined ? [] : [[t.name, BigInt(t.backfillTs)] as const])));
+    backfillRevisionsByInfo.set(info, revisions);
+  }
+  return revisions;
+}
+
 export class AgentHost {
   private readonly hosted = new Map<string, HostedAgent>();
   private owner: { id: string; revision: bigint } | undefined;
@@ -114,8 +126,8 @@ export class AgentHost {
       log,
       {
         snapshotTsFor: (span) => {
-          const table = this.changefeeds().get(info.id)?.tables.find((t) => t.name === span.table);
-          return table?.backfillTs === undefined ? undefined : BigInt(table.backfillTs);
+          const current = this.changefeeds().get(info.id);
+          return current === undefined ? undefined : backfillRevisions(current).get(span.table);
         },
         store: new EtcdBackfillStore(this.metadata.client, this.metadata.keys.backfillPrefix(info.id)),
         limits: { ...backfillDefaults, ...source.snapshots?.backfillLimits },

@@ -22,18 +22,21 @@ import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import { changefeedSpans } from './changefeed-info.ts';
 import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
+import { SerialQueue } from './serial-queue.ts';
 
-/** A live capture as registered in etcd. */
 /**
  * The answer to a drain request; `not-persisted` when etcd did not take the change,
- * `drains-loading` while a new owner has not read the persisted drains yet (retry both).
+ * `drains-loading` while a new owner has not read the persisted drains yet, `busy` when
+ * too many drain changes wait (retry all three).
  */
 export type DrainResult =
   | { readonly ok: true; readonly remainingSpans: number }
-  | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted' | 'drains-loading'; readonly message: string };
+  | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted' | 'drains-loading' | 'busy'; readonly message: string };
 
 const drainsLoading: DrainResult = { ok: false, code: 'drains-loading', message: 'this owner is still reading the persisted drains; retry' };
+const drainsBusy: DrainResult = { ok: false, code: 'busy', message: 'too many drain changes are waiting; retry' };
 
+/** A live capture as registered in etcd. */
 export interface CaptureRecord {
   readonly id: string;
   readonly grpcAddr: string;
@@ -53,6 +56,8 @@ export interface OwnerLimits {
   readonly reportsQueuedMax: number;
   /** Changefeed info writes (API requests, failures) waiting their turn; more get 503. */
   readonly infoWritesQueuedMax: number;
+  /** Drain changes waiting their turn; more get 503. */
+  readonly drainWritesQueuedMax: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -63,6 +68,7 @@ export const ownerDefaults: OwnerLimits = {
   reconnectBackoffMaxMs: 2_000,
   reportsQueuedMax: 10_000,
   infoWritesQueuedMax: 64,
+  drainWritesQueuedMax: 64,
 };
 
 /** Everything the owner reads from the rest of the capture. */
@@ -96,22 +102,24 @@ export class OwnerRole {
   private readonly connections = new Map<string, { address: string; connection: CaptureConnection }>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
-  /** Captures an operator asked to drain; applied to every changefeed. */
   /**
-   * Captures being drained. Changed only after etcd took the change, so it always says
+   * Captures an operator asked to drain, applied to every changefeed. Changed only after etcd took the change, so it always says
    * what the next owner will read (once `drainsLoaded`).
    */
   readonly draining = new Set<string>();
   private drainsLoaded = false;
   private drainsLoading = false;
   /** Drain writes run one at a time: a drain and an undrain reach etcd in their order. */
-  private drainWrites: Promise<unknown> = Promise.resolve();
-  private infoWrites: Promise<unknown> = Promise.resolve();
-  private infoWritesQueued = 0;
+  private readonly drainWrites: SerialQueue;
+  /** Changefeed info writes run one at a time (see `queueInfoWrite`). */
+  private readonly infoWrites: SerialQueue;
   /** Departed captures whose drain key is being deleted. */
   private readonly departing = new Set<string>();
 
-  constructor(private readonly ctx: OwnerContext) {}
+  constructor(private readonly ctx: OwnerContext) {
+    this.drainWrites = new SerialQueue(ctx.limits.drainWritesQueuedMax);
+    this.infoWrites = new SerialQueue(ctx.limits.infoWritesQueuedMax);
+  }
 
   get info(): OwnerInfo {
     return this.ctx.owner;
@@ -148,11 +156,9 @@ export class OwnerRole {
     }
   }
 
-  /** Runs a drain write after the ones before it. */
-  private serializeDrainWrite<T>(write: () => Promise<T>): Promise<T> {
-    const result = this.drainWrites.then(write);
-    this.drainWrites = result.catch(() => undefined);
-    return result;
+  /** Runs a drain change after the ones before it. */
+  private serializeDrainWrite(write: () => Promise<DrainResult>): Promise<DrainResult> {
+    return this.drainWrites.run(write) ?? Promise.resolve(drainsBusy);
   }
 
   /**
@@ -345,13 +351,7 @@ export class OwnerRole {
    * both pass their checks. Undefined when `infoWritesQueuedMax` are already waiting.
    */
   queueInfoWrite<T>(write: () => Promise<T>): Promise<T> | undefined {
-    if (this.infoWritesQueued >= this.ctx.limits.infoWritesQueuedMax) return undefined;
-    this.infoWritesQueued++;
-    const result = this.infoWrites.then(write).finally(() => {
-      this.infoWritesQueued--;
-    });
-    this.infoWrites = result.catch(() => undefined);
-    return result;
+    return this.infoWrites.run(write);
   }
 
   /** Writes changefeed info, fenced; forgets the backfill records of `removedTables`. */
