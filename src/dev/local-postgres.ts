@@ -29,36 +29,52 @@ function postgresIds(): { uid: number; gid: number } | undefined {
   return { uid, gid };
 }
 
+/** Where a test PostgreSQL keeps its data: a new temp dir, or under `parentDir` (say, a small tmpfs). */
+export interface LocalPostgresOptions {
+  readonly parentDir?: string;
+}
+
 export class LocalPostgres {
   private constructor(
     readonly url: string,
-    private readonly child: ChildProcess,
+    private child: ChildProcess,
     private readonly dir: string,
+    private readonly port: number,
   ) {}
 
-  static async start(): Promise<LocalPostgres> {
+  static async start(options: LocalPostgresOptions = {}): Promise<LocalPostgres> {
     execFileSync('bash', [join(root, 'scripts/ensure-postgres.sh')], { stdio: 'inherit' });
-    const bin = binDir();
     const ids = postgresIds();
-    const dir = mkdtempSync(join(tmpdir(), 'spanfeed-pg-'));
+    const dir = mkdtempSync(join(options.parentDir ?? tmpdir(), 'spanfeed-pg-'));
     if (ids !== undefined) chownSync(dir, ids.uid, ids.gid);
-    const data = join(dir, 'data');
     const asUser = ids === undefined ? {} : { uid: ids.uid, gid: ids.gid };
-    execFileSync(join(bin, 'initdb'), ['-D', data, '-U', 'spanfeed', '--auth=trust', '-E', 'UTF8'], { stdio: 'ignore', ...asUser, cwd: dir });
+    execFileSync(join(binDir(), 'initdb'), ['-D', join(dir, 'data'), '-U', 'spanfeed', '--auth=trust', '-E', 'UTF8'], { stdio: 'ignore', ...asUser, cwd: dir });
     const port = await freePort();
-    const child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=on'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      cwd: dir,
-      ...asUser,
-    });
+    const server = new LocalPostgres(`postgres://spanfeed@127.0.0.1:${port}/spanfeed`, spawnPostgres(dir, port), dir, port);
+    await server.ready();
+    return server;
+  }
+
+  /** True while the server process runs (PostgreSQL exits when it cannot recover, e.g. on a full disk). */
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Starts the server again on the same data and port, after it exited. */
+  async restart(): Promise<void> {
+    if (this.running) return;
+    this.child = spawnPostgres(this.dir, this.port);
+    await this.ready();
+  }
+
+  private async ready(): Promise<void> {
     let stderr = '';
-    child.stderr?.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
+    this.child.stderr?.on('data', (chunk: Buffer) => {
+      stderr = (stderr + chunk.toString()).slice(-16_384);
     });
-    const server = new LocalPostgres(`postgres://spanfeed@127.0.0.1:${port}/spanfeed`, child, dir);
     try {
       await waitFor('PostgreSQL to accept connections', async () => {
-        const client = new pg.Client({ connectionString: `postgres://spanfeed@127.0.0.1:${port}/postgres` });
+        const client = new pg.Client({ connectionString: `postgres://spanfeed@127.0.0.1:${this.port}/postgres` });
         try {
           await client.connect();
           await client.query('create database spanfeed');
@@ -71,21 +87,28 @@ export class LocalPostgres {
         }
       }, 30_000, 100);
     } catch (error) {
-      await server.stop();
+      await this.stop();
       throw new Error(`${(error as Error).message}\n${stderr}`);
     }
-    return server;
   }
 
   async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null && this.child.pid !== undefined) {
+    if (this.running && this.child.pid !== undefined) {
       const exited = new Promise((resolve) => this.child.once('exit', resolve));
       // SIGINT: PostgreSQL's fast shutdown.
       process.kill(this.child.pid, 'SIGINT');
       await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
-      if (this.child.exitCode === null && this.child.signalCode === null) process.kill(this.child.pid, 'SIGKILL');
+      if (this.running) process.kill(this.child.pid, 'SIGKILL');
     }
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
+function spawnPostgres(dir: string, port: number): ChildProcess {
+  const ids = postgresIds();
+  return spawn(join(binDir(), 'postgres'), ['-D', join(dir, 'data'), '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=on'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    cwd: dir,
+    ...(ids === undefined ? {} : { uid: ids.uid, gid: ids.gid }),
+  });
+}

@@ -55,6 +55,17 @@ function decodeField(line: Record<string, unknown>, name: 'key' | 'value' | 'sta
   return undefined;
 }
 
+/**
+ * The lines of a file sink file that count: those ended by a newline. The unterminated
+ * tail, if any, is torn (a write cut by a crash or a full disk) or still being written;
+ * it was never flushed as a whole, and the sink writes its events again elsewhere.
+ */
+export function completeLines(text: string): string[] {
+  const end = text.lastIndexOf('\n');
+  if (end < 0) return [];
+  return text.slice(0, end).split('\n').filter((line) => line !== '');
+}
+
 /** The file sink's state of one table at `atTs`. */
 export async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<Map<string, string>> {
   const latest = new Map<string, { ts: bigint; value: string | undefined }>();
@@ -67,13 +78,12 @@ export async function fileSinkState(dir: string, table: string, atTs: bigint): P
   }
   for (const name of names) {
     const text = await readFile(join(dir, table, name), 'utf8');
-    for (const raw of text.split('\n')) {
-      if (raw === '') continue;
+    for (const raw of completeLines(text)) {
       let line: Record<string, unknown>;
       try {
         line = JSON.parse(raw) as Record<string, unknown>;
       } catch {
-        // A torn last line of a crashed writer: it was never flushed, so never counted.
+        // Not a line the sink writes (the file sink never appends after a torn write).
         continue;
       }
       if (typeof line.ts !== 'string') continue;

@@ -90,15 +90,18 @@ export class FileSink implements Sink {
       await this.rotate(span, file);
       file = await this.fileFor(span);
     }
+    const bytes = Buffer.from(text, 'utf8');
     try {
-      await file.handle.write(text);
+      await writeAll(file.handle, bytes);
     } catch (error) {
-      // A failed write may leave a torn line: the retry goes to a new file, so its first
-      // line is never glued to the torn one (readers skip the unparseable tail).
+      // A failed or short write leaves a torn line at the end of the file: nothing of this
+      // batch counts as written, the pipeline writes it again from its last flush, and it
+      // goes to a new file, so no line is ever glued to a torn one. A torn line is always
+      // a file's unterminated last line, which readers skip.
       this.forget(span, file);
       throw error;
     }
-    file.bytes += Buffer.byteLength(text);
+    file.bytes += bytes.length;
   }
 
   private forget(span: Span, file: OpenFile): void {
@@ -130,10 +133,12 @@ export class FileSink implements Sink {
   }
 
   private async rotate(span: Span, file: OpenFile): Promise<void> {
-    await file.handle.sync();
-    if (file.dirDirty) await syncDir(file.tableDir);
-    await file.handle.close();
-    this.files.delete(spanKey(span));
+    try {
+      await file.handle.sync();
+      if (file.dirDirty) await syncDir(file.tableDir);
+    } finally {
+      this.forget(span, file);
+    }
   }
 
   private async fileFor(span: Span): Promise<OpenFile> {
@@ -148,6 +153,26 @@ export class FileSink implements Sink {
     const file: OpenFile = { handle, bytes: 0, dirDirty: true, tableDir };
     this.files.set(key, file);
     return file;
+  }
+}
+
+/** A write that returned fewer bytes than asked and could not go on: the disk is full. */
+export class ShortWriteError extends Error {
+  override readonly name = 'ShortWriteError';
+  readonly retryable = true;
+}
+
+/**
+ * Writes every byte or throws. `FileHandle.write` may write fewer bytes than asked
+ * without an error (a full tmpfs returns a short count): the rest is written again, and
+ * a write that makes no progress is a failure, never a success.
+ */
+async function writeAll(handle: FileHandle, bytes: Buffer): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, offset, bytes.length - offset);
+    if (bytesWritten <= 0) throw new ShortWriteError(`file sink wrote ${offset} of ${bytes.length} bytes: no space left`);
+    offset += bytesWritten;
   }
 }
 
