@@ -11,10 +11,11 @@ import type { RequestResult } from '../core/coordinator.ts';
 import { spanKey } from '../core/span.ts';
 import { describeReason } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
-import { openSource } from '../pipeline/registry.ts';
 import type { Capture } from '../server/capture.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
-import { ValidationError, parseCreateRequest, parseTables, validateId } from '../server/changefeed-info.ts';
+import { ValidationError } from '../server/changefeed-info.ts';
+import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
+import type { ServiceErrorKind } from '../server/changefeed-service.ts';
 import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
 
 let openApi: unknown;
@@ -70,11 +71,17 @@ interface Route {
 
 const segment = '([^/]+)';
 
+/** The HTTP status of each kind of refused lifecycle request. */
+const serviceErrorStatus: Record<ServiceErrorKind, number> = { invalid: 400, 'not-found': 404, conflict: 409, unavailable: 503 };
+
 export class HttpApi {
   private server: Server | undefined;
   private readonly routes: Route[];
 
+  private readonly service: ChangefeedService;
+
   constructor(private readonly capture: Capture) {
+    this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner() });
     const r = (method: string, path: string, handler: Handler, local = false): Route => ({
       method,
       pattern: new RegExp(`^${path.replaceAll('{}', segment)}$`),
@@ -92,30 +99,17 @@ export class HttpApi {
       r('DELETE', '/api/v1/captures/{}/drain', async (q) => this.undrain(q.params[0] as string)),
       r('POST', '/api/v1/owner/resign', async () => this.resign()),
       r('GET', '/api/v1/changefeeds', async () => this.listChangefeeds()),
-      r('POST', '/api/v1/changefeeds', async (q) => this.createChangefeed(q.body)),
+      r('POST', '/api/v1/changefeeds', async (q) => ({ status: 201, body: this.describe(await this.service.create(q.body)) })),
       r('GET', '/api/v1/changefeeds/{}', async (q) => this.getChangefeed(q.params[0])),
-      r('PUT', '/api/v1/changefeeds/{}', async (q) => this.updateChangefeed(q.params[0], q.body)),
-      r('DELETE', '/api/v1/changefeeds/{}', async (q) => this.oneAtATime(() => this.removeChangefeed(q.params[0]))),
-      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => this.oneAtATime(() => this.pause(q.params[0], q.body))),
-      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => this.resume(q.params[0], q.body)),
+      r('PUT', '/api/v1/changefeeds/{}', async (q) => ({ status: 200, body: this.describe(await this.service.update(q.params[0], q.body)) })),
+      r('DELETE', '/api/v1/changefeeds/{}', async (q) => ({ status: 200, body: { removed: await this.service.remove(q.params[0]) } })),
+      r('POST', '/api/v1/changefeeds/{}/pause', async (q) => ({ status: 202, body: this.describe(await this.service.pause(q.params[0], q.body)) })),
+      r('POST', '/api/v1/changefeeds/{}/resume', async (q) => ({ status: 202, body: this.describe(await this.service.resume(q.params[0], q.body)) })),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
       r('POST', '/api/v1/changefeeds/{}/rebalance', async (q) => this.rebalance(q.params[0])),
     ];
-  }
-
-  /**
-   * Runs changefeed writes one at a time, in the owner's queue (with its failures): each
-   * reads the latest info, checks, then writes; two at once (two resumes) could both
-   * pass the state check and write the same epoch. Work on the source (which may be slow
-   * or unreachable) happens before a request joins the queue, so only etcd writes, which
-   * have deadlines, wait in it. Non-owners forward to the owner.
-   */
-  private oneAtATime(write: () => Promise<ApiResponse>): Promise<ApiResponse> {
-    const queued = this.owner().queueInfoWrite(write);
-    if (queued === undefined) throw new ApiError(503, 'busy', 'too many changefeed changes are waiting; retry');
-    return queued;
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -171,6 +165,7 @@ export class HttpApi {
       send(res, response.status, response.body);
     } catch (error) {
       if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
+      else if (error instanceof ServiceError) send(res, serviceErrorStatus[error.kind], { error: { code: error.code, message: error.message } });
       else if (error instanceof ValidationError) send(res, 400, { error: { code: 'invalid', message: error.message } });
       else {
         this.capture.log.error({ err: error }, 'api request failed');
@@ -264,10 +259,7 @@ export class HttpApi {
 
   private findChangefeed(id: string | undefined): ChangefeedInfo {
     this.owner();
-    validateId(id, 'changefeed id');
-    const info = this.capture.changefeeds.get(id as string);
-    if (info === undefined) throw new ApiError(404, 'unknown-changefeed', `no changefeed ${JSON.stringify(id)}`);
-    return info;
+    return this.service.find(id).value;
   }
 
   private describe(info: ChangefeedInfo): Record<string, unknown> {
@@ -304,144 +296,6 @@ export class HttpApi {
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
       warning: failingWarning(managed?.coordinator.failing()),
     };
-  }
-
-  private async createChangefeed(body: unknown): Promise<ApiResponse> {
-    this.owner();
-    const request = parseCreateRequest(body);
-    if (this.capture.changefeeds.has(request.id)) throw new ApiError(409, 'changefeed-exists', `changefeed ${request.id} already exists`);
-    const source = openSource(request.source.uri);
-    let startTs: bigint;
-    const canSnapshot = source.snapshots !== undefined;
-    try {
-      if (request.start === 'now') startTs = await source.currentTs();
-      else if (request.start === 'earliest') startTs = source.earliestTs === undefined ? await source.currentTs() : await source.earliestTs();
-      else {
-        startTs = BigInt(request.start);
-        // A snapshot cannot be read at a revision etcd has not reached.
-        if (request.backfill && canSnapshot) {
-          const current = await source.currentTs();
-          if (startTs > current) throw new ApiError(400, 'invalid', `a backfill cannot start at revision ${startTs}: the source is at ${current}`);
-        }
-      }
-    } finally {
-      await source.close();
-    }
-    if (request.targetTs !== undefined && BigInt(request.targetTs) <= startTs) throw new ApiError(400, 'invalid', 'targetTs must be after the start');
-    if (request.backfill && !canSnapshot) throw new ApiError(400, 'invalid', 'this source cannot backfill');
-    if (request.backfill && startTs === 0n) throw new ApiError(400, 'invalid', 'a backfill needs a start revision above 0');
-    // The source was asked outside the queue (it may be slow); the write waits its turn.
-    return this.oneAtATime(async () => {
-      if (this.capture.changefeeds.has(request.id)) throw new ApiError(409, 'changefeed-exists', `changefeed ${request.id} already exists`);
-      const info: ChangefeedInfo = {
-        id: request.id,
-        source: request.source,
-        sink: request.sink,
-        // A backfilled table is first copied as it stands at the start revision.
-        tables: request.backfill ? request.tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : request.tables,
-        start: request.start,
-        startTs: startTs.toString(),
-        ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
-        state: 'normal',
-        epoch: '1',
-        createdAt: new Date().toISOString(),
-      };
-      // With a backfill nothing is in the sink yet, not even the start revision's state.
-      const initialTs = request.backfill ? startTs - 1n : startTs;
-      const status: ChangefeedStatus = { checkpointTs: initialTs.toString(), resolvedTs: initialTs.toString(), updatedAt: new Date().toISOString() };
-      if (!(await this.owner().writeInfo(info, status))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-      this.capture.changefeeds.set(info.id, info);
-      this.capture.statuses.set(info.id, status);
-      return { status: 201, body: this.describe(info) };
-    });
-  }
-
-  private async updateChangefeed(id: string | undefined, body: unknown): Promise<ApiResponse> {
-    const info = this.findChangefeed(id);
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"tables": [...]}');
-    for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") can be updated`);
-    const backfill = (body as { backfill?: unknown }).backfill;
-    if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
-    const asked = parseTables((body as { tables?: unknown }).tables);
-    // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
-    let backfillTs: string | undefined;
-    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) {
-      const at = await backfillRevision(info);
-      refusePastTarget(info, at);
-      backfillTs = at.toString();
-    }
-    // The source was asked outside the queue; the write waits its turn, over the latest info.
-    return this.oneAtATime(async () => {
-      const latest = this.findChangefeed(id);
-      const previous = new Map(latest.tables.map((t) => [t.name, t]));
-      const tables = asked.map((t) => {
-        const old = previous.get(t.name);
-        if (old?.backfillTs !== undefined) return { ...t, backfillTs: old.backfillTs };
-        return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
-      });
-      const updated: ChangefeedInfo = { ...latest, tables };
-      const removed = latest.tables.filter((t) => !tables.some((kept) => kept.name === t.name)).map((t) => t.name);
-      if (!(await this.owner().writeInfo(updated, undefined, removed))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-      this.capture.changefeeds.set(updated.id, updated);
-      return { status: 200, body: this.describe(updated) };
-    });
-  }
-
-  private async removeChangefeed(id: string | undefined): Promise<ApiResponse> {
-    const info = this.findChangefeed(id);
-    if (!(await this.owner().deleteChangefeed(info.id))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-    this.capture.changefeeds.delete(info.id);
-    return { status: 200, body: { removed: info.id } };
-  }
-
-  private async pause(id: string | undefined, body: unknown): Promise<ApiResponse> {
-    const info = this.findChangefeed(id);
-    if (body !== undefined && (typeof body !== 'object' || body === null || Array.isArray(body) || Object.keys(body).length > 0)) {
-      throw new ValidationError('pause takes no body (or an empty JSON object)');
-    }
-    if (info.state === 'paused') throw new ApiError(409, 'already-paused', `changefeed ${info.id} is already paused`);
-    return this.writeState({ ...info, state: 'paused' });
-  }
-
-  /**
-   * Resumes a paused or failed changefeed in a new epoch, which fences every message of
-   * the previous run. With `{"backfill": true}` every table is copied again at the current
-   * revision R, the way out of a checkpoint the source compacted: spans stream from R on,
-   * each span's backfill retires, in the sink, the keys deleted meanwhile, and the
-   * checkpoint holds still until every span has its snapshot, then moves past R.
-   */
-  private async resume(id: string | undefined, body: unknown): Promise<ApiResponse> {
-    const info = this.findChangefeed(id);
-    let backfill = false;
-    if (body !== undefined) {
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"backfill"?: boolean}');
-      for (const key of Object.keys(body)) if (key !== 'backfill') throw new ValidationError(`unknown field "${key}"; resume takes only "backfill"`);
-      const value = (body as { backfill?: unknown }).backfill;
-      if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true or false');
-      backfill = value === true;
-    }
-    if (info.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${info.id} is running`);
-    let snapshotTs: bigint | undefined;
-    // Asked outside the queue: the source may be slow.
-    if (backfill) snapshotTs = await backfillRevision(info);
-    return this.oneAtATime(async () => {
-      const latest = this.findChangefeed(id);
-      if (latest.state === 'normal') throw new ApiError(409, 'not-paused', `changefeed ${latest.id} is running`);
-      const { error: _error, ...rest } = latest;
-      if (snapshotTs === undefined) return this.writeState({ ...rest, state: 'normal' });
-      refusePastTarget(latest, snapshotTs);
-      const at = snapshotTs.toString();
-      return this.writeState({ ...rest, tables: latest.tables.map((t) => ({ ...t, backfillTs: at })), state: 'normal' });
-    });
-  }
-
-  /** Writes a paused or resumed changefeed; a resume starts a new epoch. */
-  private async writeState(info: ChangefeedInfo): Promise<ApiResponse> {
-    const previous = this.findChangefeed(info.id);
-    const updated: ChangefeedInfo = { ...info, epoch: info.state === 'normal' ? (BigInt(previous.epoch) + 1n).toString() : previous.epoch };
-    if (!(await this.owner().writeInfo(updated))) throw new ApiError(503, 'not-owner', 'ownership was lost; retry');
-    this.capture.changefeeds.set(updated.id, updated);
-    return { status: 202, body: this.describe(updated) };
   }
 
   /**
@@ -561,24 +415,6 @@ function backfillOf(record: BackfillRecord | undefined): { state: string; keysDo
 function refusal(result: RequestResult & { ok: false }): ApiError {
   const notFound = result.code === 'unknown-span' || result.code === 'unknown-capture';
   return new ApiError(notFound ? 404 : 409, result.code, result.message);
-}
-
-/** The revision a backfill of the changefeed's tables would copy now: its source's current one. */
-async function backfillRevision(info: ChangefeedInfo): Promise<bigint> {
-  const source = openSource(info.source.uri);
-  try {
-    if (source.snapshots === undefined) throw new ApiError(400, 'invalid', 'this source cannot backfill');
-    return await source.currentTs();
-  } finally {
-    await source.close();
-  }
-}
-
-/** A backfill at `revision` would write past the changefeed's targetTs: 409. */
-function refusePastTarget(info: ChangefeedInfo, revision: bigint): void {
-  if (info.targetTs !== undefined && BigInt(info.targetTs) < revision) {
-    throw new ApiError(409, 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${revision}: a backfill there would pass it`);
-  }
 }
 
 /** Pipelines retrying through an outage, as the changefeed's warning (null when none). */

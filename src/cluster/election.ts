@@ -24,6 +24,16 @@ export function ownerOf(kvs: readonly IKeyValue[]): OwnerInfo | undefined {
   return { captureId: best.value.toString(), revision: BigInt(best.create_revision), key: best.key.toString() };
 }
 
+/** A fenced write: compares on mod revisions, then puts and prefix deletes. */
+export interface FencedWrite {
+  readonly compares?: readonly { readonly key: string; readonly modRevision: bigint }[];
+  readonly puts?: readonly { readonly key: string; readonly value: string }[];
+  readonly deletes?: readonly string[];
+}
+
+/** What a fenced write did; `revision` is the etcd revision it landed at. */
+export type FencedResult = { readonly kind: 'ok'; readonly revision: bigint } | { readonly kind: 'conflict' } | { readonly kind: 'fenced' };
+
 export class Election {
   private myKey: string | undefined;
 
@@ -53,6 +63,27 @@ export class Election {
   /** True when `owner` is this capture's candidacy. */
   isMe(owner: OwnerInfo | undefined): boolean {
     return owner !== undefined && owner.key === this.myKey && owner.captureId === this.captureId;
+  }
+
+  /**
+   * Runs `puts` and `deletes` only while `owner` still holds its election key with the
+   * same revision and every compare holds: a key's mod revision (0: the key must not
+   * exist). `conflict` when a compare failed, `fenced` when the owner lost its key.
+   * `timeoutMs` bounds this one call (shorter than the client's default, for writes
+   * that a newer one may replace).
+   */
+  async fencedTxn(owner: OwnerInfo, write: FencedWrite, timeoutMs?: number): Promise<FencedResult> {
+    let txn = this.client.if(owner.key, 'Create', '==', owner.revision.toString());
+    for (const compare of write.compares ?? []) txn = txn.and(compare.key, 'Mod', '==', compare.modRevision.toString());
+    const ops = [...(write.puts ?? []).map((p) => this.client.put(p.key).value(p.value)), ...(write.deletes ?? []).map((key) => this.client.delete().prefix(key))];
+    // On a failed compare, read the owner key back: gone or changed is a fence, else a conflict.
+    txn = txn.then(...ops).else(this.client.get(owner.key));
+    if (timeoutMs !== undefined) txn = txn.options({ deadline: Date.now() + timeoutMs });
+    const result = await txn.commit();
+    if (result.succeeded) return { kind: 'ok', revision: BigInt(result.header.revision) };
+    const kvs = result.responses[0]?.response_range?.kvs ?? [];
+    const stillOwner = kvs.some((kv) => BigInt(kv.create_revision) === owner.revision);
+    return stillOwner && (write.compares ?? []).length > 0 ? { kind: 'conflict' } : { kind: 'fenced' };
   }
 
   /**

@@ -22,5 +22,17 @@ export function assert(condition: unknown, message: string, state?: unknown): as
 
 /** Marks the end of an exhaustive `switch`: TypeScript proves it unreachable. */
 export function assertNever(value: never, what = 'value'): never {
-  throw new InvariantError(`unexpected ${what}: ${JSON.stringify(value)}`);
+  throw new InvariantError(`unexpected ${what}: ${describeValue(value)}`, value);
+}
+
+/**
+ * A value as text for an error message. Timestamps are bigints, which `JSON.stringify`
+ * refuses with a TypeError that would hide the real error.
+ */
+export function describeValue(value: unknown): string {
+  try {
+    return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) ?? String(value);
+  } catch {
+    return String(value);
+  }
 }

@@ -20,7 +20,6 @@ import type { CaptureId, CaptureWatermark, PipelinesFailing, ReportMessage, Span
 export interface CaptureTiming {
   readonly heartbeatIntervalTicks: number;
   readonly collectIntervalTicks: number;
-  readonly collectTimeoutTicks: number;
   /** Ticks a capture's aggregate may disagree with the owner before a collection reconciles. */
   readonly digestMismatchCollectTicks: number;
 }
@@ -136,13 +135,19 @@ export class CaptureManager {
     return capture;
   }
 
-  /** The collection id a heartbeat to `capture` should carry now, starting one if due. */
+  /**
+   * The collection id a heartbeat to `capture` should carry now, starting one if due. A
+   * collection keeps its id until it completes: every heartbeat asks for it again, and
+   * each answer is a whole snapshot (parts of another snapshot restart the assembly), so
+   * lost parts cost one heartbeat. Giving up on an id after a timeout, as this did, made
+   * every answer stale once answers took longer than the timeout (a loaded owner with
+   * hundreds of changefeeds): the capture was never initialized, for good.
+   */
   collectIdFor(capture: CaptureState, tick: number): number {
     const current = capture.collection;
-    if (current !== undefined && tick - current.startedTick < this.timing.collectTimeoutTicks) return current.id;
+    if (current !== undefined) return current.id;
     const due =
       !capture.initialized ||
-      current !== undefined ||
       tick >= capture.nextCollectTick ||
       (capture.mismatchSinceTick >= 0 && tick - capture.mismatchSinceTick >= this.timing.digestMismatchCollectTicks);
     if (!due) return 0;

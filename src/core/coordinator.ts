@@ -53,7 +53,6 @@ export const coordinatorDefaults: CoordinatorLimits = {
   addBatchPerTickMax: 2_000,
   heartbeatIntervalTicks: 2,
   collectIntervalTicks: 600,
-  collectTimeoutTicks: 40,
   digestMismatchCollectTicks: 40,
   spansPerMessageMax: 1_024,
   messagesPerTickMax: 10_000,

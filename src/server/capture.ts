@@ -15,6 +15,7 @@ import type { OwnerInfo } from '../cluster/election.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { clusterKeys } from '../cluster/keys.ts';
+import { ChangefeedCache } from '../cluster/changefeed-cache.ts';
 import { PrefixWatch } from '../cluster/prefix-watch.ts';
 import type { PrefixSnapshot } from '../cluster/prefix-watch.ts';
 import { EtcdSession } from '../cluster/session.ts';
@@ -35,8 +36,8 @@ export class Capture {
   readonly keys: ClusterKeys;
   readonly client: Etcd3;
   captures = new Map<string, CaptureRecord>();
-  changefeeds = new Map<string, ChangefeedInfo>();
-  statuses = new Map<string, ChangefeedStatus>();
+  /** Every changefeed's info and status with their mod revisions (see {@link ChangefeedCache}). */
+  readonly changefeedCache: ChangefeedCache;
   owner: OwnerInfo | undefined;
   ownerRole: OwnerRole | undefined;
   grpcAddr = '';
@@ -59,6 +60,12 @@ export class Capture {
     readonly log: Logger,
   ) {
     this.keys = clusterKeys(config.clusterId);
+    const malformed = new Set<string>();
+    this.changefeedCache = new ChangefeedCache(this.keys.changefeedsPrefix, (key) => {
+      if (malformed.has(key)) return;
+      malformed.add(key);
+      this.log.warn({ key }, 'ignoring a malformed changefeed key');
+    });
     this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000 });
     this.metrics = new Metrics({
       changefeeds: () =>
@@ -124,6 +131,14 @@ export class Capture {
     this.flushTimer = setInterval(() => this.agents?.flush(), this.config.tickIntervalMs);
     await this.election.campaign();
     log.info({ grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, leaseTtlS: this.config.leaseTtlS }, 'capture registered');
+  }
+
+  get changefeeds(): ReadonlyMap<string, ChangefeedInfo> {
+    return this.changefeedCache.infos;
+  }
+
+  get statuses(): ReadonlyMap<string, ChangefeedStatus> {
+    return this.changefeedCache.statuses;
   }
 
   /** True when this capture is the acting owner. */
@@ -209,21 +224,7 @@ export class Capture {
   }
 
   private onChangefeeds(snapshot: PrefixSnapshot): void {
-    const infos = new Map<string, ChangefeedInfo>();
-    const statuses = new Map<string, ChangefeedStatus>();
-    for (const kv of snapshot.kvs) {
-      const key = kv.key.toString().slice(this.keys.changefeedsPrefix.length);
-      const [id, kind] = key.split('/');
-      if (id === undefined) continue;
-      try {
-        if (kind === 'info') infos.set(id, JSON.parse(kv.value.toString()) as ChangefeedInfo);
-        else if (kind === 'status') statuses.set(id, JSON.parse(kv.value.toString()) as ChangefeedStatus);
-      } catch {
-        this.log.warn({ key: kv.key.toString() }, 'ignoring a malformed changefeed key');
-      }
-    }
-    this.changefeeds = infos;
-    this.statuses = statuses;
+    this.changefeedCache.applySnapshot(snapshot.revision, snapshot.kvs);
     this.agents?.sync();
   }
 
@@ -247,8 +248,7 @@ export class Capture {
         election,
         session,
         captures: () => this.captures,
-        changefeeds: () => this.changefeeds,
-        statuses: () => this.statuses,
+        cache: this.changefeedCache,
         limits: ownerLimits(this.config),
         log: this.log.child({ captureId: this.id, component: 'owner' }),
         metrics: this.metrics,

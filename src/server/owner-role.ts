@@ -11,6 +11,7 @@ import type { CoordinatorLimits, RequestErrorCode } from '../core/coordinator.ts
 import { Coordinator } from '../core/coordinator.ts';
 import type { ReportMessage } from '../core/messages.ts';
 import { maxTs } from '../core/ts.ts';
+import { assertNever } from '../core/assert.ts';
 import type { OwnerInfo } from '../cluster/election.ts';
 import type { Election } from '../cluster/election.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
@@ -18,6 +19,11 @@ import type { EtcdSession } from '../cluster/session.ts';
 import type { Metrics } from '../api/metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
+import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';
+import type { RunCommand, RunOutcome } from '../core/changefeed-run.ts';
+import { describeValue } from '../core/assert.ts';
+import type { ChangefeedCache } from '../cluster/changefeed-cache.ts';
+import type { FencedResult } from '../cluster/election.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import { changefeedSpans } from './changefeed-info.ts';
 import { LagTracker } from './lag-tracker.ts';
@@ -58,6 +64,21 @@ export interface OwnerLimits {
   readonly infoWritesQueuedMax: number;
   /** Drain changes waiting their turn; more get 503. */
   readonly drainWritesQueuedMax: number;
+  /**
+   * Deadline of one checkpoint (status) write or read. Shorter than the client's default:
+   * a write stuck on a dead etcd leader is replaced by a newer one instead of holding the
+   * checkpoint for the whole default deadline.
+   */
+  readonly statusWriteTimeoutMs: number;
+  /** Fewest ms between two checkpoint writes of one changefeed. */
+  readonly statusWriteIntervalMs: number;
+  /**
+   * Checkpoint writes per second over all changefeeds: with many changefeeds each one's
+   * interval widens (every write also makes each capture's watch re-read).
+   */
+  readonly statusWritesPerSecondMax: number;
+  /** Wait after a failed checkpoint or failure write before the next try. */
+  readonly writeRetryBackoffMs: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -69,7 +90,14 @@ export const ownerDefaults: OwnerLimits = {
   reportsQueuedMax: 10_000,
   infoWritesQueuedMax: 64,
   drainWritesQueuedMax: 64,
+  statusWriteTimeoutMs: 1_000,
+  statusWriteIntervalMs: 100,
+  statusWritesPerSecondMax: 500,
+  writeRetryBackoffMs: 200,
 };
+
+/** A fenced write's outcome for the API: `conflict` when etcd's copy changed meanwhile. */
+export type WriteResult = 'ok' | 'conflict' | 'fenced';
 
 /** Everything the owner reads from the rest of the capture. */
 export interface OwnerContext {
@@ -79,8 +107,8 @@ export interface OwnerContext {
   readonly election: Election;
   readonly session: EtcdSession;
   readonly captures: () => ReadonlyMap<string, CaptureRecord>;
-  readonly changefeeds: () => ReadonlyMap<string, ChangefeedInfo>;
-  readonly statuses: () => ReadonlyMap<string, ChangefeedStatus>;
+  /** Every changefeed's info and status with mod revisions; the owner's writes go in at once. */
+  readonly cache: ChangefeedCache;
   readonly limits: OwnerLimits;
   readonly log: Logger;
   readonly metrics: Metrics;
@@ -88,13 +116,20 @@ export interface OwnerContext {
   readonly onStop: (reason: string) => void;
 }
 
+/**
+ * One run (epoch) of a changefeed on this owner: one mutable record for its whole life,
+ * so nothing of it is ever copied and left behind.
+ */
 interface ManagedChangefeed {
-  readonly info: ChangefeedInfo;
+  /** The latest info of this run (table updates replace it). */
+  info: ChangefeedInfo;
+  readonly epoch: string;
   readonly coordinator: Coordinator;
+  /** The pure decisions of this run: checkpoint writes, failure. */
+  readonly run: ChangefeedRun;
   /** When the resolved-ts reached which value: lags in ms for revision timestamps. */
   readonly lag: LagTracker;
   reports: ReportMessage[];
-  persisting: boolean;
 }
 
 export class OwnerRole {
@@ -108,6 +143,8 @@ export class OwnerRole {
    */
   readonly draining = new Set<string>();
   private drainsLoaded = false;
+  /** Ticks since this owner started: the runs' clock. */
+  private tickCount = 0;
   private drainsLoading = false;
   /** Drain writes run one at a time: a drain and an undrain reach etcd in their order. */
   private readonly drainWrites: SerialQueue;
@@ -233,24 +270,42 @@ export class OwnerRole {
       this.departing.add(id);
       void this.undrain(id, { departed: true }).finally(() => this.departing.delete(id));
     }
+    this.tickCount++;
+    const limits = this.ctx.limits;
+    const writeIntervalMs = Math.max(limits.statusWriteIntervalMs, (1000 * this.managed.size) / limits.statusWritesPerSecondMax);
+    const writeIntervalTicks = Math.max(1, Math.ceil(writeIntervalMs / limits.tickIntervalMs));
     for (const [id, managed] of this.managed) {
-      for (const capture of this.draining) if (captures.has(capture)) managed.coordinator.requestDrain(capture);
-      const reports = managed.reports;
-      managed.reports = [];
-      const targetTs = managed.info.targetTs === undefined ? maxTs : BigInt(managed.info.targetTs);
-      const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs });
-      managed.lag.observeResolved(managed.coordinator.resolvedTs, Date.now());
-      for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
-      for (const event of out.events) {
-        if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
-        else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
-        else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
+      // Nothing one changefeed does may stop the others or the process.
+      try {
+        this.tickChangefeed(id, managed, live, captures);
+      } catch (error) {
+        this.ctx.log.error({ err: error, changefeed: id }, 'changefeed tick failed');
+        managed.run.fail(`internal error: ${(error as Error).message ?? describeValue(error)}`);
       }
-      if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
-      if (managed.coordinator.phase === 'failed') void this.failChangefeed(managed, managed.coordinator.failure ?? 'invariant violation');
-      else if (out.advanced !== undefined) void this.persist(managed);
+      const { checkpointTs, resolvedTs } = managed.coordinator;
+      for (const command of managed.run.tick({ tick: this.tickCount, checkpointTs, resolvedTs, writeIntervalTicks })) {
+        this.perform(managed, command);
+      }
     }
     this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  private tickChangefeed(id: string, managed: ManagedChangefeed, live: readonly string[], captures: ReadonlyMap<string, CaptureRecord>): void {
+    if (managed.run.phase !== 'running') return;
+    for (const capture of this.draining) if (captures.has(capture)) managed.coordinator.requestDrain(capture);
+    const reports = managed.reports;
+    managed.reports = [];
+    const targetTs = managed.info.targetTs === undefined ? maxTs : BigInt(managed.info.targetTs);
+    const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs });
+    managed.lag.observeResolved(managed.coordinator.resolvedTs, Date.now());
+    for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
+    for (const event of out.events) {
+      if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
+      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
+      else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
+    }
+    if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
+    if (managed.coordinator.phase === 'failed') managed.run.fail(managed.coordinator.failure ?? 'invariant violation');
   }
 
   private syncConnections(captures: ReadonlyMap<string, CaptureRecord>): void {
@@ -274,75 +329,147 @@ export class OwnerRole {
   }
 
   private syncChangefeeds(): void {
-    const infos = this.ctx.changefeeds();
+    const infos = this.ctx.cache.infos;
     for (const [id, managed] of this.managed) {
       const info = infos.get(id);
-      if (info === undefined || info.state !== 'normal' || info.epoch !== managed.info.epoch) this.managed.delete(id);
-      else if (info !== managed.info && JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables)) {
-        const { tables, spans } = changefeedSpans(info);
-        managed.coordinator.setSpans(tables, spans);
-        this.managed.set(id, { ...managed, info });
+      // A run ends when its info says so: gone, paused, failed (its failure written) or
+      // resumed as a new epoch. A failing run stays until its failure is written, so
+      // no new coordinator starts it again meanwhile.
+      if (info === undefined || info.state !== 'normal' || info.epoch !== managed.epoch) {
+        this.managed.delete(id);
+        continue;
+      }
+      if (info === managed.info) continue;
+      const tablesChanged = JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables);
+      managed.info = info;
+      if (tablesChanged && managed.run.phase === 'running') {
+        try {
+          const { tables, spans } = changefeedSpans(info);
+          managed.coordinator.setSpans(tables, spans);
+        } catch (error) {
+          managed.run.fail(`cannot apply the tables: ${(error as Error).message}`);
+        }
       }
     }
-    const statuses = this.ctx.statuses();
+    const statuses = this.ctx.cache.statuses;
     for (const [id, info] of infos) {
       if (info.state !== 'normal' || this.managed.has(id)) continue;
       const status = statuses.get(id);
-      const checkpointTs = BigInt(status?.checkpointTs ?? info.startTs);
-      const coordinator = new Coordinator({
-        changefeed: id,
-        changefeedEpoch: BigInt(info.epoch),
-        ownerId: this.ctx.owner.captureId,
-        ownerRevision: this.ctx.owner.revision,
-        checkpointTs,
-        seed: Number(this.ctx.owner.revision % 2_147_483_647n),
-        limits: this.ctx.limits.coordinator,
-      });
-      const { tables, spans } = changefeedSpans(info);
-      coordinator.setSpans(tables, spans);
-      this.managed.set(id, { info, coordinator, lag: new LagTracker(), reports: [], persisting: false });
-      this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
-    }
-  }
-
-  /** Writes the coordinator's checkpoint, fenced; one write in flight per changefeed. */
-  private async persist(managed: ManagedChangefeed): Promise<void> {
-    if (managed.persisting) return;
-    managed.persisting = true;
-    try {
-      const coordinator = managed.coordinator;
-      const status: ChangefeedStatus = {
-        checkpointTs: coordinator.checkpointTs.toString(),
-        resolvedTs: coordinator.resolvedTs.toString(),
-        updatedAt: new Date().toISOString(),
-      };
-      const previous = this.ctx.statuses().get(managed.info.id);
-      if (previous !== undefined && BigInt(previous.checkpointTs) > coordinator.checkpointTs) return;
-      const ok = await this.ctx.election.fencedPut(this.ctx.owner, [{ key: this.ctx.keys.changefeedStatus(managed.info.id), value: JSON.stringify(status) }]);
-      if (!ok) {
-        this.ctx.metrics.fencedWriteRejections.inc();
-        this.stop('fenced write rejected');
+      const run = new ChangefeedRun(this.runLimits);
+      try {
+        const checkpointTs = BigInt(status?.checkpointTs ?? info.startTs);
+        const coordinator = new Coordinator({
+          changefeed: id,
+          changefeedEpoch: BigInt(info.epoch),
+          ownerId: this.ctx.owner.captureId,
+          ownerRevision: this.ctx.owner.revision,
+          checkpointTs,
+          seed: Number(this.ctx.owner.revision % 2_147_483_647n),
+          limits: this.ctx.limits.coordinator,
+        });
+        const { tables, spans } = changefeedSpans(info);
+        coordinator.setSpans(tables, spans);
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), reports: [] });
+        this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
+      } catch (error) {
+        // A changefeed whose stored info cannot even start a coordinator fails, alone.
+        this.ctx.log.error({ err: error, changefeed: id }, 'cannot coordinate changefeed');
+        const coordinator = new Coordinator({ changefeed: id, changefeedEpoch: 0n, ownerId: this.ctx.owner.captureId, ownerRevision: this.ctx.owner.revision, checkpointTs: 0n, seed: 1, limits: this.ctx.limits.coordinator });
+        run.fail(`cannot coordinate: ${(error as Error).message}`);
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), reports: [] });
       }
-    } catch (error) {
-      this.ctx.metrics.etcdErrors.inc();
-      this.ctx.log.warn({ err: error, changefeed: managed.info.id }, 'checkpoint write failed');
-    } finally {
-      managed.persisting = false;
     }
   }
 
-  private async failChangefeed(managed: ManagedChangefeed, error: string): Promise<void> {
+  private get runLimits(): typeof runDefaults {
+    const tickMs = this.ctx.limits.tickIntervalMs;
+    return {
+      writeDeadlineTicks: Math.ceil(this.ctx.limits.statusWriteTimeoutMs / tickMs) + 1,
+      retryBackoffTicks: Math.max(1, Math.ceil(this.ctx.limits.writeRetryBackoffMs / tickMs)),
+      writeIntervalTicks: Math.max(1, Math.ceil(this.ctx.limits.statusWriteIntervalMs / tickMs)),
+    };
+  }
+
+  /** Performs one command of a run and feeds its outcome back; never throws, never floats. */
+  private perform(managed: ManagedChangefeed, command: RunCommand): void {
+    const outcome = (result: RunOutcome): void => managed.run.onOutcome(result);
+    const failed = (error: unknown, what: string): void => {
+      this.ctx.metrics.etcdErrors.inc();
+      this.ctx.log.warn({ err: error, changefeed: managed.info.id }, what);
+      outcome({ kind: 'failed', id: command.id });
+    };
+    switch (command.kind) {
+      case 'read-status':
+        this.readStatus(managed.info.id).then(
+          (status) => outcome({ kind: 'status-read', id: command.id, status }),
+          (error: unknown) => failed(error, 'checkpoint read failed'),
+        );
+        return;
+      case 'write-status':
+        this.writeStatus(managed, command).then(
+          (result) => {
+            if (result.kind === 'ok') outcome({ kind: 'status-written', id: command.id, modRevision: result.revision });
+            else if (result.kind === 'conflict') outcome({ kind: 'status-conflict', id: command.id });
+            else this.fenced();
+          },
+          (error: unknown) => failed(error, 'checkpoint write failed'),
+        );
+        return;
+      case 'write-failure':
+        this.writeFailure(managed, command.error).then(
+          (result) => {
+            if (result === 'ok') outcome({ kind: 'failure-written', id: command.id });
+            else if (result === 'conflict') outcome({ kind: 'failed', id: command.id });
+            else this.fenced();
+          },
+          (error: unknown) => failed(error, 'failure write failed'),
+        );
+        return;
+      default:
+        assertNever(command, 'run command');
+    }
+  }
+
+  private fenced(): void {
+    this.ctx.metrics.fencedWriteRejections.inc();
+    this.stop('fenced write rejected');
+  }
+
+  /** The status key as etcd holds it now (a missing key is checkpoint 0 at revision 0). */
+  private async readStatus(id: string): Promise<{ checkpointTs: bigint; resolvedTs: bigint; modRevision: bigint }> {
+    const response = await this.ctx.client
+      .get(this.ctx.keys.changefeedStatus(id))
+      .options({ deadline: Date.now() + this.ctx.limits.statusWriteTimeoutMs })
+      .exec();
+    const kv = response.kvs[0];
+    if (kv === undefined) return { checkpointTs: 0n, resolvedTs: 0n, modRevision: 0n };
+    const status = JSON.parse(kv.value.toString()) as ChangefeedStatus;
+    return { checkpointTs: BigInt(status.checkpointTs), resolvedTs: BigInt(status.resolvedTs), modRevision: BigInt(kv.mod_revision) };
+  }
+
+  /** Writes a checkpoint, fenced, only over the status revision the run knows. */
+  private async writeStatus(managed: ManagedChangefeed, command: RunCommand & { kind: 'write-status' }): Promise<FencedResult> {
     const id = managed.info.id;
-    if (!this.managed.has(id)) return;
-    this.managed.delete(id);
-    this.ctx.log.error({ changefeed: id, error }, 'changefeed failed');
-    // In line with the API's writes, over the latest info: a table change the API just
-    // made stays, and a run that an operator already paused or restarted is left alone.
-    await this.queueInfoWrite(async () => {
-      const latest = this.ctx.changefeeds().get(id);
-      if (latest === undefined || latest.state !== 'normal' || latest.epoch !== managed.info.epoch) return;
-      await this.writeInfo({ ...latest, state: 'failed', error });
-    });
+    const status: ChangefeedStatus = { checkpointTs: command.checkpointTs.toString(), resolvedTs: command.resolvedTs.toString(), updatedAt: new Date().toISOString() };
+    const key = this.ctx.keys.changefeedStatus(id);
+    const result = await this.ctx.election.fencedTxn(
+      this.ctx.owner,
+      { compares: [{ key, modRevision: command.expectedModRevision }], puts: [{ key, value: JSON.stringify(status) }] },
+      this.ctx.limits.statusWriteTimeoutMs,
+    );
+    if (result.kind === 'ok') this.ctx.cache.applyWrite(result.revision, { id, status });
+    return result;
+  }
+
+  /**
+   * Persists a run's failure over the latest info. A run an operator already ended
+   * (paused, removed, resumed as a new epoch) needs no failure: it counts as written.
+   */
+  private async writeFailure(managed: ManagedChangefeed, error: string): Promise<WriteResult> {
+    const latest = this.ctx.cache.info(managed.info.id);
+    if (latest === undefined || latest.value.state !== 'normal' || latest.value.epoch !== managed.epoch) return 'ok';
+    this.ctx.log.error({ changefeed: managed.info.id, error }, 'changefeed failed');
+    return this.writeInfo({ ...latest.value, state: 'failed', error }, { expectedModRevision: latest.modRevision });
   }
 
   /**
@@ -354,28 +481,34 @@ export class OwnerRole {
     return this.infoWrites.run(write);
   }
 
-  /** Writes changefeed info, fenced; forgets the backfill records of `removedTables`. */
-  async writeInfo(info: ChangefeedInfo, status?: ChangefeedStatus, removedTables: readonly string[] = []): Promise<boolean> {
-    const puts = [{ key: this.ctx.keys.changefeedInfo(info.id), value: JSON.stringify(info) }];
-    if (status !== undefined) puts.push({ key: this.ctx.keys.changefeedStatus(info.id), value: JSON.stringify(status) });
-    const deletes = removedTables.map((table) => backfillTablePrefix(this.ctx.keys.backfillPrefix(info.id), table));
-    const ok = await this.ctx.election.fencedPut(this.ctx.owner, puts, deletes);
-    if (!ok) {
-      this.ctx.metrics.fencedWriteRejections.inc();
-      this.stop('fenced write rejected');
-    }
-    return ok;
+  /**
+   * Writes changefeed info (and a status, at create), fenced, only if the info key is
+   * still at `expectedModRevision` (0: it must not exist); forgets the backfill records
+   * of `removedTables`. The cache takes the write at once.
+   */
+  async writeInfo(info: ChangefeedInfo, options: { expectedModRevision: bigint; status?: ChangefeedStatus; removedTables?: readonly string[] }): Promise<WriteResult> {
+    const key = this.ctx.keys.changefeedInfo(info.id);
+    const puts = [{ key, value: JSON.stringify(info) }];
+    if (options.status !== undefined) puts.push({ key: this.ctx.keys.changefeedStatus(info.id), value: JSON.stringify(options.status) });
+    const deletes = (options.removedTables ?? []).map((table) => backfillTablePrefix(this.ctx.keys.backfillPrefix(info.id), table));
+    const result = await this.ctx.election.fencedTxn(this.ctx.owner, { compares: [{ key, modRevision: options.expectedModRevision }], puts, deletes });
+    if (result.kind === 'fenced') this.fenced();
+    if (result.kind === 'ok') this.ctx.cache.applyWrite(result.revision, { id: info.id, info, ...(options.status === undefined ? {} : { status: options.status }) });
+    return result.kind;
   }
 
-  /** Deletes a changefeed's keys, fenced. */
-  async deleteChangefeed(id: string): Promise<boolean> {
-    const ok = await this.ctx.election.fencedPut(this.ctx.owner, [], [this.ctx.keys.changefeedPrefix(id), this.ctx.keys.backfillPrefix(id)]);
-    if (!ok) {
-      this.ctx.metrics.fencedWriteRejections.inc();
-      this.stop('fenced write rejected');
+  /** Deletes a changefeed's keys, fenced, only if its info is still at `expectedModRevision`. */
+  async deleteChangefeed(id: string, expectedModRevision: bigint): Promise<WriteResult> {
+    const result = await this.ctx.election.fencedTxn(this.ctx.owner, {
+      compares: [{ key: this.ctx.keys.changefeedInfo(id), modRevision: expectedModRevision }],
+      deletes: [this.ctx.keys.changefeedPrefix(id), this.ctx.keys.backfillPrefix(id)],
+    });
+    if (result.kind === 'fenced') this.fenced();
+    if (result.kind === 'ok') {
+      this.ctx.cache.applyWrite(result.revision, { id, info: null, status: null });
+      this.managed.delete(id);
     }
-    this.managed.delete(id);
-    return ok;
+    return result.kind;
   }
 
   // ---- operator requests ----

@@ -77,13 +77,16 @@ describe('spanfeed cli', () => {
       return (list.find((c) => c.id === drained.id)?.spans ?? 0) > 0 ? true : undefined;
     }, 30_000, 200);
 
-    expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
-    expect(JSON.parse((await cli('--json', 'changefeed', 'resume', 'c1')).stdout)).toMatchObject({ state: 'normal', epoch: '2' });
+    const paused = JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout) as { state: string; epoch: string };
+    expect(paused).toMatchObject({ state: 'paused' });
+    // A resume is a new run: the next epoch.
+    const firstEpoch = BigInt(paused.epoch);
+    expect(JSON.parse((await cli('--json', 'changefeed', 'resume', 'c1')).stdout)).toMatchObject({ state: 'normal', epoch: String(firstEpoch + 1n) });
     // Two resumes at once, through both captures: one wins, one is told it runs.
     expect(JSON.parse((await cli('--json', 'changefeed', 'pause', 'c1')).stdout)).toMatchObject({ state: 'paused' });
     const both = await Promise.all(captures.map((c) => api<{ epoch?: string }>(c.url, 'POST', '/api/v1/changefeeds/c1/resume')));
     expect(both.map((a) => a.status).sort()).toEqual([202, 409]);
-    expect((await api<{ epoch: string }>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/c1')).body.epoch).toBe('3');
+    expect((await api<{ epoch: string }>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/c1')).body.epoch).toBe(String(firstEpoch + 2n));
     expect((await cli('changefeed', 'remove', 'c1')).stdout).toContain('removed changefeed c1');
   });
 
