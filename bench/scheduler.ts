@@ -228,7 +228,7 @@ function runPhases(
   if (!request.ok) throw new Error(`drain refused: ${request.message}`);
   const drainedSpans = request.remainingSpans ?? 0;
   let drainTicks = 0;
-  while (coordinator.remainingSpans(drained) > 0 || coordinator.manager.stateCounts.replicating < spanCount) {
+  while ((coordinator.remainingSpans(drained) ?? 1) > 0 || coordinator.manager.stateCounts.replicating < spanCount) {
     if (drainTicks % 20 === 0) advanceCheckpoints();
     tick();
     drainTicks++;

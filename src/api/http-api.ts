@@ -423,8 +423,11 @@ function failingWarning(failing: { spans: number; error: string | undefined } | 
   return { failingSpans: failing.spans, error: failing.error ?? '' };
 }
 
-/** The spans a drain or undrain left on the capture; a refusal as an ApiError. */
-function drainedSpans(result: DrainResult): number {
+/**
+ * The spans a drain or undrain left on the capture (null: not known yet, ask again); a
+ * refusal as an ApiError.
+ */
+function drainedSpans(result: DrainResult): number | null {
   if (result.ok) return result.remainingSpans;
   const { code, message } = result;
   throw code === 'not-persisted' || code === 'drains-loading' || code === 'busy' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });

@@ -186,12 +186,27 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
       case 'capture drain': {
         const id = encodeURIComponent(need(arg, 'a capture id'));
         let first: number | undefined;
+        let drained = false;
         for (let i = 0; i < count; i++) {
           const r = await call(ctx, 'POST', `/api/v1/captures/${id}/drain`);
-          first ??= r.remainingSpans;
-          print(r, () => `\r${bar((first ?? 0) - r.remainingSpans, first ?? 0)} ${r.remainingSpans} spans remaining   `);
-          if (r.remainingSpans === 0) break;
+          // null: the owner has not heard from the capture yet (say, just after an owner
+          // change); only a known 0 means drained.
+          if (r.remainingSpans === null) {
+            print(r, () => `\rcounting the spans on the capture...   `);
+          } else {
+            first ??= r.remainingSpans;
+            print(r, () => `\r${bar((first ?? 0) - r.remainingSpans, first ?? 0)} ${r.remainingSpans} spans remaining   `);
+            if (r.remainingSpans === 0) {
+              drained = true;
+              break;
+            }
+          }
           await sleep(intervalMs);
+        }
+        if (!drained) {
+          if (!ctx.json) out('\n');
+          process.stderr.write(`capture ${need(arg, 'a capture id')} is not drained yet (asked ${count} times); ask again\n`);
+          return 1;
         }
         if (!ctx.json) out('\ndrained\n');
         return 0;

@@ -28,6 +28,7 @@ import { MoveScheduler } from './scheduler/move-scheduler.ts';
 import { RebalanceScheduler } from './scheduler/rebalance-scheduler.ts';
 import type { Scheduler, SchedulerView } from './scheduler/scheduler.ts';
 import type { Span, TableRange } from './span.ts';
+import type { Task } from './task.ts';
 import { spanKey } from './span.ts';
 import { maxTs, tsMax } from './ts.ts';
 import type { Watermark } from './watermark.ts';
@@ -106,12 +107,25 @@ export type RequestErrorCode =
   | 'span-already-there'
   | 'capture-draining'
   | 'last-capture'
-  | 'queue-full';
+  | 'queue-full'
+  | 'move-queued';
+
+/** A queued move that could not start when its turn came (the API shows the latest ones). */
+export interface MoveRefusal {
+  readonly span: Span;
+  readonly capture: CaptureId;
+  readonly reason: string;
+  readonly tick: number;
+}
 
 export type CoordinatorPhase = 'bootstrapping' | 'running' | 'failed';
 
+/** How many refused moves a coordinator remembers for the API. */
+export const moveRefusalsKept = 16;
+
 /** The owner logic for one changefeed. */
 export class Coordinator {
+  private readonly moveRefusalsList: MoveRefusal[] = [];
   readonly config: CoordinatorConfig;
   readonly limits: CoordinatorLimits;
   readonly manager: ReplicationManager;
@@ -198,12 +212,14 @@ export class Coordinator {
     if (target.leaving) return refuse('capture-draining', `capture ${capture} is draining`);
     if (set.state !== 'replicating' || set.task !== undefined) return refuse('span-not-replicating', `the span is ${set.state}${set.task ? ` (${set.task} in flight)` : ''}`);
     if (set.primary === capture) return refuse('span-already-there', `the span is already replicated by ${capture}`);
+    const queuedTo = this.moveScheduler.queuedTarget(key);
+    if (queuedTo !== undefined) return refuse('move-queued', `a move of the span to ${queuedTo} is already queued`);
     if (!this.moveScheduler.request(key, capture)) return refuse('queue-full', `${this.limits.moveRequestsQueuedMax} moves are already queued`);
     return { ok: true };
   }
 
   /** Drains a capture: its spans move to others. Returns the spans still on it. */
-  requestDrain(capture: CaptureId): RequestResult & { readonly remainingSpans?: number } {
+  requestDrain(capture: CaptureId): RequestResult & { readonly remainingSpans?: number | undefined } {
     const target = this.captures.captures.get(capture);
     if (target === undefined) return refuse('unknown-capture', `no live capture ${capture}`);
     if (!target.leaving) {
@@ -248,8 +264,15 @@ export class Coordinator {
     return { spans, error };
   }
 
-  /** Spans a capture still holds as primary or secondary. */
-  remainingSpans(capture: CaptureId): number {
+  /**
+   * Spans a capture still holds as primary or secondary; undefined while that is not
+   * known: before the capture answered its first collection (after every owner change,
+   * create and resume) the owner has not heard what it holds, and 0 would be a lie.
+   */
+  remainingSpans(capture: CaptureId): number | undefined {
+    const state = this.captures.captures.get(capture);
+    if (state === undefined) return 0;
+    if (!state.initialized || this.phase !== 'running') return undefined;
     return this.manager.captureSpans(capture)?.load ?? 0;
   }
 
@@ -366,9 +389,41 @@ export class Coordinator {
     for (const scheduler of this.schedulers) {
       const tasks = scheduler.schedule(view);
       if (tasks.length === 0) continue;
-      manager.handleTasks(tasks, isTarget, scheduler.name);
+      const started = manager.handleTasks(tasks, isTarget, scheduler.name);
+      // An operator's move that cannot run any more is said, never dropped in silence.
+      if (scheduler.name === 'move' && started.length < tasks.length) this.noteRefusedMoves(tasks, new Set(started), isTarget, tick);
       return;
     }
+  }
+
+  private noteRefusedMoves(tasks: readonly Task[], started: ReadonlySet<Task>, isTarget: (capture: CaptureId) => boolean, tick: number): void {
+    for (const task of tasks) {
+      if (started.has(task) || task.kind !== 'move') continue;
+      const set = this.manager.sets.get(task.key);
+      if (set === undefined) continue;
+      const reason =
+        set.state !== 'replicating' || set.task !== undefined
+          ? `the span is ${set.state}${set.task === undefined ? '' : ` (${set.task} in flight)`}`
+          : set.primary === task.capture
+            ? `the span is already on ${task.capture}`
+            : !isTarget(task.capture)
+              ? `capture ${task.capture} is gone or draining`
+              : 'no move slot was free';
+      const refusal: MoveRefusal = { span: set.span, capture: task.capture, reason, tick };
+      this.moveRefusalsList.push(refusal);
+      if (this.moveRefusalsList.length > moveRefusalsKept) this.moveRefusalsList.shift();
+      this.events.push({ type: 'move-refused', span: set.span, capture: task.capture, reason });
+    }
+  }
+
+  /** The latest queued moves that could not start (at most {@link moveRefusalsKept}). */
+  get moveRefusals(): readonly MoveRefusal[] {
+    return this.moveRefusalsList;
+  }
+
+  /** Moves waiting in the queue. */
+  get movesQueued(): number {
+    return this.moveScheduler.queued;
   }
 
   /** Notes captures whose aggregate disagrees with the owner while nothing is in flight. */

@@ -26,4 +26,5 @@ export type CoordinatorEvent =
   | { readonly type: 'rebuilt'; readonly sets: number; readonly captures: number }
   | { readonly type: 'invariant-violation'; readonly message: string; readonly state: unknown }
   | { readonly type: 'checkpoint-advanced'; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
-  | { readonly type: 'outbox-overflow'; readonly dropped: number };
+  | { readonly type: 'outbox-overflow'; readonly dropped: number }
+  | { readonly type: 'move-refused'; readonly span: Span; readonly capture: CaptureId; readonly reason: string };

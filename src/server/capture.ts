@@ -249,6 +249,7 @@ export class Capture {
         session,
         captures: () => this.captures,
         cache: this.changefeedCache,
+        resign: () => this.resign(),
         limits: ownerLimits(this.config),
         log: this.log.child({ captureId: this.id, component: 'owner' }),
         metrics: this.metrics,

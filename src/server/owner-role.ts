@@ -36,7 +36,7 @@ import { SerialQueue } from './serial-queue.ts';
  * too many drain changes wait (retry all three).
  */
 export type DrainResult =
-  | { readonly ok: true; readonly remainingSpans: number }
+  | { readonly ok: true; readonly remainingSpans: number | null }
   | { readonly ok: false; readonly code: RequestErrorCode | 'not-persisted' | 'drains-loading' | 'busy'; readonly message: string };
 
 const drainsLoading: DrainResult = { ok: false, code: 'drains-loading', message: 'this owner is still reading the persisted drains; retry' };
@@ -112,6 +112,8 @@ export interface OwnerContext {
   readonly limits: OwnerLimits;
   readonly log: Logger;
   readonly metrics: Metrics;
+  /** Hands ownership away (a drained owner does, once its spans are gone). */
+  readonly resign: () => Promise<void>;
   /** Called once when the owner stops acting (deposed, fenced or resigned). */
   readonly onStop: (reason: string) => void;
 }
@@ -143,6 +145,8 @@ export class OwnerRole {
    */
   readonly draining = new Set<string>();
   private drainsLoaded = false;
+  /** A drained owner asked to resign. */
+  private resignAsked = false;
   /** Ticks since this owner started: the runs' clock. */
   private tickCount = 0;
   private drainsLoading = false;
@@ -287,6 +291,7 @@ export class OwnerRole {
         this.perform(managed, command);
       }
     }
+    this.resignWhenDrained();
     this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
   }
 
@@ -530,13 +535,8 @@ export class OwnerRole {
         }
         this.draining.add(captureId);
       }
-      let remainingSpans = 0;
-      for (const managed of this.managed.values()) {
-        const result = managed.coordinator.requestDrain(captureId);
-        if (result.ok) remainingSpans += result.remainingSpans ?? 0;
-        else remainingSpans += managed.coordinator.remainingSpans(captureId);
-      }
-      return { ok: true, remainingSpans };
+      for (const managed of this.managed.values()) managed.coordinator.requestDrain(captureId);
+      return { ok: true, remainingSpans: this.remainingSpans(captureId) };
     });
   }
 
@@ -573,10 +573,34 @@ export class OwnerRole {
     return { checkpointLagMs: managed?.lag.checkpointLagMs(checkpointTs, now) ?? null, resolvedLagMs: managed?.lag.resolvedLagMs(now) ?? null };
   }
 
-  /** Spans a capture still holds over every changefeed. */
-  remainingSpans(captureId: string): number {
+  /**
+   * Spans a capture still holds over every changefeed; null while any changefeed has not
+   * heard from it yet (or is not coordinated yet), so "0" always means drained.
+   */
+  remainingSpans(captureId: string): number | null {
     let total = 0;
-    for (const managed of this.managed.values()) total += managed.coordinator.remainingSpans(captureId);
+    for (const [id, info] of this.ctx.cache.infos) if (info.state === 'normal' && !this.managed.has(id)) return null;
+    for (const managed of this.managed.values()) {
+      if (managed.run.phase !== 'running') continue;
+      const spans = managed.coordinator.remainingSpans(captureId);
+      if (spans === undefined) return null;
+      total += spans;
+    }
     return total;
+  }
+
+  /**
+   * A drained owner hands ownership away once its spans are gone (DESIGN.md 6.2): the
+   * next owner goes on from the persisted drains. Asked at most once per owner.
+   */
+  private resignWhenDrained(): void {
+    if (this.resignAsked || !this.draining.has(this.ctx.owner.captureId)) return;
+    if (this.remainingSpans(this.ctx.owner.captureId) !== 0) return;
+    this.resignAsked = true;
+    this.ctx.log.info({ captureId: this.ctx.owner.captureId }, 'drained owner resigns');
+    this.ctx.resign().catch((error: unknown) => {
+      this.resignAsked = false;
+      this.ctx.log.warn({ err: error }, 'resign failed; trying again');
+    });
   }
 }

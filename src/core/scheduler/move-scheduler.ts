@@ -22,6 +22,11 @@ export class MoveScheduler implements Scheduler {
     return true;
   }
 
+  /** The capture a queued move of `key` goes to, if one is queued. O(queued), bounded. */
+  queuedTarget(key: string): CaptureId | undefined {
+    return this.queue.find((move) => move.key === key)?.capture;
+  }
+
   /** Moves waiting for a slot. */
   get queued(): number {
     return this.queue.length;
