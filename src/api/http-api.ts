@@ -861,7 +861,9 @@ function checkBody(schema: RequestSchema | undefined, body: unknown): void {
 
 /** Answers a request Node could not parse (bad request line, headers too large, timeout). */
 function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
-  if (error.code === 'ECONNRESET' || !socket.writable) {
+  // Mid-answer (a later request on a kept-alive connection) no second status line fits.
+  const answering = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (error.code === 'ECONNRESET' || !socket.writable || answering) {
     socket.destroy();
     return;
   }
