@@ -223,6 +223,26 @@ describe('the HTTP plumbing', () => {
     expect(await openStreams(owning)).toBe(0);
   });
 
+  it('ends a watermark stream whose watermark stands still when its client leaves', async () => {
+    const owning = await owner();
+    // Paused, the watermark does not move: the stream waits for a change and yields nothing.
+    expect((await api(owning.url, 'POST', '/api/v1/changefeeds/cf/pause')).status).toBe(202);
+    try {
+      for (const capture of captures) {
+        const abort = new AbortController();
+        const response = await fetch(`${capture.url}/api/v1/changefeeds/cf/watermark/stream`, { signal: abort.signal });
+        const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+        expect(Buffer.from((await reader.read()).value ?? new Uint8Array()).toString()).toContain('"state":"paused"');
+        expect(await openStreams(owning)).toBe(1);
+        abort.abort();
+        await reader.cancel().catch(() => undefined);
+        await waitFor('the owner to end the stream', async () => ((await openStreams(owning)) === 0 ? true : undefined), 5_000);
+      }
+    } finally {
+      expect((await api(owning.url, 'POST', '/api/v1/changefeeds/cf/resume')).status).toBe(202);
+    }
+  });
+
   it('refuses bodies the OpenAPI schemas refuse with 400 invalid, naming the reason, and changes nothing', async () => {
     const before = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
     const base = { id: 'schema', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] };
