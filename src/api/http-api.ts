@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { RequestResult } from '../core/coordinator.ts';
 import { spanKey } from '../core/span.ts';
 import { describeReason } from '../core/watermark.ts';
@@ -17,6 +18,8 @@ import { ValidationError } from '../server/changefeed-info.ts';
 import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
 import type { ServiceErrorKind } from '../server/changefeed-service.ts';
 import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
+import { compileRequestSchemas, operationKey } from './request-schemas.ts';
+import type { RequestSchema } from './request-schemas.ts';
 
 let openApi: unknown;
 let dashboard: string | undefined;
@@ -35,6 +38,15 @@ export function openApiDocument(): unknown {
 
 /** Bound on request bodies. */
 export const bodyBytesMax = 1_048_576;
+
+/**
+ * Bounds on what is read and thrown away after a body was refused as too large, before
+ * the connection is closed: closing a socket with unread bytes resets it, and the client
+ * may then lose the 413 that was already sent. Past either bound the socket is closed
+ * anyway.
+ */
+export const refusedBodyDrainBytesMax = 64 * 1_048_576;
+export const refusedBodyDrainMs = 10_000;
 
 /** An error answered with a status and a code. */
 export class ApiError extends Error {
@@ -67,6 +79,14 @@ interface Route {
   readonly pattern: RegExp;
   readonly local: boolean;
   readonly handler: Handler;
+  /** The OpenAPI request-body schema, when the operation takes a body. */
+  readonly schema: RequestSchema | undefined;
+}
+
+/** The client went away before its request was read: there is no one to answer. */
+class ClientGoneError extends Error {
+  override readonly name = 'ClientGoneError';
+  readonly retryable = false;
 }
 
 const segment = '([^/]+)';
@@ -82,11 +102,14 @@ export class HttpApi {
 
   constructor(private readonly capture: Capture) {
     this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner() });
+    // Compiled once here: a document without a schema for a body fails the start, not a request.
+    const schemas = compileRequestSchemas(openApiDocument());
     const r = (method: string, path: string, handler: Handler, local = false): Route => ({
       method,
       pattern: new RegExp(`^${path.replaceAll('{}', segment)}$`),
       local,
       handler,
+      schema: schemas.get(operationKey(method, path)),
     });
     this.routes = [
       r('GET', '/api/v1/health', async () => this.health(), true),
@@ -106,16 +129,28 @@ export class HttpApi {
       r('POST', '/api/v1/changefeeds/{}/pause', async (q) => ({ status: 202, body: this.describe(await this.service.pause(q.params[0], q.body)) })),
       r('POST', '/api/v1/changefeeds/{}/resume', async (q) => ({ status: 202, body: this.describe(await this.service.resume(q.params[0], q.body)) })),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
-      r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => ({ status: 200, body: new EventStream(this.watermarkEvents(q.params[0])) })),
+      r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => {
+        // Looked up before the 200 is sent, so that an unknown changefeed is a 404.
+        const info = this.findChangefeed(q.params[0]);
+        return { status: 200, body: new EventStream((signal) => this.watermarkEvents(info.id, signal)) };
+      }),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
       r('POST', '/api/v1/changefeeds/{}/rebalance', async (q) => this.rebalance(q.params[0])),
     ];
   }
 
   async listen(host: string, port: number): Promise<number> {
-    const server = createServer((req, res) => void this.serve(req, res));
+    const server = createServer((req, res) => {
+      this.serve(req, res).catch((error: unknown) => {
+        // Only sending an answer can get here; the answer is lost, the process is not.
+        this.capture.log.error({ err: error }, 'api answer failed');
+        res.destroy();
+      });
+    });
     server.requestTimeout = 30_000;
     server.headersTimeout = 10_000;
+    // Requests Node cannot parse get a JSON answer too, instead of its bare 400.
+    server.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => answerClientError(error, socket));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -137,18 +172,18 @@ export class HttpApi {
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const url = new URL(req.url ?? '/', 'http://localhost');
+      const url = requestUrl(req.url);
       const method = req.method ?? 'GET';
       const candidates = this.routes.filter((route) => route.pattern.test(url.pathname));
       if (candidates.length === 0) throw new ApiError(404, 'not-found', `no such endpoint ${url.pathname}`);
       const route = candidates.find((c) => c.method === method);
       if (route === undefined) throw new ApiError(405, 'method-not-allowed', `${method} is not allowed on ${url.pathname}; use ${candidates.map((c) => c.method).join(' or ')}`);
+      const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodePathSegment);
       const raw = await readBody(req);
       if (!route.local && !this.capture.isOwner) {
         await this.forward(req, res, url, raw);
         return;
       }
-      const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map((p) => decodeURIComponent(p));
       let body: unknown;
       if (raw.length > 0) {
         try {
@@ -157,14 +192,17 @@ export class HttpApi {
           throw new ApiError(400, 'bad-json', 'the request body is not valid JSON');
         }
       }
+      checkBody(route.schema, body);
       const response = await route.handler({ method, params, body, query: url.searchParams });
       if (response.body instanceof EventStream) {
-        await streamEvents(req, res, response.body);
+        await streamEvents(res, response.body, this.capture.metrics.apiEventStreams);
         return;
       }
       send(res, response.status, response.body);
     } catch (error) {
-      if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
+      if (error instanceof ClientGoneError) return;
+      if (error instanceof BodyTooLargeError) refuseBody(req, res, error);
+      else if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
       else if (error instanceof ServiceError) send(res, serviceErrorStatus[error.kind], { error: { code: error.code, message: error.message } });
       else if (error instanceof ValidationError) send(res, 400, { error: { code: 'invalid', message: error.message } });
       else {
@@ -182,9 +220,13 @@ export class HttpApi {
     // The timeout covers the answer's headers only: an event stream may then go on.
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), 10_000);
-    req.on('close', () => abort.abort());
-    const init: RequestInit = { method: req.method ?? 'GET', headers: { 'content-type': 'application/json' }, signal: abort.signal };
-    if (body.length > 0) init.body = body;
+    // The response closes when the client goes away (the request closed already, once its
+    // body was read): the owner's side, an event stream above all, must stop with it.
+    res.on('close', () => abort.abort());
+    const method = req.method ?? 'GET';
+    const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: abort.signal };
+    // fetch refuses a body on GET and HEAD; the owner would ignore it anyway.
+    if (body.length > 0 && method !== 'GET' && method !== 'HEAD') init.body = body;
     let answer: Response;
     try {
       answer = await fetch(`http://${record.httpAddr}${url.pathname}${url.search}`, init);
@@ -193,11 +235,26 @@ export class HttpApi {
     } finally {
       clearTimeout(timer);
     }
-    res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
+    if (res.destroyed) {
+      // The client left while the owner answered.
+      abort.abort();
+      return;
+    }
+    const headers: Record<string, string> = { 'content-type': answer.headers.get('content-type') ?? 'application/json' };
+    const cacheControl = answer.headers.get('cache-control');
+    if (cacheControl !== null) headers['cache-control'] = cacheControl;
+    res.writeHead(answer.status, headers);
     try {
-      if (answer.body !== null) for await (const chunk of answer.body) res.write(chunk);
+      if (answer.body !== null) {
+        for await (const chunk of answer.body) {
+          if (res.destroyed) break;
+          res.write(chunk);
+        }
+      }
     } catch {
       // The client or the owner went away mid-stream.
+    } finally {
+      abort.abort();
     }
     res.end();
   }
@@ -302,12 +359,13 @@ export class HttpApi {
    * The watermark of a changefeed as it changes: one event per change of checkpoint,
    * resolved or state (checked every 100 ms), until the client leaves or the owner stops.
    */
-  private async *watermarkEvents(id: string | undefined): AsyncGenerator<unknown> {
-    const info = this.findChangefeed(id);
+  private async *watermarkEvents(id: string, signal: AbortSignal): AsyncGenerator<unknown> {
     let last = '';
-    for (;;) {
+    // The signal is checked on every poll: a generator waiting for a change never reaches a
+    // yield, so return() alone would not end it while the watermark stands still.
+    while (!signal.aborted) {
       const role = this.capture.ownerRole;
-      const current = this.capture.changefeeds.get(info.id);
+      const current = this.capture.changefeeds.get(id);
       if (role === undefined || !role.active || current === undefined) return;
       const view = this.describe(current);
       const event = { checkpointTs: view.checkpointTs, resolvedTs: view.resolvedTs, checkpointLagMs: view.checkpointLagMs, state: view.state, watermark: view.watermark };
@@ -316,7 +374,7 @@ export class HttpApi {
         last = text;
         yield event;
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(watermarkPollMs, signal);
     }
   }
 
@@ -433,23 +491,52 @@ function drainedSpans(result: DrainResult): number | null {
   throw code === 'not-persisted' || code === 'drains-loading' || code === 'busy' ? new ApiError(503, code, message) : refusal({ ok: false, code, message });
 }
 
-/** A Server-Sent Events response: each value the source yields is one event. */
+/** How often a watermark stream looks for a change. */
+const watermarkPollMs = 100;
+
+/**
+ * A Server-Sent Events response: each value the source yields is one event. The source
+ * is opened with a signal that aborts when the client goes away.
+ */
 class EventStream {
-  constructor(readonly events: AsyncIterable<unknown>) {}
+  constructor(readonly open: (signal: AbortSignal) => AsyncIterable<unknown>) {}
 }
 
-/** Writes an event stream until the client goes away. */
-async function streamEvents(req: IncomingMessage, res: ServerResponse, stream: EventStream): Promise<void> {
+/** Writes an event stream until the source ends or the client goes away. */
+async function streamEvents(res: ServerResponse, stream: EventStream, open: { inc(): void; dec(): void }): Promise<void> {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-  let closed = false;
-  req.on('close', () => {
-    closed = true;
-  });
-  for await (const event of stream.events) {
-    if (closed || res.destroyed) break;
-    res.write(`event: watermark\ndata: ${JSON.stringify(event)}\n\n`);
+  // The response, not the request, tells that the client left: the request closed as soon
+  // as its (empty) body was read.
+  const abort = new AbortController();
+  res.on('close', () => abort.abort());
+  if (res.destroyed) abort.abort();
+  const events = stream.open(abort.signal)[Symbol.asyncIterator]();
+  open.inc();
+  try {
+    for (;;) {
+      const next = await events.next();
+      if (next.done === true || abort.signal.aborted) break;
+      res.write(`event: watermark\ndata: ${JSON.stringify(next.value)}\n\n`);
+    }
+  } finally {
+    open.dec();
+    // Ends the source's generator (its finally blocks run) whether it or the client stopped.
+    await events.return?.();
+    res.end();
   }
-  res.end();
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 /** A response body sent as it is (e.g. Prometheus text), not as JSON. */
@@ -460,8 +547,9 @@ class RawBody {
   ) {}
 }
 
+/** Sends one answer, unless one was sent already or the client is gone. */
 function send(res: ServerResponse, status: number, body: unknown): void {
-  if (res.headersSent) return;
+  if (res.headersSent || res.destroyed) return;
   if (body instanceof RawBody) {
     res.writeHead(status, { 'content-type': body.contentType });
     res.end(body.text);
@@ -472,13 +560,154 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-async function readBody(req: IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > bodyBytesMax) throw new ApiError(413, 'body-too-large', `request bodies are limited to ${bodyBytesMax} bytes`);
-    chunks.push(chunk as Buffer);
+/** A body over `bodyBytesMax`: answered 413, then the connection is closed. */
+class BodyTooLargeError extends ApiError {
+  constructor() {
+    super(413, 'body-too-large', `request bodies are limited to ${bodyBytesMax} bytes`);
   }
-  return Buffer.concat(chunks);
+}
+
+/**
+ * Answers 413 with `Connection: close`, and ends the response only once the rest of the
+ * body has been read and thrown away (or a drain bound is passed): ending it closes the
+ * socket, and a socket closed with unread bytes sends a reset that can overtake the
+ * answer. The answer's bytes go out at once, so a client that reads while it sends sees
+ * them before it finishes.
+ */
+function refuseBody(req: IncomingMessage, res: ServerResponse, error: BodyTooLargeError): void {
+  if (res.headersSent || res.destroyed) return;
+  const text = JSON.stringify({ error: { code: error.code, message: error.message } });
+  res.writeHead(413, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), connection: 'close' });
+  res.write(text);
+  let drained = 0;
+  let finished = false;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    req.removeListener('data', discard);
+    res.end();
+  };
+  const discard = (chunk: Buffer): void => {
+    drained += chunk.length;
+    if (drained > refusedBodyDrainBytesMax) finish();
+  };
+  const timer = setTimeout(finish, refusedBodyDrainMs);
+  req.on('data', discard);
+  req.once('end', finish);
+  req.once('close', finish);
+  req.once('error', () => {
+    // The client left while sending the rest: nothing more to read.
+  });
+  req.resume();
+  if (req.readableEnded) finish();
+}
+
+/**
+ * Reads a request body up to `bodyBytesMax`. Past it, stops keeping bytes and throws
+ * `BodyTooLargeError` (the stream is left open, for `refuseBody` to drain); a client that
+ * goes away meanwhile is a `ClientGoneError`. No `for await`: leaving such a loop early
+ * destroys the request and with it the socket, before any answer is written.
+ */
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (Number.isFinite(declared) && declared > bodyBytesMax) return Promise.reject(new BodyTooLargeError());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = (): void => {
+      req.removeListener('data', onData);
+      req.removeListener('end', onEnd);
+      req.removeListener('error', onError);
+      req.removeListener('close', onClose);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > bodyBytesMax) {
+        cleanup();
+        // Paused until refuseBody drains it: no 'data' event may be lost unheard meanwhile.
+        req.pause();
+        reject(new BodyTooLargeError());
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      cleanup();
+      resolve(Buffer.concat(chunks));
+    };
+    const onError = (error: Error): void => {
+      cleanup();
+      reject(new ClientGoneError('the client went away while sending its request', { cause: error }));
+    };
+    const onClose = (): void => {
+      cleanup();
+      if (req.complete) resolve(Buffer.concat(chunks));
+      else reject(new ClientGoneError('the client went away while sending its request'));
+    };
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', onError);
+    req.once('close', onClose);
+  });
+}
+
+/**
+ * The URL of a request: an origin-form target (`/path?query`), or the path of an
+ * absolute-form one (`http://host/path`, which HTTP/1.1 servers must accept). Anything
+ * else (`*`, an authority) is a 400.
+ */
+function requestUrl(target: string | undefined): URL {
+  const path = target ?? '/';
+  const bad = (why: string): ApiError => new ApiError(400, 'bad-path', `the request target ${JSON.stringify(path.slice(0, 200))} ${why}`);
+  if (!path.startsWith('/')) {
+    let absolute: URL;
+    try {
+      absolute = new URL(path);
+    } catch {
+      throw bad('is not a path');
+    }
+    if (absolute.protocol !== 'http:' && absolute.protocol !== 'https:') throw bad('is not a path');
+    return new URL(`http://localhost${absolute.pathname}${absolute.search}`);
+  }
+  // Parsed after a fixed origin, so that `//host/x` is a path, not a host.
+  try {
+    return new URL(`http://localhost${path}`);
+  } catch {
+    throw bad('is not a valid path');
+  }
+}
+
+/** Decodes one path parameter; a bad percent-encoding is the client's error. */
+function decodePathSegment(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new ApiError(400, 'bad-path', `the path segment ${JSON.stringify(raw.slice(0, 200))} is not valid percent-encoding`);
+  }
+}
+
+/** The schema gate: a body the OpenAPI document refuses is a 400 before any handler runs. */
+function checkBody(schema: RequestSchema | undefined, body: unknown): void {
+  if (schema === undefined) return;
+  if (body === undefined) {
+    if (schema.required) throw new ApiError(400, 'invalid', 'this request needs a JSON body');
+    return;
+  }
+  const problem = schema.check(body);
+  if (problem !== undefined) throw new ApiError(400, 'invalid', problem);
+}
+
+/** Answers a request Node could not parse (bad request line, headers too large, timeout). */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  // Mid-answer (a later request on a kept-alive connection) no second status line fits.
+  const answering = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (error.code === 'ECONNRESET' || !socket.writable || answering) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason] =
+    error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
+  const text = JSON.stringify({ error: { code: 'bad-request', message: `the request could not be parsed (${error.code ?? 'unknown'})` } });
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
 }

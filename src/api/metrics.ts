@@ -31,6 +31,8 @@ export class Metrics {
   readonly fencedWriteRejections: Counter;
   readonly etcdErrors: Counter;
   readonly cannotProceedTicks: Counter<'changefeed' | 'reason'>;
+  /** Event streams (SSE) this capture is serving; a client that leaves must bring it down. */
+  readonly apiEventStreams: Gauge;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -57,6 +59,7 @@ export class Metrics {
       labelNames: ['changefeed', 'reason'],
       registers,
     });
+    this.apiEventStreams = new Gauge({ name: 'spanfeed_api_event_streams', help: 'Server-sent event streams this capture is producing (forwarded ones count on the owner).', registers });
     const changefeedGauge = (name: string, help: string, value: (c: ReturnType<MetricsSources['changefeeds']> extends Iterable<infer T> ? T : never) => number | undefined): void => {
       new Gauge({
         name,

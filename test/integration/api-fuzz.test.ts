@@ -1,13 +1,18 @@
 /**
- * 1,000+ generated malformed requests across every endpoint of a real capture: no
- * crash, only 4xx answers with a JSON error, and the metadata in etcd identical before
- * and after.
+ * 1,000+ generated malformed requests across every endpoint of three real captures (an
+ * owner, two forwarding to it): no crash, no connection error, only 4xx answers with a
+ * JSON error, and the metadata in etcd identical before and after. Then the plumbing
+ * under them: bodies over the limit, bad paths and requests, clients that leave
+ * mid-request or mid-stream, and the OpenAPI schema gate for bodies.
  */
+import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
 import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+import { checkAgainstOpenApi } from './openapi-check.ts';
 
 const cluster = `fuzz${process.pid}`;
 let etcd: TestEtcd;
@@ -17,7 +22,7 @@ const captures: TestCapture[] = [];
 beforeAll(async () => {
   etcd = await TestEtcd.start();
   client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
-  for (let i = 0; i < 2; i++) captures.push(await TestCapture.start(etcd, { cluster }));
+  for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster }));
   await waitFor('an owner', async () => ((await api(captures[0]!.url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
   const created = await api(captures[0]!.url, 'POST', '/api/v1/changefeeds', {
     id: 'cf',
@@ -26,6 +31,7 @@ beforeAll(async () => {
     tables: [{ name: 't', spans: 4 }],
   });
   expect(created.status).toBe(201);
+  checkAgainstOpenApi('POST', '/api/v1/changefeeds', created.status, created.body);
 }, 60_000);
 
 afterAll(async () => {
@@ -111,14 +117,24 @@ describe('the HTTP API under malformed input', () => {
       }
     }
     const statuses = new Map<number, number>();
+    // Every request must be answered: a reset or a dropped connection is counted, not thrown,
+    // so that the test reports how many there were.
+    const connectionErrors: string[] = [];
     for (const [method, path, body] of requests) {
       const capture = captures[rng.int(captures.length)] as TestCapture;
-      const answer = await api<{ error?: { code?: unknown; message?: unknown } }>(capture.url, method, path, undefined, body);
+      let answer: Awaited<ReturnType<typeof api<{ error?: { code?: unknown; message?: unknown } }>>>;
+      try {
+        answer = await api<{ error?: { code?: unknown; message?: unknown } }>(capture.url, method, path, undefined, body);
+      } catch (error) {
+        connectionErrors.push(`${method} ${path}: ${describeFetchError(error)}`);
+        continue;
+      }
       statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
       expect(answer.status >= 400 && answer.status < 500, `${method} ${path} ${body?.slice(0, 200)} -> ${answer.status} ${JSON.stringify(answer.body)}`).toBe(true);
       expect(typeof answer.body.error?.code, `${method} ${path}`).toBe('string');
       expect(typeof answer.body.error?.message).toBe('string');
     }
+    expect(connectionErrors).toEqual([]);
     expect(requests.length).toBeGreaterThanOrEqual(1_000);
     for (const capture of captures) expect(capture.proc.running).toBe(true);
     const after = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
@@ -126,8 +142,194 @@ describe('the HTTP API under malformed input', () => {
     expect(Object.keys(after).sort()).toEqual(Object.keys(before).sort());
   });
 
-  it('refuses bodies over the size limit with 413', async () => {
-    const answer = await api(captures[0]!.url, 'POST', '/api/v1/changefeeds', undefined, `{"id":"${'x'.repeat(2_000_000)}"}`);
-    expect(answer.status).toBe(413);
+  it('refuses bodies over the size limit with 413, on the owner and through non-owners, never with a reset', async () => {
+    const big = `{"id":"${'x'.repeat(2 * 1_048_576)}"}`;
+    const answers: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const capture = captures[i % captures.length] as TestCapture;
+      const path = i % 2 === 0 ? '/api/v1/changefeeds' : '/api/v1/changefeeds/cf';
+      try {
+        const answer = await api<{ error?: { code?: string } }>(capture.url, i % 2 === 0 ? 'POST' : 'PUT', path, undefined, big);
+        answers.push(`${answer.status} ${answer.body.error?.code ?? JSON.stringify(answer.body).slice(0, 100)}`);
+      } catch (error) {
+        answers.push(`connection error: ${describeFetchError(error)}`);
+      }
+    }
+    expect(answers).toEqual(Array.from({ length: 12 }, () => '413 body-too-large'));
+    // A body announced too large is refused without reading it; the answer closes the connection.
+    for (const capture of captures) {
+      const answer = await rawHttp(capture.url, 'POST', '/api/v1/changefeeds', Buffer.alloc(3 * 1_048_576, 'x'));
+      expect(answer.status).toBe(413);
+      expect(answer.headers.connection).toBe('close');
+      expect(JSON.parse(answer.body)).toMatchObject({ error: { code: 'body-too-large' } });
+    }
+    expect(await healthy()).toBe(true);
   });
 });
+
+describe('the HTTP plumbing', () => {
+  it('answers a bad percent-encoding in a path with 400 bad-path', async () => {
+    for (const capture of captures) {
+      for (const path of ['/api/v1/changefeeds/%E0%A4%A', '/api/v1/changefeeds/%E0%A4%A/spans', '/api/v1/captures/%ZZ/drain']) {
+        const method = path.endsWith('drain') ? 'POST' : 'GET';
+        const answer = await api<{ error: { code: string; message: string } }>(capture.url, method, path);
+        expect(answer.status, `${method} ${path}`).toBe(400);
+        expect(answer.body.error.code).toBe('bad-path');
+        checkAgainstOpenApi(method, path, answer.status, answer.body);
+      }
+    }
+  });
+
+  it('answers bad request targets and unparsable requests with JSON, and survives clients that leave mid-request', async () => {
+    for (const capture of captures) {
+      const star = await rawSocket(capture.url, 'OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      expect(star).toMatch(/^HTTP\/1\.1 400 /);
+      expect(star).toContain('"bad-path"');
+      // An absolute-form target is served by its path.
+      const absolute = await rawSocket(capture.url, 'GET http://elsewhere/api/v1/status HTTP/1.1\r\nHost: elsewhere\r\nConnection: close\r\n\r\n');
+      expect(absolute).toMatch(/^HTTP\/1\.1 200 /);
+      for (const garbage of ['GET /a b c HTTP/1.1\r\n\r\n', 'BREW / HTTP/1.1\r\n\r\n', '\u0000\u0001\u0002\r\n\r\n', `GET / HTTP/1.1\r\nX: ${'y'.repeat(20_000)}\r\n\r\n`]) {
+        const answer = await rawSocket(capture.url, garbage);
+        expect(answer, JSON.stringify(garbage.slice(0, 40))).toMatch(/^HTTP\/1\.1 4\d\d [^]*"error"/);
+      }
+      // Clients that leave mid-body, small and over the limit, and before the headers end.
+      await rawSocket(capture.url, 'POST /api/v1/changefeeds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id": ', { leave: true });
+      await rawSocket(capture.url, `PUT /api/v1/changefeeds/cf HTTP/1.1\r\nHost: x\r\nContent-Length: ${4 * 1_048_576}\r\n\r\n${'x'.repeat(1_500_000)}`, { leave: true });
+      await rawSocket(capture.url, 'POST /api/v1/changefeeds HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"id":', { leave: true });
+      await rawSocket(capture.url, 'GET /api/v1/changefeeds HTTP/1.1\r\nHost:', { leave: true });
+    }
+    expect(await healthy()).toBe(true);
+    // A client that leaves is nobody's error: nothing was logged as a failed request.
+    for (const capture of captures) expect(capture.proc.output).not.toContain('api request failed');
+  });
+
+  it('ends the owner\'s watermark stream when a client of a non-owner leaves', async () => {
+    const owning = await owner();
+    const other = captures.find((c) => c !== owning) as TestCapture;
+    expect(await openStreams(owning)).toBe(0);
+    const abort = new AbortController();
+    const response = await fetch(`${other.url}/api/v1/changefeeds/cf/watermark/stream`, { signal: abort.signal });
+    expect(response.status).toBe(200);
+    const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+    const first = await reader.read();
+    expect(Buffer.from(first.value ?? new Uint8Array()).toString()).toContain('event: watermark');
+    expect(await openStreams(owning)).toBe(1);
+    abort.abort();
+    await reader.cancel().catch(() => undefined);
+    await waitFor('the owner to end the forwarded stream', async () => ((await openStreams(owning)) === 0 ? true : undefined), 5_000);
+    // A stream of an unknown changefeed is a 404 before any event.
+    const unknown = await api(other.url, 'GET', '/api/v1/changefeeds/nope/watermark/stream');
+    expect(unknown.status).toBe(404);
+    expect(await openStreams(owning)).toBe(0);
+  });
+
+  it('ends a watermark stream whose watermark stands still when its client leaves', async () => {
+    const owning = await owner();
+    // Paused, the watermark does not move: the stream waits for a change and yields nothing.
+    expect((await api(owning.url, 'POST', '/api/v1/changefeeds/cf/pause')).status).toBe(202);
+    try {
+      for (const capture of captures) {
+        const abort = new AbortController();
+        const response = await fetch(`${capture.url}/api/v1/changefeeds/cf/watermark/stream`, { signal: abort.signal });
+        const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+        expect(Buffer.from((await reader.read()).value ?? new Uint8Array()).toString()).toContain('"state":"paused"');
+        expect(await openStreams(owning)).toBe(1);
+        abort.abort();
+        await reader.cancel().catch(() => undefined);
+        await waitFor('the owner to end the stream', async () => ((await openStreams(owning)) === 0 ? true : undefined), 5_000);
+      }
+    } finally {
+      expect((await api(owning.url, 'POST', '/api/v1/changefeeds/cf/resume')).status).toBe(202);
+    }
+  });
+
+  it('refuses bodies the OpenAPI schemas refuse with 400 invalid, naming the reason, and changes nothing', async () => {
+    const before = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
+    const base = { id: 'schema', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] };
+    const bad: [string, string, unknown, string][] = [
+      ['POST', '/api/v1/changefeeds', { ...base, tables: [{ name: 5 }] }, '/tables/0/name must be string'],
+      ['POST', '/api/v1/changefeeds', { ...base, tables: [{ name: 't', backfillTs: '3' }] }, '/tables/0 must not have the field "backfillTs"'],
+      ['POST', '/api/v1/changefeeds', { ...base, start: 'yesterday' }, '/start must match pattern'],
+      ['PUT', '/api/v1/changefeeds/cf', { tables: [{ name: 't', spans: 0 }] }, '/tables/0/spans must be >= 1'],
+      ['POST', '/api/v1/changefeeds/cf/pause', { now: true }, 'the body must not have the field "now"'],
+      ['POST', '/api/v1/changefeeds/cf/spans/move', { table: 't', start: 1, captureId: 'x' }, '/start must be string'],
+    ];
+    for (const capture of captures) {
+      for (const [method, path, body, reason] of bad) {
+        const answer = await api<{ error: { code: string; message: string } }>(capture.url, method, path, body);
+        expect(answer.status, `${method} ${path} ${JSON.stringify(body)}`).toBe(400);
+        expect(answer.body.error.code).toBe('invalid');
+        expect(answer.body.error.message).toContain(reason);
+        checkAgainstOpenApi(method, path, answer.status, answer.body);
+      }
+    }
+    const after = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
+    expect(Object.keys(after).sort()).toEqual(Object.keys(before).sort());
+  });
+});
+
+/** What a failed fetch says, with its cause (undici hides the socket error there). */
+function describeFetchError(error: unknown): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return `${(error as Error).message}${cause === undefined ? '' : ` (${cause.code ?? ''} ${cause.message ?? ''})`}`;
+}
+
+/** The capture that is the owner now. */
+async function owner(): Promise<TestCapture> {
+  return waitFor('an owner', async () => {
+    for (const capture of captures) if ((await capture.status()).isOwner) return capture;
+    return undefined;
+  });
+}
+
+/** `spanfeed_api_event_streams` of a capture. */
+async function openStreams(capture: TestCapture): Promise<number> {
+  const text = await (await fetch(`${capture.url}/metrics`)).text();
+  const match = /^spanfeed_api_event_streams (\d+)$/m.exec(text);
+  if (match === null) throw new Error('no spanfeed_api_event_streams in /metrics');
+  return Number(match[1]);
+}
+
+/** Every capture still runs and answers. */
+async function healthy(): Promise<boolean> {
+  for (const capture of captures) {
+    if (!capture.proc.running) return false;
+    if ((await api(capture.url, 'GET', '/api/v1/health')).status !== 200) return false;
+  }
+  return true;
+}
+
+/** One request with node:http, which shows the answer's headers as sent. */
+async function rawHttp(baseUrl: string, method: string, path: string, body: Buffer): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${baseUrl}${path}`, { method, headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/**
+ * Writes `text` on a new connection and returns everything read until the server closes
+ * it; with `leave`, closes the connection right after writing, as a client that goes away.
+ */
+async function rawSocket(baseUrl: string, text: string, options: { leave?: boolean } = {}): Promise<string> {
+  const { hostname, port } = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname);
+    let answer = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (answer += chunk));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', (error) => (options.leave === true ? resolve(answer) : reject(error)));
+    socket.setTimeout(10_000, () => socket.destroy(new Error(`no answer to ${JSON.stringify(text.slice(0, 60))}`)));
+    socket.write(text, 'latin1', () => {
+      if (options.leave === true) socket.destroy();
+    });
+  });
+}

@@ -1,0 +1,121 @@
+/**
+ * The request-body schemas compiled from `api/openapi.json`: every operation with a body
+ * has one, bad bodies are refused with ajv's reasons, and no body the handlers' own
+ * validation accepts is refused by a schema (the schemas may be stricter only where the
+ * handlers refuse too).
+ */
+import { describe, expect, it } from 'vitest';
+import { openApiDocument } from '../../src/api/http-api.ts';
+import { compileRequestSchemas } from '../../src/api/request-schemas.ts';
+import type { RequestSchema } from '../../src/api/request-schemas.ts';
+import { SeededRandom } from '../../src/core/rng.ts';
+import { ValidationError, parseCreateRequest, parseTables } from '../../src/server/changefeed-info.ts';
+import { checkAgainstOpenApi } from '../integration/openapi-check.ts';
+
+const schemas = compileRequestSchemas(openApiDocument());
+
+function schema(key: string): RequestSchema {
+  const found = schemas.get(key);
+  if (found === undefined) throw new Error(`no request schema for ${key}`);
+  return found;
+}
+
+const create = schema('POST /api/v1/changefeeds');
+const update = schema('PUT /api/v1/changefeeds/{}');
+const valid = { id: 'cf', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] };
+
+describe('request schemas from the OpenAPI document', () => {
+  it('has a JSON schema for every operation with a request body, and only those', () => {
+    const doc = openApiDocument() as { paths: Record<string, Record<string, { requestBody?: { content?: Record<string, { schema?: unknown }> } }>> };
+    const withBody: string[] = [];
+    for (const [template, item] of Object.entries(doc.paths)) {
+      for (const [method, operation] of Object.entries(item)) {
+        if (method === 'parameters' || operation.requestBody === undefined) continue;
+        expect(operation.requestBody.content?.['application/json']?.schema, `${method} ${template}`).toBeDefined();
+        withBody.push(`${method.toUpperCase()} ${template.replace('{id}', '{}')}`);
+      }
+    }
+    // The handlers that read a body: create, update, pause, resume, move.
+    expect([...schemas.keys()].sort()).toEqual(
+      ['POST /api/v1/changefeeds', 'PUT /api/v1/changefeeds/{}', 'POST /api/v1/changefeeds/{}/pause', 'POST /api/v1/changefeeds/{}/resume', 'POST /api/v1/changefeeds/{}/spans/move'].sort(),
+    );
+    expect(withBody.sort()).toEqual([...schemas.keys()].sort());
+    expect(create.required).toBe(true);
+    expect(schema('POST /api/v1/changefeeds/{}/pause').required).toBe(false);
+  });
+
+  it('refuses bad bodies with a readable reason', () => {
+    expect(create.check(valid)).toBeUndefined();
+    expect(create.check({ ...valid, tables: [{ name: 5 }] })).toBe('/tables/0/name must be string');
+    expect(create.check({ ...valid, extra: 1 })).toBe('the body must not have the field "extra"');
+    expect(create.check({ ...valid, tables: [] })).toBe('/tables must NOT have fewer than 1 items');
+    expect(create.check({ ...valid, start: 'yesterday' })).toContain('/start must match pattern');
+    expect(create.check({ ...valid, id: 'bad id!' })).toContain('/id must match pattern');
+    expect(create.check({ ...valid, source: { uri: '' } })).toBe('/source/uri must NOT have fewer than 1 characters');
+    expect(create.check({ id: 'cf' })).toContain("the body must have required property 'source'");
+    // A request may not set what only the owner sets.
+    expect(update.check({ tables: [{ name: 't', backfillTs: '5' }] })).toBe('/tables/0 must not have the field "backfillTs"');
+    expect(update.check({ tables: [{ name: 't', spans: 0 }] })).toBe('/tables/0/spans must be >= 1');
+    expect(schema('POST /api/v1/changefeeds/{}/pause').check({ x: 1 })).toBe('the body must not have the field "x"');
+    expect(schema('POST /api/v1/changefeeds/{}/resume').check({ backfill: 'yes' })).toBe('/backfill must be boolean');
+    expect(schema('POST /api/v1/changefeeds/{}/spans/move').check({ table: 1, start: '' })).toBe("the body must have required property 'captureId'; /table must be string");
+    // A long list of bad tables makes a short message.
+    const many = create.check({ ...valid, tables: Array.from({ length: 1_000 }, () => ({ name: 1 })) }) ?? '';
+    expect(many).toMatch(/; and 995 more$/);
+  });
+
+  it('never refuses a body the handlers accept', () => {
+    const rng = new SeededRandom(7);
+    const names = ['t', 'u', 'a.b', 'x_1', 'bad name', '', 5];
+    const strings = ['', 'a', 'b/', 'z', '\u0000', 'x'.repeat(1_100)];
+    const randomTable = (): Record<string, unknown> => {
+      const table: Record<string, unknown> = { name: rng.pick(names) };
+      if (rng.chance(0.3)) table.prefix = rng.pick(strings);
+      if (rng.chance(0.3)) table.start = rng.pick(strings);
+      if (rng.chance(0.3)) table.end = rng.pick(strings);
+      if (rng.chance(0.4)) table.spans = rng.pick([0, 1, 3, 1.5, 100_000, 100_001, '2']);
+      if (rng.chance(0.05)) table.backfillTs = '1';
+      return table;
+    };
+    let accepted = 0;
+    for (let i = 0; i < 4_000; i++) {
+      const body: Record<string, unknown> = {
+        id: rng.pick(['cf', 'a-b.c_d', '-x', 'x'.repeat(129), 'x'.repeat(128)]),
+        source: { uri: rng.pick(['datagen://', 'datagen://?rate=5', '']) },
+        sink: { uri: rng.pick(['blackhole://', 'nope://']) },
+        tables: Array.from({ length: 1 + rng.int(3) }, randomTable),
+      };
+      if (rng.chance(0.5)) body.start = rng.pick(['now', 'earliest', '12', '99999999999999999999', 'soon']);
+      if (rng.chance(0.3)) body.targetTs = rng.pick(['100', 'x']);
+      if (rng.chance(0.3)) body.backfill = rng.pick([true, false, 'yes']);
+      let handlerAccepts = true;
+      try {
+        parseCreateRequest(body);
+      } catch (error) {
+        if (!(error instanceof ValidationError)) throw error;
+        handlerAccepts = false;
+      }
+      if (handlerAccepts) {
+        accepted++;
+        expect(create.check(body), JSON.stringify(body)).toBeUndefined();
+      }
+      let tablesAccepted = true;
+      try {
+        parseTables(body.tables);
+      } catch (error) {
+        if (!(error instanceof ValidationError)) throw error;
+        tablesAccepted = false;
+      }
+      if (tablesAccepted) expect(update.check({ tables: body.tables }), JSON.stringify(body.tables)).toBeUndefined();
+    }
+    // The generator must reach the accepting side often enough to mean something.
+    expect(accepted).toBeGreaterThan(50);
+  });
+
+  it('keeps the response checks of openapi-check working', () => {
+    expect(checkAgainstOpenApi('POST', '/api/v1/changefeeds', 400, { error: { code: 'invalid', message: '/tables/0/name must be string' } })).toBe('POST /api/v1/changefeeds 400');
+    expect(checkAgainstOpenApi('POST', '/api/v1/changefeeds', 413, { error: { code: 'body-too-large', message: 'too large' } })).toBe('POST /api/v1/changefeeds 413');
+    expect(checkAgainstOpenApi('GET', '/api/v1/nothing', 404, { error: { code: 'not-found', message: 'no' } })).toBe('GET (unknown) 404');
+    expect(() => checkAgainstOpenApi('POST', '/api/v1/changefeeds', 400, { error: { code: 'invalid' } })).toThrow(/message/);
+  });
+});
