@@ -12,12 +12,15 @@
 import { Agent } from '../../src/agent/agent.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
 import { Coordinator } from '../../src/core/coordinator.ts';
+import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
 import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey, splitTable } from '../../src/core/span.ts';
 import { SimNetwork } from './sim-network.ts';
 import { SimPipelines, SinkModel } from './sim-pipelines.ts';
+import { SimMetadata } from './sim-metadata.ts';
+import type { MetadataWriter } from './sim-metadata.ts';
 
 /** What one simulation run is made of. */
 export interface SimOptions {
@@ -42,7 +45,8 @@ export interface SimResult {
 
 interface SimCapture {
   readonly id: CaptureId;
-  readonly agent: Agent;
+  /** Undefined while the changefeed is failed (its agents are dropped until a resume). */
+  agent: Agent | undefined;
   readonly pipelines: SimPipelines;
   alive: boolean;
   pausedUntil: number;
@@ -51,15 +55,22 @@ interface SimCapture {
 interface SimOwner {
   readonly id: CaptureId;
   readonly revision: bigint;
-  readonly coordinator: CoordinatorType;
+  /** The run this owner coordinates, while the changefeed's info is normal. */
+  coordinator: CoordinatorType | undefined;
+  run: ChangefeedRun | undefined;
+  epoch: bigint;
+  ticks: number;
   /** Steps a deposed owner keeps acting before it notices; -1 while it is the owner. */
   zombieUntil: number;
   reports: ReportMessage[];
 }
 
 const changefeed = 'sim';
-const changefeedEpoch = 1n;
 const startTs = 100n;
+/** The runs' timing in the simulator (ticks are steps). */
+const runLimits = { writeDeadlineTicks: 12, retryBackoffTicks: 2, writeIntervalTicks: 1 };
+/** Once faults stop, the persisted checkpoint must reach the coordinator's of this many steps before. */
+const convergeStepsMax = 40;
 
 export class SimCluster {
   private readonly options: SimOptions;
@@ -78,7 +89,15 @@ export class SimCluster {
   private nextCaptureNumber = 0;
   private step = 0;
   private upstreamTs = startTs;
-  private persisted = { checkpointTs: startTs, resolvedTs: startTs };
+  private readonly metadata: SimMetadata;
+  private epoch = 1n;
+  /** When an operator resumes the failed changefeed (-1: not failed). */
+  private resumeAtStep = -1;
+  private agentsDropped = false;
+  /** The coordinator's checkpoint at each step after faults stop (for convergence). */
+  private readonly coordinatorCheckpoints = new Map<number, bigint>();
+  /** Checkpoints persisted earlier: what a stale cache may still show. */
+  private readonly persistedHistory: bigint[] = [];
   private readonly faultsEndStep: number;
   private settledAt = -1;
   private checkpointAtSettle = 0n;
@@ -95,7 +114,8 @@ export class SimCluster {
     rebalances: 0,
     fencedWrites: 0,
     pipelineFailures: 0,
-    checkpointAdvances: 0,
+    changefeedFailures: 0,
+    resumes: 0,
   };
 
   constructor(options: SimOptions) {
@@ -114,6 +134,7 @@ export class SimCluster {
       this.spans.push(...splitTable(table, boundaries));
     }
     this.sink = new SinkModel(this.spans.map(spanKey), startTs);
+    this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
     for (let i = 0; i < options.captures; i++) this.startCapture();
   }
@@ -130,8 +151,13 @@ export class SimCluster {
       steps: Math.min(this.step, this.options.steps),
       violations: this.violations,
       livenessFailure: this.livenessFailure,
-      stats: { ...this.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
+      stats: { ...this.stats, ...this.metadata.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
     };
+  }
+
+  /** The checkpoint etcd holds. */
+  private get persisted(): { checkpointTs: bigint; resolvedTs: bigint } {
+    return this.metadata.status;
   }
 
   private get faultsOn(): boolean {
@@ -149,18 +175,22 @@ export class SimCluster {
     this.deliver();
     for (const capture of this.captures.values()) {
       if (!this.canRun(capture)) continue;
+      const agent = capture.agent;
+      if (agent === undefined) continue;
       const events = capture.pipelines.step(step, this.upstreamTs, this.faultsOn ? 0.0005 : 0);
       for (const event of events) {
         this.trace(`${capture.id} pipeline ${event.kind} ${'checkpointTs' in event ? event.checkpointTs : ''}`, event.key);
         if (event.kind === 'failed') this.stats.pipelineFailures = (this.stats.pipelineFailures ?? 0) + 1;
-        const out = capture.agent.handlePipelineEvent(event);
+        const out = agent.handlePipelineEvent(event);
         this.traceAgent(capture.id, out);
         capture.pipelines.apply(out.commands, step);
         this.sendAll(out.outbox);
       }
-      this.sendAll(capture.agent.flush().outbox);
+      this.sendAll(agent.flush().outbox);
     }
+    this.metadata.step(step);
     this.tickOwners();
+    this.followChangefeedState();
     this.checkInvariants();
     if (!this.faultsOn) this.checkLiveness(false);
   }
@@ -173,8 +203,10 @@ export class SimCluster {
     if (this.liveCaptures().length < this.options.captures && this.rng.chance(0.05)) this.startCapture();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.pauseOwner();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
+    // A changefeed failure (an error retrying cannot fix): the run must persist it and stay failed.
+    if (this.owner?.run?.phase === 'running' && this.owner.zombieUntil < 0 && this.rng.chance(0.001)) this.owner.run.fail(`injected failure at step ${this.step}`);
     const coordinator = this.owner?.coordinator;
-    if (coordinator === undefined || coordinator.phase !== 'running') return;
+    if (coordinator === undefined || coordinator.phase !== 'running' || this.owner?.run?.phase !== 'running') return;
     if (this.rng.chance(0.05)) {
       const span = this.rng.pick(this.spans);
       const targets = [...coordinator.captures.captures.keys()];
@@ -200,21 +232,54 @@ export class SimCluster {
 
   private endFaults(): void {
     this.network.faults = undefined;
+    this.metadata.faults = undefined;
+    if (this.resumeAtStep >= 0) this.resumeAtStep = this.step;
     for (const capture of this.captures.values()) if (capture.pausedUntil > this.step) capture.pausedUntil = this.step;
   }
 
   private startCapture(): void {
     const id = `c${this.nextCaptureNumber++}`;
+    const agent = this.metadata.info.state === 'normal' ? this.newAgent(id) : undefined;
+    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.sink), alive: true, pausedUntil: -1 });
+    this.membership.add(id);
+  }
+
+  private newAgent(id: CaptureId): Agent {
     const agent = new Agent({
       captureId: id,
       captureEpoch: BigInt(1 + this.rng.int(1_000_000_000)),
       changefeed,
-      changefeedEpoch,
+      changefeedEpoch: this.epoch,
       statusesPerMessageMax: 8,
     });
     if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
-    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.sink), alive: true, pausedUntil: -1 });
-    this.membership.add(id);
+    return agent;
+  }
+
+  /**
+   * What captures and operators do when the changefeed's info changes: a failed
+   * changefeed's agents stop everything (as the shell drops them); an operator resumes it
+   * a while later, as a new epoch with new agents.
+   */
+  private followChangefeedState(): void {
+    if (this.metadata.info.state === 'failed' && !this.agentsDropped) {
+      this.agentsDropped = true;
+      this.stats.changefeedFailures = (this.stats.changefeedFailures ?? 0) + 1;
+      for (const capture of this.captures.values()) {
+        capture.agent?.stopAll();
+        capture.agent = undefined;
+        capture.pipelines.crash();
+      }
+      this.resumeAtStep = this.faultsOn ? this.step + 10 + this.rng.int(40) : this.step;
+    }
+    if (this.resumeAtStep >= 0 && this.step >= this.resumeAtStep) {
+      this.resumeAtStep = -1;
+      this.agentsDropped = false;
+      this.epoch++;
+      this.metadata.resume(this.epoch);
+      this.stats.resumes = (this.stats.resumes ?? 0) + 1;
+      for (const capture of this.captures.values()) if (capture.alive) capture.agent = this.newAgent(capture.id);
+    }
   }
 
   /** A process crash: everything on it vanishes; its lease expires a few steps later. */
@@ -259,7 +324,7 @@ export class SimCluster {
         this.leaseExpiry.delete(capture.id);
         continue;
       }
-      capture.agent.stopAll();
+      capture.agent?.stopAll();
       capture.pipelines.crash();
       capture.alive = false;
       if (this.owner?.id === capture.id) this.owner = undefined;
@@ -297,20 +362,10 @@ export class SimCluster {
     const id = this.rng.pick(candidates);
     this.revision++;
     this.stats.elections = (this.stats.elections ?? 0) + 1;
-    const coordinator = new Coordinator({
-      changefeed,
-      changefeedEpoch,
-      ownerId: id,
-      ownerRevision: this.revision,
-      checkpointTs: this.persisted.checkpointTs,
-      seed: this.rng.int(2 ** 31),
-      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8 },
-    });
-    coordinator.setSpans(this.tables, this.spans);
-    this.owner = { id, revision: this.revision, coordinator, zombieUntil: -1, reports: [] };
+    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [] };
     // Captures learn the new owner from etcd, some sooner than others.
     for (const capture of this.captures.values()) {
-      if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent.observeOwner(id, this.revision);
+      if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent?.observeOwner(id, this.revision);
     }
   }
 
@@ -325,7 +380,7 @@ export class SimCluster {
         continue;
       }
       const capture = this.captures.get(message.header.to);
-      if (capture === undefined || !this.canRun(capture)) continue;
+      if (capture === undefined || !this.canRun(capture) || capture.agent === undefined) continue;
       const out = capture.agent.handleMessage(message as OwnerMessage);
       if (this.options.trace !== undefined) {
         const m = message as OwnerMessage;
@@ -340,42 +395,96 @@ export class SimCluster {
     }
   }
 
+  /**
+   * An owner follows the changefeed's info as the shell does: it coordinates the current
+   * epoch while the info is normal, from the checkpoint etcd holds (a new run), and drops
+   * the run once the info says failed.
+   */
+  private followRun(owner: SimOwner): void {
+    const info = this.metadata.info;
+    if (info.state !== 'normal') {
+      if (owner.run?.phase !== 'failing') {
+        owner.coordinator = undefined;
+        owner.run = undefined;
+      }
+      return;
+    }
+    if (owner.coordinator !== undefined && owner.epoch === info.epoch) return;
+    // The shell starts a coordinator from its cache of the status, which may be stale: an
+    // older persisted checkpoint. The run must never write below what etcd holds.
+    this.persistedHistory.push(this.persisted.checkpointTs);
+    if (this.persistedHistory.length > 16) this.persistedHistory.shift();
+    const staleStart = this.rng.chance(0.3) ? this.rng.pick(this.persistedHistory) : this.persisted.checkpointTs;
+    const coordinator = new Coordinator({
+      changefeed,
+      changefeedEpoch: info.epoch,
+      ownerId: owner.id,
+      ownerRevision: owner.revision,
+      checkpointTs: staleStart,
+      seed: this.rng.int(2 ** 31),
+      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8 },
+    });
+    coordinator.setSpans(this.tables, this.spans);
+    owner.coordinator = coordinator;
+    owner.run = new ChangefeedRun(runLimits);
+    owner.epoch = info.epoch;
+  }
+
+  private writer(owner: SimOwner, run: ChangefeedRun): MetadataWriter {
+    return {
+      run,
+      epoch: owner.epoch,
+      fenceHolds: () => this.owner === owner && owner.zombieUntil < 0 && this.membership.has(owner.id),
+      onFenced: () => {
+        this.stats.fencedWrites = (this.stats.fencedWrites ?? 0) + 1;
+        if (owner.zombieUntil >= 0) owner.zombieUntil = this.step - 1;
+      },
+    };
+  }
+
+  /** One owner tick: the coordinator while the run is running, then the run's commands. */
+  private tickOwner(owner: SimOwner, captures: CaptureId[] | undefined): void {
+    const coordinator = owner.coordinator;
+    const run = owner.run;
+    if (coordinator === undefined || run === undefined) {
+      owner.reports.length = 0;
+      return;
+    }
+    const reports = owner.reports.splice(0);
+    if (run.phase === 'running') {
+      const out = coordinator.tick(captures === undefined ? { reports } : { captures, reports });
+      if (this.options.trace !== undefined) {
+        for (const report of reports) {
+          for (const status of report.statuses) this.trace(`owner ${owner.id} got from ${report.header.from}#${report.header.seq} ${spanKey(status.span)} ${status.state} ${status.checkpointTs}`, spanKey(status.span));
+        }
+        for (const event of out.events) {
+          const text = JSON.stringify(event, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+          this.trace(`owner ${owner.id} ${text}`, text);
+        }
+      }
+      this.sendAll(out.outbox);
+      if (coordinator.phase === 'failed') {
+        this.violations.push(`step ${this.step}: coordinator failed: ${coordinator.failure ?? '?'}`);
+      }
+    }
+    const commands = run.tick({ tick: ++owner.ticks, checkpointTs: coordinator.checkpointTs, resolvedTs: coordinator.resolvedTs });
+    this.metadata.submit(this.writer(owner, run), commands, this.step);
+  }
+
   private tickOwners(): void {
     this.zombies = this.zombies.filter((z) => z.zombieUntil >= this.step);
     for (const zombie of this.zombies) {
       const capture = this.captures.get(zombie.id);
       if (capture === undefined || !capture.alive || capture.pausedUntil > this.step) continue;
-      const out = zombie.coordinator.tick({ reports: zombie.reports.splice(0) });
-      this.sendAll(out.outbox);
-      if (out.advanced !== undefined) this.stats.fencedWrites = (this.stats.fencedWrites ?? 0) + 1;
+      this.tickOwner(zombie, undefined);
     }
     const owner = this.owner;
     if (owner === undefined) return;
     const ownerCapture = this.captures.get(owner.id);
     if (ownerCapture === undefined || !this.canRun(ownerCapture)) return;
-    const reports = owner.reports.splice(0);
-    const out = owner.coordinator.tick({ captures: [...this.membership], reports });
-    if (this.options.trace !== undefined) {
-      for (const report of reports) {
-        for (const status of report.statuses) this.trace(`owner ${owner.id} got from ${report.header.from}#${report.header.seq} ${spanKey(status.span)} ${status.state} ${status.checkpointTs}`, spanKey(status.span));
-      }
-      for (const event of out.events) {
-        const text = JSON.stringify(event, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
-        this.trace(`owner ${owner.id} ${text}`, text);
-      }
-    }
-    this.sendAll(out.outbox);
-    if (owner.coordinator.phase === 'failed') {
-      this.violations.push(`step ${this.step}: coordinator failed: ${owner.coordinator.failure ?? '?'}`);
-    }
-    if (out.advanced !== undefined) {
-      // The fenced write: etcd accepts it only from the current owner, and never lower.
-      if (out.advanced.checkpointTs < this.persisted.checkpointTs) {
-        this.violations.push(`step ${this.step}: owner tried to lower the checkpoint from ${this.persisted.checkpointTs} to ${out.advanced.checkpointTs}`);
-      }
-      if (out.advanced.checkpointTs > this.persisted.checkpointTs) this.stats.checkpointAdvances = (this.stats.checkpointAdvances ?? 0) + 1;
-      this.persisted = { checkpointTs: out.advanced.checkpointTs, resolvedTs: out.advanced.resolvedTs };
-    }
+    this.followRun(owner);
+    this.tickOwner(owner, [...this.membership]);
+    if (!this.faultsOn && owner.coordinator !== undefined) this.coordinatorCheckpoints.set(this.step, owner.coordinator.checkpointTs);
   }
 
   private trace(line: string, about: string): void {
@@ -408,7 +517,7 @@ export class SimCluster {
     const primaries = new Map<string, CaptureId>();
     for (const capture of this.captures.values()) {
       if (!this.canRun(capture)) continue;
-      for (const status of capture.agent.statuses()) {
+      for (const status of capture.agent?.statuses() ?? []) {
         if (status.state !== 'replicating') continue;
         const key = spanKey(status.span);
         const other = primaries.get(key);
@@ -425,6 +534,11 @@ export class SimCluster {
     // The persisted checkpoint: at most resolved, and nothing at or below it is missing.
     if (this.persisted.checkpointTs > this.persisted.resolvedTs) {
       this.violations.push(`step ${step}: persisted checkpoint ${this.persisted.checkpointTs} above resolved ${this.persisted.resolvedTs}`);
+    }
+    for (const violation of this.metadata.violations.splice(0)) this.violations.push(`step ${step}: ${violation}`);
+    // A failed changefeed stays failed until an operator resumes it: no run coordinates it.
+    if (this.metadata.info.state === 'failed' && this.owner?.run !== undefined && this.owner.run.phase === 'running') {
+      this.violations.push(`step ${step}: owner ${this.owner.id} runs the failed changefeed`);
     }
     const flushed = this.sink.minContiguous();
     if (this.persisted.checkpointTs > flushed) {
@@ -451,7 +565,9 @@ export class SimCluster {
       coordinator.manager.stateCounts.replicating === this.spans.length;
     if (settled && this.settledAt < 0) {
       this.settledAt = this.step;
-      this.checkpointAtSettle = this.persisted.checkpointTs;
+      // The coordinator's: after a start from a stale cache it may still be below the
+      // persisted one, replaying; the convergence check below covers the persisted one.
+      this.checkpointAtSettle = coordinator.checkpointTs;
     }
     const deadline = this.faultsEndStep + this.options.livenessStepsMax;
     if (this.step < deadline && !final) return;
@@ -459,8 +575,10 @@ export class SimCluster {
     if (this.settledAt < 0) {
       const counts = coordinator === undefined ? 'no owner' : `${coordinator.phase} ${JSON.stringify(coordinator.manager.stateCounts)}`;
       this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})`;
-    } else if (this.persisted.checkpointTs <= this.checkpointAtSettle) {
-      this.livenessFailure = `checkpoint stuck at ${this.persisted.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
+    } else if ((this.coordinatorCheckpoints.get(this.step - convergeStepsMax) ?? 0n) > this.persisted.checkpointTs) {
+      this.livenessFailure = `the persisted checkpoint ${this.persisted.checkpointTs} is below the coordinator's of ${convergeStepsMax} steps before (${this.coordinatorCheckpoints.get(this.step - convergeStepsMax)})`;
+    } else if ((coordinator?.checkpointTs ?? 0n) <= this.checkpointAtSettle) {
+      this.livenessFailure = `checkpoint stuck at ${coordinator?.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
     }
   }
 

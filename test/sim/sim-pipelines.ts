@@ -114,7 +114,9 @@ export class SimPipelines {
         events.push({ kind: 'prepared', key: pipeline.key, resolvedTs: pipeline.resolved });
       }
       if (pipeline.writing) {
-        let next = pipeline.flushed + BigInt(this.rng.int(5));
+        // A sink a little faster than the upstream on average, so a span that restarts from
+        // an older checkpoint (a move, a stale owner cache) catches up.
+        let next = pipeline.flushed + BigInt(this.rng.int(8));
         next = tsMin(next, pipeline.resolved);
         if (this.barrierTs !== undefined) next = tsMin(next, this.barrierTs);
         if (next > pipeline.flushed) {
