@@ -352,6 +352,10 @@ export class HttpApi {
       spans: managed?.coordinator.manager.sets.size ?? 0,
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
       warning: failingWarning(managed?.coordinator.failing()),
+      moves: {
+        queued: managed?.coordinator.movesQueued ?? 0,
+        refused: (managed?.coordinator.moveRefusals ?? []).map((r) => ({ table: r.span.table, start: r.span.start, captureId: r.capture, reason: r.reason })),
+      },
     };
   }
 

@@ -306,7 +306,7 @@ export class OwnerRole {
     for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
     for (const event of out.events) {
       if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
-      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
+      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined' || event.type === 'move-refused') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
       else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
     }
     if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });

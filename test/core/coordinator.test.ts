@@ -619,6 +619,38 @@ describe('Coordinator: operator requests', () => {
     expect(co.requestDrain('Z')).toMatchObject({ ok: false, code: 'unknown-capture' });
   });
 
+  it('requestDrain: the remaining spans are unknown until the capture answered its first collection', () => {
+    const co = newCoordinator();
+    const A = new FakeCapture('A', 11n);
+    const B = new FakeCapture('B', 22n);
+    A.hold(s0, 'replicating', 150n, 160n);
+    const out = step(co, { captures: ['A', 'B'], reports: [] });
+    // A holds s0, but the owner has not heard it yet: not 0, unknown.
+    expect(co.remainingSpans('A')).toBeUndefined();
+    expect(co.requestDrain('A')).toEqual({ ok: true, remainingSpans: undefined });
+    const idA = heartbeatTo(out, 'A').collectId;
+    const idB = heartbeatTo(out, 'B').collectId;
+    step(co, { reports: [...A.collect(idA), ...B.collect(idB)] });
+    expect(co.remainingSpans('A')).toBe(1);
+    expect(co.requestDrain('A')).toEqual({ ok: true, remainingSpans: 1 });
+  });
+
+  it('requestMove: a span with a move queued is refused, and a queued move refused when it runs is said', () => {
+    const { co } = running();
+    expect(co.requestMove(k(s0), 'B')).toEqual({ ok: true });
+    expect(co.requestMove(k(s0), 'B')).toMatchObject({ ok: false, code: 'move-queued' });
+    expect(co.requestMove(k(s1), 'B')).toEqual({ ok: true });
+    expect(co.movesQueued).toBe(2);
+    // B is drained before the moves' turn: they cannot go there any more.
+    expect(co.requestDrain('B')).toMatchObject({ ok: true });
+    for (let i = 0; i < 5 && co.movesQueued > 0; i++) step(co, { reports: [] });
+    expect(co.movesQueued).toBe(0);
+    expect(co.moveRefusals.map((r) => ({ span: r.span, capture: r.capture, reason: r.reason }))).toEqual([
+      { span: s0, capture: 'B', reason: 'capture B is gone or draining' },
+      { span: s1, capture: 'B', reason: 'capture B is gone or draining' },
+    ]);
+  });
+
   it('requestMove validation codes', () => {
     const { co, A, B } = running({ moveRequestsQueuedMax: 1 });
     expect(co.requestMove('nope', 'B')).toMatchObject({ ok: false, code: 'unknown-span' });
