@@ -247,8 +247,9 @@ describe('a three-capture cluster', () => {
     const newest = await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS });
     captures.push(newest);
     const drainAsked = await waitFor('the owner to know the new capture', async () => {
-      const answer = await call<{ remainingSpans: number }>('POST', `/api/v1/captures/${newest.id}/drain`);
-      return answer.status === 202 ? answer : undefined;
+      const answer = await call<{ remainingSpans: number | null }>('POST', `/api/v1/captures/${newest.id}/drain`);
+      // null until every changefeed heard from the capture: then the count is known.
+      return answer.status === 202 && answer.body.remainingSpans !== null ? answer : undefined;
     }, 20_000, 100);
     expect(drainAsked.body.remainingSpans).toBe(0);
     expect(await client.get(keys.draining(newest.id)).string()).not.toBeNull();
