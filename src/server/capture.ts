@@ -29,6 +29,7 @@ import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { HttpApi } from '../api/http-api.ts';
 import { Metrics } from '../api/metrics.ts';
 import { AgentHost } from './agent-host.ts';
+import { readCaptureRecords } from './capture-records.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
 import { OwnerRole, ownerDefaults } from './owner-role.ts';
@@ -78,6 +79,8 @@ export class Capture {
   private campaignTimer: NodeJS.Timeout | undefined;
   /** Aborts the backoff sleeps of a start that gave up. */
   private readonly startAbort = new AbortController();
+  /** Keys under the captures prefix ignored (no lease, invalid), by the revision logged. */
+  private ignoredCaptureKeys = new Map<string, string>();
 
   constructor(
     readonly config: ServerConfig,
@@ -319,15 +322,18 @@ export class Capture {
   }
 
   private onCaptures(snapshot: PrefixSnapshot): void {
-    const captures = new Map<string, CaptureRecord>();
-    for (const kv of snapshot.kvs) {
-      try {
-        const record = JSON.parse(kv.value.toString()) as CaptureRecord;
-        if (typeof record.id === 'string' && typeof record.grpcAddr === 'string') captures.set(record.id, record);
-      } catch {
-        this.log.warn({ key: kv.key.toString() }, 'ignoring a malformed capture key');
+    const { captures, ignored } = readCaptureRecords(snapshot.kvs, this.keys.capturesPrefix);
+    // The prefix is re-read every second: each ignored version of a key is logged once,
+    // and keys that are gone are forgotten, so the map stays as small as the prefix.
+    const logged = new Map<string, string>();
+    for (const record of ignored) {
+      if (this.ignoredCaptureKeys.get(record.key) !== record.modRevision) {
+        if (record.reason === 'no-lease') this.log.warn({ key: record.key }, 'ignoring capture record without a lease');
+        else this.log.warn({ key: record.key, problem: record.detail }, 'ignoring invalid capture record');
       }
+      logged.set(record.key, record.modRevision);
     }
+    this.ignoredCaptureKeys = logged;
     this.captures = captures;
   }
 
