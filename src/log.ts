@@ -17,8 +17,19 @@ export function createRootLogger(level: LogLevel, base: Record<string, unknown> 
       level,
       base,
       // Timestamps are bigint in the core; JSON has no bigint, so they log as strings.
-      formatters: { log: (fields) => JSON.parse(JSON.stringify(fields, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value))) as Record<string, unknown> },
+      // This formatter runs before pino's serializers, and JSON.stringify drops an Error's
+      // own message and stack (not enumerable), so errors are serialised here, at any depth.
+      formatters: { log: (fields) => JSON.parse(JSON.stringify(fields, logReplacer)) as Record<string, unknown> },
+      // Already serialised by the formatter; a second pass would call every error an Object.
+      serializers: { err: (value: unknown) => value },
     },
     pino.destination({ dest: 2, sync: false }),
   );
+}
+
+function logReplacer(_key: string, value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  // type, message and stack with every cause's, plus the error's own fields (retryable, code).
+  if (value instanceof Error) return pino.stdSerializers.err(value);
+  return value;
 }

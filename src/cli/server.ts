@@ -28,7 +28,12 @@ export async function runServer(argv: readonly string[], version: string): Promi
   try {
     await capture.start();
   } catch (error) {
+    // start() has released what it opened; the cause goes to the log and, for whoever
+    // reads the terminal, as one plain line.
     log.fatal({ err: error }, 'capture failed to start');
+    process.stderr.write(`spanfeed server: ${messageWithCauses(error)}\n`);
+    // Whatever a library left open must not keep a capture that never started alive.
+    setTimeout(() => process.exit(1), 200).unref();
     return 1;
   }
   return new Promise<number>((resolve) => {
@@ -60,4 +65,13 @@ export async function runServer(argv: readonly string[], version: string): Promi
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+}
+
+/** `message: cause's message: ...`, as pino logs an error's message. */
+function messageWithCauses(error: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = error; e !== undefined && parts.length < 10; e = (e as { cause?: unknown }).cause) {
+    parts.push(e instanceof Error ? e.message : String(e));
+  }
+  return parts.join(': ');
 }

@@ -30,7 +30,9 @@ export class EtcdSession {
       this.log.warn({ err: error }, 'lease keepalive failed');
     });
     this.lease.on('lost', (error) => {
-      this.log.error({ err: error }, 'lease lost');
+      // A grant that failed is the caller's error to report; only a granted lease is lost.
+      if (this.leaseId === '') this.log.debug({ err: error }, 'lease grant failed');
+      else this.log.error({ err: error }, 'lease lost');
       this.markLost();
     });
   }
@@ -63,6 +65,11 @@ export class EtcdSession {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.lost = true;
     this.lostListeners = [];
+    if (this.leaseId === '') {
+      // Never granted (a start that failed): nothing to revoke, only the keepalive to stop.
+      this.lease.release();
+      return;
+    }
     try {
       await this.lease.revoke();
     } catch (error) {

@@ -7,8 +7,13 @@
  * once, the owner role stops, and the capture starts again with a new id and a new
  * lease. SIGTERM drains this capture's spans to others (bounded wait), resigns
  * ownership, deregisters and exits.
+ *
+ * Starting is bounded by `startTimeoutMs`: a port in use fails at once, etcd is retried
+ * (it may still be coming up) until the timeout; either way everything opened is
+ * released and `start()` rejects with a {@link StartError} naming the cause.
  */
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { Etcd3 } from 'etcd3';
 import { Election, ownerOf } from '../cluster/election.ts';
 import type { OwnerInfo } from '../cluster/election.ts';
@@ -25,10 +30,30 @@ import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { HttpApi } from '../api/http-api.ts';
 import { Metrics } from '../api/metrics.ts';
 import { AgentHost } from './agent-host.ts';
+import { readCaptureRecords } from './capture-records.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
 import { OwnerRole, ownerDefaults } from './owner-role.ts';
 import type { ServerConfig } from './server-config.ts';
+
+/** A capture that could not start: a port in use, or etcd not reached within the start timeout. */
+export class StartError extends Error {
+  override readonly name = 'StartError';
+
+  constructor(
+    message: string,
+    /** True when the same start may succeed later (etcd was unreachable), false for a port in use. */
+    readonly retryable: boolean,
+    options: { readonly cause?: unknown } = {},
+  ) {
+    super(message, options);
+  }
+}
+
+/** The longest wait between two tries to join the cluster while starting. */
+const joinBackoffMaxMs = 2_000;
+/** How long a start that gave up waits for its last try to fail once the etcd client is closed. */
+const startAbortWaitMs = 2_000;
 
 /** The state a capture shares with its API and owner role. */
 export class Capture {
@@ -53,6 +78,10 @@ export class Capture {
   private restarting = false;
   private shuttingDown = false;
   private campaignTimer: NodeJS.Timeout | undefined;
+  /** Aborts the backoff sleeps of a start that gave up. */
+  private readonly startAbort = new AbortController();
+  /** Keys under the captures prefix ignored (no lease, invalid), by the revision logged. */
+  private ignoredCaptureKeys = new Map<string, string>();
 
   constructor(
     readonly config: ServerConfig,
@@ -82,30 +111,117 @@ export class Capture {
     });
   }
 
-  /** Starts serving; resolves once registered and campaigning. */
+  /**
+   * Starts serving; resolves once registered and campaigning. Rejects with a
+   * {@link StartError} after releasing everything it opened (servers, etcd client,
+   * lease): the capture is then unusable.
+   */
   async start(): Promise<void> {
-    if (this.rpc === undefined) {
-      this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), { messagesQueuedMax: 10_000 });
-      const [grpcHost, grpcPort] = splitHostPort(this.config.grpcAddr);
-      const port = await this.rpc.listen(grpcHost, grpcPort);
-      // What is registered is what other captures dial.
-      const advertised = (host: string): string => this.config.advertiseHost ?? host;
-      this.grpcAddr = `${advertised(grpcHost)}:${port}`;
-      this.api = new HttpApi(this);
-      const [httpHost, httpPort] = splitHostPort(this.config.httpAddr);
-      this.httpAddr = `${advertised(httpHost)}:${await this.api.listen(httpHost, httpPort)}`;
+    const timeoutMs = this.config.startTimeoutMs;
+    let lastJoinError: unknown;
+    const attempts = this.startAttempts((error) => {
+      // etcd3's circuit breaker opens after a few failed calls and then fails every call
+      // with "circuit breaker is open": the error that opened it is the cause to report.
+      if (lastJoinError === undefined || !isBrokenCircuitError(error)) lastJoinError = error;
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timed out'>((resolve) => {
+      timer = setTimeout(() => resolve('timed out'), timeoutMs);
+    });
+    try {
+      const outcome = await Promise.race([attempts.then(() => 'started' as const), timedOut]);
+      if (outcome === 'started') return;
+      // The cause's text is not repeated here: pino and the CLI append every cause's.
+      throw new StartError(
+        `capture did not join the cluster at etcd ${this.config.etcdEndpoints.join(',')} within ${timeoutMs} ms (--start-timeout-ms)`,
+        true,
+        { cause: lastJoinError },
+      );
+    } catch (error) {
+      await this.abortStart(attempts);
+      throw error instanceof StartError ? error : new StartError('capture failed to start', false, { cause: error });
+    } finally {
+      clearTimeout(timer);
     }
-    await this.join();
   }
 
-  /** Registers with a new id and lease, watches the cluster, campaigns. */
+  /** Listens, then joins, retrying etcd failures with backoff until {@link abortStart}. */
+  private async startAttempts(onJoinError: (error: unknown) => void): Promise<void> {
+    await this.listen();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.join();
+        return;
+      } catch (error) {
+        if (this.shuttingDown) throw error;
+        onJoinError(error);
+        // While the breaker is open every try fails the same way: once at warn is enough.
+        this.log[isBrokenCircuitError(error) ? 'debug' : 'warn']({ err: error, attempt }, 'joining the cluster failed; retrying');
+        await sleepFor(Math.min(joinBackoffMaxMs, 100 * 2 ** attempt), undefined, { signal: this.startAbort.signal });
+      }
+    }
+  }
+
+  /** Binds the gRPC and HTTP ports; a port in use is not retried. */
+  private async listen(): Promise<void> {
+    // What is registered is what other captures dial.
+    const advertised = (host: string): string => this.config.advertiseHost ?? host;
+    this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), { messagesQueuedMax: 10_000 });
+    const [grpcHost, grpcPort] = splitHostPort(this.config.grpcAddr);
+    let port: number;
+    try {
+      port = await this.rpc.listen(grpcHost, grpcPort);
+    } catch (error) {
+      throw new StartError(`cannot listen for gRPC on ${this.config.grpcAddr}`, false, { cause: error });
+    }
+    this.grpcAddr = `${advertised(grpcHost)}:${port}`;
+    this.api = new HttpApi(this);
+    const [httpHost, httpPort] = splitHostPort(this.config.httpAddr);
+    try {
+      port = await this.api.listen(httpHost, httpPort);
+    } catch (error) {
+      throw new StartError(`cannot listen for HTTP on ${this.config.httpAddr}`, false, { cause: error });
+    }
+    this.httpAddr = `${advertised(httpHost)}:${port}`;
+  }
+
+  /**
+   * A start gave up: stops the tries, closes the etcd client first (so a call still in
+   * flight fails now instead of at its deadline), waits a bounded time for the last try
+   * to unwind, then releases what is left.
+   */
+  private async abortStart(attempts: Promise<void>): Promise<void> {
+    this.shuttingDown = true;
+    this.startAbort.abort();
+    this.client.close();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([attempts.catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, startAbortWaitMs)))]);
+    clearTimeout(timer);
+    await this.leave();
+    await this.api?.close();
+    await this.rpc?.close();
+  }
+
+  /**
+   * Registers with a new id and lease, watches the cluster, campaigns. A join that fails
+   * part way releases what it took (lease, watches, pipelines) before it rethrows, so the
+   * next try starts clean.
+   */
   private async join(): Promise<void> {
+    try {
+      await this.joinOnce();
+    } catch (error) {
+      await this.leave();
+      throw error;
+    }
+  }
+
+  private async joinOnce(): Promise<void> {
     this.id = `${randomBytes(6).toString('hex')}`;
     const log = this.log.child({ captureId: this.id });
     const session = new EtcdSession(this.client, this.config.leaseTtlS, log);
-    await session.start();
     this.session = session;
-    session.onLost(() => void this.selfFence());
+    await session.start();
     this.agents = new AgentHost(this.id, () => this.changefeeds, {
       ...pipelineDefaults,
       intervalMs: this.config.tickIntervalMs,
@@ -130,6 +246,10 @@ export class Capture {
     for (const watch of this.watches) await watch.start();
     this.flushTimer = setInterval(() => this.agents?.flush(), this.config.tickIntervalMs);
     await this.election.campaign();
+    // Fencing is armed only once the capture has joined: a session lost part way fails
+    // this join instead (the caller tries again), never a second join running beside it.
+    if (!session.alive) throw new Error('etcd session lost while joining');
+    session.onLost(() => void this.selfFence());
     log.info({ grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, leaseTtlS: this.config.leaseTtlS }, 'capture registered');
   }
 
@@ -175,14 +295,20 @@ export class Capture {
     this.client.close();
   }
 
+  /** Stops what a join started; safe to call again, or after a join that failed part way. */
   private async leave(): Promise<void> {
     if (this.flushTimer !== undefined) clearInterval(this.flushTimer);
+    this.flushTimer = undefined;
     this.ownerRole?.stop('leaving');
     this.ownerRole = undefined;
-    await this.agents?.stopAll('leaving');
+    const agents = this.agents;
+    this.agents = undefined;
+    await agents?.stopAll('leaving');
     for (const watch of this.watches) await watch.close();
     this.watches = [];
-    await this.session?.close();
+    const session = this.session;
+    this.session = undefined;
+    await session?.close();
   }
 
   /** The lease is gone: stop everything at once, then join again as a new capture. */
@@ -211,15 +337,18 @@ export class Capture {
   }
 
   private onCaptures(snapshot: PrefixSnapshot): void {
-    const captures = new Map<string, CaptureRecord>();
-    for (const kv of snapshot.kvs) {
-      try {
-        const record = JSON.parse(kv.value.toString()) as CaptureRecord;
-        if (typeof record.id === 'string' && typeof record.grpcAddr === 'string') captures.set(record.id, record);
-      } catch {
-        this.log.warn({ key: kv.key.toString() }, 'ignoring a malformed capture key');
+    const { captures, ignored } = readCaptureRecords(snapshot.kvs, this.keys.capturesPrefix);
+    // The prefix is re-read every second: each ignored version of a key is logged once,
+    // and keys that are gone are forgotten, so the map stays as small as the prefix.
+    const logged = new Map<string, string>();
+    for (const record of ignored) {
+      if (this.ignoredCaptureKeys.get(record.key) !== record.modRevision) {
+        if (record.reason === 'no-lease') this.log.warn({ key: record.key }, 'ignoring capture record without a lease');
+        else this.log.warn({ key: record.key, problem: record.detail }, 'ignoring invalid capture record');
       }
+      logged.set(record.key, record.modRevision);
     }
+    this.ignoredCaptureKeys = logged;
     this.captures = captures;
   }
 
@@ -279,6 +408,11 @@ export function splitHostPort(address: string): [string, number] {
   const host = address.slice(0, index);
   const port = Number(address.slice(index + 1));
   return [host === '' ? '127.0.0.1' : host, port];
+}
+
+/** etcd3's breaker error (cockatiel's `BrokenCircuitError`, told apart by its marker field). */
+function isBrokenCircuitError(error: unknown): boolean {
+  return error instanceof Error && 'isBrokenCircuitError' in error;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -19,6 +19,11 @@ export interface ServerConfig {
   readonly tickIntervalMs: number;
   readonly moveTasksInFlightMax: number;
   readonly drainWaitMs: number;
+  /**
+   * How long a capture may take to start (listen, reach etcd, register) before it gives
+   * up and exits non-zero; etcd is retried meanwhile, a port in use fails at once.
+   */
+  readonly startTimeoutMs: number;
   /** Events read and written per pipeline step. */
   readonly pipelineBatchEvents: number;
   /** Pipeline steps running at once per changefeed on this capture. */
@@ -47,6 +52,7 @@ export const serverDefaults: ServerConfig = {
   tickIntervalMs: 50,
   moveTasksInFlightMax: 10,
   drainWaitMs: 30_000,
+  startTimeoutMs: 30_000,
   pipelineBatchEvents: pipelineDefaults.batchEventsMax,
   pipelineStepsInFlight: pipelineDefaults.stepsInFlightMax,
   pipelineRetries: pipelineDefaults.stepRetriesMax,
@@ -65,6 +71,7 @@ const options = {
   'tick-ms': ['SPANFEED_TICK_MS', 'tickMs'],
   'moves-in-flight': ['SPANFEED_MOVES_IN_FLIGHT', 'movesInFlight'],
   'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
+  'start-timeout-ms': ['SPANFEED_START_TIMEOUT_MS', 'startTimeoutMs'],
   'pipeline-batch-events': ['SPANFEED_PIPELINE_BATCH_EVENTS', 'pipelineBatchEvents'],
   'pipeline-steps-in-flight': ['SPANFEED_PIPELINE_STEPS_IN_FLIGHT', 'pipelineStepsInFlight'],
   'pipeline-retries': ['SPANFEED_PIPELINE_RETRIES', 'pipelineRetries'],
@@ -86,6 +93,8 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --tick-ms <n>             owner tick interval, 10-1000 ms (default 50)
   --moves-in-flight <n>     moves in flight per changefeed, 1-10000 (default 10)
   --drain-wait-ms <n>       on SIGTERM, how long to wait for spans to move away (default 30000)
+  --start-timeout-ms <n>    how long to keep trying to reach etcd and register before exiting
+                            non-zero; a port in use exits at once, 100-600000 (default 30000)
   --pipeline-batch-events <n>
                             events read and written per span pipeline step, 1-100000 (default 1000)
   --pipeline-steps-in-flight <n>
@@ -170,6 +179,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     tickIntervalMs: intIn('--tick-ms', get('tick-ms') ?? String(serverDefaults.tickIntervalMs), 10, 1000),
     moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
     drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
+    startTimeoutMs: intIn('--start-timeout-ms', get('start-timeout-ms') ?? String(serverDefaults.startTimeoutMs), 100, 600_000),
     pipelineBatchEvents: intIn('--pipeline-batch-events', get('pipeline-batch-events') ?? String(serverDefaults.pipelineBatchEvents), 1, 100_000),
     pipelineStepsInFlight: intIn('--pipeline-steps-in-flight', get('pipeline-steps-in-flight') ?? String(serverDefaults.pipelineStepsInFlight), 1, 10_000),
     pipelineRetries: intIn('--pipeline-retries', get('pipeline-retries') ?? String(serverDefaults.pipelineRetries), 0, 1_000),
