@@ -26,6 +26,9 @@ beforeAll(async () => {
   client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
   // A plain put: no lease, so nothing will ever remove it.
   await client.put(keys.capture('leaseless')).value(record('leaseless'));
+  // An owner candidate key without a lease, older than every real one: it would win
+  // every election for a capture that does not exist.
+  await client.put(keys.ownerKey('deadbeef')).value('leaseless');
   // Held by a live lease, but its id is not its key's.
   lease = client.lease(60, { autoKeepAlive: true });
   await lease.put(keys.capture('mismatched')).value(record('someone-else'));
