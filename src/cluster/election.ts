@@ -16,10 +16,17 @@ export interface OwnerInfo {
   readonly key: string;
 }
 
-/** The owner among the candidate keys: the lowest create revision. */
+/**
+ * The owner among the candidate keys: the lowest create revision. A key without a lease
+ * (put by hand, or by a changefeed writing into the cluster's own etcd) belongs to no
+ * capture and would block every election for good: it does not count.
+ */
 export function ownerOf(kvs: readonly IKeyValue[]): OwnerInfo | undefined {
   let best: IKeyValue | undefined;
-  for (const kv of kvs) if (best === undefined || BigInt(kv.create_revision) < BigInt(best.create_revision)) best = kv;
+  for (const kv of kvs) {
+    if (kv.lease === '0' || kv.lease === '') continue;
+    if (best === undefined || BigInt(kv.create_revision) < BigInt(best.create_revision)) best = kv;
+  }
   if (best === undefined) return undefined;
   return { captureId: best.value.toString(), revision: BigInt(best.create_revision), key: best.key.toString() };
 }
