@@ -2,6 +2,7 @@
  * `spanfeed server`: runs one capture until SIGTERM/SIGINT.
  */
 import { createRootLogger } from '../log.ts';
+import { HttpApi } from '../api/http-api.ts';
 import { Capture } from '../server/capture.ts';
 import { ConfigError, parseServerConfig, serverUsage } from '../server/server-config.ts';
 
@@ -24,7 +25,7 @@ export async function runServer(argv: readonly string[], version: string): Promi
     throw error;
   }
   const log = createRootLogger(config.logLevel, { pid: process.pid });
-  const capture = new Capture(config, version, log);
+  const capture = new Capture(config, version, log, (c) => new HttpApi(c));
   try {
     await capture.start();
   } catch (error) {

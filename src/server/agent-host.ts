@@ -9,7 +9,7 @@ import type { AgentOutput } from '../agent/agent.ts';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
 import type { Logger } from '../log.ts';
 import type { Etcd3 } from 'etcd3';
-import type { Metrics } from '../api/metrics.ts';
+import type { Metrics } from './metrics.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { EtcdBackfillStore, backfillDefaults } from '../pipeline/backfill.ts';
 import type { PipelineLimits } from '../pipeline/pipeline-runner.ts';

@@ -27,8 +27,7 @@ import { EtcdSession } from '../cluster/session.ts';
 import type { Logger } from '../log.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import { CaptureRpcServer } from '../rpc/capture-server.ts';
-import { HttpApi } from '../api/http-api.ts';
-import { Metrics } from '../api/metrics.ts';
+import { Metrics } from './metrics.ts';
 import { AgentHost } from './agent-host.ts';
 import { readCaptureRecords } from './capture-records.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
@@ -55,6 +54,13 @@ const joinBackoffMaxMs = 2_000;
 /** How long a start that gave up waits for its last try to fail once the etcd client is closed. */
 const startAbortWaitMs = 2_000;
 
+/** The HTTP API as the capture runs it. */
+export interface ApiServer {
+  /** Binds `host:port` (0 picks a port); resolves with the port. */
+  listen(host: string, port: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 /** The state a capture shares with its API and owner role. */
 export class Capture {
   id = '';
@@ -72,7 +78,7 @@ export class Capture {
   private election: Election | undefined;
   private agents: AgentHost | undefined;
   private rpc: CaptureRpcServer | undefined;
-  private api: HttpApi | undefined;
+  private api: ApiServer | undefined;
   private watches: PrefixWatch[] = [];
   private flushTimer: NodeJS.Timeout | undefined;
   private restarting = false;
@@ -87,6 +93,8 @@ export class Capture {
     readonly config: ServerConfig,
     readonly version: string,
     readonly log: Logger,
+    /** Builds the HTTP API over this capture (src/api, which depends on this layer, not the other way). */
+    private readonly createApi: (capture: Capture) => ApiServer,
   ) {
     this.keys = clusterKeys(config.clusterId);
     const malformed = new Set<string>();
@@ -175,7 +183,7 @@ export class Capture {
       throw new StartError(`cannot listen for gRPC on ${this.config.grpcAddr}`, false, { cause: error });
     }
     this.grpcAddr = `${advertised(grpcHost)}:${port}`;
-    this.api = new HttpApi(this);
+    this.api = this.createApi(this);
     const [httpHost, httpPort] = splitHostPort(this.config.httpAddr);
     try {
       port = await this.api.listen(httpHost, httpPort);

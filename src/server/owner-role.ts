@@ -16,7 +16,7 @@ import type { OwnerInfo } from '../cluster/election.ts';
 import type { Election } from '../cluster/election.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import type { EtcdSession } from '../cluster/session.ts';
-import type { Metrics } from '../api/metrics.ts';
+import type { Metrics } from './metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
 import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import type { AddressInfo, Server } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { HttpApi } from '../../src/api/http-api.ts';
 import { createRootLogger } from '../../src/log.ts';
 import { Capture, StartError } from '../../src/server/capture.ts';
 import { serverDefaults } from '../../src/server/server-config.ts';
@@ -160,7 +161,7 @@ describe('Capture.start', () => {
       grpcAddr: `127.0.0.1:${grpcPort}`,
       startTimeoutMs: 300,
     };
-    const capture = new Capture(config, 'test', createRootLogger('silent'));
+    const capture = new Capture(config, 'test', createRootLogger('silent'), (c) => new HttpApi(c));
     // A call on a closed client may fail with the breaker's error instead, so watch close().
     const closeClient = vi.spyOn(capture.client, 'close');
     const failure = await capture.start().then(() => undefined, (error: unknown) => error);
