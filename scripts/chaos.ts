@@ -36,8 +36,7 @@ import { createEtcdClient } from '../src/cluster/etcd-client.ts';
 import { clusterKeys } from '../src/cluster/keys.ts';
 import { SeededRandom } from '../src/core/rng.ts';
 import { prefixEnd } from '../src/core/span.ts';
-import { freePort } from '../src/dev/local-cluster.ts';
-import { LocalEtcdCluster } from '../src/dev/local-etcd-cluster.ts';
+import { LocalEtcdCluster, stablePort } from '../src/dev/local-etcd-cluster.ts';
 import { LoggedProcess } from '../src/dev/logged-process.ts';
 import { verify } from '../src/verify/verifier.ts';
 
@@ -81,6 +80,7 @@ const etcdKillGapMs = { min: 5_000, max: 9_000 };
 const etcdDownMs = { min: 500, max: 2_500 };
 const pollEveryMs = 200;
 const apiTimeoutMs = 3_000;
+const mutationTimeoutMs = 10_000;
 const startTimeoutMs = 30_000;
 const findingsMax = 50;
 
@@ -119,6 +119,7 @@ let keysChecked = 0;
 let unexpectedExits = 0;
 let unexpectedEtcdExits = 0;
 let captureStartFailures = 0;
+let pausedLeftOver = 0;
 let writerErrors = 0;
 let writes = 0;
 let lastRevision = 0n;
@@ -185,7 +186,9 @@ function live(): ChaosCapture[] {
  * Calls the API through live captures until one answers other than 503 (no owner right
  * now), bounded by `deadlineMs`. Throws when none did.
  */
-async function callAny<T = any>(method: string, path: string, body?: unknown, deadlineMs = 10_000): Promise<{ status: number; body: T }> {
+async function callAny<T = any>(method: string, path: string, body?: unknown, deadlineMs = 15_000): Promise<{ status: number; body: T }> {
+  // A change that times out here may still be applied: give it longer than a read.
+  const timeoutMs = method === 'GET' ? apiTimeoutMs : mutationTimeoutMs;
   const deadline = Date.now() + deadlineMs;
   let last = 'no live capture';
   let turn = 0;
@@ -194,7 +197,7 @@ async function callAny<T = any>(method: string, path: string, body?: unknown, de
     const capture = candidates[turn++ % Math.max(1, candidates.length)];
     if (capture !== undefined) {
       try {
-        const answer = await api<T>(capture.url, method, path, body);
+        const answer = await api<T>(capture.url, method, path, body, timeoutMs);
         if (answer.status !== 503) return answer;
         last = `503 ${JSON.stringify(answer.body)}`;
       } catch (error) {
@@ -220,7 +223,7 @@ function watchExit(capture: ChaosCapture): void {
 async function startCapture(): Promise<ChaosCapture | undefined> {
   if (meta === undefined) throw new Error('no metadata etcd');
   const name = `c${++captureSerial}`;
-  const httpPort = await freePort();
+  const httpPort = await stablePort();
   const args = [
     bin, 'server',
     '--etcd', meta.endpoints.join(','), '--cluster', cluster,
@@ -497,12 +500,14 @@ async function faultOwnerResign(): Promise<void> {
   faults.ownerResign = (faults.ownerResign ?? 0) + 1;
   const answer = await callAny('POST', '/api/v1/owner/resign');
   answered('ownerResign', answer.status);
+  note(`owner resign: ${answer.status}`);
 }
 
 async function undrain(target: { capture: ChaosCapture; id: string }): Promise<void> {
   faults.undrain = (faults.undrain ?? 0) + 1;
   const answer = await callAny('DELETE', `/api/v1/captures/${target.id}/drain`);
   answered('undrain', answer.status);
+  note(`undrain ${target.capture.name} ${target.id}: ${answer.status}${answer.status === 200 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   if (drained === target) drained = undefined;
 }
 
@@ -531,29 +536,35 @@ async function faultMove(): Promise<void> {
   faults.move = (faults.move ?? 0) + 1;
   const answer = await callAny('POST', `/api/v1/changefeeds/${id}/spans/move`, { table: span.table, start: span.start, captureId: target.id });
   answered('move', answer.status);
+  note(`move ${id} ${span.table} ${JSON.stringify(span.start)} ${span.state} to ${target.name} ${target.id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
 }
 
 async function faultRebalance(): Promise<void> {
   const id = faultRng.pick(feedIds);
   faults.rebalance = (faults.rebalance ?? 0) + 1;
-  answered('rebalance', (await callAny('POST', `/api/v1/changefeeds/${id}/rebalance`)).status);
+  const answer = await callAny('POST', `/api/v1/changefeeds/${id}/rebalance`);
+  answered('rebalance', answer.status);
+  note(`rebalance ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
 }
 
 async function resumeFeed(id: string): Promise<void> {
   faults.resume = (faults.resume ?? 0) + 1;
-  const answer = await callAny('POST', `/api/v1/changefeeds/${id}/resume`);
+  const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/resume`);
   answered('resume', answer.status);
-  if (answer.status === 202) paused.delete(id);
-  else note(`resume ${id}: ${answer.status} ${JSON.stringify(answer.body)}`);
+  note(`resume ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
+  // 409 not-paused: an earlier try that timed out here was applied.
+  if (answer.status === 202 || answer.body.error?.code === 'not-paused') paused.delete(id);
 }
 
 async function faultPauseResume(): Promise<void> {
   const id = faultRng.pick(feedIds);
   if (paused.has(id)) return;
   faults.pause = (faults.pause ?? 0) + 1;
-  const answer = await callAny('POST', `/api/v1/changefeeds/${id}/pause`);
+  const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
   answered('pause', answer.status);
-  if (answer.status !== 202) return;
+  note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
+  // 409 already-paused: an earlier try that timed out here was applied; resume it too.
+  if (answer.status !== 202 && answer.body.error?.code !== 'already-paused') return;
   paused.add(id);
   later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
 }
@@ -600,7 +611,10 @@ async function etcdKillLoop(cluster: LocalEtcdCluster, until: number): Promise<v
 // ---------------------------------------------------------------------------------------
 // The sinks replayed independently.
 
-/** Byte order of two hex-encoded keys is the order of the hex strings. */
+/**
+ * Keys and values as lowercase hex: two keys compare in byte order exactly as their hex
+ * strings do (two characters per byte, and a byte prefix is a hex prefix).
+ */
 type HexState = Map<string, string>;
 
 async function upstreamState(client: Etcd3, table: string, atTs: bigint): Promise<HexState> {
@@ -687,10 +701,7 @@ function fileSinkState(table: string, atTs: bigint): { state: HexState; lines: n
   return { state, lines, foreign };
 }
 
-/**
- * Hex strings compare in byte order only when of equal length per byte; keys of
- * different lengths compare correctly too because a hex prefix is a byte prefix.
- */
+/** The file sink, read here, against the upstream at `atTs`. */
 async function verifyFileSink(client: Etcd3, atTs: bigint): Promise<Record<string, number | string>> {
   let checked = 0;
   let miss = 0;
@@ -759,6 +770,41 @@ async function describeFeeds(): Promise<string> {
   }
 }
 
+/** Verifies one changefeed's sink at its persisted checkpoint (read before the sink is). */
+async function verifyFeed(id: (typeof feedIds)[number], sinkUri: string, upstreamUri: string): Promise<Record<string, unknown> | undefined> {
+  if (metaClient === undefined || upClient === undefined) return undefined;
+  const atTs = await persistedCheckpoint(metaClient, id);
+  if (atTs === undefined) return undefined;
+  if (id === 'cf-file') return verifyFileSink(upClient, atTs);
+  const result = await verify(upstreamUri, sinkUri, tableNames.map((name) => ({ name, start: `up/${name}/`, end: prefixEnd(`up/${name}/`) })), atTs);
+  return { ...result };
+}
+
+let midRunChecks = 0;
+let midRunCheckErrors = 0;
+
+/** (c) during the faults too: every sink matches the upstream at its persisted checkpoint. */
+async function midRunVerifyLoop(sinks: Record<(typeof feedIds)[number], string>, upstreamUri: string, until: number): Promise<void> {
+  while (faulting && Date.now() < until) {
+    await sleep(8_000);
+    if (!faulting || Date.now() >= until) return;
+    for (const id of feedIds) {
+      try {
+        const result = (await verifyFeed(id, sinks[id], upstreamUri)) as { missing: number; mismatched: number; extra: number } | undefined;
+        if (result === undefined) continue;
+        midRunChecks++;
+        missing += result.missing;
+        mismatched += result.mismatched;
+        extra += result.extra;
+        if (result.missing + result.mismatched + result.extra > 0) finding(`mid-run: sink of ${id} differs from the upstream at its persisted checkpoint: ${JSON.stringify(result)}`);
+      } catch (error) {
+        midRunCheckErrors++;
+        note(`mid-run verify of ${id} failed: ${(error as Error).message}`);
+      }
+    }
+  }
+}
+
 async function run(): Promise<void> {
   note(`seed ${seed}, ${faultSeconds} s of faults, temp dir ${tempDir}`);
   meta = await LocalEtcdCluster.start({ dir: join(tempDir, 'meta'), size: 3, token: `spanfeed-chaos-meta-${process.pid}-${seed}` });
@@ -800,7 +846,8 @@ async function run(): Promise<void> {
   const writer = writerLoop(upClient);
   faulting = true;
   const until = Date.now() + faultSeconds * 1_000;
-  await Promise.all([faultLoop(until), etcdKillLoop(meta, until)]);
+  const sinks = { 'cf-file': feeds['cf-file'].sink.uri, 'cf-etcd': feeds['cf-etcd'].sink.uri };
+  await Promise.all([faultLoop(until), etcdKillLoop(meta, until), midRunVerifyLoop(sinks, upstreamUri, until)]);
   faulting = false;
 
   // Everything back: recoveries due, etcd members, SIGCONT, undrain, resume, captures.
@@ -809,6 +856,18 @@ async function run(): Promise<void> {
   for (const capture of captures) if (capture.proc.stopped) capture.proc.resume();
   if (drained !== undefined) await undrain(drained).catch((error: unknown) => note(`undrain failed: ${(error as Error).message}`));
   for (const id of [...paused]) await resumeFeed(id).catch((error: unknown) => note(`resume failed: ${(error as Error).message}`));
+  // A changefeed paused that every pause here was resumed for: a resume did not stick.
+  try {
+    const views = await callAny<FeedView[]>('GET', '/api/v1/changefeeds');
+    for (const view of Array.isArray(views.body) ? views.body : []) {
+      if (view.state !== 'paused') continue;
+      finding(`changefeed ${view.id} is paused after the faults although every pause of it was answered by a resume; resuming it`, JSON.stringify(view));
+      pausedLeftOver++;
+      await resumeFeed(view.id);
+    }
+  } catch (error) {
+    note(`could not list changefeeds after the faults: ${(error as Error).message}`);
+  }
   for (let i = captures.filter((c) => c.proc.running).length; i < captureCount; i++) await startCapture();
   writing = false;
   await writer;
@@ -833,30 +892,30 @@ async function run(): Promise<void> {
 
   // (c) the sinks replayed at their persisted checkpoints.
   for (const id of feedIds) {
-    const atTs = await persistedCheckpoint(metaClient, id);
-    if (atTs === undefined) {
+    const result = await verifyFeed(id, sinks[id], upstreamUri);
+    if (result === undefined) {
       finding(`changefeed ${id} has no persisted status`);
       catchUpFailures++;
       continue;
     }
-    const result =
-      id === 'cf-file'
-        ? await verifyFileSink(upClient, atTs)
-        : await verify(upstreamUri, feeds['cf-etcd'].sink.uri, tableNames.map((name) => ({ name, start: `up/${name}/`, end: prefixEnd(`up/${name}/`) })), atTs);
     verified[id] = result;
-    const r = result as unknown as { missing: number; mismatched: number; extra: number; keysChecked: number };
+    const r = result as { missing: number; mismatched: number; extra: number; keysChecked: number };
     missing += r.missing;
     mismatched += r.mismatched;
     extra += r.extra;
     keysChecked += r.keysChecked;
-    if (r.missing + r.mismatched + r.extra > 0) finding(`sink of ${id} differs from the upstream at ${atTs}: ${JSON.stringify(result)}`);
+    if (r.missing + r.mismatched + r.extra > 0) finding(`sink of ${id} differs from the upstream at its persisted checkpoint: ${JSON.stringify(result)}`);
   }
 }
 
 function summary(error: unknown): number {
-  unexpectedEtcdExits = (meta?.unexpectedExits().length ?? 0) + (upstream?.unexpectedExits().length ?? 0);
-  if (unexpectedEtcdExits > 0) finding(`${unexpectedEtcdExits} etcd process(es) exited on their own`);
-  const failures = checkpointRegressions + checkpointAboveResolved + catchUpFailures + failedChangefeeds + missing + mismatched + extra + unexpectedExits + unexpectedEtcdExits + captureStartFailures + writerErrors + (error === undefined ? 0 : 1);
+  for (const [which, etcd] of [['metadata', meta], ['upstream', upstream]] as const) {
+    for (const exit of etcd?.unexpected ?? []) {
+      unexpectedEtcdExits++;
+      finding(`${which} etcd ${exit.member} (pid ${exit.pid}) exited on its own: code ${exit.code} signal ${exit.signal}`, exit.tail);
+    }
+  }
+  const failures = checkpointRegressions + checkpointAboveResolved + catchUpFailures + failedChangefeeds + missing + mismatched + extra + unexpectedExits + unexpectedEtcdExits + captureStartFailures + pausedLeftOver + writerErrors + (error === undefined ? 0 : 1);
   if (failures > 0) keepTempDir = true;
   const line = {
     seed,
@@ -877,9 +936,12 @@ function summary(error: unknown): number {
     unexpectedExits,
     unexpectedEtcdExits,
     captureStartFailures,
+    pausedLeftOver,
     writerErrors,
     catchUpMs: catchUp,
     verified,
+    midRunChecks,
+    midRunCheckErrors,
     polls: { api: apiPolls, apiFailures: apiPollFailures, etcd: etcdPolls, etcdFailures: etcdPollFailures },
     capturesStarted: allCaptures.length,
     error: error === undefined ? null : (error as Error).message,

@@ -6,9 +6,47 @@
  * the maintenance status API (`POST /v3/maintenance/status`, the gRPC gateway).
  */
 import { mkdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { ensureEtcd, freePort, waitFor } from './local-cluster.ts';
+import { ensureEtcd, waitFor } from './local-cluster.ts';
 import { LoggedProcess } from './logged-process.ts';
+import type { ProcessExit } from './logged-process.ts';
+
+/** Ports handed out by `stablePort` in this process, never handed out twice. */
+const portsTaken = new Set<number>();
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A free loopback port below Linux's ephemeral range (32768-60999). A member keeps its
+ * ports across restarts, and while it is down an outgoing connection of any process may
+ * take a port of the ephemeral range (as `port 0` hands out), so its restart would fail
+ * with "address already in use"; below that range only an explicit bind can collide.
+ */
+export async function stablePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (portsTaken.has(port)) continue;
+    if (await portFree(port)) {
+      portsTaken.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port in 20000-32000');
+}
+
+/** A member's exit that nobody asked for. */
+export interface UnexpectedExit extends ProcessExit {
+  readonly member: string;
+  readonly pid: number;
+  readonly tail: string;
+}
 
 /** One member's addresses and process. */
 export interface EtcdMember {
@@ -36,6 +74,9 @@ export class LocalEtcdCluster {
     private readonly extraArgs: readonly string[],
   ) {}
 
+  /** Every exit of a member that was not killed on purpose, in order. */
+  readonly unexpected: UnexpectedExit[] = [];
+
   /** Starts `size` members under `dir` and waits until the cluster answers. */
   static async start(options: { dir: string; size?: number; token: string; extraArgs?: readonly string[] }): Promise<LocalEtcdCluster> {
     ensureEtcd();
@@ -43,13 +84,21 @@ export class LocalEtcdCluster {
     const members: EtcdMember[] = [];
     for (let i = 1; i <= size; i++) {
       const dataDir = join(options.dir, `m${i}-data`);
-      mkdirSync(dataDir, { recursive: true });
-      members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir, logPath: join(options.dir, `etcd-m${i}.log`), proc: undefined, starts: 0 });
+      mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      members.push({ name: `m${i}`, clientPort: await stablePort(), peerPort: await stablePort(), dataDir, logPath: join(options.dir, `etcd-m${i}.log`), proc: undefined, starts: 0 });
     }
     const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
     const cluster = new LocalEtcdCluster(members, initialCluster, options.token, options.extraArgs ?? []);
     for (const member of members) cluster.spawn(member);
-    await waitFor('the etcd cluster to elect a leader', async () => ((await cluster.leader()) !== undefined ? true : undefined), 20_000, 50);
+    try {
+      await waitFor('every etcd member to answer with a leader', async () => {
+        const statuses = await Promise.all(members.map((m) => cluster.memberStatus(m)));
+        return statuses.every((s) => s !== undefined) ? true : undefined;
+      }, 20_000, 50);
+    } catch (error) {
+      await cluster.stop();
+      throw new Error(`${(error as Error).message}\n${members.map((m) => `${m.name}: ${m.proc?.tail(1_500) ?? ''}`).join('\n')}`);
+    }
     return cluster;
   }
 
@@ -76,6 +125,13 @@ export class LocalEtcdCluster {
         ...this.extraArgs,
       ],
       member.logPath,
+    );
+    const proc = member.proc;
+    proc.exited.then(
+      (exit) => {
+        if (!proc.killedOnPurpose) this.unexpected.push({ ...exit, member: member.name, pid: proc.pid, tail: proc.tail(1_500) });
+      },
+      () => undefined,
     );
   }
 
@@ -113,11 +169,6 @@ export class LocalEtcdCluster {
   restart(member: EtcdMember): void {
     if (member.proc?.running === true) return;
     this.spawn(member);
-  }
-
-  /** Members whose process ended although nobody killed it. */
-  unexpectedExits(): EtcdMember[] {
-    return this.members.filter((m) => m.proc !== undefined && !m.proc.running && !m.proc.killedOnPurpose);
   }
 
   /** SIGKILLs every member at once, without waiting (exit handlers). */
