@@ -376,14 +376,49 @@ const failedSeen = new Set<string>();
 let monitoring = false;
 let pollTurn = 0;
 
+const highestSinceS: Record<string, number> = {};
+const historiesDumped = new Set<string>();
+
+/**
+ * The last versions of a changefeed's persisted status, newest first, read back through
+ * etcd's MVCC history (nothing compacts the metadata etcd during a run).
+ */
+async function statusHistory(client: Etcd3, id: string, versionsMax = 15): Promise<string[]> {
+  const lines: string[] = [];
+  let revision: string | undefined;
+  for (let i = 0; i < versionsMax; i++) {
+    const query = client.get(keys.changefeedStatus(id));
+    if (revision !== undefined) query.revision(revision);
+    const response = await query.exec();
+    const kv = response.kvs[0];
+    if (kv === undefined) break;
+    lines.push(`  modRevision ${kv.mod_revision} version ${kv.version}: ${kv.value.toString()}`);
+    if (BigInt(kv.mod_revision) <= 1n) break;
+    revision = (BigInt(kv.mod_revision) - 1n).toString();
+  }
+  return lines;
+}
+
 function observe(via: 'api' | 'etcd', id: string, checkpointTs: bigint, resolvedTs: bigint, from: string): void {
   const slot = `${via}:${id}`;
   const before = highest[slot];
   if (before !== undefined && checkpointTs < before) {
     checkpointRegressions++;
-    finding(`checkpoint regressed (${via}) for ${id}: ${before} -> ${checkpointTs} (read from ${from})`);
+    const text = `checkpoint regressed (${via}) for ${id}: ${before} (seen since ${highestSinceS[slot]}s) -> ${checkpointTs} (read from ${from})`;
+    if (metaClient !== undefined && !historiesDumped.has(id)) {
+      historiesDumped.add(id);
+      const client = metaClient;
+      void statusHistory(client, id)
+        .then((history) => finding(text, `persisted status history of ${id}, newest first:\n${history.join('\n')}`))
+        .catch((error: unknown) => finding(text, `status history unreadable: ${(error as Error).message}`));
+    } else {
+      finding(text);
+    }
   }
-  if (before === undefined || checkpointTs > before) highest[slot] = checkpointTs;
+  if (before === undefined || checkpointTs > before) {
+    highest[slot] = checkpointTs;
+    highestSinceS[slot] = elapsedS();
+  }
   if (checkpointTs > resolvedTs) {
     checkpointAboveResolved++;
     if (checkpointAboveResolved <= 5) finding(`checkpoint above resolved (${via}) for ${id}: ${checkpointTs} > ${resolvedTs} (read from ${from})`);
