@@ -3,6 +3,7 @@
  * checks made from outside the processes.
  *
  *   npm run chaos -- --seconds S --seed N [--captures 4] [--catch-up-s 60] [--keep]
+ *                    [--faults captureKill,captureStop,ownerResign,drain,move,rebalance,pauseResume,etcdLeaderKill]
  *
  * It starts a three-member metadata etcd (its leader SIGKILLed and restarted every few
  * seconds), a single-member upstream etcd with a writer (puts, overwrites, deletes over
@@ -60,6 +61,7 @@ const { values } = parseArgs({
     captures: { type: 'string' },
     'catch-up-s': { type: 'string' },
     keep: { type: 'boolean' },
+    faults: { type: 'string' },
   },
   strict: true,
 });
@@ -604,19 +606,24 @@ async function faultPauseResume(): Promise<void> {
   later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
 }
 
-const faultTable: readonly { readonly weight: number; readonly run: () => Promise<void> }[] = [
-  { weight: 3, run: faultCaptureKill },
-  { weight: 2, run: faultCaptureStop },
-  { weight: 2, run: faultOwnerResign },
-  { weight: 2, run: faultDrain },
-  { weight: 3, run: faultMove },
-  { weight: 2, run: faultRebalance },
-  { weight: 2, run: faultPauseResume },
+const allFaults: readonly { readonly name: string; readonly weight: number; readonly run: () => Promise<void> }[] = [
+  { name: 'captureKill', weight: 3, run: faultCaptureKill },
+  { name: 'captureStop', weight: 2, run: faultCaptureStop },
+  { name: 'ownerResign', weight: 2, run: faultOwnerResign },
+  { name: 'drain', weight: 2, run: faultDrain },
+  { name: 'move', weight: 3, run: faultMove },
+  { name: 'rebalance', weight: 2, run: faultRebalance },
+  { name: 'pauseResume', weight: 2, run: faultPauseResume },
 ];
+const faultNames = [...allFaults.map((f) => f.name), 'etcdLeaderKill'];
+/** `--faults a,b`: only these kinds (to chase one finding); all of them by default. */
+const chosenFaults = values.faults === undefined ? faultNames : values.faults.split(',').map((name) => name.trim());
+for (const name of chosenFaults) if (!faultNames.includes(name)) throw new Error(`--faults: unknown fault ${JSON.stringify(name)}; known: ${faultNames.join(', ')}`);
+const faultTable = allFaults.filter((f) => chosenFaults.includes(f.name));
 
 async function faultLoop(until: number): Promise<void> {
   const total = faultTable.reduce((n, f) => n + f.weight, 0);
-  while (faulting && Date.now() < until) {
+  while (faulting && Date.now() < until && total > 0) {
     await sleep(between(faultRng, faultGapMs));
     if (!faulting || Date.now() >= until) return;
     let draw = faultRng.int(total);
@@ -630,7 +637,7 @@ async function faultLoop(until: number): Promise<void> {
 }
 
 async function etcdKillLoop(cluster: LocalEtcdCluster, until: number): Promise<void> {
-  while (faulting && Date.now() < until) {
+  while (faulting && Date.now() < until && chosenFaults.includes('etcdLeaderKill')) {
     await sleep(between(etcdRng, etcdKillGapMs));
     if (!faulting || Date.now() >= until) return;
     const leader = await cluster.leader();
@@ -955,6 +962,7 @@ function summary(error: unknown): number {
   const line = {
     seed,
     seconds: faultSeconds,
+    ...(values.faults === undefined ? {} : { faultKinds: chosenFaults }),
     ok: failures === 0,
     faults,
     answers,
