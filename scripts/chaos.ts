@@ -3,7 +3,7 @@
  * checks made from outside the processes.
  *
  *   npm run chaos -- --seconds S --seed N [--captures 4] [--catch-up-s 60] [--keep]
- *                    [--faults captureKill,captureStop,ownerResign,drain,move,rebalance,pauseResume,etcdLeaderKill]
+ *                    [--faults captureKill,captureStop,ownerResign,drain,move,rebalance,pauseResume,pauseAtEtcdKill,etcdLeaderKill]
  *
  * It starts a three-member metadata etcd (its leader SIGKILLed and restarted every few
  * seconds), a single-member upstream etcd with a writer (puts, overwrites, deletes over
@@ -137,13 +137,32 @@ function finding(text: string, detail?: string): void {
   process.stderr.write(`chaos: FINDING at ${elapsedS()}s: ${text}\n${detail === undefined ? '' : `${detail}\n`}`);
 }
 
+const warnings: string[] = [];
+
+/** Something wrong that is not one of the failure counts: reported, not failed. */
+function warning(text: string): void {
+  if (warnings.length < findingsMax) warnings.push(`${elapsedS()}s ${text}`);
+  process.stderr.write(`chaos: WARNING at ${elapsedS()}s: ${text}\n`);
+}
+
 function note(text: string): void {
   process.stderr.write(`chaos: ${elapsedS()}s ${text}\n`);
 }
 
-function answered(kind: string, status: number | string): void {
+let apiInternalErrors = 0;
+
+/**
+ * Counts an answer to a fault request. A 5xx other than 503 breaks the API's contract
+ * (503 means retry, nothing changed): it is reported, and the caller treats the change
+ * as maybe applied.
+ */
+function answered(kind: string, status: number | string, body?: unknown): void {
   const byStatus = (answers[kind] ??= {});
   byStatus[String(status)] = (byStatus[String(status)] ?? 0) + 1;
+  if (typeof status === 'number' && status >= 500 && status !== 503) {
+    apiInternalErrors++;
+    warning(`API answered ${status} to ${kind}: ${JSON.stringify(body)}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -379,6 +398,9 @@ let monitoring = false;
 let pollTurn = 0;
 
 const highestSinceS: Record<string, number> = {};
+/** True while a slot reads below its high mark (a drop already counted). */
+const below: Record<string, boolean> = {};
+let checkpointRegressionPolls = 0;
 const historiesDumped = new Set<string>();
 
 /**
@@ -405,6 +427,12 @@ function observe(via: 'api' | 'etcd', id: string, checkpointTs: bigint, resolved
   const slot = `${via}:${id}`;
   const before = highest[slot];
   if (before !== undefined && checkpointTs < before) {
+    checkpointRegressionPolls++;
+    // One regression per drop: the polls that still read below the high mark after it
+    // count as polls, not as more regressions.
+    const dropped = below[slot] === true;
+    below[slot] = true;
+    if (dropped) return;
     checkpointRegressions++;
     const text = `checkpoint regressed (${via}) for ${id}: ${before} (seen since ${highestSinceS[slot]}s) -> ${checkpointTs} (read from ${from})`;
     if (metaClient !== undefined && !historiesDumped.has(id)) {
@@ -417,6 +445,7 @@ function observe(via: 'api' | 'etcd', id: string, checkpointTs: bigint, resolved
       finding(text);
     }
   }
+  below[slot] = false;
   if (before === undefined || checkpointTs > before) {
     highest[slot] = checkpointTs;
     highestSinceS[slot] = elapsedS();
@@ -536,14 +565,14 @@ async function faultCaptureStop(): Promise<void> {
 async function faultOwnerResign(): Promise<void> {
   faults.ownerResign = (faults.ownerResign ?? 0) + 1;
   const answer = await callAny('POST', '/api/v1/owner/resign');
-  answered('ownerResign', answer.status);
+  answered('ownerResign', answer.status, answer.body);
   note(`owner resign: ${answer.status}`);
 }
 
 async function undrain(target: { capture: ChaosCapture; id: string }): Promise<void> {
   faults.undrain = (faults.undrain ?? 0) + 1;
   const answer = await callAny('DELETE', `/api/v1/captures/${target.id}/drain`);
-  answered('undrain', answer.status);
+  answered('undrain', answer.status, answer.body);
   note(`undrain ${target.capture.name} ${target.id}: ${answer.status}${answer.status === 200 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   if (drained === target) drained = undefined;
 }
@@ -555,7 +584,7 @@ async function faultDrain(): Promise<void> {
   const target = { capture: picked.capture, id: picked.capture.id };
   faults.drain = (faults.drain ?? 0) + 1;
   const answer = await callAny('POST', `/api/v1/captures/${target.id}/drain`);
-  answered('drain', answer.status);
+  answered('drain', answer.status, answer.body);
   note(`drain ${target.capture.name} ${target.id}${picked.isOwner ? ' (owner)' : ''}: ${answer.status}`);
   drained = target;
   later(2_000 + faultRng.int(4_000), () => undrain(target));
@@ -572,7 +601,7 @@ async function faultMove(): Promise<void> {
   const target = faultRng.pick(targets);
   faults.move = (faults.move ?? 0) + 1;
   const answer = await callAny('POST', `/api/v1/changefeeds/${id}/spans/move`, { table: span.table, start: span.start, captureId: target.id });
-  answered('move', answer.status);
+  answered('move', answer.status, answer.body);
   note(`move ${id} ${span.table} ${JSON.stringify(span.start)} ${span.state} to ${target.name} ${target.id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
 }
 
@@ -580,14 +609,14 @@ async function faultRebalance(): Promise<void> {
   const id = faultRng.pick(feedIds);
   faults.rebalance = (faults.rebalance ?? 0) + 1;
   const answer = await callAny('POST', `/api/v1/changefeeds/${id}/rebalance`);
-  answered('rebalance', answer.status);
+  answered('rebalance', answer.status, answer.body);
   note(`rebalance ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
 }
 
 async function resumeFeed(id: string): Promise<void> {
   faults.resume = (faults.resume ?? 0) + 1;
   const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/resume`);
-  answered('resume', answer.status);
+  answered('resume', answer.status, answer.body);
   note(`resume ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   // 409 not-paused: an earlier try that timed out here was applied.
   if (answer.status === 202 || answer.body.error?.code === 'not-paused') paused.delete(id);
@@ -598,10 +627,36 @@ async function faultPauseResume(): Promise<void> {
   if (paused.has(id)) return;
   faults.pause = (faults.pause ?? 0) + 1;
   const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
-  answered('pause', answer.status);
+  answered('pause', answer.status, answer.body);
   note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
-  // 409 already-paused: an earlier try that timed out here was applied; resume it too.
-  if (answer.status !== 202 && answer.body.error?.code !== 'already-paused') return;
+  // 409 already-paused: an earlier try that timed out here was applied; resume it too
+  // (and after a 500, which may have been applied).
+  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') return;
+  paused.add(id);
+  later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
+}
+
+/**
+ * The metadata etcd leader SIGKILLed and a changefeed paused right after (while the
+ * owner's checkpoint write may hang on the dead member), resumed a little later.
+ */
+async function faultPauseAtEtcdKill(): Promise<void> {
+  if (meta === undefined) return;
+  const id = faultRng.pick(feedIds);
+  if (paused.has(id)) return;
+  const leader = await meta.leader();
+  if (leader === undefined) return;
+  const cluster = meta;
+  faults.etcdLeaderKill = (faults.etcdLeaderKill ?? 0) + 1;
+  note(`SIGKILL metadata etcd leader ${leader.name}, then pause ${id}`);
+  await cluster.kill(leader);
+  later(between(faultRng, etcdDownMs), () => cluster.restart(leader));
+  await sleep(faultRng.int(500));
+  faults.pause = (faults.pause ?? 0) + 1;
+  const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
+  answered('pause', answer.status, answer.body);
+  note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
+  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') return;
   paused.add(id);
   later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
 }
@@ -614,6 +669,7 @@ const allFaults: readonly { readonly name: string; readonly weight: number; read
   { name: 'move', weight: 3, run: faultMove },
   { name: 'rebalance', weight: 2, run: faultRebalance },
   { name: 'pauseResume', weight: 2, run: faultPauseResume },
+  { name: 'pauseAtEtcdKill', weight: 1, run: faultPauseAtEtcdKill },
 ];
 const faultNames = [...allFaults.map((f) => f.name), 'etcdLeaderKill'];
 /** `--faults a,b`: only these kinds (to chase one finding); all of them by default. */
@@ -969,6 +1025,7 @@ function summary(error: unknown): number {
     writes,
     lastRevision: lastRevision.toString(),
     checkpointRegressions,
+    checkpointRegressionPolls,
     checkpointAboveResolved,
     catchUpFailures,
     failedChangefeeds,
@@ -980,6 +1037,7 @@ function summary(error: unknown): number {
     unexpectedEtcdExits,
     captureStartFailures,
     pausedLeftOver,
+    apiInternalErrors,
     writerErrors,
     catchUpMs: catchUp,
     verified,
@@ -989,6 +1047,7 @@ function summary(error: unknown): number {
     capturesStarted: allCaptures.length,
     error: error === undefined ? null : (error as Error).message,
     findings,
+    warnings,
     tempDir: keepTempDir ? tempDir : null,
     elapsedS: elapsedS(),
   };
