@@ -423,6 +423,42 @@ async function statusHistory(client: Etcd3, id: string, versionsMax = 15): Promi
   return lines;
 }
 
+let persistedHistoryRegressions = 0;
+let persistedVersionsChecked = 0;
+
+/**
+ * (a) exactly, as persisted: every version a status key ever had, read back through
+ * etcd's MVCC history (oldest first), must carry a checkpoint no lower than the ones
+ * before it. Polling can miss a drop that lasts less than a poll; this cannot.
+ */
+async function checkPersistedHistory(client: Etcd3, id: string, versionsMax = 50_000): Promise<void> {
+  const versions: { modRevision: bigint; checkpointTs: bigint; text: string }[] = [];
+  let revision: string | undefined;
+  for (let i = 0; i < versionsMax; i++) {
+    const query = client.get(keys.changefeedStatus(id));
+    if (revision !== undefined) query.revision(revision);
+    const kv = (await query.exec()).kvs[0];
+    if (kv === undefined) break;
+    const text = kv.value.toString();
+    versions.push({ modRevision: BigInt(kv.mod_revision), checkpointTs: BigInt((JSON.parse(text) as { checkpointTs: string }).checkpointTs), text });
+    if (BigInt(kv.mod_revision) <= 1n) break;
+    revision = (BigInt(kv.mod_revision) - 1n).toString();
+  }
+  versions.reverse();
+  persistedVersionsChecked += versions.length;
+  let high: (typeof versions)[number] | undefined;
+  for (const version of versions) {
+    if (high !== undefined && version.checkpointTs < high.checkpointTs) {
+      persistedHistoryRegressions++;
+      finding(
+        `persisted checkpoint of ${id} regressed in etcd's history: ${high.checkpointTs} -> ${version.checkpointTs}`,
+        `  modRevision ${high.modRevision}: ${high.text}\n  modRevision ${version.modRevision}: ${version.text}`,
+      );
+    }
+    if (high === undefined || version.checkpointTs > high.checkpointTs) high = version;
+  }
+}
+
 function observe(via: 'api' | 'etcd', id: string, checkpointTs: bigint, resolvedTs: bigint, from: string): void {
   const slot = `${via}:${id}`;
   const before = highest[slot];
@@ -988,6 +1024,15 @@ async function run(): Promise<void> {
   monitoring = false;
   await monitor;
 
+  for (const id of feedIds) {
+    try {
+      await checkPersistedHistory(metaClient, id);
+    } catch (error) {
+      finding(`could not read the status history of ${id}: ${(error as Error).message}`);
+      persistedHistoryRegressions++;
+    }
+  }
+
   // (c) the sinks replayed at their persisted checkpoints.
   for (const id of feedIds) {
     const result = await verifyFeed(id, sinks[id], upstreamUri);
@@ -1013,7 +1058,7 @@ function summary(error: unknown): number {
       finding(`${which} etcd ${exit.member} (pid ${exit.pid}) exited on its own: code ${exit.code} signal ${exit.signal}`, exit.tail);
     }
   }
-  const failures = checkpointRegressions + checkpointAboveResolved + catchUpFailures + failedChangefeeds + missing + mismatched + extra + unexpectedExits + unexpectedEtcdExits + captureStartFailures + pausedLeftOver + writerErrors + (error === undefined ? 0 : 1);
+  const failures = checkpointRegressions + persistedHistoryRegressions + checkpointAboveResolved + catchUpFailures + failedChangefeeds + missing + mismatched + extra + unexpectedExits + unexpectedEtcdExits + captureStartFailures + pausedLeftOver + writerErrors + (error === undefined ? 0 : 1);
   if (failures > 0) keepTempDir = true;
   const line = {
     seed,
@@ -1026,6 +1071,8 @@ function summary(error: unknown): number {
     lastRevision: lastRevision.toString(),
     checkpointRegressions,
     checkpointRegressionPolls,
+    persistedHistoryRegressions,
+    persistedVersionsChecked,
     checkpointAboveResolved,
     catchUpFailures,
     failedChangefeeds,

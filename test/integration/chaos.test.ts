@@ -33,6 +33,7 @@ it('survives 60 seconds of chaos with nothing lost, regressed or crashed', async
   }
   const failures = {
     checkpointRegressions: summary.checkpointRegressions,
+    persistedHistoryRegressions: summary.persistedHistoryRegressions,
     checkpointAboveResolved: summary.checkpointAboveResolved,
     catchUpFailures: summary.catchUpFailures,
     failedChangefeeds: summary.failedChangefeeds,
@@ -48,7 +49,7 @@ it('survives 60 seconds of chaos with nothing lost, regressed or crashed', async
   };
   expect({ failures, findings: summary.findings, tempDir: summary.tempDir }).toEqual({
     failures: {
-      checkpointRegressions: 0, checkpointAboveResolved: 0, catchUpFailures: 0, failedChangefeeds: 0, missing: 0, mismatched: 0, extra: 0,
+      checkpointRegressions: 0, persistedHistoryRegressions: 0, checkpointAboveResolved: 0, catchUpFailures: 0, failedChangefeeds: 0, missing: 0, mismatched: 0, extra: 0,
       unexpectedExits: 0, unexpectedEtcdExits: 0, captureStartFailures: 0, pausedLeftOver: 0, writerErrors: 0, error: null,
     },
     findings: [],
