@@ -433,6 +433,7 @@ let persistedVersionsChecked = 0;
  */
 async function checkPersistedHistory(client: Etcd3, id: string, versionsMax = 50_000): Promise<void> {
   const versions: { modRevision: bigint; checkpointTs: bigint; text: string }[] = [];
+  let newestVersion = 0;
   let revision: string | undefined;
   for (let i = 0; i < versionsMax; i++) {
     const query = client.get(keys.changefeedStatus(id));
@@ -440,12 +441,14 @@ async function checkPersistedHistory(client: Etcd3, id: string, versionsMax = 50
     const kv = (await query.exec()).kvs[0];
     if (kv === undefined) break;
     const text = kv.value.toString();
+    if (newestVersion === 0) newestVersion = Number(kv.version);
     versions.push({ modRevision: BigInt(kv.mod_revision), checkpointTs: BigInt((JSON.parse(text) as { checkpointTs: string }).checkpointTs), text });
     if (BigInt(kv.mod_revision) <= 1n) break;
     revision = (BigInt(kv.mod_revision) - 1n).toString();
   }
   versions.reverse();
   persistedVersionsChecked += versions.length;
+  if (versions.length !== newestVersion) warning(`the status history of ${id} has ${versions.length} versions readable of ${newestVersion}`);
   let high: (typeof versions)[number] | undefined;
   for (const version of versions) {
     if (high !== undefined && version.checkpointTs < high.checkpointTs) {
