@@ -469,25 +469,26 @@ function observe(via: 'api' | 'etcd', id: string, checkpointTs: bigint, resolved
     checkpointRegressionPolls++;
     // One regression per drop: the polls that still read below the high mark after it
     // count as polls, not as more regressions.
-    const dropped = below[slot] === true;
-    below[slot] = true;
-    if (dropped) return;
-    checkpointRegressions++;
-    const text = `checkpoint regressed (${via}) for ${id}: ${before} (seen since ${highestSinceS[slot]}s) -> ${checkpointTs} (read from ${from})`;
-    if (metaClient !== undefined && !historiesDumped.has(id)) {
-      historiesDumped.add(id);
-      const client = metaClient;
-      void statusHistory(client, id)
-        .then((history) => finding(text, `persisted status history of ${id}, newest first:\n${history.join('\n')}`))
-        .catch((error: unknown) => finding(text, `status history unreadable: ${(error as Error).message}`));
-    } else {
-      finding(text);
+    if (below[slot] !== true) {
+      below[slot] = true;
+      checkpointRegressions++;
+      const text = `checkpoint regressed (${via}) for ${id}: ${before} (seen since ${highestSinceS[slot]}s) -> ${checkpointTs} (read from ${from})`;
+      if (metaClient !== undefined && !historiesDumped.has(id)) {
+        historiesDumped.add(id);
+        const client = metaClient;
+        void statusHistory(client, id)
+          .then((history) => finding(text, `persisted status history of ${id}, newest first:\n${history.join('\n')}`))
+          .catch((error: unknown) => finding(text, `status history unreadable: ${(error as Error).message}`));
+      } else {
+        finding(text);
+      }
     }
-  }
-  below[slot] = false;
-  if (before === undefined || checkpointTs > before) {
-    highest[slot] = checkpointTs;
-    highestSinceS[slot] = elapsedS();
+  } else {
+    below[slot] = false;
+    if (before === undefined || checkpointTs > before) {
+      highest[slot] = checkpointTs;
+      highestSinceS[slot] = elapsedS();
+    }
   }
   if (checkpointTs > resolvedTs) {
     checkpointAboveResolved++;
