@@ -5,6 +5,7 @@
  * `{"error": {"code", "message"}}` and changes nothing.
  */
 import { readFileSync } from 'node:fs';
+import { GRPCCancelledError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -205,7 +206,12 @@ export class HttpApi {
       else if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
       else if (error instanceof ServiceError) send(res, serviceErrorStatus[error.kind], { error: { code: error.code, message: error.message } });
       else if (error instanceof ValidationError) send(res, 400, { error: { code: 'invalid', message: error.message } });
-      else {
+      else if (isEtcdUnavailable(error)) {
+        // etcd is changing leaders or unreachable: retry. A write may have landed before
+        // the error; every write is compare-and-set, so a retry cannot apply it twice.
+        this.capture.log.warn({ err: error }, 'api request met an etcd error');
+        send(res, 503, { error: { code: 'etcd-unavailable', message: `etcd did not answer (${(error as Error).message}); read the changefeed again and retry` } });
+      } else {
         this.capture.log.error({ err: error }, 'api request failed');
         send(res, 500, { error: { code: 'internal', message: (error as Error).message } });
       }
@@ -471,6 +477,16 @@ export class HttpApi {
 function backfillOf(record: BackfillRecord | undefined): { state: string; keysDone: number; keysTotal: number } {
   if (record === undefined) return { state: 'pending', keysDone: 0, keysTotal: 0 };
   return { state: record.done ? 'done' : 'running', keysDone: record.keysDone, keysTotal: record.keysTotal };
+}
+
+/** An etcd error that a retry may not meet: unavailable, a deadline, a client that backs off. */
+function isEtcdUnavailable(error: unknown): boolean {
+  return (
+    error instanceof GRPCUnavailableError ||
+    error instanceof GRPCDeadlineExceededError ||
+    error instanceof GRPCCancelledError ||
+    (error instanceof Error && /circuit breaker is open|UNAVAILABLE|DEADLINE_EXCEEDED/.test(error.message))
+  );
 }
 
 /** Maps a refused core request to 404 (unknown things) or 409 (wrong state). */
