@@ -67,10 +67,18 @@ export class ChangefeedCache {
       const key = kv.key.toString();
       const [id, kind, ...rest] = key.slice(this.prefix.length).split('/');
       if (id === undefined || rest.length > 0 || (kind !== 'info' && kind !== 'status')) continue;
+      const modRevision = BigInt(kv.mod_revision);
+      // Unchanged since the last read: keep the parsed value (and its identity, which
+      // tells the owner that nothing changed) instead of parsing it again.
+      const known = kind === 'info' ? this.infoEntries.get(id) : this.statusEntries.get(id);
+      if (known !== undefined && known.modRevision === modRevision) {
+        if (kind === 'info') infos.set(id, known as Versioned<ChangefeedInfo>);
+        else statuses.set(id, known as Versioned<ChangefeedStatus>);
+        continue;
+      }
       try {
         const value: unknown = JSON.parse(kv.value.toString());
         if (typeof value !== 'object' || value === null) throw new Error('not an object');
-        const modRevision = BigInt(kv.mod_revision);
         if (kind === 'info') infos.set(id, { value: value as ChangefeedInfo, modRevision });
         else statuses.set(id, { value: value as ChangefeedStatus, modRevision });
       } catch {

@@ -26,7 +26,15 @@ export class PrefixWatch {
     private readonly log: Logger,
     private readonly resyncMs = 1_000,
     private readonly onError: () => void = () => undefined,
+    /**
+     * Fewest ms between two reads. A prefix that changes all the time (checkpoints of
+     * hundreds of changefeeds) would otherwise be read back to back, each read O(keys).
+     */
+    private readonly readIntervalMinMs = 0,
   ) {}
+
+  private lastReadAt = 0;
+  private delayed: NodeJS.Timeout | undefined;
 
   async start(): Promise<void> {
     await this.read();
@@ -42,6 +50,7 @@ export class PrefixWatch {
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer !== undefined) clearInterval(this.timer);
+    if (this.delayed !== undefined) clearTimeout(this.delayed);
     try {
       await this.watcher?.cancel();
     } catch (error) {
@@ -49,11 +58,19 @@ export class PrefixWatch {
     }
   }
 
-  /** Re-reads now (coalescing concurrent triggers). */
+  /** Re-reads now, or after `readIntervalMinMs` (coalescing concurrent triggers). */
   trigger(): void {
-    if (this.closed) return;
+    if (this.closed || this.delayed !== undefined) return;
     if (this.reading) {
       this.again = true;
+      return;
+    }
+    const waitMs = this.lastReadAt + this.readIntervalMinMs - Date.now();
+    if (waitMs > 0) {
+      this.delayed = setTimeout(() => {
+        this.delayed = undefined;
+        this.trigger();
+      }, waitMs);
       return;
     }
     void this.read().catch((error: unknown) => {
@@ -64,18 +81,19 @@ export class PrefixWatch {
 
   private async read(): Promise<void> {
     this.reading = true;
+    this.again = false;
     try {
-      do {
-        this.again = false;
-        const response = await this.client.getAll().prefix(this.prefix).exec();
-        const revision = BigInt(response.header.revision);
-        if (revision >= this.snapshot.revision && !this.closed) {
-          this.snapshot = { revision, kvs: response.kvs };
-          this.onChange(this.snapshot);
-        }
-      } while (this.again && !this.closed);
+      this.lastReadAt = Date.now();
+      const response = await this.client.getAll().prefix(this.prefix).exec();
+      const revision = BigInt(response.header.revision);
+      if (revision >= this.snapshot.revision && !this.closed) {
+        this.snapshot = { revision, kvs: response.kvs };
+        this.onChange(this.snapshot);
+      }
     } finally {
       this.reading = false;
+      // Changes seen while reading: read again, within the interval bound.
+      if (this.again) this.trigger();
     }
   }
 }

@@ -248,7 +248,9 @@ export class Capture {
     const etcdError = (): void => this.metrics.etcdErrors.inc();
     this.watches = [
       new PrefixWatch(this.client, this.keys.capturesPrefix, (s) => this.onCaptures(s), log, 1_000, etcdError),
-      new PrefixWatch(this.client, this.keys.changefeedsPrefix, (s) => this.onChangefeeds(s), log, 1_000, etcdError),
+      // Checkpoints change this prefix many times a second: read it at most every 200 ms
+      // (the owner's own writes reach its cache at once, without a read).
+      new PrefixWatch(this.client, this.keys.changefeedsPrefix, (s) => this.onChangefeeds(s), log, 1_000, etcdError, 200),
       new PrefixWatch(this.client, this.keys.ownerPrefix, (s) => this.onOwner(s), log, 500, etcdError),
     ];
     for (const watch of this.watches) await watch.start();
