@@ -205,6 +205,10 @@ export class SimCluster {
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
     // A changefeed failure (an error retrying cannot fix): the run must persist it and stay failed.
     if (this.owner?.run?.phase === 'running' && this.owner.zombieUntil < 0 && this.rng.chance(0.001)) this.owner.run.fail(`injected failure at step ${this.step}`);
+    // An operator pauses it (resumed a while later, like a failure).
+    if (this.metadata.info.state === 'normal' && this.rng.chance(0.0007)) {
+      this.metadata.pause();
+    }
     const coordinator = this.owner?.coordinator;
     if (coordinator === undefined || coordinator.phase !== 'running' || this.owner?.run?.phase !== 'running') return;
     if (this.rng.chance(0.05)) {
@@ -262,9 +266,10 @@ export class SimCluster {
    * a while later, as a new epoch with new agents.
    */
   private followChangefeedState(): void {
-    if (this.metadata.info.state === 'failed' && !this.agentsDropped) {
+    if (this.metadata.info.state !== 'normal' && !this.agentsDropped) {
       this.agentsDropped = true;
-      this.stats.changefeedFailures = (this.stats.changefeedFailures ?? 0) + 1;
+      if (this.metadata.info.state === 'failed') this.stats.changefeedFailures = (this.stats.changefeedFailures ?? 0) + 1;
+      else this.stats.changefeedPauses = (this.stats.changefeedPauses ?? 0) + 1;
       for (const capture of this.captures.values()) {
         capture.agent?.stopAll();
         capture.agent = undefined;
@@ -413,7 +418,8 @@ export class SimCluster {
     // The shell starts a coordinator from its cache of the status, which may be stale: an
     // older persisted checkpoint. The run must never write below what etcd holds.
     this.persistedHistory.push(this.persisted.checkpointTs);
-    if (this.persistedHistory.length > 16) this.persistedHistory.shift();
+    // A cache is stale by a few writes at most (it is re-read every few hundred ms).
+    if (this.persistedHistory.length > 3) this.persistedHistory.shift();
     const staleStart = this.rng.chance(0.3) ? this.rng.pick(this.persistedHistory) : this.persisted.checkpointTs;
     const coordinator = new Coordinator({
       changefeed,
@@ -537,8 +543,10 @@ export class SimCluster {
     }
     for (const violation of this.metadata.violations.splice(0)) this.violations.push(`step ${step}: ${violation}`);
     // A failed changefeed stays failed until an operator resumes it: no run coordinates it.
-    if (this.metadata.info.state === 'failed' && this.owner?.run !== undefined && this.owner.run.phase === 'running') {
-      this.violations.push(`step ${step}: owner ${this.owner.id} runs the failed changefeed`);
+    const ownerCapture = this.owner === undefined ? undefined : this.captures.get(this.owner.id);
+    const ownerActs = ownerCapture !== undefined && this.canRun(ownerCapture);
+    if (ownerActs && this.metadata.info.state !== 'normal' && this.owner?.run !== undefined && this.owner.run.phase === 'running') {
+      this.violations.push(`step ${step}: owner ${this.owner.id} runs the ${this.metadata.info.state} changefeed`);
     }
     const flushed = this.sink.minContiguous();
     if (this.persisted.checkpointTs > flushed) {

@@ -38,7 +38,7 @@ export interface MetadataFaults {
 export class SimMetadata {
   private etcdRevision = 10n;
   status: { checkpointTs: bigint; resolvedTs: bigint; modRevision: bigint };
-  info: { state: 'normal' | 'failed'; epoch: bigint; modRevision: bigint; error: string | undefined };
+  info: { state: 'normal' | 'paused' | 'failed'; epoch: bigint; modRevision: bigint; error: string | undefined };
   private pending: PendingOp[] = [];
   faults: MetadataFaults | undefined;
   readonly violations: string[] = [];
@@ -70,7 +70,14 @@ export class SimMetadata {
     }
   }
 
-  /** An operator resumes a failed changefeed: a new epoch. */
+  /** An operator pauses the changefeed (compare-and-set on the info, as the API does). */
+  pause(): void {
+    if (this.info.state !== 'normal') return;
+    this.etcdRevision++;
+    this.info = { ...this.info, state: 'paused', modRevision: this.etcdRevision };
+  }
+
+  /** An operator resumes a failed or paused changefeed: a new epoch. */
   resume(epoch: bigint): void {
     this.etcdRevision++;
     this.info = { state: 'normal', epoch, modRevision: this.etcdRevision, error: undefined };
