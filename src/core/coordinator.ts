@@ -128,6 +128,11 @@ export class Coordinator {
   private readonly moveRefusalsList: MoveRefusal[] = [];
   readonly config: CoordinatorConfig;
   readonly limits: CoordinatorLimits;
+  /**
+   * Ticks between two heartbeats to a capture: the configured interval, or longer when
+   * the shell widens it (an owner of many changefeeds bounds its heartbeats in all).
+   */
+  private heartbeatIntervalTicks: number;
   readonly manager: ReplicationManager;
   readonly captures: CaptureManager;
   phase: CoordinatorPhase = 'bootstrapping';
@@ -150,6 +155,7 @@ export class Coordinator {
   constructor(config: CoordinatorConfig) {
     this.config = config;
     this.limits = { ...coordinatorDefaults, ...config.limits };
+    this.heartbeatIntervalTicks = this.limits.heartbeatIntervalTicks;
     this.rng = new SeededRandom(config.seed);
     this.checkpointTs = config.checkpointTs;
     this.resolvedTs = config.checkpointTs;
@@ -274,6 +280,11 @@ export class Coordinator {
     if (state === undefined) return 0;
     if (!state.initialized || this.phase !== 'running') return undefined;
     return this.manager.captureSpans(capture)?.load ?? 0;
+  }
+
+  /** Widens (or restores) the heartbeat interval; never below the configured one. */
+  setHeartbeatInterval(ticks: number): void {
+    this.heartbeatIntervalTicks = Math.max(this.limits.heartbeatIntervalTicks, Math.floor(ticks));
   }
 
   /** Looks a span up by table and start key (O(spans): for the API only). */
@@ -473,7 +484,7 @@ export class Coordinator {
         continue;
       }
       outbox.push(this.heartbeat(capture, tick));
-      capture.nextHeartbeatTick = tick + this.limits.heartbeatIntervalTicks;
+      capture.nextHeartbeatTick = tick + this.heartbeatIntervalTicks;
     }
     if (dropped > 0) this.events.push({ type: 'outbox-overflow', dropped });
     return outbox;

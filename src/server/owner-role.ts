@@ -79,6 +79,11 @@ export interface OwnerLimits {
   readonly statusWritesPerSecondMax: number;
   /** Wait after a failed checkpoint or failure write before the next try. */
   readonly writeRetryBackoffMs: number;
+  /**
+   * Heartbeats per second over all changefeeds and captures: with many changefeeds each
+   * one's heartbeat interval widens (every heartbeat is a message and an answer).
+   */
+  readonly heartbeatsPerSecondMax: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -93,6 +98,7 @@ export const ownerDefaults: OwnerLimits = {
   statusWriteTimeoutMs: 1_000,
   statusWriteIntervalMs: 100,
   statusWritesPerSecondMax: 500,
+  heartbeatsPerSecondMax: 4_000,
   writeRetryBackoffMs: 200,
 };
 
@@ -278,7 +284,10 @@ export class OwnerRole {
     const limits = this.ctx.limits;
     const writeIntervalMs = Math.max(limits.statusWriteIntervalMs, (1000 * this.managed.size) / limits.statusWritesPerSecondMax);
     const writeIntervalTicks = Math.max(1, Math.ceil(writeIntervalMs / limits.tickIntervalMs));
+    const heartbeatsPerTick = (limits.heartbeatsPerSecondMax * limits.tickIntervalMs) / 1000;
+    const heartbeatIntervalTicks = Math.ceil((this.managed.size * captures.size) / Math.max(1, heartbeatsPerTick));
     for (const [id, managed] of this.managed) {
+      managed.coordinator.setHeartbeatInterval(heartbeatIntervalTicks);
       // Nothing one changefeed does may stop the others or the process.
       try {
         this.tickChangefeed(id, managed, live, captures);
