@@ -37,6 +37,7 @@ import { createEtcdClient } from '../src/cluster/etcd-client.ts';
 import { clusterKeys } from '../src/cluster/keys.ts';
 import { SeededRandom } from '../src/core/rng.ts';
 import { prefixEnd } from '../src/core/span.ts';
+import { api as callApi } from '../src/dev/local-cluster.ts';
 import { LocalEtcdCluster, stablePort } from '../src/dev/local-etcd-cluster.ts';
 import { LoggedProcess } from '../src/dev/logged-process.ts';
 import { verify } from '../src/verify/verifier.ts';
@@ -184,18 +185,8 @@ const captures: ChaosCapture[] = [];
 const allCaptures: ChaosCapture[] = [];
 let captureSerial = 0;
 
-async function api<T = any>(url: string, method: string, path: string, body?: unknown, timeoutMs = apiTimeoutMs): Promise<{ status: number; body: T }> {
-  const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(timeoutMs) };
-  if (body !== undefined) init.body = JSON.stringify(body);
-  const response = await fetch(`${url}${path}`, init);
-  const text = await response.text();
-  let parsed: unknown = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    // Not JSON: the caller sees the text.
-  }
-  return { status: response.status, body: parsed as T };
+function api<T = any>(url: string, method: string, path: string, body?: unknown, timeoutMs = apiTimeoutMs): Promise<{ status: number; body: T }> {
+  return callApi<T>(url, method, path, body, undefined, timeoutMs);
 }
 
 /** Captures that run and are not SIGSTOPped. */

@@ -137,9 +137,9 @@ export interface ApiAnswer<T = unknown> {
   readonly body: T;
 }
 
-/** Calls the HTTP API of a capture. */
-export async function api<T = any>(baseUrl: string, method: string, path: string, body?: unknown, raw?: string): Promise<ApiAnswer<T>> {
-  const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(10_000) };
+/** Calls the HTTP API of a capture; `raw` is sent as the body as it is. */
+export async function api<T = any>(baseUrl: string, method: string, path: string, body?: unknown, raw?: string, timeoutMs = 10_000): Promise<ApiAnswer<T>> {
+  const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(timeoutMs) };
   if (raw !== undefined) init.body = raw;
   else if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`${baseUrl}${path}`, init);
@@ -179,6 +179,21 @@ export async function apiWhenOwned<T = any>(baseUrl: string, method: string, pat
     const answer = await api<T>(baseUrl, method, path, body);
     return answer.status === 503 ? undefined : answer;
   }, timeoutMs, 50);
+}
+
+/** The running capture that says it is the owner (waits until one does). */
+export async function ownerAmong(captures: readonly LocalCapture[]): Promise<LocalCapture> {
+  return waitFor('an owner among the running captures', async () => {
+    for (const capture of captures) {
+      if (!capture.proc.running) continue;
+      try {
+        if ((await capture.status()).isOwner) return capture;
+      } catch {
+        // Not answering right now.
+      }
+    }
+    return undefined;
+  });
 }
 
 /** One `spanfeed server` process. */

@@ -9,8 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Election } from '../../src/cluster/election.ts';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import type { ApiAnswer, ChangefeedView, SpanView } from './harness.ts';
-import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
-import { checkAgainstOpenApi } from './openapi-check.ts';
+import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
+import { callChecked } from './openapi-check.ts';
 
 const cluster = `it${process.pid}`;
 const keys = clusterKeys(cluster);
@@ -25,24 +25,8 @@ const persisted: { checkpointTs: bigint; resolvedTs: bigint }[] = [];
 const checkedAnswers = new Set<string>();
 let monitor: NodeJS.Timeout | undefined;
 
-/** Any running capture's API (non-owners forward to the owner). */
-async function call<T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
-  let last: ApiAnswer<T> | undefined;
-  for (const capture of captures) {
-    if (!capture.proc.running) continue;
-    try {
-      last = await api<T>(capture.url, method, path, body);
-    } catch {
-      // Paused or dying: try the next one.
-      continue;
-    }
-    // Every answer the tests see must be what the OpenAPI document promises.
-    checkedAnswers.add(checkAgainstOpenApi(method, path, last.status, last.body));
-    if (last.status !== 503) return last;
-  }
-  if (last === undefined) throw new Error('no capture answered');
-  return last;
-}
+/** Any running capture's API (non-owners forward to the owner), every answer checked against the OpenAPI document. */
+const call = <T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> => callChecked<T>(captures, method, path, body, checkedAnswers);
 
 async function changefeed(): Promise<ChangefeedView> {
   const answer = await call<ChangefeedView>('GET', `/api/v1/changefeeds/${changefeedId}`);
@@ -69,19 +53,7 @@ async function waitAdvancing(after: bigint, timeoutMs = 30_000): Promise<Changef
   );
 }
 
-async function owner(): Promise<TestCapture> {
-  return waitFor('an owner among the running captures', async () => {
-    for (const capture of captures) {
-      if (!capture.proc.running) continue;
-      try {
-        if ((await capture.status()).isOwner) return capture;
-      } catch {
-        // Not answering right now.
-      }
-    }
-    return undefined;
-  });
-}
+const owner = (): Promise<TestCapture> => ownerAmong(captures);
 
 const lastCheckpoint = (): bigint => persisted.at(-1)?.checkpointTs ?? 0n;
 

@@ -5,6 +5,8 @@
 import { readFileSync } from 'node:fs';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ValidateFunction } from 'ajv/dist/2020.js';
+import type { ApiAnswer, LocalCapture } from '../../src/dev/local-cluster.ts';
+import { api } from '../../src/dev/local-cluster.ts';
 
 interface Doc {
   paths: Record<string, Record<string, { responses?: Record<string, { content?: Record<string, { schema: unknown }> }> }>>;
@@ -45,4 +47,26 @@ function checkSchema(key: string, schema: unknown, body: unknown): string {
   }
   if (!validate(body)) throw new Error(`${key}: ${ajv.errorsText(validate.errors)} in ${JSON.stringify(body).slice(0, 500)}`);
   return key;
+}
+
+/**
+ * Calls the API through the first running capture that answers something other than 503
+ * (non-owners forward to the owner), checking every answer against the document; the
+ * (method, path, status) checked go into `checked` when given.
+ */
+export async function callChecked<T = any>(captures: readonly LocalCapture[], method: string, path: string, body?: unknown, checked?: Set<string>): Promise<ApiAnswer<T>> {
+  let last: ApiAnswer<T> | undefined;
+  for (const capture of captures) {
+    if (!capture.proc.running) continue;
+    try {
+      last = await api<T>(capture.url, method, path, body);
+    } catch {
+      // Paused or dying: try the next one.
+      continue;
+    }
+    checked?.add(checkAgainstOpenApi(method, path, last.status, last.body));
+    if (last.status !== 503) return last;
+  }
+  if (last === undefined) throw new Error('no capture answered');
+  return last;
 }

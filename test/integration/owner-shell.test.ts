@@ -8,8 +8,8 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import type { ApiAnswer, ChangefeedView } from './harness.ts';
-import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
-import { checkAgainstOpenApi } from './openapi-check.ts';
+import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
+import { callChecked } from './openapi-check.ts';
 
 const cluster = `own${process.pid}`;
 const keys = clusterKeys(cluster);
@@ -19,21 +19,8 @@ let etcd: TestEtcd;
 let client: Etcd3;
 const captures: TestCapture[] = [];
 
-async function call<T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
-  let last: ApiAnswer<T> | undefined;
-  for (const capture of captures) {
-    if (!capture.proc.running) continue;
-    try {
-      last = await api<T>(capture.url, method, path, body);
-    } catch {
-      continue;
-    }
-    checkAgainstOpenApi(method, path, last.status, last.body);
-    if (last.status !== 503) return last;
-  }
-  if (last === undefined) throw new Error('no capture answered');
-  return last;
-}
+/** Any running capture's API (non-owners forward to the owner), every answer checked against the OpenAPI document. */
+const call = <T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> => callChecked<T>(captures, method, path, body);
 
 async function view(id: string): Promise<ChangefeedView & { error?: string; moves: { queued: number } }> {
   const answer = await call<ChangefeedView & { error?: string; moves: { queued: number } }>('GET', `/api/v1/changefeeds/${id}`);
@@ -46,19 +33,7 @@ async function persistedCheckpoint(id: string): Promise<bigint> {
   return value === null ? 0n : BigInt((JSON.parse(value) as { checkpointTs: string }).checkpointTs);
 }
 
-async function owner(): Promise<TestCapture> {
-  return waitFor('an owner among the running captures', async () => {
-    for (const capture of captures) {
-      if (!capture.proc.running) continue;
-      try {
-        if ((await capture.status()).isOwner) return capture;
-      } catch {
-        // Not answering right now.
-      }
-    }
-    return undefined;
-  });
-}
+const owner = (): Promise<TestCapture> => ownerAmong(captures);
 
 async function advancing(id: string, timeoutMs = 30_000): Promise<void> {
   await waitFor(`${id} advancing`, async () => ((await view(id)).watermark.state === 'advancing' ? true : undefined), timeoutMs, 100);
