@@ -409,6 +409,10 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
     ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
     coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax },
+    statusWriteTimeoutMs: config.statusWriteTimeoutMs,
+    statusWriteIntervalMs: config.statusWriteIntervalMs,
+    statusWritesPerSecondMax: config.statusWritesPerSecondMax,
+    heartbeatsPerSecondMax: config.heartbeatsPerSecondMax,
   };
 }
 

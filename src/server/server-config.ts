@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from '../log.ts';
 import { logLevels } from '../log.ts';
+import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 
 export interface ServerConfig {
@@ -34,6 +35,14 @@ export interface ServerConfig {
   readonly pipelineRetryBackoffMaxMs: number;
   /** The host others reach this capture at (registered); default: the listen host. */
   readonly advertiseHost: string | undefined;
+  /** As owner: the deadline of one checkpoint write; a newer write replaces a stuck one. */
+  readonly statusWriteTimeoutMs: number;
+  /** As owner: fewest ms between two checkpoint writes of one changefeed. */
+  readonly statusWriteIntervalMs: number;
+  /** As owner: checkpoint writes per second over all changefeeds. */
+  readonly statusWritesPerSecondMax: number;
+  /** As owner: heartbeats per second over all changefeeds and captures. */
+  readonly heartbeatsPerSecondMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -58,6 +67,10 @@ export const serverDefaults: ServerConfig = {
   pipelineRetries: pipelineDefaults.stepRetriesMax,
   pipelineRetryBackoffMaxMs: pipelineDefaults.retryBackoffMaxMs,
   advertiseHost: undefined,
+  statusWriteTimeoutMs: ownerDefaults.statusWriteTimeoutMs,
+  statusWriteIntervalMs: ownerDefaults.statusWriteIntervalMs,
+  statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
+  heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -77,6 +90,10 @@ const options = {
   'pipeline-retries': ['SPANFEED_PIPELINE_RETRIES', 'pipelineRetries'],
   'pipeline-retry-backoff-max-ms': ['SPANFEED_PIPELINE_RETRY_BACKOFF_MAX_MS', 'pipelineRetryBackoffMaxMs'],
   'advertise-host': ['SPANFEED_ADVERTISE_HOST', 'advertiseHost'],
+  'status-write-timeout-ms': ['SPANFEED_STATUS_WRITE_TIMEOUT_MS', 'statusWriteTimeoutMs'],
+  'status-write-interval-ms': ['SPANFEED_STATUS_WRITE_INTERVAL_MS', 'statusWriteIntervalMs'],
+  'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
+  'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
 } as const;
 
 type OptionName = keyof typeof options;
@@ -106,6 +123,16 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             the longest wait between two of those tries, 100-600000 (default 5000)
   --advertise-host <host>   the host other captures reach this one at (default: the listen host;
                             set it when listening on 0.0.0.0, e.g. in a container)
+  --status-write-timeout-ms <n>
+                            as owner, the deadline of one checkpoint write; a newer write then
+                            replaces a stuck one, 100-60000 (default 1000)
+  --status-write-interval-ms <n>
+                            as owner, fewest ms between two checkpoint writes of one
+                            changefeed, 10-60000 (default 100)
+  --status-writes-per-s <n> as owner, checkpoint writes a second over all changefeeds; with
+                            many changefeeds each one's interval widens, 1-100000 (default 500)
+  --heartbeats-per-s <n>    as owner, heartbeats a second over all changefeeds and captures,
+                            1-1000000 (default 4000)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -185,6 +212,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     pipelineRetries: intIn('--pipeline-retries', get('pipeline-retries') ?? String(serverDefaults.pipelineRetries), 0, 1_000),
     pipelineRetryBackoffMaxMs: intIn('--pipeline-retry-backoff-max-ms', get('pipeline-retry-backoff-max-ms') ?? String(serverDefaults.pipelineRetryBackoffMaxMs), 100, 600_000),
     advertiseHost: advertiseHost(get('advertise-host')),
+    statusWriteTimeoutMs: intIn('--status-write-timeout-ms', get('status-write-timeout-ms') ?? String(serverDefaults.statusWriteTimeoutMs), 100, 60_000),
+    statusWriteIntervalMs: intIn('--status-write-interval-ms', get('status-write-interval-ms') ?? String(serverDefaults.statusWriteIntervalMs), 10, 60_000),
+    statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
+    heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
   };
 }
 

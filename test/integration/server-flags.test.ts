@@ -35,6 +35,9 @@ describe('spanfeed executable', () => {
       [['server', '--pipeline-retry-backoff-max-ms', '5'], /--pipeline-retry-backoff-max-ms must be an integer from 100/],
       [['server', '--pipeline-batch-events', '0'], /--pipeline-batch-events must be an integer from 1/],
       [['server', '--start-timeout-ms', '10'], /--start-timeout-ms must be an integer from 100 to 600000/],
+      [['server', '--status-write-timeout-ms', '50'], /--status-write-timeout-ms must be an integer from 100 to 60000/],
+      [['server', '--status-writes-per-s', '0'], /--status-writes-per-s must be an integer from 1/],
+      [['server', '--heartbeats-per-s', 'many'], /--heartbeats-per-s must be an integer from 1/],
       [['server', '--config', '/nonexistent.json'], /cannot read config file/],
       [['bogus'], /unknown command or flag "bogus"/],
     ];
