@@ -17,8 +17,13 @@ import type { Source } from './source.ts';
 
 /** How a changefeed's spans backfill, when they do. */
 export interface BackfillPlan {
-  /** The snapshot revision of the span's table, or undefined when it is not backfilled. */
-  snapshotTsFor(span: Span): bigint | undefined;
+  /**
+   * The snapshot revision of the span's table, undefined when it is not backfilled, or
+   * `unknown-table` when this capture's copy of the changefeed does not have the table
+   * yet (the owner added it; the capture's read of the info is behind): the pipeline
+   * then waits, since deciding "no backfill" on a stale info would skip the copy.
+   */
+  snapshotTsFor(span: Span): bigint | undefined | 'unknown-table';
   readonly store: BackfillStore;
   readonly limits: BackfillLimits;
 }
@@ -268,6 +273,7 @@ export class PipelineRunner {
     if (plan === undefined || snapshots === undefined) return false;
     if (pipeline.backfill === undefined) {
       const generation = plan.snapshotTsFor(pipeline.span);
+      if (generation === 'unknown-table') return true;
       if (generation === undefined) {
         pipeline.backfill = null;
         return false;
@@ -363,7 +369,7 @@ export class PipelineRunner {
    */
   private streamFrom(pipeline: Pipeline): bigint {
     const snapshotTs = this.backfill?.snapshotTsFor(pipeline.span);
-    return snapshotTs !== undefined && pipeline.position < snapshotTs - 1n ? snapshotTs - 1n : pipeline.position;
+    return typeof snapshotTs === 'bigint' && pipeline.position < snapshotTs - 1n ? snapshotTs - 1n : pipeline.position;
   }
 
   private async step(pipeline: Pipeline): Promise<void> {

@@ -24,13 +24,13 @@ interface HostedAgent {
   reply: ((report: ReportMessage) => void) | undefined;
 }
 
-/** Backfill revision per table, computed once per info (every pipeline step asks). */
-const backfillRevisionsByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, bigint>>();
+/** Per table: its backfill revision, or null when it is not backfilled; computed once per info (every pipeline step asks). */
+const backfillRevisionsByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, bigint | null>>();
 
-function backfillRevisions(info: ChangefeedInfo): ReadonlyMap<string, bigint> {
+function backfillRevisions(info: ChangefeedInfo): ReadonlyMap<string, bigint | null> {
   let revisions = backfillRevisionsByInfo.get(info);
   if (revisions === undefined) {
-    revisions = new Map(info.tables.flatMap((t) => (t.backfillTs === undefined ? [] : [[t.name, BigInt(t.backfillTs)] as const])));
+    revisions = new Map(info.tables.map((t) => [t.name, t.backfillTs === undefined ? null : BigInt(t.backfillTs)] as const));
     backfillRevisionsByInfo.set(info, revisions);
   }
   return revisions;
@@ -127,7 +127,9 @@ export class AgentHost {
       {
         snapshotTsFor: (span) => {
           const current = this.changefeeds().get(info.id);
-          return current === undefined ? undefined : backfillRevisions(current).get(span.table);
+          if (current === undefined) return undefined;
+          const revision = backfillRevisions(current).get(span.table);
+          return revision === undefined ? 'unknown-table' : (revision ?? undefined);
         },
         store: new EtcdBackfillStore(this.metadata.client, this.metadata.keys.backfillPrefix(info.id)),
         limits: { ...backfillDefaults, ...source.snapshots?.backfillLimits },
