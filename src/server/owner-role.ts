@@ -295,9 +295,16 @@ export class OwnerRole {
         this.ctx.log.error({ err: error, changefeed: id }, 'changefeed tick failed');
         managed.run.fail(`internal error: ${(error as Error).message ?? describeValue(error)}`);
       }
-      const { checkpointTs, resolvedTs } = managed.coordinator;
-      for (const command of managed.run.tick({ tick: this.tickCount, checkpointTs, resolvedTs, writeIntervalTicks })) {
-        this.perform(managed, command);
+      try {
+        const { checkpointTs, resolvedTs } = managed.coordinator;
+        for (const command of managed.run.tick({ tick: this.tickCount, checkpointTs, resolvedTs, writeIntervalTicks })) {
+          this.perform(managed, command);
+        }
+      } catch (error) {
+        // A broken run (a bug) must not take the owner's tick down with it: that
+        // changefeed stops here, the others go on.
+        this.ctx.log.error({ err: error, changefeed: id }, 'changefeed run failed');
+        this.managed.delete(id);
       }
     }
     this.resignWhenDrained();
@@ -406,7 +413,16 @@ export class OwnerRole {
 
   /** Performs one command of a run and feeds its outcome back; never throws, never floats. */
   private perform(managed: ManagedChangefeed, command: RunCommand): void {
-    const outcome = (result: RunOutcome): void => managed.run.onOutcome(result);
+    const outcome = (result: RunOutcome): void => {
+      try {
+        managed.run.onOutcome(result);
+      } catch (error) {
+        // A bug in the run: logged, and that changefeed stops on this owner; an
+        // exception here would otherwise be an unhandled rejection that ends the process.
+        this.ctx.log.error({ err: error, changefeed: managed.info.id, outcome: result.kind }, 'changefeed run failed');
+        if (this.managed.get(managed.info.id) === managed) this.managed.delete(managed.info.id);
+      }
+    };
     const failed = (error: unknown, what: string): void => {
       this.ctx.metrics.etcdErrors.inc();
       this.ctx.log.warn({ err: error, changefeed: managed.info.id }, what);
