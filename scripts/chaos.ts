@@ -23,6 +23,10 @@
  *       sink through the verifier, the file sink through an independent reader here;
  *   (d) no capture (and no etcd) exits unless this script killed it.
  *
+ * It also measures, as figures that fail nothing, how long the persisted checkpoint is
+ * frozen after each metadata-etcd leader kill (new leader -> every changefeed's persisted
+ * checkpoint above its value at the kill), leaving out kills overlapped by other faults.
+ *
  * It prints one JSON line and exits 1 on any failure; then the temp dir (process logs,
  * the file sink) is kept and its path printed. Every process is killed by its pid and
  * every temp dir removed, also on SIGINT.
@@ -519,6 +523,7 @@ async function pollEtcdOnce(client: Etcd3): Promise<void> {
       if (value === null) continue;
       const status = JSON.parse(value) as { checkpointTs: string; resolvedTs: string };
       observe('etcd', id, BigInt(status.checkpointTs), BigInt(status.resolvedTs), 'metadata etcd');
+      seenPersisted(id, BigInt(status.checkpointTs));
     }
   } catch {
     etcdPollFailures++;
@@ -536,6 +541,218 @@ async function monitorLoop(client: Etcd3): Promise<void> {
 async function persistedCheckpoint(client: Etcd3, id: string): Promise<bigint | undefined> {
   const value = await client.get(keys.changefeedStatus(id)).string();
   return value === null ? undefined : BigInt((JSON.parse(value) as { checkpointTs: string }).checkpointTs);
+}
+
+// ---------------------------------------------------------------------------------------
+// How long the persisted checkpoint stays frozen after a metadata-etcd leader kill: from
+// the moment a surviving member reports a new leader (polled every 50 ms after the kill)
+// to the moment each changefeed's persisted checkpoint is read above its value at the
+// kill. Figures, not checks: nothing fails on them.
+
+const electionPollMs = 50;
+const electionWaitMs = 10_000;
+const resumePollMs = 50;
+const resumeWaitMs = 30_000;
+const directReadTimeoutMs = 500;
+
+/**
+ * A fault that legitimately stops a checkpoint while it lasts and for a lease TTL after
+ * (a capture's lease expiring, a new owner, a resumed changefeed starting over): a leader
+ * kill whose window it overlaps is left out of the resume figures.
+ */
+interface Disturbance {
+  readonly kind: string;
+  readonly from: number;
+  to: number | undefined;
+}
+
+const disturbances: Disturbance[] = [];
+const disturbanceMarginMs = leaseTtlS * 1_000;
+
+function disturb(kind: string): Disturbance {
+  const d: Disturbance = { kind, from: Date.now(), to: undefined };
+  disturbances.push(d);
+  return d;
+}
+
+function settle(d: Disturbance | undefined): void {
+  if (d !== undefined && d.to === undefined) d.to = Date.now();
+}
+
+/** The open pause of each changefeed (closed by its resume). */
+const pauseDisturbance = new Map<string, Disturbance>();
+
+interface LeaderKill {
+  readonly atS: number;
+  readonly member: string;
+  readonly kind: string;
+  electionMs: number | null;
+  resumeMs: Record<string, number | null>;
+  /** The longest resume over the changefeeds, when every one resumed. */
+  resumeAllMs: number | null;
+  excluded: string[];
+  unmeasured: string | null;
+}
+
+const leaderKills: LeaderKill[] = [];
+const measurements = new Set<Promise<void>>();
+let measuring = true;
+
+/** The leader and its member id, as a running member that is the leader says. */
+async function leaderWithId(cluster: LocalEtcdCluster): Promise<{ member: (typeof cluster.members)[number]; id: string } | undefined> {
+  for (const member of cluster.members) {
+    const status = await cluster.memberStatus(member, 1_000);
+    if (status !== undefined && status.memberId === status.leaderId) return { member, id: status.memberId };
+  }
+  return undefined;
+}
+
+/** One changefeed's persisted checkpoint, read from one member through its gateway (linearizable). */
+async function directCheckpoint(clientPort: number, id: string): Promise<bigint | undefined> {
+  const response = await fetch(`http://127.0.0.1:${clientPort}/v3/kv/range`, {
+    method: 'POST',
+    body: JSON.stringify({ key: Buffer.from(keys.changefeedStatus(id)).toString('base64') }),
+    signal: AbortSignal.timeout(directReadTimeoutMs),
+  });
+  if (!response.ok) throw new Error(`range: ${response.status}`);
+  const body = (await response.json()) as { kvs?: { value?: string }[] };
+  const value = body.kvs?.[0]?.value;
+  if (value === undefined) return undefined;
+  return BigInt((JSON.parse(Buffer.from(value, 'base64').toString()) as { checkpointTs: string }).checkpointTs);
+}
+
+/** Open measurements' "seen above" hooks, fed by their own polls and by the monitor's. */
+const resumeWatchers = new Set<(id: string, checkpointTs: bigint, at: number) => void>();
+
+function seenPersisted(id: string, checkpointTs: bigint): void {
+  const at = Date.now();
+  for (const watcher of resumeWatchers) watcher(id, checkpointTs, at);
+}
+
+/**
+ * SIGKILLs the metadata etcd leader and measures, in the background, the election and
+ * the checkpoint resume after it. The checkpoints "at the kill" are read from the leader
+ * itself just before the SIGKILL (the monitor's last reading if that read fails).
+ */
+async function killLeaderMeasured(cluster: LocalEtcdCluster, leader: { member: (typeof cluster.members)[number]; id: string }, kind: string): Promise<void> {
+  const before: Record<string, bigint | undefined> = {};
+  await Promise.all(
+    feedIds.map(async (id) => {
+      try {
+        before[id] = await directCheckpoint(leader.member.clientPort, id);
+      } catch {
+        before[id] = highest[`etcd:${id}`];
+      }
+    }),
+  );
+  const record: LeaderKill = { atS: elapsedS(), member: leader.member.name, kind, electionMs: null, resumeMs: {}, resumeAllMs: null, excluded: [], unmeasured: null };
+  leaderKills.push(record);
+  const killedAt = Date.now();
+  const self = disturb('etcdLeaderKill');
+  const killed = cluster.kill(leader.member);
+  const promise = measureLeaderKill(cluster, leader, killedAt, before, record, self)
+    .catch((error: unknown) => {
+      record.unmeasured = `error: ${(error as Error).message}`;
+    })
+    .finally(() => measurements.delete(promise));
+  measurements.add(promise);
+  settle(self);
+  await killed;
+}
+
+async function measureLeaderKill(
+  cluster: LocalEtcdCluster,
+  leader: { member: (typeof cluster.members)[number]; id: string },
+  killedAt: number,
+  before: Record<string, bigint | undefined>,
+  record: LeaderKill,
+  self: Disturbance,
+): Promise<void> {
+  const survivors = cluster.members.filter((m) => m !== leader.member);
+  // The election: a survivor that names a leader other than the killed member.
+  let electedAt: number | undefined;
+  while (measuring && electedAt === undefined && Date.now() - killedAt < electionWaitMs) {
+    const started = Date.now();
+    const statuses = await Promise.all(survivors.map((m) => cluster.memberStatus(m, 250)));
+    if (statuses.some((s) => s !== undefined && s.leaderId !== leader.id)) electedAt = Date.now();
+    else await sleep(Math.max(0, electionPollMs - (Date.now() - started)));
+  }
+  if (electedAt === undefined) {
+    record.unmeasured = measuring ? `no new leader within ${electionWaitMs} ms` : 'run ended';
+    return;
+  }
+  const elected = electedAt;
+  record.electionMs = elected - killedAt;
+  // The resume: every changefeed's persisted checkpoint above its value at the kill.
+  const resumedAt: Record<string, number> = {};
+  const watcher = (id: string, checkpointTs: bigint, at: number): void => {
+    if (resumedAt[id] !== undefined || at < elected || !(id in before)) return;
+    const at0 = before[id];
+    if (at0 === undefined || checkpointTs > at0) resumedAt[id] = at;
+  };
+  resumeWatchers.add(watcher);
+  let turn = 0;
+  try {
+    while (measuring && feedIds.some((id) => resumedAt[id] === undefined) && Date.now() - elected < resumeWaitMs) {
+      const started = Date.now();
+      const running = cluster.members.filter((m) => m.proc?.running === true && m !== leader.member);
+      const member = running[turn++ % Math.max(1, running.length)];
+      if (member !== undefined) {
+        await Promise.all(
+          feedIds.map(async (id) => {
+            if (resumedAt[id] !== undefined) return;
+            try {
+              const checkpointTs = await directCheckpoint(member.clientPort, id);
+              if (checkpointTs !== undefined) watcher(id, checkpointTs, Date.now());
+            } catch {
+              // That member is busy or restarting: the next poll asks another.
+            }
+          }),
+        );
+      }
+      await sleep(Math.max(0, resumePollMs - (Date.now() - started)));
+    }
+  } finally {
+    resumeWatchers.delete(watcher);
+  }
+  for (const id of feedIds) record.resumeMs[id] = resumedAt[id] === undefined ? null : resumedAt[id] - elected;
+  const windowEnd = feedIds.every((id) => resumedAt[id] !== undefined) ? Math.max(...feedIds.map((id) => resumedAt[id] as number)) : Date.now();
+  if (feedIds.every((id) => resumedAt[id] !== undefined)) record.resumeAllMs = windowEnd - elected;
+  // Left out: a pause, or another capture kill, SIGSTOP, owner resign or leader kill,
+  // during [kill, resume] or within a lease TTL before the kill (its effect still lasting).
+  const reasons = new Set<string>();
+  for (const d of disturbances) {
+    if (d === self) continue;
+    const effectEnd = (d.to ?? Number.POSITIVE_INFINITY) + (d.kind === 'etcdLeaderKill' ? 0 : disturbanceMarginMs);
+    if (d.from <= windowEnd && effectEnd >= killedAt) reasons.add(d.kind);
+  }
+  record.excluded = [...reasons].sort();
+  if (record.excluded.length === 0 && record.resumeAllMs === null) {
+    record.unmeasured = measuring ? `not every checkpoint moved within ${resumeWaitMs} ms of the new leader` : 'run ended';
+  }
+}
+
+function percentile(values: number[], p: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? null;
+}
+
+function leaderKillFigures(): Record<string, unknown> {
+  const measured = leaderKills.filter((k) => k.excluded.length === 0 && k.unmeasured === null && k.resumeAllMs !== null);
+  const resume = measured.map((k) => k.resumeAllMs as number);
+  const elections = leaderKills.flatMap((k) => (k.electionMs === null ? [] : [k.electionMs]));
+  return {
+    leaderKillsMeasured: measured.length,
+    leaderKillsExcluded: leaderKills.filter((k) => k.excluded.length > 0).length,
+    leaderKillsUnmeasured: leaderKills.filter((k) => k.excluded.length === 0 && k.unmeasured !== null).length,
+    checkpointResumeAfterLeaderMsP50: percentile(resume, 50),
+    checkpointResumeAfterLeaderMsP99: percentile(resume, 99),
+    checkpointResumeAfterLeaderMsMax: resume.length === 0 ? null : Math.max(...resume),
+    leaderElectionMsP50: percentile(elections, 50),
+    leaderElectionMsMax: elections.length === 0 ? null : Math.max(...elections),
+    leaderKills: leaderKills.map((k) => ({ atS: k.atS, member: k.member, kind: k.kind, electionMs: k.electionMs, resumeMs: k.resumeMs, ...(k.excluded.length > 0 ? { excluded: k.excluded } : {}), ...(k.unmeasured === null ? {} : { unmeasured: k.unmeasured }) })),
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,6 +790,7 @@ async function faultCaptureKill(): Promise<void> {
   faults.captureKill = (faults.captureKill ?? 0) + 1;
   if (isOwner) faults.ownerKill = (faults.ownerKill ?? 0) + 1;
   note(`SIGKILL ${capture.name} ${capture.id}${isOwner ? ' (owner)' : ''}`);
+  settle(disturb('captureKill'));
   await capture.proc.kill();
   captures.splice(captures.indexOf(capture), 1);
   await startCapture();
@@ -586,18 +804,25 @@ async function faultCaptureStop(): Promise<void> {
   const forMs = leaseTtlS * 1_000 + 1_000 + faultRng.int(2_000);
   faults.captureStop = (faults.captureStop ?? 0) + 1;
   note(`SIGSTOP ${capture.name} ${capture.id}${isOwner ? ' (owner)' : ''} for ${forMs} ms`);
+  const stop = disturb('captureStop');
   capture.proc.pause();
   later(forMs, () => {
     capture.proc.resume();
+    settle(stop);
     note(`SIGCONT ${capture.name}`);
   });
 }
 
 async function faultOwnerResign(): Promise<void> {
   faults.ownerResign = (faults.ownerResign ?? 0) + 1;
-  const answer = await callAny('POST', '/api/v1/owner/resign');
-  answered('ownerResign', answer.status, answer.body);
-  note(`owner resign: ${answer.status}`);
+  const resign = disturb('ownerResign');
+  try {
+    const answer = await callAny('POST', '/api/v1/owner/resign');
+    answered('ownerResign', answer.status, answer.body);
+    note(`owner resign: ${answer.status}`);
+  } finally {
+    settle(resign);
+  }
 }
 
 async function undrain(target: { capture: ChaosCapture; id: string }): Promise<void> {
@@ -650,20 +875,35 @@ async function resumeFeed(id: string): Promise<void> {
   answered('resume', answer.status, answer.body);
   note(`resume ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   // 409 not-paused: an earlier try that timed out here was applied.
-  if (answer.status === 202 || answer.body.error?.code === 'not-paused') paused.delete(id);
+  if (answer.status === 202 || answer.body.error?.code === 'not-paused') {
+    paused.delete(id);
+    settle(pauseDisturbance.get(id));
+    pauseDisturbance.delete(id);
+  }
 }
 
 async function faultPauseResume(): Promise<void> {
   const id = faultRng.pick(feedIds);
   if (paused.has(id)) return;
   faults.pause = (faults.pause ?? 0) + 1;
-  const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
+  const pause = disturb('pause');
+  let answer: { status: number; body: { error?: { code?: string } } };
+  try {
+    answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
+  } catch (error) {
+    settle(pause);
+    throw error;
+  }
   answered('pause', answer.status, answer.body);
   note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   // 409 already-paused: an earlier try that timed out here was applied; resume it too
   // (and after a 500, which may have been applied).
-  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') return;
+  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') {
+    settle(pause);
+    return;
+  }
   paused.add(id);
+  pauseDisturbance.set(id, pause);
   later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
 }
 
@@ -675,20 +915,32 @@ async function faultPauseAtEtcdKill(): Promise<void> {
   if (meta === undefined) return;
   const id = faultRng.pick(feedIds);
   if (paused.has(id)) return;
-  const leader = await meta.leader();
-  if (leader === undefined) return;
   const cluster = meta;
+  const found = await leaderWithId(cluster);
+  if (found === undefined) return;
+  const leader = found.member;
   faults.etcdLeaderKill = (faults.etcdLeaderKill ?? 0) + 1;
   note(`SIGKILL metadata etcd leader ${leader.name}, then pause ${id}`);
-  await cluster.kill(leader);
+  await killLeaderMeasured(cluster, found, 'pauseAtEtcdKill');
   later(between(faultRng, etcdDownMs), () => cluster.restart(leader));
   await sleep(faultRng.int(500));
   faults.pause = (faults.pause ?? 0) + 1;
-  const answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
+  const pause = disturb('pause');
+  let answer: { status: number; body: { error?: { code?: string } } };
+  try {
+    answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
+  } catch (error) {
+    settle(pause);
+    throw error;
+  }
   answered('pause', answer.status, answer.body);
   note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
-  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') return;
+  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') {
+    settle(pause);
+    return;
+  }
   paused.add(id);
+  pauseDisturbance.set(id, pause);
   later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
 }
 
@@ -727,13 +979,13 @@ async function etcdKillLoop(cluster: LocalEtcdCluster, until: number): Promise<v
   while (faulting && Date.now() < until && chosenFaults.includes('etcdLeaderKill')) {
     await sleep(between(etcdRng, etcdKillGapMs));
     if (!faulting || Date.now() >= until) return;
-    const leader = await cluster.leader();
-    if (leader === undefined) continue;
+    const found = await leaderWithId(cluster);
+    if (found === undefined) continue;
     faults.etcdLeaderKill = (faults.etcdLeaderKill ?? 0) + 1;
-    note(`SIGKILL metadata etcd leader ${leader.name}`);
-    await cluster.kill(leader);
+    note(`SIGKILL metadata etcd leader ${found.member.name}`);
+    await killLeaderMeasured(cluster, found, 'etcdLeaderKill');
     await sleep(between(etcdRng, etcdDownMs));
-    cluster.restart(leader);
+    cluster.restart(found.member);
   }
 }
 
@@ -1016,6 +1268,9 @@ async function run(): Promise<void> {
     }
     finding(`changefeed ${id} did not catch up past revision ${lastRevision} within ${catchUpMs} ms: persisted checkpoint ${persisted}, api ${highest[`api:${id}`]}`, await describeFeeds());
   }
+  // The leader-kill measurements still open (each bounded) end before the monitor does.
+  await Promise.all([...measurements]);
+  measuring = false;
   monitoring = false;
   await monitor;
 
@@ -1087,6 +1342,7 @@ function summary(error: unknown): number {
     midRunCheckErrors,
     polls: { api: apiPolls, apiFailures: apiPollFailures, etcd: etcdPolls, etcdFailures: etcdPollFailures },
     capturesStarted: allCaptures.length,
+    ...leaderKillFigures(),
     error: error === undefined ? null : (error as Error).message,
     findings,
     warnings,
@@ -1107,6 +1363,7 @@ try {
 faulting = false;
 writing = false;
 monitoring = false;
+measuring = false;
 const code = summary(runError);
 if (keepTempDir) process.stderr.write(`chaos: kept ${tempDir} (process logs, file sink)\n`);
 for (const capture of allCaptures) capture.proc.killNow();
