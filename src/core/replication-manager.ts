@@ -486,7 +486,8 @@ export class ReplicationManager implements SetEffects {
     else this.unwantedSets.delete(set);
 
     if (set.removed || (state === 'absent' && !wanted && set.holders().length === 0)) {
-      if (this.sets.get(set.key) === set) {
+      const current = this.sets.get(set.key) === set;
+      if (current) {
         this.sets.delete(set.key);
         this.stateCounts[state]--;
         this.coverageDirty = true;
@@ -495,6 +496,9 @@ export class ReplicationManager implements SetEffects {
       }
       this.absentSets.delete(set);
       this.unwantedSets.delete(set);
+      // Wanted again while its remove ran (a table removed and added back): the span
+      // starts anew from the checkpoint, or the table would have a gap for good.
+      if (current && wanted) this.createSet(new ReplicationSet(set.span, this.floorTs, set.key));
     }
   }
 

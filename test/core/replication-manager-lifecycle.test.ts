@@ -447,6 +447,29 @@ describe('ReplicationManager: desired spans and coverage', () => {
     expect(h.pending()).toEqual({});
   });
 
+  it('a table added back while its spans are being removed: they start anew once the remove ends', () => {
+    const h = new Harness();
+    const spansU = splitTable(tableU, ['m']);
+    const [u0, u1] = spansU as [Span, Span];
+    const wholeT: Span = { table: 't', start: 'a', end: 'z' };
+    h.step((m) => m.setDesiredSpans([tableT, tableU], [wholeT, ...spansU]));
+    h.step((m) => m.addCapture('A'));
+    h.replicate(wholeT, 'A');
+    h.replicate(u0, 'A');
+    h.replicate(u1, 'A');
+    h.step((m) => m.setDesiredSpans([tableT], [wholeT]));
+    expect(h.tasks([{ kind: 'remove', key: k(u0) }, { kind: 'remove', key: k(u1) }])).toHaveLength(2);
+    // The table comes back before the removes finish.
+    h.step((m) => m.setDesiredSpans([tableT, tableU], [wholeT, ...spansU]));
+    h.status('A', u0, 'stopped', 160n);
+    h.status('A', u1, 'stopped', 160n);
+    // Before, the finished remove deleted the sets for good: table u had a gap forever.
+    expect(h.m.sets.has(k(u0)) && h.m.sets.has(k(u1))).toBe(true);
+    expect(h.set(u0).state).toBe('absent');
+    expect(keysOf(h.m.absentSets).sort()).toEqual([k(u0), k(u1)].sort());
+    expect(h.m.coverageProblem()).toBeUndefined();
+  });
+
   it('an absent unwanted span is deleted at once; a re-wanted replicating one leaves the unwanted queue', () => {
     const h = new Harness();
     h.step((m) => m.setDesiredSpans([tableT], spansT));
