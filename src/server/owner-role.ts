@@ -95,11 +95,11 @@ export const ownerDefaults: OwnerLimits = {
   reportsQueuedMax: 10_000,
   infoWritesQueuedMax: 64,
   drainWritesQueuedMax: 64,
-  statusWriteTimeoutMs: 1_000,
+  statusWriteTimeoutMs: 500,
   statusWriteIntervalMs: 100,
   statusWritesPerSecondMax: 500,
   heartbeatsPerSecondMax: 4_000,
-  writeRetryBackoffMs: 200,
+  writeRetryBackoffMs: 100,
 };
 
 /** A fenced write's outcome for the API: `conflict` when etcd's copy changed meanwhile. */

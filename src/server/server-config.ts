@@ -125,7 +125,7 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             set it when listening on 0.0.0.0, e.g. in a container)
   --status-write-timeout-ms <n>
                             as owner, the deadline of one checkpoint write; a newer write then
-                            replaces a stuck one, 100-60000 (default 1000)
+                            replaces a stuck one, 100-60000 (default 500)
   --status-write-interval-ms <n>
                             as owner, fewest ms between two checkpoint writes of one
                             changefeed, 10-60000 (default 100)
