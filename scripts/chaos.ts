@@ -885,6 +885,11 @@ async function resumeFeed(id: string): Promise<void> {
 async function faultPauseResume(): Promise<void> {
   const id = faultRng.pick(feedIds);
   if (paused.has(id)) return;
+  await pauseThenResume(id);
+}
+
+/** Pauses `id` through the API and schedules its resume, counting both. */
+async function pauseThenResume(id: string): Promise<void> {
   faults.pause = (faults.pause ?? 0) + 1;
   const pause = disturb('pause');
   let answer: { status: number; body: { error?: { code?: string } } };
@@ -897,7 +902,7 @@ async function faultPauseResume(): Promise<void> {
   answered('pause', answer.status, answer.body);
   note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
   // 409 already-paused: an earlier try that timed out here was applied; resume it too
-  // (and after a 500, which may have been applied).
+  // (and after a 5xx, which may have been applied).
   if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') {
     settle(pause);
     return;
@@ -924,24 +929,7 @@ async function faultPauseAtEtcdKill(): Promise<void> {
   await killLeaderMeasured(cluster, found, 'pauseAtEtcdKill');
   later(between(faultRng, etcdDownMs), () => cluster.restart(leader));
   await sleep(faultRng.int(500));
-  faults.pause = (faults.pause ?? 0) + 1;
-  const pause = disturb('pause');
-  let answer: { status: number; body: { error?: { code?: string } } };
-  try {
-    answer = await callAny<{ error?: { code?: string } }>('POST', `/api/v1/changefeeds/${id}/pause`);
-  } catch (error) {
-    settle(pause);
-    throw error;
-  }
-  answered('pause', answer.status, answer.body);
-  note(`pause ${id}: ${answer.status}${answer.status === 202 ? '' : ` ${JSON.stringify(answer.body)}`}`);
-  if (answer.status !== 202 && answer.status < 500 && answer.body.error?.code !== 'already-paused') {
-    settle(pause);
-    return;
-  }
-  paused.add(id);
-  pauseDisturbance.set(id, pause);
-  later(1_000 + faultRng.int(3_000), () => resumeFeed(id));
+  await pauseThenResume(id);
 }
 
 const allFaults: readonly { readonly name: string; readonly weight: number; readonly run: () => Promise<void> }[] = [
