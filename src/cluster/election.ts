@@ -94,13 +94,10 @@ export class Election {
   }
 
   /**
-   * Runs `ops` only while `owner` still holds its election key with the same revision.
-   * Returns false when fenced.
+   * Runs `puts` and `deletes` only while `owner` still holds its election key with the
+   * same revision. Returns false when fenced.
    */
   async fencedPut(owner: OwnerInfo, puts: readonly { key: string; value: string }[], deletes: readonly string[] = []): Promise<boolean> {
-    const txn = this.client.if(owner.key, 'Create', '==', owner.revision.toString());
-    const ops = [...puts.map((p) => this.client.put(p.key).value(p.value)), ...deletes.map((key) => this.client.delete().prefix(key))];
-    const result = await txn.then(...ops).commit();
-    return result.succeeded;
+    return (await this.fencedTxn(owner, { puts, deletes })).kind === 'ok';
   }
 }
