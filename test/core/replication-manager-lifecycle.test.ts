@@ -399,16 +399,22 @@ describe('ReplicationManager: reconcile', () => {
   });
 });
 
+/** Tables t (one span) and u (two), with t and u's first span replicating on A. */
+function twoTablesOnA(): { h: Harness; wholeT: Span; spansU: Span[]; u0: Span; u1: Span } {
+  const h = new Harness();
+  const spansU = splitTable(tableU, ['m']);
+  const [u0, u1] = spansU as [Span, Span];
+  const wholeT: Span = { table: 't', start: 'a', end: 'z' };
+  h.step((m) => m.setDesiredSpans([tableT, tableU], [wholeT, ...spansU]));
+  h.step((m) => m.addCapture('A'));
+  h.replicate(wholeT, 'A');
+  h.replicate(u0, 'A');
+  return { h, wholeT, spansU, u0, u1 };
+}
+
 describe('ReplicationManager: desired spans and coverage', () => {
   it('removing a table: absent spans go at once, replicating ones are queued, removed, then deleted', () => {
-    const h = new Harness();
-    const spansU = splitTable(tableU, ['m']);
-    const [u0, u1] = spansU as [Span, Span];
-    const wholeT: Span = { table: 't', start: 'a', end: 'z' };
-    h.step((m) => m.setDesiredSpans([tableT, tableU], [wholeT, ...spansU]));
-    h.step((m) => m.addCapture('A'));
-    h.replicate(wholeT, 'A');
-    h.replicate(u0, 'A');
+    const { h, wholeT, u0, u1 } = twoTablesOnA();
     h.tasks([{ kind: 'add', key: k(u1), capture: 'A' }]);
     h.pending();
     expect(h.m.coverageProblem()).toBeUndefined();
@@ -448,14 +454,7 @@ describe('ReplicationManager: desired spans and coverage', () => {
   });
 
   it('a table added back while its spans are being removed: they start anew once the remove ends', () => {
-    const h = new Harness();
-    const spansU = splitTable(tableU, ['m']);
-    const [u0, u1] = spansU as [Span, Span];
-    const wholeT: Span = { table: 't', start: 'a', end: 'z' };
-    h.step((m) => m.setDesiredSpans([tableT, tableU], [wholeT, ...spansU]));
-    h.step((m) => m.addCapture('A'));
-    h.replicate(wholeT, 'A');
-    h.replicate(u0, 'A');
+    const { h, wholeT, spansU, u0, u1 } = twoTablesOnA();
     h.replicate(u1, 'A');
     h.step((m) => m.setDesiredSpans([tableT], [wholeT]));
     expect(h.tasks([{ kind: 'remove', key: k(u0) }, { kind: 'remove', key: k(u1) }])).toHaveLength(2);
