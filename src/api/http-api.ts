@@ -13,6 +13,7 @@ import type { RequestResult } from '../core/coordinator.ts';
 import { spanKey } from '../core/span.ts';
 import { describeReason } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
+import { isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
 import type { Capture } from '../server/capture.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
 import { ValidationError } from '../server/changefeed-info.ts';
@@ -419,9 +420,9 @@ export class HttpApi {
     const all = await this.capture.client.getAll().prefix(prefix).strings();
     const records = new Map<string, BackfillRecord>();
     for (const [key, value] of Object.entries(all)) {
-      const span = Buffer.from(key.slice(prefix.length), 'hex').toString('latin1');
+      const span = spanKeyOfBackfillKey(prefix, key);
       const record = JSON.parse(value) as BackfillRecord;
-      if (snapshots.get(span.slice(0, span.indexOf('\u0000'))) === (record.generation ?? record.snapshotTs)) records.set(span, record);
+      if (isOfGeneration(record, snapshots.get(tableOfSpanKey(span)))) records.set(span, record);
     }
     return records;
   }

@@ -13,7 +13,7 @@ import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from '../server/chan
 import { ValidationError, changefeedSpans, parseTables, parseTs, validateId } from '../server/changefeed-info.ts';
 import { verify } from '../verify/verifier.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
-import { backfillKey } from '../pipeline/backfill.ts';
+import { backfillKey, isOfGeneration } from '../pipeline/backfill.ts';
 
 export const verifyUsage = `spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
 spanfeed verify --source <uri> --sink <uri> --tables '<json>' --at <ts>
@@ -33,7 +33,7 @@ function backfilledBy(t: TableSpec, atTs: bigint, records: ReadonlyMap<string, B
   // while the checkpoint is below that revision.
   return changefeedSpans({ tables: [t] }).spans.every((span) => {
     const record = records.get(backfillKey(prefix, span));
-    return record !== undefined && record.done && (record.generation ?? record.snapshotTs) === t.backfillTs && BigInt(record.snapshotTs) <= atTs;
+    return record !== undefined && record.done && isOfGeneration(record, t.backfillTs) && BigInt(record.snapshotTs) <= atTs;
   });
 }
 

@@ -10,6 +10,7 @@
 import type { Etcd3 } from 'etcd3';
 import type { Span } from '../core/span.ts';
 import { spanKey } from '../core/span.ts';
+import type { BackfillProgress } from '../agent/span-pipeline.ts';
 
 /** What is stored per span. Keys are base64 (binary-safe). */
 export interface BackfillRecord {
@@ -32,18 +33,68 @@ export interface BackfillStore {
   save(span: Span, record: BackfillRecord): Promise<void>;
 }
 
-/** Bounds and retries of backfill. */
+/**
+ * Bounds of backfill. A failed page is a failed pipeline step: retried in place with the
+ * pipeline's backoff, from its resume token, then given back like any other step.
+ */
 export interface BackfillLimits {
   /** Keys read and written per page. */
   readonly pageKeysMax: number;
   /** Spans of one changefeed backfilling at once on one capture. */
   readonly spansInFlightMax: number;
-  /** Tries of one page before the changefeed fails. */
-  readonly pageTriesMax: number;
-  readonly retryBackoffMs: number;
 }
 
-export const backfillDefaults: BackfillLimits = { pageKeysMax: 1_000, spansInFlightMax: 4, pageTriesMax: 5, retryBackoffMs: 100 };
+export const backfillDefaults: BackfillLimits = { pageKeysMax: 1_000, spansInFlightMax: 4 };
+
+/**
+ * The backfill generation a record belongs to: the table's backfill revision when the
+ * record was written (`generation`; records older than that field carry only their
+ * `snapshotTs`, which was the generation then). A table backfilled again (resume with
+ * backfill) starts a new generation, and records of other generations do not count.
+ * The one definition of the rule: the pipelines, the API and the verifier use it.
+ */
+export function recordGeneration(record: BackfillRecord): string {
+  return record.generation ?? record.snapshotTs;
+}
+
+/** True when `record` belongs to the table's current backfill `generation` (a decimal revision). */
+export function isOfGeneration(record: BackfillRecord, generation: string | undefined): boolean {
+  return generation !== undefined && recordGeneration(record) === generation;
+}
+
+/** The span key a record's etcd key under `prefix` names (the inverse of {@link backfillKey}). */
+export function spanKeyOfBackfillKey(prefix: string, key: string): string {
+  return Buffer.from(key.slice(prefix.length), 'hex').toString('latin1');
+}
+
+/** The table of a span key (span keys start with the table and a NUL). */
+export function tableOfSpanKey(spanKey: string): string {
+  return spanKey.slice(0, spanKey.indexOf('\u0000'));
+}
+
+/** A record as the pure pipeline reads it. */
+export function toBackfillProgress(record: BackfillRecord): BackfillProgress {
+  return {
+    generation: BigInt(recordGeneration(record)),
+    snapshotTs: BigInt(record.snapshotTs),
+    afterKey: record.afterKeyBase64 === undefined ? undefined : Buffer.from(record.afterKeyBase64, 'base64').toString('latin1'),
+    keysDone: record.keysDone,
+    keysTotal: record.keysTotal,
+    done: record.done,
+  };
+}
+
+/** The record the pure pipeline's progress is stored as. */
+export function fromBackfillProgress(progress: BackfillProgress): BackfillRecord {
+  return {
+    snapshotTs: progress.snapshotTs.toString(),
+    generation: progress.generation.toString(),
+    ...(progress.afterKey === undefined ? {} : { afterKeyBase64: Buffer.from(progress.afterKey, 'latin1').toString('base64') }),
+    keysDone: progress.keysDone,
+    keysTotal: Math.max(progress.keysTotal, progress.keysDone),
+    done: progress.done,
+  };
+}
 
 /** The etcd key of a span's record under `prefix`. */
 export function backfillKey(prefix: string, span: Span): string {

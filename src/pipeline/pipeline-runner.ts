@@ -1,17 +1,23 @@
 /**
- * Runs the span pipelines of one changefeed on one capture, as the agent commands.
+ * Runs the span pipelines of one changefeed on one capture: performs the effects the
+ * pure {@link SpanPipelines} returns (source reads, sink writes and flushes, backfill
+ * pages and records) and feeds their outcomes back. Every decision — what is read,
+ * what may be reported as flushed, retries, deadlines, give-back, the backfill — is
+ * made there; this file only moves data and time in and out.
  *
- * Every `intervalMs` each pipeline takes one step: a preparing pipeline learns the
- * source's resolved-ts (reported once as `prepared`); a writing pipeline reads the next
- * events after its position (bounded batch), writes them, flushes, and only then moves
- * its position: the checkpoint it reports is always durable in the sink. A stop waits
- * for the step in progress, so the final checkpoint covers everything written.
+ * Calls for one span never overlap: an effect of a span starts after the span's
+ * previous one settled, even one the pipeline abandoned at its deadline, so a hung
+ * sink call and its retry never write the same span at once.
  */
 import type { PipelineCommand, PipelineEvent } from '../agent/pipeline.ts';
+import type { BackfillGeneration, PipelineEffect, PipelineOutcome, PipelineOutput } from '../agent/span-pipeline.ts';
+import { spanPipelineDefaults } from '../agent/span-pipeline.ts';
+import { SpanPipelines } from '../agent/span-pipelines.ts';
+import { assertNever } from '../core/assert.ts';
 import type { Span } from '../core/span.ts';
-import { maxTs, tsMin } from '../core/ts.ts';
 import type { Logger } from '../log.ts';
 import type { BackfillLimits, BackfillStore } from './backfill.ts';
+import { backfillDefaults, fromBackfillProgress, toBackfillProgress } from './backfill.ts';
 import type { Sink } from './sink.ts';
 import type { Source } from './source.ts';
 
@@ -34,30 +40,12 @@ export interface PipelineObserver {
   flushed(seconds: number): void;
 }
 
-/** A backfill in progress on one pipeline. */
-interface BackfillState {
-  /** The revision whose state is copied. */
-  readonly snapshotTs: bigint;
-  /** The table's backfill revision, which names this backfill in its records. */
-  readonly generation: bigint;
-  afterKey: string | undefined;
-  keysDone: number;
-  keysTotal: number;
-  done: boolean;
-}
-
-/** A backfill page failed more often than allowed: the changefeed fails. */
-export class BackfillError extends Error {
-  override readonly name = 'BackfillError';
-  readonly retryable = false;
-}
-
 /** Bounds of the runner. */
 export interface PipelineLimits {
   readonly intervalMs: number;
   /** Events read and written per pipeline step. */
   readonly batchEventsMax: number;
-  /** Pipeline steps running at once. */
+  /** Source and sink calls in flight at once over all pipelines. */
   readonly stepsInFlightMax: number;
   /**
    * Failed steps of one pipeline retried in place (a sink or source outage), with
@@ -67,40 +55,26 @@ export interface PipelineLimits {
   readonly stepRetriesMax: number;
   readonly retryBackoffMinMs: number;
   readonly retryBackoffMaxMs: number;
+  /** The longest one source or sink call may take before it counts as a failed step. */
+  readonly stepDeadlineMs: number;
 }
 
 export const pipelineDefaults: PipelineLimits = {
   intervalMs: 50,
-  batchEventsMax: 1_000,
+  batchEventsMax: spanPipelineDefaults.batchEventsMax,
   stepsInFlightMax: 256,
-  stepRetriesMax: 10,
-  retryBackoffMinMs: 100,
-  retryBackoffMaxMs: 5_000,
+  stepRetriesMax: spanPipelineDefaults.stepRetriesMax,
+  retryBackoffMinMs: spanPipelineDefaults.retryBackoffMinMs,
+  retryBackoffMaxMs: spanPipelineDefaults.retryBackoffMaxMs,
+  stepDeadlineMs: spanPipelineDefaults.stepDeadlineMs,
 };
 
-interface Pipeline {
-  readonly span: Span;
-  readonly key: string;
-  readonly startTs: bigint;
-  prepared: boolean;
-  writing: boolean;
-  position: bigint;
-  resolved: bigint;
-  stopping: boolean;
-  busy: Promise<void> | undefined;
-  /** undefined: not looked up yet; null: nothing to backfill. */
-  backfill: BackfillState | null | undefined;
-  /** Failed steps in a row, and when the next try may start (ms since the epoch). */
-  failures: number;
-  retryAt: number;
-}
-
 export class PipelineRunner {
-  private readonly pipelines = new Map<string, Pipeline>();
-  private barrierTs = maxTs;
+  private readonly pipelines: SpanPipelines;
   private timer: NodeJS.Timeout | undefined;
-  private inFlight = 0;
-  private cursor = 0;
+  private closed = false;
+  /** The last call of each span, settled or not: the next call of that span waits for it. */
+  private readonly tails = new Map<string, Promise<void>>();
   eventsWritten = 0;
 
   constructor(
@@ -111,53 +85,54 @@ export class PipelineRunner {
     private readonly log: Logger,
     private readonly backfill?: BackfillPlan,
     private readonly observer?: PipelineObserver,
-  ) {}
-
-  private backfillsInFlight = 0;
+  ) {
+    const backfillLimits = backfill?.limits ?? backfillDefaults;
+    this.pipelines = new SpanPipelines({
+      batchEventsMax: limits.batchEventsMax,
+      pageKeysMax: backfillLimits.pageKeysMax,
+      stepRetriesMax: limits.stepRetriesMax,
+      retryBackoffMinMs: limits.retryBackoffMinMs,
+      retryBackoffMaxMs: limits.retryBackoffMaxMs,
+      stepDeadlineMs: limits.stepDeadlineMs,
+      stepsInFlightMax: limits.stepsInFlightMax,
+      backfillsInFlightMax: backfillLimits.spansInFlightMax,
+    });
+  }
 
   start(): void {
-    this.timer = setInterval(() => this.stepAll(), this.limits.intervalMs);
+    this.timer = setInterval(() => this.tick(), this.limits.intervalMs);
   }
 
   /** Applies the agent's commands. */
   apply(commands: readonly PipelineCommand[]): void {
-    for (const command of commands) {
-      switch (command.kind) {
-        case 'prepare':
-          this.pipelines.set(command.key, {
-            span: command.span,
-            key: command.key,
-            startTs: command.checkpointTs,
-            prepared: false,
-            writing: false,
-            position: command.checkpointTs,
-            resolved: command.checkpointTs,
-            stopping: false,
-            busy: undefined,
-            backfill: undefined,
-            failures: 0,
-            retryAt: 0,
-          });
-          // Step at once: the owner waits for `prepared` to go on with the add or move.
-          this.kick();
-          break;
-        case 'promote': {
-          const pipeline = this.pipelines.get(command.key);
-          if (pipeline === undefined) break;
-          pipeline.writing = true;
-          pipeline.position = command.checkpointTs;
-          // Look the backfill up again: another capture may have advanced it.
-          pipeline.backfill = undefined;
-          break;
-        }
-        case 'stop':
-          this.stop(command.key);
-          break;
-        case 'barrier':
-          this.barrierTs = command.barrierTs;
-          break;
-      }
-    }
+    if (this.closed) return;
+    this.handle(this.pipelines.apply(commands, Date.now(), this.generationOf));
+    // Step at once: the owner waits for `prepared` to go on with an add or a move.
+    if (commands.some((c) => c.kind === 'prepare')) this.kick();
+  }
+
+  /** Spans held, for metrics. */
+  get size(): number {
+    return this.pipelines.size;
+  }
+
+  /**
+   * Stops every pipeline at once and forgets them (self-fence or shutdown); waits for
+   * the calls in flight, at most one step deadline, then closes source and sink.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.pipelines.clear();
+    const tails = [...this.tails.values()];
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, this.limits.stepDeadlineMs);
+    });
+    await Promise.race([Promise.allSettled(tails), deadline]);
+    clearTimeout(timer);
+    await Promise.allSettled([this.source.close(), this.sink.close()]);
   }
 
   private kicked = false;
@@ -167,245 +142,120 @@ export class PipelineRunner {
     this.kicked = true;
     setImmediate(() => {
       this.kicked = false;
-      this.stepAll();
+      this.tick();
     });
   }
 
-  /** Spans held, for metrics. */
-  get size(): number {
-    return this.pipelines.size;
+  private tick(): void {
+    if (this.closed) return;
+    this.handle(this.pipelines.tick(Date.now(), this.generationOf));
   }
 
-  /** Stops every pipeline at once and forgets them (self-fence or shutdown). */
-  async close(): Promise<void> {
-    if (this.timer !== undefined) clearInterval(this.timer);
-    const busy = [...this.pipelines.values()].map((p) => p.busy).filter((b) => b !== undefined);
-    this.pipelines.clear();
-    await Promise.allSettled(busy);
-    await Promise.allSettled([this.source.close(), this.sink.close()]);
-  }
+  /** The table's backfill revision for a span, as this capture's copy of the changefeed says. */
+  private readonly generationOf = (span: Span): BackfillGeneration => {
+    if (this.backfill === undefined || this.source.snapshots === undefined) return 'none';
+    const generation = this.backfill.snapshotTsFor(span);
+    return generation === undefined ? 'none' : generation;
+  };
 
-  private stop(key: string): void {
-    const pipeline = this.pipelines.get(key);
-    if (pipeline === undefined || pipeline.stopping) return;
-    pipeline.stopping = true;
-    const finish = async (): Promise<void> => {
-      await pipeline.busy;
-      if (this.pipelines.get(key) !== pipeline) return;
-      this.pipelines.delete(key);
-      this.source.release?.(pipeline.span);
-      this.emit({ kind: 'stopped', key, checkpointTs: pipeline.writing ? pipeline.position : pipeline.startTs });
-    };
-    void finish();
-  }
-
-  /**
-   * Starts a step for every idle pipeline, within the in-flight bound. When the bound
-   * cuts a round short, the next round starts where this one stopped, so no pipeline
-   * starves behind the others.
-   */
-  private stepAll(): void {
-    const all = [...this.pipelines.values()];
-    const start = this.cursor % Math.max(1, all.length);
-    const now = Date.now();
-    for (let i = 0; i < all.length; i++) {
-      const pipeline = all[(start + i) % all.length] as Pipeline;
-      if (pipeline.busy !== undefined || pipeline.stopping || pipeline.retryAt > now) continue;
-      if (this.inFlight >= this.limits.stepsInFlightMax) {
-        this.cursor = start + i;
-        return;
-      }
-      this.inFlight++;
-      pipeline.busy = this.step(pipeline)
-        .catch((error: unknown) => this.onStepFailed(pipeline, error))
-        .finally(() => {
-          this.inFlight--;
-          pipeline.busy = undefined;
-        });
+  private handle(out: PipelineOutput): void {
+    for (const effect of out.effects) this.perform(effect);
+    for (const event of out.events) {
+      if (event.kind === 'retrying') this.log.warn({ span: event.key, error: event.error }, 'pipeline step failed; retrying in place');
+      else if (event.kind === 'recovered') this.log.info({ span: event.key }, 'pipeline recovered');
+      else if (event.kind === 'failed') this.log.warn({ span: event.key, error: event.error, retryable: event.retryable }, 'pipeline failed');
+      this.emit(event);
     }
   }
 
-  /**
-   * A step did what failed before (read the source, wrote and flushed the sink): the
-   * outage is over for this pipeline. A step with nothing to do proves nothing.
-   */
-  private succeeded(pipeline: Pipeline): void {
-    if (pipeline.failures === 0) return;
-    this.log.info({ span: pipeline.key, failures: pipeline.failures }, 'pipeline recovered');
-    pipeline.failures = 0;
-    this.emit({ kind: 'recovered', key: pipeline.key });
-  }
-
-  /**
-   * A failed step: retried in place with backoff while the error is retryable and the
-   * tries last (the position has not moved, so the retry reads the same events again
-   * with a fresh reader and writes them again; sinks are idempotent); else the pipeline
-   * is gone and the agent told.
-   */
-  private onStepFailed(pipeline: Pipeline, error: unknown): void {
-    if (this.pipelines.get(pipeline.key) !== pipeline) return;
-    const retryable = (error as { retryable?: unknown }).retryable !== false;
-    if (retryable && !pipeline.stopping && pipeline.failures < this.limits.stepRetriesMax) {
-      pipeline.failures++;
-      const backoffMs = Math.min(this.limits.retryBackoffMaxMs, this.limits.retryBackoffMinMs * 2 ** (pipeline.failures - 1));
-      pipeline.retryAt = Date.now() + backoffMs;
-      // The failed step may have consumed what it read, or the source's reader may be
-      // broken: the retry reads again from the position with a fresh reader.
-      this.source.release?.(pipeline.span);
-      this.log.warn({ err: error, span: pipeline.key, failures: pipeline.failures, retryInMs: backoffMs }, 'pipeline step failed; retrying in place');
-      this.emit({ kind: 'retrying', key: pipeline.key, error: (error as Error).message });
+  /** Starts one effect after the span's previous call settled; its outcome goes back to the pipelines. */
+  private perform(effect: PipelineEffect): void {
+    if (effect.kind === 'release') {
+      this.source.release?.(effect.span);
       return;
     }
-    this.log.warn({ err: error, span: pipeline.key, failures: pipeline.failures }, 'pipeline failed');
-    this.pipelines.delete(pipeline.key);
-    this.source.release?.(pipeline.span);
-    this.emit({ kind: 'failed', key: pipeline.key, error: (error as Error).message, retryable });
+    const previous = this.tails.get(effect.key);
+    const run = previous === undefined ? this.run(effect) : previous.then(() => this.run(effect));
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tails.set(effect.key, tail);
+    void tail.then(() => {
+      if (this.tails.get(effect.key) === tail) this.tails.delete(effect.key);
+    });
+    run.then(
+      (outcome) => this.deliver(outcome),
+      (error: unknown) =>
+        this.deliver({
+          kind: 'failed',
+          id: effect.id,
+          error: (error as Error)?.message ?? String(error),
+          retryable: (error as { retryable?: unknown })?.retryable !== false,
+        }),
+    );
   }
 
-  /**
-   * One backfill page, when the span has one to do. Returns true when it took the step.
-   * While backfilling, the span reports a checkpoint below the snapshot: the sink does not
-   * hold the snapshot yet.
-   */
-  private async backfillStep(pipeline: Pipeline): Promise<boolean> {
-    const plan = this.backfill;
-    const snapshots = this.source.snapshots;
-    if (plan === undefined || snapshots === undefined) return false;
-    if (pipeline.backfill === undefined) {
-      const generation = plan.snapshotTsFor(pipeline.span);
-      if (generation === 'unknown-table') return true;
-      if (generation === undefined) {
-        pipeline.backfill = null;
-        return false;
-      }
-      // Records of an earlier backfill of the table (another generation) do not count.
-      const stored = await plan.store.load(pipeline.span);
-      const ofGeneration = stored !== undefined && BigInt(stored.generation ?? stored.snapshotTs) === generation ? stored : undefined;
-      if (ofGeneration?.done === true) {
-        // The snapshot is in the sink already: stream after it, not from before it.
-        const done = BigInt(ofGeneration.snapshotTs);
-        if (pipeline.position < done) pipeline.position = done;
-        pipeline.backfill = null;
-        return false;
-      }
-      // A backfill of this generation under way goes on at its snapshot (its token is for
-      // that snapshot), as long as the span has not passed it. Else the table's backfill
-      // revision; or, for a span that starts past it (a table added to a running
-      // changefeed whose checkpoint moved on), its own position: the state there stands
-      // for every change up to it, and streaming goes on after it.
-      const record = ofGeneration !== undefined && BigInt(ofGeneration.snapshotTs) >= pipeline.position ? ofGeneration : undefined;
-      const snapshotTs = record !== undefined ? BigInt(record.snapshotTs) : pipeline.position > generation ? pipeline.position : generation;
-      pipeline.backfill = {
-        snapshotTs,
-        generation,
-        afterKey: record?.afterKeyBase64 !== undefined ? Buffer.from(record.afterKeyBase64, 'base64').toString('latin1') : undefined,
-        keysDone: record?.keysDone ?? 0,
-        keysTotal: record?.keysTotal ?? (await snapshots.countKeys(pipeline.span, snapshotTs)),
-        done: false,
-      };
-      this.log.info({ span: pipeline.key, snapshotTs, keysDone: pipeline.backfill.keysDone, keysTotal: pipeline.backfill.keysTotal }, 'backfill started');
-    }
-    const state = pipeline.backfill;
-    if (state === null || state.done) return false;
-    const checkpointTs = state.snapshotTs - 1n < pipeline.position ? state.snapshotTs - 1n : pipeline.position;
-    if (this.backfillsInFlight >= plan.limits.spansInFlightMax) {
-      this.emit({ kind: 'progress', key: pipeline.key, checkpointTs, resolvedTs: pipeline.resolved });
-      return true;
-    }
-    this.backfillsInFlight++;
+  private deliver(outcome: PipelineOutcome): void {
+    if (this.closed) return;
     try {
-      let page;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          page = await snapshots.snapshot(pipeline.span, state.snapshotTs, state.afterKey, plan.limits.pageKeysMax);
-          // Every copied key is stamped with the snapshot revision: the sink then knows
-          // which of its keys the snapshot confirmed, and retires the rest after the
-          // last page (keys deleted upstream while the changefeed did not see them).
-          const snapshotTs = state.snapshotTs;
-          if (page.events.length > 0) await this.sink.write(pipeline.span, page.events.map((event) => ({ ...event, ts: snapshotTs })));
-          await this.sink.flush(pipeline.span, snapshotTs);
-          if (page.nextAfterKey === undefined) await this.sink.retire(pipeline.span, snapshotTs);
-          break;
-        } catch (error) {
-          if (attempt >= plan.limits.pageTriesMax) {
-            throw new BackfillError(`backfill of table ${pipeline.span.table} failed ${attempt} times: ${(error as Error).message}`);
-          }
-          this.log.warn({ err: error, span: pipeline.key, attempt }, 'backfill page failed; retrying');
-          await new Promise((resolve) => setTimeout(resolve, Math.min(this.limits.retryBackoffMaxMs, plan.limits.retryBackoffMs * 2 ** (attempt - 1))));
-          // A stop or a move waits for this step: do not keep it waiting on more tries.
-          if (pipeline.stopping || this.pipelines.get(pipeline.key) !== pipeline) return true;
-        }
-      }
-      if (this.pipelines.get(pipeline.key) !== pipeline) return true;
-      state.keysDone += page.events.length;
-      state.afterKey = page.nextAfterKey;
-      state.done = page.nextAfterKey === undefined;
-      const record = {
-        snapshotTs: state.snapshotTs.toString(),
-        generation: state.generation.toString(),
-        ...(state.afterKey === undefined ? {} : { afterKeyBase64: Buffer.from(state.afterKey, 'latin1').toString('base64') }),
-        keysDone: state.keysDone,
-        keysTotal: Math.max(state.keysTotal, state.keysDone),
-        done: state.done,
-      };
-      await plan.store.save(pipeline.span, record);
-      this.succeeded(pipeline);
-      if (state.done) {
-        // The snapshot is in the sink: stream everything after it.
-        if (pipeline.position < state.snapshotTs) pipeline.position = state.snapshotTs;
-        this.log.info({ span: pipeline.key, keysDone: state.keysDone }, 'backfill done');
-      }
-    } finally {
-      this.backfillsInFlight--;
+      this.handle(this.pipelines.onOutcome(outcome, Date.now(), this.generationOf));
+    } catch (error) {
+      // A bug in the pipelines must not end the process: this changefeed's pipelines
+      // stop deciding, the owner sees them go silent.
+      this.log.error({ err: error, outcome: outcome.kind }, 'pipeline decision failed');
     }
-    this.emit({ kind: 'progress', key: pipeline.key, checkpointTs: state.done ? pipeline.position : checkpointTs, resolvedTs: pipeline.resolved });
-    return true;
   }
 
-  /**
-   * Where the span's stream starts: never before its backfill snapshot, which stands for
-   * every change up to it (the revisions below it may be compacted, after a resume with
-   * backfill). The checkpoint reported meanwhile stays at the position.
-   */
-  private streamFrom(pipeline: Pipeline): bigint {
-    const snapshotTs = this.backfill?.snapshotTsFor(pipeline.span);
-    return typeof snapshotTs === 'bigint' && pipeline.position < snapshotTs - 1n ? snapshotTs - 1n : pipeline.position;
-  }
-
-  private async step(pipeline: Pipeline): Promise<void> {
-    const resolved = await this.source.resolvedTs(pipeline.span, this.streamFrom(pipeline));
-    if (resolved > pipeline.resolved) pipeline.resolved = resolved;
-    // A pipeline that only reads (a secondary) is well once the source answers.
-    if (!pipeline.writing) this.succeeded(pipeline);
-    if (!pipeline.prepared) {
-      pipeline.prepared = true;
-      this.emit({ kind: 'prepared', key: pipeline.key, resolvedTs: pipeline.resolved });
-      return;
-    }
-    if (pipeline.writing && !pipeline.stopping && (await this.backfillStep(pipeline))) return;
-    if (pipeline.writing && !pipeline.stopping) {
-      const upto = tsMin(pipeline.resolved, this.barrierTs);
-      if (upto > pipeline.position) {
-        const { events, readUpToTs } = await this.source.read(pipeline.span, pipeline.position, upto, this.limits.batchEventsMax);
-        if (events.length > 0) await this.sink.write(pipeline.span, events);
+  /** Performs one source or sink call. */
+  private async run(effect: Exclude<PipelineEffect, { kind: 'release' }>): Promise<PipelineOutcome> {
+    const { span, id } = effect;
+    switch (effect.kind) {
+      case 'resolve':
+        return { kind: 'resolved', id, resolvedTs: await this.source.resolvedTs(span, effect.afterTs) };
+      case 'load-backfill': {
+        const record = await this.backfillPlan().store.load(span);
+        return { kind: 'backfill-loaded', id, progress: record === undefined ? undefined : toBackfillProgress(record) };
+      }
+      case 'count-keys':
+        return { kind: 'keys-counted', id, keys: await this.snapshots().countKeys(span, effect.snapshotTs) };
+      case 'copy-page': {
+        const page = await this.snapshots().snapshot(span, effect.snapshotTs, effect.afterKey, effect.limit);
+        // Every copied key is stamped with the snapshot revision: the sink then knows
+        // which of its keys the snapshot confirmed, and retires the rest after the last
+        // page (keys deleted upstream while the changefeed did not see them).
+        const snapshotTs = effect.snapshotTs;
+        if (page.events.length > 0) await this.sink.write(span, page.events.map((event) => ({ ...event, ts: snapshotTs })));
+        await this.sink.flush(span, snapshotTs);
+        if (page.nextAfterKey === undefined) await this.sink.retire(span, snapshotTs);
+        return { kind: 'page-copied', id, keys: page.events.length, nextAfterKey: page.nextAfterKey };
+      }
+      case 'save-backfill':
+        await this.backfillPlan().store.save(span, fromBackfillProgress(effect.progress));
+        if (effect.progress.done) this.log.info({ span: effect.key, keysDone: effect.progress.keysDone }, 'backfill done');
+        return { kind: 'backfill-saved', id };
+      case 'stream': {
+        const { events, readUpToTs } = await this.source.read(span, effect.afterTs, effect.uptoTs, effect.limit);
+        if (events.length > 0) await this.sink.write(span, events);
         const flushStarted = performance.now();
-        await this.sink.flush(pipeline.span, readUpToTs);
+        await this.sink.flush(span, readUpToTs);
         this.observer?.flushed((performance.now() - flushStarted) / 1000);
         this.eventsWritten += events.length;
         if (events.length > 0) this.observer?.eventsWritten(events.length);
-        // Only now is everything up to readUpToTs durable.
-        if (this.pipelines.get(pipeline.key) === pipeline && readUpToTs > pipeline.position) {
-          pipeline.position = readUpToTs;
-          this.succeeded(pipeline);
-        }
+        return { kind: 'streamed', id, events: events.length, readUpToTs };
       }
+      default:
+        return assertNever(effect, 'pipeline effect');
     }
-    if (this.pipelines.get(pipeline.key) !== pipeline) return;
-    this.emit({
-      kind: 'progress',
-      key: pipeline.key,
-      checkpointTs: pipeline.writing ? pipeline.position : pipeline.startTs,
-      resolvedTs: pipeline.resolved,
-    });
+  }
+
+  private backfillPlan(): BackfillPlan {
+    if (this.backfill === undefined) throw new Error('no backfill plan');
+    return this.backfill;
+  }
+
+  private snapshots(): NonNullable<Source['snapshots']> {
+    if (this.source.snapshots === undefined) throw new Error('the source cannot backfill');
+    return this.source.snapshots;
   }
 }

@@ -237,6 +237,7 @@ export class Capture {
       stepsInFlightMax: this.config.pipelineStepsInFlight,
       stepRetriesMax: this.config.pipelineRetries,
       retryBackoffMaxMs: this.config.pipelineRetryBackoffMaxMs,
+      stepDeadlineMs: this.config.pipelineStepDeadlineMs,
     }, log, {
       client: this.client,
       keys: this.keys,

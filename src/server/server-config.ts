@@ -33,6 +33,8 @@ export interface ServerConfig {
   readonly pipelineRetries: number;
   /** The longest wait between two of those tries. */
   readonly pipelineRetryBackoffMaxMs: number;
+  /** The longest one source or sink call may take before it counts as a failed step. */
+  readonly pipelineStepDeadlineMs: number;
   /** The host others reach this capture at (registered); default: the listen host. */
   readonly advertiseHost: string | undefined;
   /** As owner: the deadline of one checkpoint write; a newer write replaces a stuck one. */
@@ -66,6 +68,7 @@ export const serverDefaults: ServerConfig = {
   pipelineStepsInFlight: pipelineDefaults.stepsInFlightMax,
   pipelineRetries: pipelineDefaults.stepRetriesMax,
   pipelineRetryBackoffMaxMs: pipelineDefaults.retryBackoffMaxMs,
+  pipelineStepDeadlineMs: pipelineDefaults.stepDeadlineMs,
   advertiseHost: undefined,
   statusWriteTimeoutMs: ownerDefaults.statusWriteTimeoutMs,
   statusWriteIntervalMs: ownerDefaults.statusWriteIntervalMs,
@@ -89,6 +92,7 @@ const options = {
   'pipeline-steps-in-flight': ['SPANFEED_PIPELINE_STEPS_IN_FLIGHT', 'pipelineStepsInFlight'],
   'pipeline-retries': ['SPANFEED_PIPELINE_RETRIES', 'pipelineRetries'],
   'pipeline-retry-backoff-max-ms': ['SPANFEED_PIPELINE_RETRY_BACKOFF_MAX_MS', 'pipelineRetryBackoffMaxMs'],
+  'pipeline-step-deadline-ms': ['SPANFEED_PIPELINE_STEP_DEADLINE_MS', 'pipelineStepDeadlineMs'],
   'advertise-host': ['SPANFEED_ADVERTISE_HOST', 'advertiseHost'],
   'status-write-timeout-ms': ['SPANFEED_STATUS_WRITE_TIMEOUT_MS', 'statusWriteTimeoutMs'],
   'status-write-interval-ms': ['SPANFEED_STATUS_WRITE_INTERVAL_MS', 'statusWriteIntervalMs'],
@@ -121,6 +125,10 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             span back to the owner to place again, 0-1000 (default 10)
   --pipeline-retry-backoff-max-ms <n>
                             the longest wait between two of those tries, 100-600000 (default 5000)
+  --pipeline-step-deadline-ms <n>
+                            the longest one source or sink call may take; past it the step
+                            counts as failed (retried, then the span given back), and a stop
+                            or DELETE no longer waits for it, 100-3600000 (default 30000)
   --advertise-host <host>   the host other captures reach this one at (default: the listen host;
                             set it when listening on 0.0.0.0, e.g. in a container)
   --status-write-timeout-ms <n>
@@ -211,6 +219,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     pipelineStepsInFlight: intIn('--pipeline-steps-in-flight', get('pipeline-steps-in-flight') ?? String(serverDefaults.pipelineStepsInFlight), 1, 10_000),
     pipelineRetries: intIn('--pipeline-retries', get('pipeline-retries') ?? String(serverDefaults.pipelineRetries), 0, 1_000),
     pipelineRetryBackoffMaxMs: intIn('--pipeline-retry-backoff-max-ms', get('pipeline-retry-backoff-max-ms') ?? String(serverDefaults.pipelineRetryBackoffMaxMs), 100, 600_000),
+    pipelineStepDeadlineMs: intIn('--pipeline-step-deadline-ms', get('pipeline-step-deadline-ms') ?? String(serverDefaults.pipelineStepDeadlineMs), 100, 3_600_000),
     advertiseHost: advertiseHost(get('advertise-host')),
     statusWriteTimeoutMs: intIn('--status-write-timeout-ms', get('status-write-timeout-ms') ?? String(serverDefaults.statusWriteTimeoutMs), 100, 60_000),
     statusWriteIntervalMs: intIn('--status-write-interval-ms', get('status-write-interval-ms') ?? String(serverDefaults.statusWriteIntervalMs), 10, 60_000),

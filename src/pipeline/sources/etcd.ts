@@ -38,10 +38,10 @@ export interface EtcdSourceOptions {
    */
   readonly progress: 'notify' | 'request';
   /**
-   * Backfill page size, parallelism and the tries of one page before the changefeed fails
-   * (`backfillPageKeys`, `backfillSpansInFlight`, `backfillPageTries`, `backfillRetryBackoffMs`).
+   * Backfill page size and parallelism (`backfillPageKeys`, `backfillSpansInFlight`). A
+   * failed page retries like any pipeline step (the capture's pipeline retry flags).
    */
-  readonly backfill: { readonly pageKeysMax: number; readonly spansInFlightMax: number; readonly pageTriesMax: number; readonly retryBackoffMs: number };
+  readonly backfill: { readonly pageKeysMax: number; readonly spansInFlightMax: number };
 }
 
 /** Parses an `etcd://host:port[,host:port]` URI. */
@@ -60,8 +60,6 @@ export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
     backfill: {
       pageKeysMax: intParam(url, 'backfillPageKeys', 1_000, 1, 100_000),
       spansInFlightMax: intParam(url, 'backfillSpansInFlight', 4, 1, 1_000),
-      pageTriesMax: intParam(url, 'backfillPageTries', 5, 1, 100),
-      retryBackoffMs: intParam(url, 'backfillRetryBackoffMs', 100, 1, 60_000),
     },
   };
 }

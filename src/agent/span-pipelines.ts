@@ -1,0 +1,159 @@
+/**
+ * The span pipelines of one changefeed on one capture, pure: applies the agent's
+ * commands (prepare, promote, stop, barrier) to one {@link SpanPipeline} per span, and
+ * bounds the work over all of them (effects in flight, backfill pages in flight). The
+ * runner performs the effects and feeds the outcomes back; the simulator does the same
+ * with simulated sources and sinks.
+ */
+import type { Span } from '../core/span.ts';
+import { maxTs } from '../core/ts.ts';
+import { assertNever } from '../core/assert.ts';
+import type { PipelineCommand } from './pipeline.ts';
+import { SpanPipeline } from './span-pipeline.ts';
+import type { BackfillGeneration, PipelineContext, PipelineOutcome, PipelineOutput, SpanPipelineLimits } from './span-pipeline.ts';
+import { spanPipelineDefaults } from './span-pipeline.ts';
+
+export interface SpanPipelinesLimits extends SpanPipelineLimits {
+  /** Effects (source or sink calls) in flight over all pipelines. */
+  readonly stepsInFlightMax: number;
+  /** Backfill pages in flight over all pipelines. */
+  readonly backfillsInFlightMax: number;
+}
+
+export const spanPipelinesDefaults: SpanPipelinesLimits = { ...spanPipelineDefaults, stepsInFlightMax: 256, backfillsInFlightMax: 4 };
+
+/** The table's backfill revision for a span, as the capture's copy of the changefeed says. */
+export type GenerationOf = (span: Span) => BackfillGeneration;
+
+export class SpanPipelines {
+  private readonly pipelines = new Map<string, SpanPipeline>();
+  /** Pipelines with an effect in flight (bounded by `stepsInFlightMax`). */
+  private readonly busy = new Set<SpanPipeline>();
+  /** Which pipeline an effect belongs to, until its outcome comes. */
+  private readonly owners = new Map<number, SpanPipeline>();
+  private barrierTs = maxTs;
+  private lastEffectId = 0;
+  private backfillSlotsUsed = 0;
+  /** Where the next tick starts when the in-flight bound cut the last one short. */
+  private cursor = 0;
+
+  constructor(private readonly limits: SpanPipelinesLimits) {}
+
+  get size(): number {
+    return this.pipelines.size;
+  }
+
+  /** The pipeline of a span key, for progress reporting. */
+  get(key: string): SpanPipeline | undefined {
+    return this.pipelines.get(key);
+  }
+
+  values(): IterableIterator<SpanPipeline> {
+    return this.pipelines.values();
+  }
+
+  /** Applies the agent's commands. */
+  apply(commands: readonly PipelineCommand[], nowMs: number, generationOf: GenerationOf): PipelineOutput {
+    const out: PipelineOutput = { effects: [], events: [] };
+    for (const command of commands) {
+      switch (command.kind) {
+        case 'prepare': {
+          const old = this.pipelines.get(command.key);
+          if (old !== undefined) this.forget(old);
+          this.pipelines.set(command.key, new SpanPipeline(command.span, command.key, command.checkpointTs, this.limits));
+          break;
+        }
+        case 'promote':
+          this.pipelines.get(command.key)?.promote(command.checkpointTs);
+          break;
+        case 'stop': {
+          const pipeline = this.pipelines.get(command.key);
+          if (pipeline !== undefined) this.collect(pipeline, pipeline.stop(this.context(nowMs, generationOf(pipeline.span))), out);
+          break;
+        }
+        case 'barrier':
+          this.barrierTs = command.barrierTs;
+          break;
+        default:
+          assertNever(command, 'pipeline command');
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Checks every deadline and starts a step for every idle pipeline, within the in-flight
+   * bound; when the bound cuts a round short, the next starts where this one stopped.
+   */
+  tick(nowMs: number, generationOf: GenerationOf): PipelineOutput {
+    const out: PipelineOutput = { effects: [], events: [] };
+    const all = [...this.pipelines.values()];
+    const start = this.cursor % Math.max(1, all.length);
+    let cut = false;
+    for (let i = 0; i < all.length; i++) {
+      const pipeline = all[(start + i) % all.length] as SpanPipeline;
+      if (!pipeline.busy && this.busy.size >= this.limits.stepsInFlightMax) {
+        if (!cut) this.cursor = start + i;
+        cut = true;
+        continue;
+      }
+      this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span))), out);
+    }
+    return out;
+  }
+
+  /** Applies an effect's outcome to its pipeline. */
+  onOutcome(outcome: PipelineOutcome, nowMs: number, generationOf: GenerationOf): PipelineOutput {
+    const out: PipelineOutput = { effects: [], events: [] };
+    const pipeline = this.owners.get(outcome.id);
+    if (pipeline === undefined) return out;
+    this.owners.delete(outcome.id);
+    this.collect(pipeline, pipeline.onOutcome(outcome, this.context(nowMs, generationOf(pipeline.span))), out);
+    return out;
+  }
+
+  /** Forgets every pipeline (a self-fence or shutdown); their outcomes are ignored. */
+  clear(): void {
+    for (const pipeline of [...this.pipelines.values()]) this.forget(pipeline);
+    this.owners.clear();
+  }
+
+  private forget(pipeline: SpanPipeline): void {
+    if (pipeline.forget()) this.backfillSlotsUsed--;
+    this.busy.delete(pipeline);
+    if (this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
+  }
+
+  private collect(pipeline: SpanPipeline, result: PipelineOutput, out: PipelineOutput): void {
+    for (const effect of result.effects) {
+      if (effect.kind !== 'release') this.owners.set(effect.id, pipeline);
+      out.effects.push(effect);
+    }
+    for (const event of result.events) out.events.push(event);
+    if (pipeline.busy) this.busy.add(pipeline);
+    else this.busy.delete(pipeline);
+    if (pipeline.phase === 'gone' && this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
+  }
+
+  private context(nowMs: number, generation: BackfillGeneration): PipelineContext {
+    return {
+      nowMs,
+      barrierTs: this.barrierTs,
+      generation,
+      takeBackfillSlot: () => {
+        if (this.backfillSlotsUsed >= this.limits.backfillsInFlightMax) return false;
+        this.backfillSlotsUsed++;
+        return true;
+      },
+      releaseBackfillSlot: () => {
+        this.backfillSlotsUsed--;
+      },
+      nextId: () => ++this.lastEffectId,
+    };
+  }
+
+  /** Backfill pages in flight (for tests and invariants). */
+  get backfillsInFlight(): number {
+    return this.backfillSlotsUsed;
+  }
+}
