@@ -180,6 +180,11 @@ export class SpanPipeline {
     return this.resolved;
   }
 
+  /** True while it is promoted and not gone: it writes to the sink. */
+  get writes(): boolean {
+    return this.writing && this.phase !== 'gone';
+  }
+
   /** True while an effect of it is in flight (not abandoned). */
   get busy(): boolean {
     return this.inFlight !== undefined;

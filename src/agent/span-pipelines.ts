@@ -135,21 +135,20 @@ export class SpanPipelines {
     if (pipeline.phase === 'gone' && this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
   }
 
+  private readonly takeBackfillSlot = (): boolean => {
+    if (this.backfillSlotsUsed >= this.limits.backfillsInFlightMax) return false;
+    this.backfillSlotsUsed++;
+    return true;
+  };
+
+  private readonly releaseBackfillSlot = (): void => {
+    this.backfillSlotsUsed--;
+  };
+
+  private readonly nextId = (): number => ++this.lastEffectId;
+
   private context(nowMs: number, generation: BackfillGeneration): PipelineContext {
-    return {
-      nowMs,
-      barrierTs: this.barrierTs,
-      generation,
-      takeBackfillSlot: () => {
-        if (this.backfillSlotsUsed >= this.limits.backfillsInFlightMax) return false;
-        this.backfillSlotsUsed++;
-        return true;
-      },
-      releaseBackfillSlot: () => {
-        this.backfillSlotsUsed--;
-      },
-      nextId: () => ++this.lastEffectId,
-    };
+    return { nowMs, barrierTs: this.barrierTs, generation, takeBackfillSlot: this.takeBackfillSlot, releaseBackfillSlot: this.releaseBackfillSlot, nextId: this.nextId };
   }
 
   /** Backfill pages in flight (for tests and invariants). */

@@ -4,10 +4,16 @@
  * a model of etcd (membership with lease expiry, election revisions, fenced checkpoint
  * writes), and faults: capture crashes and restarts, owner crashes, pauses longer than
  * the lease (the deposed owner keeps acting for a few steps and must be fenced), owner
- * resignations, pipeline failures, and operator moves, drains and rebalances.
+ * resignations, operator moves, drains and rebalances; and, under the real pure span
+ * pipelines, an upstream with history and compaction, a backfill of every table at the
+ * start, source and sink calls that fail, fail midway or hang past their deadline,
+ * record writes that fail or land unanswered, and resumes with backfill after a
+ * compaction failed the changefeed.
  *
- * After every step it checks the invariants of DESIGN.md §8; once faults stop it checks
- * that every span replicates again and the checkpoint advances within a bound.
+ * After every step it checks the invariants of DESIGN.md §8 and that the sink holds, at
+ * the persisted checkpoint and at the checkpoints agents report, exactly the upstream's
+ * state; once faults stop it checks that every span replicates again and the checkpoint
+ * advances within a bound.
  */
 import { Agent } from '../../src/agent/agent.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
@@ -18,7 +24,10 @@ import { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey, splitTable } from '../../src/core/span.ts';
 import { SimNetwork } from './sim-network.ts';
-import { SimPipelines, SinkModel } from './sim-pipelines.ts';
+import { SimPipelines, SimSinkLog, SimUpstream, stateDifference } from './sim-pipelines.ts';
+import type { SimWorld } from './sim-pipelines.ts';
+import type { PipelineEvent } from '../../src/agent/pipeline.ts';
+import type { BackfillProgress } from '../../src/agent/span-pipeline.ts';
 import { SimMetadata } from './sim-metadata.ts';
 import type { MetadataWriter } from './sim-metadata.ts';
 
@@ -76,7 +85,13 @@ export class SimCluster {
   private readonly options: SimOptions;
   private readonly rng: SeededRandom;
   private readonly network: SimNetwork;
-  private readonly sink: SinkModel;
+  /** The upstream, the sink and the backfill records every capture's pipelines act on. */
+  private readonly world: SimWorld;
+  /** The tables' backfill revision: the create's, then each resume with backfill's. */
+  private generation = startTs + 1n;
+  /** Per capture and span, the last agent checkpoint whose sink state was checked. */
+  private readonly checkedCheckpoints = new Map<string, bigint>();
+  private lastCheckedPersisted = -1n;
   private readonly tables: TableRange[];
   private readonly spans: Span[];
   private readonly captures = new Map<CaptureId, SimCapture>();
@@ -88,7 +103,6 @@ export class SimCluster {
   private revision = 0n;
   private nextCaptureNumber = 0;
   private step = 0;
-  private upstreamTs = startTs;
   private readonly metadata: SimMetadata;
   private epoch = 1n;
   /** When an operator resumes the failed changefeed (-1: not failed). */
@@ -133,7 +147,14 @@ export class SimCluster {
       this.tables.push(table);
       this.spans.push(...splitTable(table, boundaries));
     }
-    this.sink = new SinkModel(this.spans.map(spanKey), startTs);
+    const upstream = new SimUpstream(this.rng, this.spans, startTs);
+    this.world = {
+      upstream,
+      sink: new SimSinkLog(),
+      records: new Map<string, BackfillProgress>(),
+      generation: () => this.generation,
+      stats: this.stats,
+    };
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
     for (let i = 0; i < options.captures; i++) this.startCapture();
@@ -166,7 +187,7 @@ export class SimCluster {
 
   private runStep(): void {
     const step = this.step;
-    this.upstreamTs += BigInt(1 + this.rng.int(3));
+    this.world.upstream.advance(this.world.upstream.ts + BigInt(1 + this.rng.int(3)));
     if (step === this.faultsEndStep) this.endFaults();
     if (this.faultsOn) this.injectFaults();
     this.resumePaused();
@@ -177,15 +198,7 @@ export class SimCluster {
       if (!this.canRun(capture)) continue;
       const agent = capture.agent;
       if (agent === undefined) continue;
-      const events = capture.pipelines.step(step, this.upstreamTs, this.faultsOn ? 0.0005 : 0);
-      for (const event of events) {
-        this.trace(`${capture.id} pipeline ${event.kind} ${'checkpointTs' in event ? event.checkpointTs : ''}`, event.key);
-        if (event.kind === 'failed') this.stats.pipelineFailures = (this.stats.pipelineFailures ?? 0) + 1;
-        const out = agent.handlePipelineEvent(event);
-        this.traceAgent(capture.id, out);
-        capture.pipelines.apply(out.commands, step);
-        this.sendAll(out.outbox);
-      }
+      this.feed(capture, capture.pipelines.step(step, this.faultsOn));
       this.sendAll(agent.flush().outbox);
     }
     this.metadata.step(step);
@@ -203,6 +216,11 @@ export class SimCluster {
     if (this.liveCaptures().length < this.options.captures && this.rng.chance(0.05)) this.startCapture();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.pauseOwner();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
+    // etcd compacts the upstream's history: spans behind it fail the changefeed.
+    if (this.rng.chance(0.0015)) {
+      this.world.upstream.compactedTs = this.world.upstream.ts - BigInt(this.rng.int(4));
+      this.stats.compactions = (this.stats.compactions ?? 0) + 1;
+    }
     // A changefeed failure (an error retrying cannot fix): the run must persist it and stay failed.
     if (this.owner?.run?.phase === 'running' && this.owner.zombieUntil < 0 && this.rng.chance(0.001)) this.owner.run.fail(`injected failure at step ${this.step}`);
     // An operator pauses it (resumed a while later, like a failure).
@@ -244,7 +262,7 @@ export class SimCluster {
   private startCapture(): void {
     const id = `c${this.nextCaptureNumber++}`;
     const agent = this.metadata.info.state === 'normal' ? this.newAgent(id) : undefined;
-    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.sink), alive: true, pausedUntil: -1 });
+    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world), alive: true, pausedUntil: -1 });
     this.membership.add(id);
   }
 
@@ -281,6 +299,12 @@ export class SimCluster {
       this.resumeAtStep = -1;
       this.agentsDropped = false;
       this.epoch++;
+      // The way out of a compacted checkpoint is a resume with backfill: every table is
+      // copied again at the current revision (the API's `{"backfill": true}`).
+      if (this.metadata.info.error?.includes('compacted') === true) {
+        this.generation = this.world.upstream.ts;
+        this.stats.resumesWithBackfill = (this.stats.resumesWithBackfill ?? 0) + 1;
+      }
       this.metadata.resume(this.epoch);
       this.stats.resumes = (this.stats.resumes ?? 0) + 1;
       for (const capture of this.captures.values()) if (capture.alive) capture.agent = this.newAgent(capture.id);
@@ -395,7 +419,23 @@ export class SimCluster {
         this.trace(`${capture.id} <- ${m.header.from}@${m.header.ownerRevision}#${m.header.seq} ${m.kind} ${text}`, text);
       }
       this.traceAgent(capture.id, out);
-      capture.pipelines.apply(out.commands, this.step);
+      this.feed(capture, capture.pipelines.apply(out.commands, this.step, this.faultsOn));
+      this.sendAll(out.outbox);
+    }
+  }
+
+  /** Hands pipeline events to the capture's agent, and the agent's commands back to the pipelines, until both are quiet. */
+  private feed(capture: SimCapture, events: PipelineEvent[]): void {
+    const pending = [...events];
+    for (let event = pending.shift(); event !== undefined; event = pending.shift()) {
+      const agent = capture.agent;
+      if (agent === undefined) return;
+      this.trace(`${capture.id} pipeline ${event.kind} ${'checkpointTs' in event ? event.checkpointTs : ''}`, event.key);
+      if (event.kind === 'failed') this.stats.pipelineFailures = (this.stats.pipelineFailures ?? 0) + 1;
+      if (event.kind === 'retrying') this.stats.pipelineRetries = (this.stats.pipelineRetries ?? 0) + 1;
+      const out = agent.handlePipelineEvent(event);
+      this.traceAgent(capture.id, out);
+      pending.push(...capture.pipelines.apply(out.commands, this.step, this.faultsOn));
       this.sendAll(out.outbox);
     }
   }
@@ -470,7 +510,10 @@ export class SimCluster {
       }
       this.sendAll(out.outbox);
       if (coordinator.phase === 'failed') {
-        this.violations.push(`step ${this.step}: coordinator failed: ${coordinator.failure ?? '?'}`);
+        // A span error retrying cannot fix (a compacted revision) fails the changefeed;
+        // anything else is a broken invariant.
+        if (coordinator.manager.violations.length > 0) this.violations.push(`step ${this.step}: coordinator failed: ${coordinator.failure ?? '?'}`);
+        else run.fail(coordinator.failure ?? 'span failed');
       }
     }
     const commands = run.tick({ tick: ++owner.ticks, checkpointTs: coordinator.checkpointTs, resolvedTs: coordinator.resolvedTs });
@@ -548,10 +591,7 @@ export class SimCluster {
     if (ownerActs && this.metadata.info.state !== 'normal' && this.owner?.run !== undefined && this.owner.run.phase === 'running') {
       this.violations.push(`step ${step}: owner ${this.owner.id} runs the ${this.metadata.info.state} changefeed`);
     }
-    const flushed = this.sink.minContiguous();
-    if (this.persisted.checkpointTs > flushed) {
-      this.violations.push(`step ${step}: persisted checkpoint ${this.persisted.checkpointTs} above what the sink holds (${flushed})`);
-    }
+    this.checkSinkState();
     const coordinator = this.owner?.coordinator;
     if (coordinator !== undefined) {
       try {
@@ -559,6 +599,37 @@ export class SimCluster {
       } catch (error) {
         const state = (error as { state?: unknown }).state;
         this.violations.push(`step ${step}: ${(error as Error).message} ${state === undefined ? '' : JSON.stringify(state, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+      }
+    }
+  }
+
+  /**
+   * What the sink holds: at the persisted checkpoint, and at every checkpoint an agent
+   * reports for a span it replicates, the sink's state (as a reader computes it) equals
+   * the upstream's, once the checkpoint is past the tables' backfill revision (below it
+   * the tables are still being copied and readers wait, as the verifier does).
+   */
+  private checkSinkState(): void {
+    const { upstream, sink } = this.world;
+    const persisted = this.persisted.checkpointTs;
+    if (persisted >= this.generation && persisted !== this.lastCheckedPersisted) {
+      this.lastCheckedPersisted = persisted;
+      for (const span of this.spans) {
+        const difference = stateDifference(upstream, sink, span, persisted);
+        if (difference !== undefined) this.violations.push(`step ${this.step}: at the persisted checkpoint ${persisted} the sink differs for ${spanKey(span)}: ${difference}`);
+      }
+    }
+    // The agents' checkpoints every few steps (each check reads the span's whole history).
+    if (this.step % 4 !== 0) return;
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture)) continue;
+      for (const status of capture.agent?.statuses() ?? []) {
+        if (status.state !== 'replicating' || status.checkpointTs < this.generation) continue;
+        const id = `${capture.id}/${spanKey(status.span)}`;
+        if (this.checkedCheckpoints.get(id) === status.checkpointTs) continue;
+        this.checkedCheckpoints.set(id, status.checkpointTs);
+        const difference = stateDifference(upstream, sink, status.span, status.checkpointTs);
+        if (difference !== undefined) this.violations.push(`step ${this.step}: ${capture.id} reports ${spanKey(status.span)} at ${status.checkpointTs}, but the sink differs: ${difference}`);
       }
     }
   }

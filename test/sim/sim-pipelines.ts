@@ -1,155 +1,344 @@
 /**
- * Simulated span pipelines and the sink they write to.
+ * Simulated span pipelines: the real pure {@link SpanPipelines} of every capture, whose
+ * effects run against a simulated upstream (key history, compaction, snapshots), a
+ * simulated sink (a durable log of every entry written, with retires) and a simulated
+ * store of backfill records. Effects take a few steps; with faults on, some fail before
+ * or midway (a prefix of their writes durable), some hang far past their deadline, and
+ * saves land but answer failed. As the runner does, the effects of one span on one
+ * capture run one after another.
  *
- * A pipeline prepares (reads the source, no writing) for a few steps, then reports
- * `prepared`; once promoted it writes every event after its promotion checkpoint and
- * flushes a random amount each step, never past what the source resolved. Stopping
- * flushes a little more and reports the final checkpoint.
- *
- * The sink model records, per span, the highest position up to which every event is in
- * the sink (`contiguous`): a writer extends it only if it started at or before it. A
- * writer promoted past that position would leave a gap, and the checkpoint invariant
- * (persisted checkpoint <= contiguous of every span) would catch it.
+ * The sink is a log, not a table: its state at a ts is, per key, the entry with the
+ * highest ts at or below it, less the keys a retire at or below it removed; that is
+ * what a reader of the file sink (and the verifier) computes. Writing a true upstream
+ * event twice, late, or out of order never changes a state, so only a missing write can
+ * make the sink differ from the upstream at a checkpoint, which is what the cluster checks.
  */
 import type { PipelineCommand, PipelineEvent } from '../../src/agent/pipeline.ts';
+import type { BackfillGeneration, BackfillProgress, PipelineEffect, PipelineOutcome } from '../../src/agent/span-pipeline.ts';
+import { SpanPipelines } from '../../src/agent/span-pipelines.ts';
+import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
-import { tsMin } from '../../src/core/ts.ts';
+import type { Span } from '../../src/core/span.ts';
+import { spanKey } from '../../src/core/span.ts';
 
-interface SimPipeline {
+/** One version of a key: a value, or undefined for a delete. */
+interface Version {
+  readonly ts: bigint;
+  readonly value: string | undefined;
+}
+
+/** A change event of the upstream. */
+interface UpstreamEvent extends Version {
   readonly key: string;
-  readonly startTs: bigint;
-  readyAt: number;
-  prepared: boolean;
-  writing: boolean;
-  writeFrom: bigint;
-  flushed: bigint;
-  resolved: bigint;
-  stopAt: number;
 }
 
-/** Per span: every event up to this position is in the sink. */
-export class SinkModel {
-  readonly contiguous = new Map<string, bigint>();
+/** The keys each span holds (`<span start>-<n>`), a few per span. */
+const keysPerSpan = 4;
 
-  constructor(keys: readonly string[], startTs: bigint) {
-    for (const key of keys) this.contiguous.set(key, startTs);
+/** The latest version at or before `ts` of a sorted list (searched from the end: most reads are recent). */
+function versionAt(versions: readonly Version[] | undefined, ts: bigint): Version | undefined {
+  if (versions === undefined) return undefined;
+  for (let i = versions.length - 1; i >= 0; i--) {
+    const version = versions[i] as Version;
+    if (version.ts <= ts) return version;
+  }
+  return undefined;
+}
+
+/** The index of the first event with ts > `afterTs` in a sorted list. */
+function firstAfter(events: readonly UpstreamEvent[], afterTs: bigint): number {
+  let low = 0;
+  let high = events.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if ((events[mid] as UpstreamEvent).ts <= afterTs) low = mid + 1;
+    else high = mid;
+  }
+  return low;
+}
+
+/** The upstream: one key history per span, shared by every capture's source. */
+export class SimUpstream {
+  ts: bigint;
+  /** Revisions below this cannot be read any more (an etcd compaction). */
+  compactedTs = 0n;
+  private readonly events = new Map<string, UpstreamEvent[]>();
+  private readonly versions = new Map<string, Version[]>();
+  private readonly spans: readonly Span[];
+
+  constructor(
+    private readonly rng: SeededRandom,
+    spans: readonly Span[],
+    startTs: bigint,
+  ) {
+    this.spans = spans;
+    for (const span of spans) this.events.set(spanKey(span), []);
+    // Keys that exist before the changefeed starts: only a backfill brings them over.
+    this.ts = 0n;
+    while (this.ts < startTs) this.advance(this.ts + 1n, 0.6);
   }
 
-  /** A writer that started after `writeFrom` flushed everything up to `flushed`. */
-  flush(key: string, writeFrom: bigint, flushed: bigint): void {
-    const contiguous = this.contiguous.get(key) ?? 0n;
-    if (writeFrom <= contiguous && flushed > contiguous) this.contiguous.set(key, flushed);
+  /** The revision moves to `toTs`; some revisions change a key. */
+  advance(toTs: bigint, changeProbability = 0.5): void {
+    while (this.ts < toTs) {
+      this.ts++;
+      if (!this.rng.chance(changeProbability)) continue;
+      const span = this.rng.pick(this.spans);
+      const key = `${span.table}\u0000${span.start}-${this.rng.int(keysPerSpan)}`;
+      const value = this.rng.chance(0.2) ? undefined : `v${this.ts}`;
+      const event: UpstreamEvent = { ts: this.ts, key, value };
+      this.events.get(spanKey(span))?.push(event);
+      let list = this.versions.get(key);
+      if (list === undefined) this.versions.set(key, (list = []));
+      list.push(event);
+    }
   }
 
-  /** The lowest contiguous position over all spans. */
-  minContiguous(): bigint {
-    let min: bigint | undefined;
-    for (const value of this.contiguous.values()) if (min === undefined || value < min) min = value;
-    return min ?? 0n;
+  /** The events of `span` with afterTs < ts <= uptoTs, at most `limit`, and how far they go. */
+  read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): { events: UpstreamEvent[]; readUpToTs: bigint } {
+    const all = this.events.get(spanKey(span)) ?? [];
+    const events: UpstreamEvent[] = [];
+    for (let i = firstAfter(all, afterTs); i < all.length; i++) {
+      const event = all[i] as UpstreamEvent;
+      if (event.ts > uptoTs) break;
+      events.push(event);
+      if (events.length >= limit) return { events, readUpToTs: event.ts };
+    }
+    return { events, readUpToTs: uptoTs };
+  }
+
+  /** The keys of `span` and their values at `ts` (deleted keys absent), by key. */
+  stateAt(span: Span, ts: bigint): Map<string, string> {
+    const state = new Map<string, string>();
+    for (let n = 0; n < keysPerSpan; n++) {
+      const key = `${span.table}\u0000${span.start}-${n}`;
+      const version = versionAt(this.versions.get(key), ts);
+      if (version?.value !== undefined) state.set(key, version.value);
+    }
+    return state;
   }
 }
+
+/** A retire: every key of `span` whose entry is older than `beforeTs` is gone from `beforeTs` on. */
+interface Retire {
+  readonly span: Span;
+  readonly beforeTs: bigint;
+}
+
+/** The sink: every entry ever made durable, per key, and the retires. */
+export class SimSinkLog {
+  private readonly entries = new Map<string, Version[]>();
+  private readonly retires: Retire[] = [];
+  entriesWritten = 0;
+
+  /** Makes entries durable (a flushed write). */
+  write(entries: readonly UpstreamEvent[]): void {
+    for (const entry of entries) {
+      let list = this.entries.get(entry.key);
+      if (list === undefined) this.entries.set(entry.key, (list = []));
+      // Kept sorted by ts; an entry at a ts is the same value whoever wrote it.
+      let at = list.length;
+      while (at > 0 && (list[at - 1] as Version).ts > entry.ts) at--;
+      if (at > 0 && (list[at - 1] as Version).ts === entry.ts) continue;
+      list.splice(at, 0, { ts: entry.ts, value: entry.value });
+      this.entriesWritten++;
+    }
+  }
+
+  retire(span: Span, beforeTs: bigint): void {
+    this.retires.push({ span, beforeTs });
+  }
+
+  /** What a reader of the sink sees for `span` at `ts`. */
+  stateAt(span: Span, ts: bigint): Map<string, string> {
+    const state = new Map<string, string>();
+    const retires = this.retires.filter((r) => r.beforeTs <= ts && spanKey(r.span) === spanKey(span));
+    // The sink only ever holds upstream keys: the span's few.
+    for (let n = 0; n < keysPerSpan; n++) {
+      const key = `${span.table}\u0000${span.start}-${n}`;
+      const version = versionAt(this.entries.get(key), ts);
+      if (version === undefined || version.value === undefined) continue;
+      if (retires.some((r) => version.ts < r.beforeTs)) continue;
+      state.set(key, version.value);
+    }
+    return state;
+  }
+}
+
+/** How an effect ends. */
+type Fate = 'ok' | 'fail' | 'fail-midway' | 'fail-after';
+
+interface QueuedEffect {
+  readonly effect: Exclude<PipelineEffect, { kind: 'release' }>;
+  readonly fate: Fate;
+  /** Steps it takes once it starts (a hang: far past the deadline). */
+  readonly steps: number;
+  /** When it ends; set once the span's earlier effects have ended. */
+  dueAt: number;
+}
+
+/** The shared world the pipelines of every capture act on. */
+export interface SimWorld {
+  readonly upstream: SimUpstream;
+  readonly sink: SimSinkLog;
+  /** Backfill records by span key (etcd). */
+  readonly records: Map<string, BackfillProgress>;
+  /** The tables' backfill revision the changefeed's info says now. */
+  generation(): bigint;
+  readonly stats: Record<string, number>;
+}
+
+/** Step length in ms: the pure pipelines' clock. */
+export const simStepMs = 50;
+
+export const simPipelineLimits: SpanPipelinesLimits = {
+  batchEventsMax: 6,
+  pageKeysMax: 2,
+  stepRetriesMax: 4,
+  retryBackoffMinMs: simStepMs,
+  retryBackoffMaxMs: 8 * simStepMs,
+  stepDeadlineMs: 10 * simStepMs,
+  stepsInFlightMax: 8,
+  backfillsInFlightMax: 2,
+};
 
 /** The pipelines of one capture. */
 export class SimPipelines {
-  private readonly pipelines = new Map<string, SimPipeline>();
-  private readonly rng: SeededRandom;
-  private readonly sink: SinkModel;
-  private barrierTs: bigint | undefined;
+  private pipelines = new SpanPipelines(simPipelineLimits);
+  /** The effects of each span, in order; the head runs. */
+  private readonly queues = new Map<string, QueuedEffect[]>();
+  private readonly generationOf = (): BackfillGeneration => this.world.generation();
 
-  constructor(rng: SeededRandom, sink: SinkModel) {
-    this.rng = rng;
-    this.sink = sink;
+  constructor(
+    private readonly rng: SeededRandom,
+    private readonly world: SimWorld,
+  ) {}
+
+  /** Applies the agent's commands at `step`; returns what they made the pipelines say. */
+  apply(commands: readonly PipelineCommand[], step: number, faultsOn: boolean): PipelineEvent[] {
+    return this.take(this.pipelines.apply(commands, step * simStepMs, this.generationOf), step, faultsOn);
   }
 
-  /** Applies the agent's commands at `step`. */
-  apply(commands: readonly PipelineCommand[], step: number): void {
-    for (const command of commands) {
-      switch (command.kind) {
-        case 'prepare':
-          this.pipelines.set(command.key, {
-            key: command.key,
-            startTs: command.checkpointTs,
-            readyAt: step + this.rng.int(3),
-            prepared: false,
-            writing: false,
-            writeFrom: command.checkpointTs,
-            flushed: command.checkpointTs,
-            resolved: command.checkpointTs,
-            stopAt: -1,
-          });
-          break;
-        case 'promote': {
-          const pipeline = this.pipelines.get(command.key);
-          if (pipeline === undefined) throw new Error(`promote without a pipeline for ${command.key}`);
-          pipeline.writing = true;
-          pipeline.writeFrom = command.checkpointTs;
-          pipeline.flushed = command.checkpointTs;
-          break;
-        }
-        case 'stop': {
-          const pipeline = this.pipelines.get(command.key);
-          if (pipeline !== undefined && pipeline.stopAt < 0) pipeline.stopAt = step + this.rng.int(3);
-          break;
-        }
-        case 'barrier':
-          this.barrierTs = command.barrierTs;
-          break;
-      }
-    }
-  }
-
-  /** Advances every pipeline one step; returns the events for the agent. */
-  step(step: number, upstreamTs: bigint, failureProbability: number): PipelineEvent[] {
+  /** One step: effects that end now answer, then every pipeline ticks. */
+  step(step: number, faultsOn: boolean): PipelineEvent[] {
     const events: PipelineEvent[] = [];
-    for (const pipeline of [...this.pipelines.values()]) {
-      if (failureProbability > 0 && this.rng.chance(failureProbability)) {
-        this.pipelines.delete(pipeline.key);
-        events.push({ kind: 'failed', key: pipeline.key, error: 'simulated pipeline failure', retryable: true });
-        continue;
-      }
-      if (this.rng.chance(0.8)) pipeline.resolved = upstreamTs - BigInt(this.rng.int(3));
-      if (pipeline.resolved < pipeline.startTs) pipeline.resolved = pipeline.startTs;
-      if (!pipeline.prepared && step >= pipeline.readyAt) {
-        pipeline.prepared = true;
-        events.push({ kind: 'prepared', key: pipeline.key, resolvedTs: pipeline.resolved });
-      }
-      if (pipeline.writing) {
-        // A sink a little faster than the upstream on average, so a span that restarts from
-        // an older checkpoint (a move, a stale owner cache) catches up.
-        let next = pipeline.flushed + BigInt(this.rng.int(8));
-        next = tsMin(next, pipeline.resolved);
-        if (this.barrierTs !== undefined) next = tsMin(next, this.barrierTs);
-        if (next > pipeline.flushed) {
-          pipeline.flushed = next;
-          this.sink.flush(pipeline.key, pipeline.writeFrom, pipeline.flushed);
-        }
-      }
-      if (pipeline.stopAt >= 0 && step >= pipeline.stopAt) {
-        this.pipelines.delete(pipeline.key);
-        events.push({ kind: 'stopped', key: pipeline.key, checkpointTs: pipeline.writing ? pipeline.flushed : pipeline.startTs });
-        continue;
-      }
-      if (pipeline.prepared) {
-        events.push({
-          kind: 'progress',
-          key: pipeline.key,
-          checkpointTs: pipeline.writing ? pipeline.flushed : pipeline.startTs,
-          resolvedTs: pipeline.resolved,
-        });
-      }
+    for (const [key, queue] of [...this.queues]) {
+      const head = queue[0];
+      if (head === undefined || head.dueAt > step) continue;
+      queue.shift();
+      if (queue.length === 0) this.queues.delete(key);
+      else (queue[0] as QueuedEffect).dueAt = step + (queue[0] as QueuedEffect).steps;
+      const outcome = this.perform(head);
+      events.push(...this.take(this.pipelines.onOutcome(outcome, step * simStepMs, this.generationOf), step, faultsOn));
     }
+    events.push(...this.take(this.pipelines.tick(step * simStepMs, this.generationOf), step, faultsOn));
     return events;
   }
 
-  /** A crash: every pipeline vanishes at once. */
+  /** A crash: every pipeline and every call in flight vanish at once. */
   crash(): void {
     this.pipelines.clear();
+    this.pipelines = new SpanPipelines(simPipelineLimits);
+    this.queues.clear();
   }
 
-  /** Keys of the spans this capture is writing to the sink. */
+  /** Keys of the spans this capture writes to the sink. */
   writingKeys(): string[] {
     const keys: string[] = [];
-    for (const pipeline of this.pipelines.values()) if (pipeline.writing) keys.push(pipeline.key);
+    for (const pipeline of this.pipelines.values()) if (pipeline.writes) keys.push(pipeline.key);
     return keys;
   }
+
+  /** Queues the effects; returns the events. */
+  private take(out: { effects: PipelineEffect[]; events: PipelineEvent[] }, step: number, faultsOn: boolean): PipelineEvent[] {
+    for (const effect of out.effects) {
+      if (effect.kind === 'release') continue;
+      let fate: Fate = 'ok';
+      let steps = this.rng.int(3);
+      if (faultsOn) {
+        if (this.rng.chance(0.03)) fate = this.rng.pick<Fate>(['fail', 'fail-midway', 'fail-after']);
+        if (this.rng.chance(0.004)) {
+          steps = 15 + this.rng.int(90);
+          this.world.stats.hungCalls = (this.world.stats.hungCalls ?? 0) + 1;
+        }
+      }
+      let queue = this.queues.get(effect.key);
+      if (queue === undefined) this.queues.set(effect.key, (queue = []));
+      queue.push({ effect, fate, steps, dueAt: queue.length === 0 ? step + steps : Number.MAX_SAFE_INTEGER });
+    }
+    return out.events;
+  }
+
+  /** Runs one effect against the world, with its fate. */
+  private perform(queued: QueuedEffect): PipelineOutcome {
+    const { effect, fate } = queued;
+    const { upstream, sink, records, stats } = this.world;
+    const failed = (error: string, retryable = true): PipelineOutcome => ({ kind: 'failed', id: effect.id, error, retryable });
+    if (fate === 'fail') return failed('simulated failure');
+    switch (effect.kind) {
+      case 'resolve': {
+        const lag = BigInt(this.rng.int(3));
+        const resolved = upstream.ts - lag;
+        return { kind: 'resolved', id: effect.id, resolvedTs: resolved > effect.afterTs ? resolved : effect.afterTs };
+      }
+      case 'load-backfill':
+        return { kind: 'backfill-loaded', id: effect.id, progress: records.get(effect.key) };
+      case 'count-keys':
+        if (effect.snapshotTs < upstream.compactedTs) return failed(`revision ${effect.snapshotTs} compacted`, false);
+        return { kind: 'keys-counted', id: effect.id, keys: upstream.stateAt(effect.span, effect.snapshotTs).size };
+      case 'copy-page': {
+        if (effect.snapshotTs < upstream.compactedTs) return failed(`revision ${effect.snapshotTs} compacted`, false);
+        const keys = [...upstream.stateAt(effect.span, effect.snapshotTs)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+        const after = keys.filter(([key]) => effect.afterKey === undefined || key > effect.afterKey);
+        const page = after.slice(0, effect.limit);
+        const entries = page.map(([key, value]) => ({ key, value, ts: effect.snapshotTs }));
+        const last = after.length <= effect.limit;
+        if (fate === 'fail-midway') {
+          sink.write(entries.slice(0, this.rng.int(entries.length + 1)));
+          return failed('simulated failure midway through a page');
+        }
+        sink.write(entries);
+        if (last) sink.retire(effect.span, effect.snapshotTs);
+        stats.pagesCopied = (stats.pagesCopied ?? 0) + 1;
+        if (fate === 'fail-after') return failed('simulated failure after the page was flushed');
+        const nextAfterKey = last ? undefined : (page[page.length - 1] as [string, string])[0];
+        return { kind: 'page-copied', id: effect.id, keys: page.length, nextAfterKey };
+      }
+      case 'save-backfill':
+        if (fate === 'fail-midway') return failed('simulated failure of a record write');
+        records.set(effect.key, effect.progress);
+        if (effect.progress.done) stats.backfillsDone = (stats.backfillsDone ?? 0) + 1;
+        if (fate === 'fail-after') return failed('simulated failure after the record landed');
+        return { kind: 'backfill-saved', id: effect.id };
+      case 'stream': {
+        if (effect.afterTs < upstream.compactedTs) return failed(`revision ${effect.afterTs} compacted`, false);
+        const { events, readUpToTs } = upstream.read(effect.span, effect.afterTs, effect.uptoTs, effect.limit);
+        if (fate === 'fail-midway') {
+          sink.write(events.slice(0, this.rng.int(events.length + 1)));
+          return failed('simulated failure midway through a write');
+        }
+        sink.write(events);
+        if (fate === 'fail-after') return failed('simulated failure after the flush');
+        return { kind: 'streamed', id: effect.id, events: events.length, readUpToTs };
+      }
+      default: {
+        const never: never = effect;
+        throw new Error(`unknown effect ${JSON.stringify(never)}`);
+      }
+    }
+  }
+}
+
+/** Where a sink's state at `ts` differs from the upstream's for `span`; undefined when equal. */
+export function stateDifference(upstream: SimUpstream, sink: SimSinkLog, span: Span, ts: bigint): string | undefined {
+  const want = upstream.stateAt(span, ts);
+  const have = sink.stateAt(span, ts);
+  const problems: string[] = [];
+  for (const [key, value] of want) {
+    const got = have.get(key);
+    if (got === undefined) problems.push(`missing ${JSON.stringify(key)}=${value}`);
+    else if (got !== value) problems.push(`mismatched ${JSON.stringify(key)}: ${got} instead of ${value}`);
+  }
+  for (const [key, value] of have) if (!want.has(key)) problems.push(`extra ${JSON.stringify(key)}=${value}`);
+  return problems.length === 0 ? undefined : problems.join(', ');
 }
