@@ -358,7 +358,7 @@ export class HttpApi {
             : { state: 'cannot-proceed', reason: describeReason(watermark.reason), code: watermark.reason.code },
       spans: managed?.coordinator.manager.sets.size ?? 0,
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
-      warning: failingWarning(managed?.coordinator.failing()),
+      warning: failingWarning(managed?.coordinator.failing(), managed?.failingForMs),
       moves: {
         queued: managed?.coordinator.movesQueued ?? 0,
         refused: (managed?.coordinator.moveRefusals ?? []).map((r) => ({ table: r.span.table, start: r.span.start, captureId: r.capture, reason: r.reason })),
@@ -497,9 +497,9 @@ function refusal(result: RequestResult & { ok: false }): ApiError {
 }
 
 /** Pipelines retrying through an outage, as the changefeed's warning (null when none). */
-function failingWarning(failing: { spans: number; error: string | undefined } | undefined): { failingSpans: number; error: string } | null {
+function failingWarning(failing: { spans: number; error: string | undefined } | undefined, failingForMs: number | undefined): { failingSpans: number; error: string; failingForMs: number | null } | null {
   if (failing === undefined || failing.spans === 0) return null;
-  return { failingSpans: failing.spans, error: failing.error ?? '' };
+  return { failingSpans: failing.spans, error: failing.error ?? '', failingForMs: failingForMs ?? null };
 }
 
 /**

@@ -243,7 +243,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
         for (let i = 0; i < count; i++) {
           const c = await call(ctx, 'GET', `/api/v1/changefeeds/${id}`);
           const line = { checkpointTs: c.checkpointTs, resolvedTs: c.resolvedTs, checkpointLagMs: c.checkpointLagMs, state: c.watermark.state, reason: c.watermark.reason, warning: c.warning ?? null };
-          const warning = c.warning ? `  WARNING ${c.warning.failingSpans} spans retrying: ${c.warning.error}` : '';
+          const warning = c.warning ? `  WARNING ${c.warning.failingSpans} spans retrying${c.warning.failingForMs ? ` for ${Math.round(c.warning.failingForMs / 1000)} s` : ''}: ${c.warning.error}` : '';
           print(line, () => `\rcheckpoint ${c.checkpointTs}  resolved ${c.resolvedTs}  lag ${c.checkpointLagMs ?? '-'} ms  ${c.watermark.state}${c.watermark.reason ? ` (${c.watermark.reason})` : ''}${warning}        `);
           if (i + 1 < count) await sleep(intervalMs);
         }

@@ -411,6 +411,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
     tickIntervalMs: config.tickIntervalMs,
     coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
+    failureWindowMs: config.failureWindowMs,
     statusWriteIntervalMs: config.statusWriteIntervalMs,
     statusWritesPerSecondMax: config.statusWritesPerSecondMax,
     heartbeatsPerSecondMax: config.heartbeatsPerSecondMax,

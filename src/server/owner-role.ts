@@ -29,6 +29,7 @@ import { changefeedSpans } from './changefeed-info.ts';
 import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
 import { SerialQueue } from './serial-queue.ts';
+import { FailureWindow } from '../core/failure-window.ts';
 
 /**
  * The answer to a drain request; `not-persisted` when etcd did not take the change,
@@ -77,6 +78,13 @@ export interface OwnerLimits {
    * interval widens (every write also makes each capture's watch re-read).
    */
   readonly statusWritesPerSecondMax: number;
+  /**
+   * How long spans may keep failing (retrying in place, given back and placed again)
+   * without the checkpoint moving before the changefeed fails with their last error.
+   */
+  readonly failureWindowMs: number;
+  /** No span failing for this long ends a failure window. */
+  readonly failureQuietMs: number;
   /** Wait after a failed checkpoint or failure write before the next try. */
   readonly writeRetryBackoffMs: number;
   /**
@@ -100,6 +108,8 @@ export const ownerDefaults: OwnerLimits = {
   statusWritesPerSecondMax: 500,
   heartbeatsPerSecondMax: 4_000,
   writeRetryBackoffMs: 100,
+  failureWindowMs: 30 * 60_000,
+  failureQuietMs: 60_000,
 };
 
 /** A fenced write's outcome for the API: `conflict` when etcd's copy changed meanwhile. */
@@ -137,6 +147,10 @@ interface ManagedChangefeed {
   readonly run: ChangefeedRun;
   /** When the resolved-ts reached which value: lags in ms for revision timestamps. */
   readonly lag: LagTracker;
+  /** When spans that keep failing fail the changefeed. */
+  readonly failures: FailureWindow;
+  /** How long its spans have been failing without progress, in ms; undefined when they are not. */
+  failingForMs: number | undefined;
   reports: ReportMessage[];
 }
 
@@ -327,6 +341,12 @@ export class OwnerRole {
     }
     if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
     if (managed.coordinator.phase === 'failed') managed.run.fail(managed.coordinator.failure ?? 'invariant violation');
+    const failing = managed.coordinator.failing();
+    const window = managed.failures.observe({ tick: this.tickCount, failingSpans: failing.spans, error: failing.error, checkpointTs: managed.coordinator.checkpointTs });
+    managed.failingForMs = window.kind === 'ok' ? undefined : window.forTicks * this.ctx.limits.tickIntervalMs;
+    if (window.kind === 'expired') {
+      managed.run.fail(`spans kept failing for ${Math.round(managed.failingForMs ?? 0) / 1000} s without the checkpoint moving: ${window.error}`);
+    }
   }
 
   private syncConnections(captures: ReadonlyMap<string, CaptureRecord>): void {
@@ -390,16 +410,21 @@ export class OwnerRole {
         });
         const { tables, spans } = changefeedSpans(info);
         coordinator.setSpans(tables, spans);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), reports: [] });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [] });
         this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
       } catch (error) {
         // A changefeed whose stored info cannot even start a coordinator fails, alone.
         this.ctx.log.error({ err: error, changefeed: id }, 'cannot coordinate changefeed');
         const coordinator = new Coordinator({ changefeed: id, changefeedEpoch: 0n, ownerId: this.ctx.owner.captureId, ownerRevision: this.ctx.owner.revision, checkpointTs: 0n, seed: 1, limits: this.ctx.limits.coordinator });
         run.fail(`cannot coordinate: ${(error as Error).message}`);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), reports: [] });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [] });
       }
     }
+  }
+
+  private failureWindow(): FailureWindow {
+    const tickMs = this.ctx.limits.tickIntervalMs;
+    return new FailureWindow({ windowTicks: Math.max(1, Math.ceil(this.ctx.limits.failureWindowMs / tickMs)), quietTicks: Math.max(1, Math.ceil(this.ctx.limits.failureQuietMs / tickMs)) });
   }
 
   private get runLimits(): typeof runDefaults {

@@ -45,6 +45,8 @@ export interface ServerConfig {
   readonly statusWritesPerSecondMax: number;
   /** As owner: heartbeats per second over all changefeeds and captures. */
   readonly heartbeatsPerSecondMax: number;
+  /** As owner: how long spans may keep failing without the checkpoint moving before the changefeed fails. */
+  readonly failureWindowMs: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -71,6 +73,7 @@ export const serverDefaults: ServerConfig = {
   pipelineStepDeadlineMs: pipelineDefaults.stepDeadlineMs,
   advertiseHost: undefined,
   statusWriteTimeoutMs: ownerDefaults.statusWriteTimeoutMs,
+  failureWindowMs: ownerDefaults.failureWindowMs,
   statusWriteIntervalMs: ownerDefaults.statusWriteIntervalMs,
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
@@ -95,6 +98,7 @@ const options = {
   'pipeline-step-deadline-ms': ['SPANFEED_PIPELINE_STEP_DEADLINE_MS', 'pipelineStepDeadlineMs'],
   'advertise-host': ['SPANFEED_ADVERTISE_HOST', 'advertiseHost'],
   'status-write-timeout-ms': ['SPANFEED_STATUS_WRITE_TIMEOUT_MS', 'statusWriteTimeoutMs'],
+  'failure-window-ms': ['SPANFEED_FAILURE_WINDOW_MS', 'failureWindowMs'],
   'status-write-interval-ms': ['SPANFEED_STATUS_WRITE_INTERVAL_MS', 'statusWriteIntervalMs'],
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
@@ -131,6 +135,9 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             or DELETE no longer waits for it, 100-3600000 (default 30000)
   --advertise-host <host>   the host other captures reach this one at (default: the listen host;
                             set it when listening on 0.0.0.0, e.g. in a container)
+  --failure-window-ms <n>   as owner, how long a changefeed's spans may keep failing (retrying,
+                            given back, placed again) without its checkpoint moving before it
+                            fails with their last error, 1000-604800000 (default 1800000)
   --status-write-timeout-ms <n>
                             as owner, the deadline of one checkpoint write; a newer write then
                             replaces a stuck one, 100-60000 (default 500)
@@ -221,6 +228,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     pipelineRetryBackoffMaxMs: intIn('--pipeline-retry-backoff-max-ms', get('pipeline-retry-backoff-max-ms') ?? String(serverDefaults.pipelineRetryBackoffMaxMs), 100, 600_000),
     pipelineStepDeadlineMs: intIn('--pipeline-step-deadline-ms', get('pipeline-step-deadline-ms') ?? String(serverDefaults.pipelineStepDeadlineMs), 100, 3_600_000),
     advertiseHost: advertiseHost(get('advertise-host')),
+    failureWindowMs: intIn('--failure-window-ms', get('failure-window-ms') ?? String(serverDefaults.failureWindowMs), 1_000, 604_800_000),
     statusWriteTimeoutMs: intIn('--status-write-timeout-ms', get('status-write-timeout-ms') ?? String(serverDefaults.statusWriteTimeoutMs), 100, 60_000),
     statusWriteIntervalMs: intIn('--status-write-interval-ms', get('status-write-interval-ms') ?? String(serverDefaults.statusWriteIntervalMs), 10, 60_000),
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),

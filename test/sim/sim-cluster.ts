@@ -19,6 +19,7 @@ import { Agent } from '../../src/agent/agent.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
 import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
+import { FailureWindow } from '../../src/core/failure-window.ts';
 import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
@@ -67,6 +68,8 @@ interface SimOwner {
   /** The run this owner coordinates, while the changefeed's info is normal. */
   coordinator: CoordinatorType | undefined;
   run: ChangefeedRun | undefined;
+  /** Spans that keep failing fail the changefeed, as on the owner. */
+  failures: FailureWindow | undefined;
   epoch: bigint;
   ticks: number;
   /** Steps a deposed owner keeps acting before it notices; -1 while it is the owner. */
@@ -391,7 +394,7 @@ export class SimCluster {
     const id = this.rng.pick(candidates);
     this.revision++;
     this.stats.elections = (this.stats.elections ?? 0) + 1;
-    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [] };
+    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [] };
     // Captures learn the new owner from etcd, some sooner than others.
     for (const capture of this.captures.values()) {
       if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent?.observeOwner(id, this.revision);
@@ -473,6 +476,7 @@ export class SimCluster {
     coordinator.setSpans(this.tables, this.spans);
     owner.coordinator = coordinator;
     owner.run = new ChangefeedRun(runLimits);
+    owner.failures = new FailureWindow({ windowTicks: 150, quietTicks: 20 });
     owner.epoch = info.epoch;
   }
 
@@ -514,6 +518,12 @@ export class SimCluster {
         // anything else is a broken invariant.
         if (coordinator.manager.violations.length > 0) this.violations.push(`step ${this.step}: coordinator failed: ${coordinator.failure ?? '?'}`);
         else run.fail(coordinator.failure ?? 'span failed');
+      }
+      const failing = coordinator.failing();
+      const window = owner.failures?.observe({ tick: owner.ticks, failingSpans: failing.spans, error: failing.error, checkpointTs: coordinator.checkpointTs });
+      if (window?.kind === 'expired') {
+        this.stats.failureWindowsExpired = (this.stats.failureWindowsExpired ?? 0) + 1;
+        run.fail(`spans kept failing: ${window.error}`);
       }
     }
     const commands = run.tick({ tick: ++owner.ticks, checkpointTs: coordinator.checkpointTs, resolvedTs: coordinator.resolvedTs });
