@@ -473,11 +473,12 @@ export class SpanPipeline {
   private onFailure(ctx: PipelineContext, out: PipelineOutput, error: string, retryable: boolean): void {
     this.stage = 'idle';
     this.lastError = error;
-    out.effects.push({ kind: 'release', id: ctx.nextId(), key: this.key, span: this.span });
     if (this.phase === 'stopping') {
+      // The stop releases the source's reader (once).
       this.finishStop(ctx, out);
       return;
     }
+    out.effects.push({ kind: 'release', id: ctx.nextId(), key: this.key, span: this.span });
     if (retryable && this.failures < this.limits.stepRetriesMax) {
       this.failures++;
       this.retryAtMs = ctx.nowMs + this.backoffMs(this.failures);
