@@ -150,12 +150,12 @@ export class SpanPipeline {
   private backfill: BackfillState = { kind: 'unknown' };
   private stage: Stage = 'idle';
   private inFlight: InFlight | undefined;
-  /** An effect given up on at its deadline whose outcome has not come yet. */
+  /** An effect given up on at its deadline whose outcome has not come yet, and why it was. */
   private abandonedId: number | undefined;
+  private abandonedError = '';
   /** Failed steps in a row, and when the next try may start. */
   failures = 0;
   private retryAtMs = 0;
-  private lastError = '';
 
   constructor(
     readonly span: Span,
@@ -249,8 +249,9 @@ export class SpanPipeline {
       if (ctx.nowMs < inFlight.deadlineMs) return out;
       this.inFlight = undefined;
       this.abandonedId = inFlight.effect.id;
+      this.abandonedError = `${inFlight.effect.kind} did not return within ${this.limits.stepDeadlineMs} ms`;
       if (inFlight.effect.kind === 'copy-page') ctx.releaseBackfillSlot();
-      this.onFailure(ctx, out, `${inFlight.effect.kind} did not return within ${this.limits.stepDeadlineMs} ms`, true);
+      this.onFailure(ctx, out, this.abandonedError, true);
       return out;
     }
     if (this.phase === 'stopping') {
@@ -260,7 +261,8 @@ export class SpanPipeline {
     if (this.stage !== 'idle' || ctx.nowMs < this.retryAtMs) return out;
     if (this.abandonedId !== undefined) {
       // The abandoned call still runs: another one would only pile up behind it.
-      this.onFailure(ctx, out, `a ${this.lastError === '' ? 'step' : 'step that failed with: ' + this.lastError} has not returned`, true);
+      // Named after the abandoned call, not the previous failure (which is this message again).
+      this.onFailure(ctx, out, `a step that failed with: ${this.abandonedError} has not returned`, true);
       return out;
     }
     this.stage = 'resolve';
@@ -465,7 +467,6 @@ export class SpanPipeline {
   private succeeded(out: PipelineOutput): void {
     if (this.failures === 0) return;
     this.failures = 0;
-    this.lastError = '';
     out.events.push({ kind: 'recovered', key: this.key });
   }
 
@@ -477,12 +478,12 @@ export class SpanPipeline {
    */
   private onFailure(ctx: PipelineContext, out: PipelineOutput, error: string, retryable: boolean): void {
     this.stage = 'idle';
-    this.lastError = error;
-    out.effects.push({ kind: 'release', id: ctx.nextId(), key: this.key, span: this.span });
     if (this.phase === 'stopping') {
+      // The stop releases the source's reader (once).
       this.finishStop(ctx, out);
       return;
     }
+    out.effects.push({ kind: 'release', id: ctx.nextId(), key: this.key, span: this.span });
     if (retryable && this.failures < this.limits.stepRetriesMax) {
       this.failures++;
       this.retryAtMs = ctx.nowMs + this.backoffMs(this.failures);
