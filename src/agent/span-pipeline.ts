@@ -40,6 +40,9 @@ export interface BackfillProgress {
   readonly keysDone: number;
   readonly keysTotal: number;
   readonly done: boolean;
+  /** When this backfill started (ms since the epoch, the runner's clock), and when its last page was copied. */
+  readonly startedAtMs: number | undefined;
+  readonly finishedAtMs: number | undefined;
 }
 
 /**
@@ -115,7 +118,18 @@ type BackfillState =
   /** Nothing (more) to copy: stream. */
   | { readonly kind: 'none' }
   /** Copying `snapshotTs`; `keysTotal` undefined until counted. */
-  | { readonly kind: 'copying'; readonly generation: bigint; readonly snapshotTs: bigint; afterKey: string | undefined; keysDone: number; keysTotal: number | undefined; saved: boolean; done: boolean };
+  | {
+      readonly kind: 'copying';
+      readonly generation: bigint;
+      readonly snapshotTs: bigint;
+      afterKey: string | undefined;
+      keysDone: number;
+      keysTotal: number | undefined;
+      saved: boolean;
+      done: boolean;
+      readonly startedAtMs: number;
+      finishedAtMs: number | undefined;
+    };
 
 /** The stage of the step in progress. */
 type Stage = 'idle' | 'resolve' | 'work';
@@ -199,7 +213,16 @@ export class SpanPipeline {
   get backfillProgress(): BackfillProgress | undefined {
     const b = this.backfill;
     if (b.kind !== 'copying') return undefined;
-    return { generation: b.generation, snapshotTs: b.snapshotTs, afterKey: b.afterKey, keysDone: b.keysDone, keysTotal: Math.max(b.keysTotal ?? 0, b.keysDone), done: b.done };
+    return {
+      generation: b.generation,
+      snapshotTs: b.snapshotTs,
+      afterKey: b.afterKey,
+      keysDone: b.keysDone,
+      keysTotal: Math.max(b.keysTotal ?? 0, b.keysDone),
+      done: b.done,
+      startedAtMs: b.startedAtMs,
+      finishedAtMs: b.finishedAtMs,
+    };
   }
 
   /** Promoted: writes to the sink. */
@@ -329,6 +352,7 @@ export class SpanPipeline {
         b.keysDone += outcome.keys;
         b.afterKey = outcome.nextAfterKey;
         b.done = outcome.nextAfterKey === undefined;
+        if (b.done) b.finishedAtMs = ctx.nowMs;
         b.saved = false;
         const progress = this.backfillProgress;
         if (progress !== undefined) this.issue(ctx, out, { kind: 'save-backfill', id: ctx.nextId(), key: this.key, span: this.span, progress });
@@ -431,6 +455,10 @@ export class SpanPipeline {
       keysTotal: record?.keysTotal,
       saved: true,
       done: false,
+      // A backfill taken over from another capture keeps its start: its duration and rate
+      // are the backfill's, not this capture's part of it.
+      startedAtMs: record?.startedAtMs ?? ctx.nowMs,
+      finishedAtMs: undefined,
     };
     this.work(ctx, out);
   }

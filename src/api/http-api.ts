@@ -13,7 +13,7 @@ import type { RequestResult } from '../core/coordinator.ts';
 import { spanKey } from '../core/span.ts';
 import { describeReason } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
-import { isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
+import { backfillTiming, isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
 import type { Capture } from '../server/capture.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
 import { ValidationError } from '../server/changefeed-info.ts';
@@ -405,7 +405,8 @@ export class HttpApi {
     }
     const spans = info.tables.filter((t) => t.backfillTs !== undefined).reduce((n, t) => n + (t.spans ?? 1), 0);
     const state = done >= spans ? 'done' : progress.size === 0 ? 'pending' : 'running';
-    return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled } } };
+    const timing = backfillTiming(progress.values(), keysDone, keysTotal, state === 'done', Date.now());
+    return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled, ...timing } } };
   }
 
   /**
@@ -475,9 +476,10 @@ export class HttpApi {
 }
 
 /** One span's backfill progress for the API. */
-function backfillOf(record: BackfillRecord | undefined): { state: string; keysDone: number; keysTotal: number } {
-  if (record === undefined) return { state: 'pending', keysDone: 0, keysTotal: 0 };
-  return { state: record.done ? 'done' : 'running', keysDone: record.keysDone, keysTotal: record.keysTotal };
+function backfillOf(record: BackfillRecord | undefined): { state: string; keysDone: number; keysTotal: number; startedAt: string | null; finishedAt: string | null; durationMs: number | null } {
+  if (record === undefined) return { state: 'pending', keysDone: 0, keysTotal: 0, startedAt: null, finishedAt: null, durationMs: null };
+  const timing = backfillTiming([record], record.keysDone, record.keysTotal, record.done, Date.now());
+  return { state: record.done ? 'done' : 'running', keysDone: record.keysDone, keysTotal: record.keysTotal, startedAt: timing.startedAt, finishedAt: timing.finishedAt, durationMs: timing.durationMs };
 }
 
 /** An etcd error that a retry may not meet: unavailable, a deadline, a client that backs off. */

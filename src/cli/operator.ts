@@ -171,7 +171,9 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
           const c = await call(ctx, 'GET', `/api/v1/changefeeds/${id}`);
           const b = c.backfill;
           if (b === null) throw new CliError(`changefeed ${c.id} has no backfill`);
-          print(b, () => `\r${bar(b.keysDone, b.keysTotal)} ${b.keysDone}/${b.keysTotal} keys, ${b.spansDone}/${b.spans} spans ${b.state}   `);
+          const rate = b.keysPerSecond === null ? '' : `, ${b.keysPerSecond} keys/s`;
+          const left = b.state === 'done' ? ` in ${formatMs(b.durationMs)}` : b.etaMs === null ? '' : `, ${formatMs(b.etaMs)} left`;
+          print(b, () => `\r${bar(b.keysDone, b.keysTotal)} ${b.keysDone}/${b.keysTotal} keys, ${b.spansDone}/${b.spans} spans ${b.state}${rate}${left}   `);
           if (b.state === 'done') break;
           await sleep(intervalMs);
         }
@@ -260,4 +262,13 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
     }
     throw error;
   }
+}
+
+/** A duration for people: `1h 2m`, `3m 4s`, `5.6 s`; `-` when unknown. */
+function formatMs(ms: number | null): string {
+  if (ms === null) return '-';
+  const s = Math.round(ms / 1000);
+  if (s >= 3600) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${(ms / 1000).toFixed(1)} s`;
 }

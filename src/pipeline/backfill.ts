@@ -25,6 +25,9 @@ export interface BackfillRecord {
   readonly keysDone: number;
   readonly keysTotal: number;
   readonly done: boolean;
+  /** When the backfill of this span started and when its last page was copied (ms since the epoch). */
+  readonly startedAtMs?: number;
+  readonly finishedAtMs?: number;
 }
 
 /** Where backfill records live. */
@@ -81,6 +84,8 @@ export function toBackfillProgress(record: BackfillRecord): BackfillProgress {
     keysDone: record.keysDone,
     keysTotal: record.keysTotal,
     done: record.done,
+    startedAtMs: record.startedAtMs,
+    finishedAtMs: record.finishedAtMs,
   };
 }
 
@@ -93,6 +98,44 @@ export function fromBackfillProgress(progress: BackfillProgress): BackfillRecord
     keysDone: progress.keysDone,
     keysTotal: Math.max(progress.keysTotal, progress.keysDone),
     done: progress.done,
+    ...(progress.startedAtMs === undefined ? {} : { startedAtMs: progress.startedAtMs }),
+    ...(progress.finishedAtMs === undefined ? {} : { finishedAtMs: progress.finishedAtMs }),
+  };
+}
+
+/** A backfill's progress as people who run one read it: timing, rate, time left. */
+export interface BackfillTiming {
+  readonly startedAt: string | null;
+  readonly finishedAt: string | null;
+  readonly durationMs: number | null;
+  readonly keysPerSecond: number | null;
+  /** Estimated time left at the rate so far; null before any key is copied, 0 once done. */
+  readonly etaMs: number | null;
+}
+
+/**
+ * Timing of a backfill over its span records at `nowMs`: it started with its first span
+ * and is finished when every span is (`done`), at its last; the rate is the keys copied
+ * over the time since the start (or the whole duration once finished).
+ */
+export function backfillTiming(records: Iterable<BackfillRecord>, keysDone: number, keysTotal: number, done: boolean, nowMs: number): BackfillTiming {
+  let started: number | undefined;
+  let finished: number | undefined;
+  for (const record of records) {
+    if (record.startedAtMs !== undefined && (started === undefined || record.startedAtMs < started)) started = record.startedAtMs;
+    if (record.finishedAtMs !== undefined && (finished === undefined || record.finishedAtMs > finished)) finished = record.finishedAtMs;
+  }
+  if (started === undefined) return { startedAt: null, finishedAt: null, durationMs: null, keysPerSecond: null, etaMs: done ? 0 : null };
+  const end = done && finished !== undefined ? finished : nowMs;
+  const durationMs = Math.max(0, end - started);
+  const keysPerSecond = durationMs > 0 ? Math.round((keysDone * 1000) / durationMs) : null;
+  const etaMs = done ? 0 : keysPerSecond === null || keysPerSecond === 0 ? null : Math.round(((keysTotal - keysDone) * 1000) / keysPerSecond);
+  return {
+    startedAt: new Date(started).toISOString(),
+    finishedAt: done && finished !== undefined ? new Date(finished).toISOString() : null,
+    durationMs,
+    keysPerSecond,
+    etaMs: etaMs === null ? null : Math.max(0, etaMs),
   };
 }
 

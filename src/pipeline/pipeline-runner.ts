@@ -38,6 +38,8 @@ export interface BackfillPlan {
 export interface PipelineObserver {
   eventsWritten(count: number): void;
   flushed(seconds: number): void;
+  /** Keys a backfill page copied. */
+  keysCopied?(count: number): void;
 }
 
 /** Bounds of the runner. */
@@ -228,6 +230,7 @@ export class PipelineRunner {
         if (page.events.length > 0) await this.sink.write(span, page.events.map((event) => ({ ...event, ts: snapshotTs })));
         await this.sink.flush(span, snapshotTs);
         if (page.nextAfterKey === undefined) await this.sink.retire(span, snapshotTs);
+        this.observer?.keysCopied?.(page.events.length);
         return { kind: 'page-copied', id, keys: page.events.length, nextAfterKey: page.nextAfterKey };
       }
       case 'save-backfill':

@@ -137,6 +137,7 @@ export class AgentHost {
       {
         eventsWritten: (count) => this.metadata.metrics.sourceEvents.inc({ changefeed: info.id }, count),
         flushed: (seconds) => this.metadata.metrics.sinkFlushSeconds.observe({ changefeed: info.id }, seconds),
+        keysCopied: (count) => this.metadata.metrics.backfillKeysCopied.inc({ changefeed: info.id }, count),
       },
     );
     hosted = { agent, epoch: info.epoch, runner, reply: undefined };

@@ -26,6 +26,7 @@ export class Metrics {
   readonly registry = new Registry();
   readonly sourceEvents: Counter<'changefeed'>;
   readonly sinkFlushSeconds: Histogram<'changefeed'>;
+  readonly backfillKeysCopied: Counter<'changefeed'>;
   readonly ownerTickSeconds: Histogram;
   readonly elections: Counter;
   readonly fencedWriteRejections: Counter;
@@ -37,6 +38,7 @@ export class Metrics {
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     this.sourceEvents = new Counter({ name: 'spanfeed_source_events_total', help: 'Change events read from sources and written to sinks by this capture.', labelNames: ['changefeed'], registers });
+    this.backfillKeysCopied = new Counter({ name: 'spanfeed_backfill_keys_copied_total', help: 'Keys this capture copied into sinks by backfills (rate() is the backfill speed).', labelNames: ['changefeed'], registers });
     this.sinkFlushSeconds = new Histogram({
       name: 'spanfeed_sink_flush_duration_seconds',
       help: 'Time a sink took to make a batch durable.',

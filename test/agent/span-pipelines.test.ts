@@ -229,7 +229,7 @@ describe('span pipelines: backfill pages in flight', () => {
     // b's next step finds no slot either.
     expect(s.tick()).toEqual(out([resolve(10, b, 49n)]));
     expect(s.answer(resolved(10, 60n))).toEqual(out([], [progress(b, 49n, 60n)]));
-    const savedA = { generation: 50n, snapshotTs: 50n, afterKey: 'x', keysDone: 2, keysTotal: 4, done: false };
+    const savedA = { generation: 50n, snapshotTs: 50n, afterKey: 'x', keysDone: 2, keysTotal: 4, done: false, startedAtMs: 0, finishedAtMs: undefined };
     expect(s.answer({ kind: 'page-copied', id: 9, keys: 2, nextAfterKey: 'x' })).toEqual(
       out([{ kind: 'save-backfill', id: 11, key: keyA, span: a, progress: savedA }]),
     );

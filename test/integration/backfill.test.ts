@@ -26,6 +26,15 @@ let client: Etcd3;
 let sinkDir: string;
 const captures: TestCapture[] = [];
 
+/** A backfill's timing as the API shows it. */
+interface Timed {
+  startedAt: string | null;
+  finishedAt: string | null;
+  durationMs: number | null;
+  keysPerSecond: number | null;
+  etaMs: number | null;
+}
+
 function call<T = any>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
   return callAny<T>(captures, method, path, body);
 }
@@ -65,6 +74,7 @@ afterAll(async () => {
 describe('backfill', () => {
   it('copies 50,000 existing keys, resuming from the token after a capture dies mid-way', async () => {
     await waitFor('an owner', async () => ((await call('GET', '/api/v1/captures')).status === 200 ? true : undefined));
+    const createdAt = Date.now();
     const created = await call('POST', '/api/v1/changefeeds', {
       id: 'bf',
       source: { uri: `etcd://${etcd.endpoint}?backfillPageKeys=200&backfillSpansInFlight=2` },
@@ -90,7 +100,7 @@ describe('backfill', () => {
     }, 25);
     try {
       const midway = await waitFor('the backfill to be under way', async () => {
-        const view = await call<ChangefeedView & { backfill: { keysDone: number; keysTotal: number; state: string } }>('GET', '/api/v1/changefeeds/bf');
+        const view = await call<ChangefeedView & { backfill: Timed & { keysDone: number; keysTotal: number; state: string } }>('GET', '/api/v1/changefeeds/bf');
         return view.body.backfill !== null && view.body.backfill.keysDone >= 5_000 ? view.body.backfill : undefined;
       }, 60_000, 25);
       expect(midway.state).toBe('running');
@@ -110,10 +120,22 @@ describe('backfill', () => {
       const last = await putAll('bf/a/', 2_000, (i) => `changed${i}`);
 
       const done = await waitFor('the backfill to finish and the checkpoint to pass the changes', async () => {
-        const view = await call<ChangefeedView & { backfill: { state: string; keysDone: number } }>('GET', '/api/v1/changefeeds/bf');
+        const view = await call<ChangefeedView & { backfill: Timed & { state: string; keysDone: number } }>('GET', '/api/v1/changefeeds/bf');
         return view.body.backfill?.state === 'done' && BigInt(view.body.checkpointTs) >= last ? view.body : undefined;
       }, 120_000, 100);
       expect(done.backfill.keysDone).toBeGreaterThanOrEqual(50_000);
+      // Progress as people who run backfills read it: when, how long, how fast, how much left.
+      expect(midway.state).toBe('running');
+      expect(Date.parse(midway.startedAt ?? '')).toBeGreaterThan(createdAt - 1_000);
+      expect(midway.finishedAt).toBeNull();
+      expect(midway.keysPerSecond).toBeGreaterThan(0);
+      expect(midway.etaMs).toBeGreaterThan(0);
+      expect(done.backfill.startedAt).toBe(midway.startedAt);
+      const finishedAt = Date.parse(done.backfill.finishedAt ?? '');
+      expect(finishedAt).toBeGreaterThan(Date.parse(midway.startedAt ?? ''));
+      expect(finishedAt).toBeLessThanOrEqual(Date.now());
+      expect(done.backfill.durationMs).toBe(finishedAt - Date.parse(midway.startedAt ?? ''));
+      expect(done.backfill.etaMs).toBe(0);
       // The spans that were interrupted went on from their tokens, not from zero.
       expect(interrupted.length).toBeGreaterThan(0);
       expect(regressions).toEqual([]);
