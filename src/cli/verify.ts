@@ -6,12 +6,13 @@
  *   spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
  *   spanfeed verify --source <uri> --sink <uri> --tables '<json table list>' --at <ts>
  */
+import { setTimeout as sleepFor } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import { clusterKeys } from '../cluster/keys.ts';
 import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from '../server/changefeed-info.ts';
 import { ValidationError, changefeedSpans, parseTables, parseTs, validateId } from '../server/changefeed-info.ts';
-import { verify } from '../verify/verifier.ts';
+import { RetentionHorizonError, verify } from '../verify/verifier.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
 import { backfillKey, isOfGeneration } from '../pipeline/backfill.ts';
 
@@ -24,6 +25,12 @@ what the sink holds at that ts, and prints {"atTs","tables","tablesPending",
 A backfilled table joins the changefeed once every span of it has its snapshot in the
 sink at or below the checkpoint: until then it is pending, not checked. Sources: etcd://; sinks:
 file://, etcd://, postgres://.
+
+A file sink with retention (retainFiles, retainHours) holds every change above its
+horizon (the highest ts of a retired file), not the full history: only keys changed
+above the horizon are compared, and the output adds "horizonTs" and "keysBelowHorizon"
+(keys last changed at or below it, not checked; a note on stderr says so). A --at below
+the horizon is refused (exit 2).
 `;
 
 /** True when every span of backfilled table `t` finished a snapshot of its current backfill at or below `atTs`. */
@@ -37,8 +44,63 @@ function backfilledBy(t: TableSpec, atTs: bigint, records: ReadonlyMap<string, B
   });
 }
 
+/** Tries of a `--changefeed` verify whose checkpoint a retention pass overtook. */
+const horizonAttemptsMax = 5;
+const horizonRetryMs = 500;
+
+/** What to verify: the URIs, the tables and the ts, with the backfill records of `--changefeed`. */
+interface VerifyTarget {
+  readonly sourceUri: string;
+  readonly sinkUri: string;
+  readonly tableSpecs: TableSpec[];
+  readonly atTs: bigint;
+  readonly records: ReadonlyMap<string, BackfillRecord>;
+  readonly recordsPrefix: string;
+}
+
+type VerifyValues = Record<string, string | boolean | undefined>;
+
+/** The changefeed's info, persisted checkpoint and backfill records, read from etcd. */
+async function readChangefeedTarget(values: VerifyValues): Promise<VerifyTarget> {
+  const id = validateId(values.changefeed, '--changefeed');
+  const keys = clusterKeys(typeof values.cluster === 'string' ? values.cluster : 'default');
+  const endpoints = (typeof values.etcd === 'string' ? values.etcd : '127.0.0.1:2379').split(',');
+  const client = createEtcdClient({ endpoints, callTimeoutMs: 10_000 });
+  try {
+    const info = await client.get(keys.changefeedInfo(id)).string();
+    const status = await client.get(keys.changefeedStatus(id)).string();
+    if (info === null || status === null) throw new ValidationError(`no changefeed ${id} in cluster ${keys.root}`);
+    const parsedInfo = JSON.parse(info) as ChangefeedInfo;
+    const tableSpecs = [...parsedInfo.tables];
+    let records: ReadonlyMap<string, BackfillRecord> = new Map();
+    let recordsPrefix = '';
+    if (tableSpecs.some((t) => t.backfillTs !== undefined)) {
+      const raw = await client.getAll().prefix(keys.backfillPrefix(id)).strings();
+      records = new Map(Object.entries(raw).map(([key, value]) => [key, JSON.parse(value) as BackfillRecord]));
+      recordsPrefix = keys.backfillPrefix(id);
+    }
+    return { sourceUri: parsedInfo.source.uri, sinkUri: parsedInfo.sink.uri, tableSpecs, atTs: BigInt((JSON.parse(status) as ChangefeedStatus).checkpointTs), records, recordsPrefix };
+  } finally {
+    client.close();
+  }
+}
+
+/** `--source`, `--sink`, `--tables` and `--at` as given. */
+function manualTarget(values: VerifyValues): VerifyTarget {
+  if (typeof values.source !== 'string' || typeof values.sink !== 'string' || typeof values.tables !== 'string' || typeof values.at !== 'string') {
+    throw new ValidationError('give --changefeed, or all of --source, --sink, --tables and --at');
+  }
+  let tablesJson: unknown;
+  try {
+    tablesJson = JSON.parse(values.tables);
+  } catch {
+    throw new ValidationError('--tables must be a JSON table list');
+  }
+  return { sourceUri: values.source, sinkUri: values.sink, tableSpecs: parseTables(tablesJson), atTs: parseTs(values.at, '--at'), records: new Map(), recordsPrefix: '' };
+}
+
 export async function runVerify(argv: readonly string[]): Promise<number> {
-  let values: Record<string, string | boolean | undefined>;
+  let values: VerifyValues;
   try {
     values = parseArgs({
       args: [...argv],
@@ -63,57 +125,34 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
     return 0;
   }
   try {
-    let sourceUri: string;
-    let sinkUri: string;
-    let tableSpecs: TableSpec[];
-    let atTs: bigint;
-    let records: ReadonlyMap<string, BackfillRecord> = new Map();
-    let recordsPrefix = '';
-    if (typeof values.changefeed === 'string') {
-      const id = validateId(values.changefeed, '--changefeed');
-      const keys = clusterKeys(typeof values.cluster === 'string' ? values.cluster : 'default');
-      const endpoints = (typeof values.etcd === 'string' ? values.etcd : '127.0.0.1:2379').split(',');
-      const client = createEtcdClient({ endpoints, callTimeoutMs: 10_000 });
+    // With retention, the file sink may retire files past the checkpoint read a moment
+    // before (the checkpoint moved on meanwhile): read it again and verify there.
+    for (let attempt = 1; ; attempt++) {
+      const target = typeof values.changefeed === 'string' ? await readChangefeedTarget(values) : manualTarget(values);
+      // The checkpoint claims nothing of a backfilled table until every span of it has its
+      // snapshot, at or below the checkpoint, in the sink.
+      const { atTs, records, recordsPrefix } = target;
+      const pending = target.tableSpecs.filter((t) => t.backfillTs !== undefined && !backfilledBy(t, atTs, records, recordsPrefix));
+      const { tables } = changefeedSpans({ tables: target.tableSpecs.filter((t) => !pending.includes(t)) });
+      let result;
       try {
-        const info = await client.get(keys.changefeedInfo(id)).string();
-        const status = await client.get(keys.changefeedStatus(id)).string();
-        if (info === null || status === null) throw new ValidationError(`no changefeed ${id} in cluster ${keys.root}`);
-        const parsedInfo = JSON.parse(info) as ChangefeedInfo;
-        sourceUri = parsedInfo.source.uri;
-        sinkUri = parsedInfo.sink.uri;
-        tableSpecs = [...parsedInfo.tables];
-        atTs = BigInt((JSON.parse(status) as ChangefeedStatus).checkpointTs);
-        if (tableSpecs.some((t) => t.backfillTs !== undefined)) {
-          const raw = await client.getAll().prefix(keys.backfillPrefix(id)).strings();
-          records = new Map(Object.entries(raw).map(([key, value]) => [key, JSON.parse(value) as BackfillRecord]));
-          recordsPrefix = keys.backfillPrefix(id);
+        result = await verify(target.sourceUri, target.sinkUri, tables, atTs);
+      } catch (error) {
+        if (error instanceof RetentionHorizonError && typeof values.changefeed === 'string' && attempt < horizonAttemptsMax) {
+          await sleepFor(horizonRetryMs);
+          continue;
         }
-      } finally {
-        client.close();
+        throw error;
       }
-    } else {
-      if (typeof values.source !== 'string' || typeof values.sink !== 'string' || typeof values.tables !== 'string' || typeof values.at !== 'string') {
-        throw new ValidationError('give --changefeed, or all of --source, --sink, --tables and --at');
+      const { atTs: at, tables: checked, ...counts } = result;
+      if (result.horizonTs !== undefined) {
+        process.stderr.write(
+          `spanfeed verify: the file sink's retention retired files up to ts ${result.horizonTs}: only keys changed above it are compared; ${result.keysBelowHorizon ?? 0} keys last changed at or below it are not checked\n`,
+        );
       }
-      sourceUri = values.source;
-      sinkUri = values.sink;
-      let tablesJson: unknown;
-      try {
-        tablesJson = JSON.parse(values.tables);
-      } catch {
-        throw new ValidationError('--tables must be a JSON table list');
-      }
-      tableSpecs = parseTables(tablesJson);
-      atTs = parseTs(values.at, '--at');
+      process.stdout.write(`${JSON.stringify({ atTs: at, tables: checked, tablesPending: pending.length, ...counts })}\n`);
+      return result.missing === 0 && result.mismatched === 0 && result.extra === 0 ? 0 : 1;
     }
-    // The checkpoint claims nothing of a backfilled table until every span of it has its
-    // snapshot, at or below the checkpoint, in the sink.
-    const pending = tableSpecs.filter((t) => t.backfillTs !== undefined && !backfilledBy(t, atTs, records, recordsPrefix));
-    const { tables } = changefeedSpans({ tables: tableSpecs.filter((t) => !pending.includes(t)) });
-    const result = await verify(sourceUri, sinkUri, tables, atTs);
-    const { atTs: at, tables: checked, ...counts } = result;
-    process.stdout.write(`${JSON.stringify({ atTs: at, tables: checked, tablesPending: pending.length, ...counts })}\n`);
-    return result.missing === 0 && result.mismatched === 0 && result.extra === 0 ? 0 : 1;
   } catch (error) {
     process.stderr.write(`spanfeed verify: ${(error as Error).message}\n`);
     return 2;

@@ -1,7 +1,7 @@
 /**
  * Builds sources and sinks from URIs. New kinds register here.
  */
-import type { Sink } from './sink.ts';
+import type { Sink, SinkContext } from './sink.ts';
 import { BlackholeSink, parseBlackholeUri } from './sinks/blackhole.ts';
 import { EtcdSink, parseEtcdSinkUri } from './sinks/etcd.ts';
 import { FileSink, parseFileSinkUri } from './sinks/file.ts';
@@ -18,7 +18,7 @@ const sources = {
 
 const sinks = {
   blackhole: (uri: string): Sink => new BlackholeSink(parseBlackholeUri(uri)),
-  file: (uri: string): Sink => new FileSink(parseFileSinkUri(uri)),
+  file: (uri: string, context?: SinkContext): Sink => new FileSink(parseFileSinkUri(uri), context),
   etcd: (uri: string): Sink => new EtcdSink(parseEtcdSinkUri(uri)),
   postgres: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
   postgresql: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
@@ -37,7 +37,7 @@ function schemeOf(uri: string): string {
   return /^([a-z]+):/.exec(uri)?.[1] ?? '';
 }
 
-function pick<T>(table: Record<string, (uri: string) => T>, uri: string, what: string): (uri: string) => T {
+function pick<T, C>(table: Record<string, (uri: string, context?: C) => T>, uri: string, what: string): (uri: string, context?: C) => T {
   const make = table[schemeOf(uri)];
   if (make === undefined) {
     throw new BadUriError(`${what} uri ${JSON.stringify(uri)}: supported schemes are ${Object.keys(table).map((s) => `${s}://`).join(', ')}`);
@@ -61,6 +61,6 @@ export function openSource(uri: string): Source {
   return pick(sources, uri, 'source')(uri);
 }
 
-export function openSink(uri: string): Sink {
-  return pick(sinks, uri, 'sink')(uri);
+export function openSink(uri: string, context: SinkContext = {}): Sink {
+  return pick(sinks, uri, 'sink')(uri, context);
 }

@@ -3,7 +3,15 @@
  * once `flush` has returned for a position at or after it.
  */
 import type { Span } from '../core/span.ts';
+import type { Logger } from '../log.ts';
 import type { ChangeEvent } from './source.ts';
+
+/** What the host of a sink (a capture) gives it when it opens it. */
+export interface SinkContext {
+  readonly log?: Logger;
+  /** Files the file sink's retention deleted. */
+  readonly filesRetired?: (count: number) => void;
+}
 
 export interface Sink {
   write(span: Span, events: readonly ChangeEvent[]): Promise<void>;
@@ -17,5 +25,11 @@ export interface Sink {
    * goes backwards (a key written at or after `beforeTs` is kept), durable on return.
    */
   retire(span: Span, beforeTs: bigint): Promise<void>;
+  /**
+   * The changefeed's persisted checkpoint, each time the host reads it: every event at or
+   * below it is durable in the sink, over all spans. A sink that deletes old data (the
+   * file sink's retention) never deletes anything above it.
+   */
+  observeCheckpoint?(checkpointTs: bigint): void;
   close(): Promise<void>;
 }

@@ -31,3 +31,32 @@ export function intParam(url: URL, name: string, fallback: number, min: number, 
   }
   return value;
 }
+
+/** An optional decimal query parameter (`12`, `0.5`) within [min, max], or undefined when absent. */
+export function optionalNumberParam(url: URL, name: string, min: number, max: number): number | undefined {
+  const raw = url.searchParams.get(name);
+  if (raw === null) return undefined;
+  const value = Number(raw);
+  if (!/^\d+(\.\d+)?$/.test(raw) || !Number.isFinite(value) || value < min || value > max) {
+    throw new BadUriError(`parameter ${name}=${JSON.stringify(raw)} must be a number from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** An optional integer query parameter within [min, max], or undefined when absent. */
+export function optionalIntParam(url: URL, name: string, min: number, max: number): number | undefined {
+  return url.searchParams.has(name) ? intParam(url, name, min, min, max) : undefined;
+}
+
+/**
+ * Refuses query parameters not in `known` (and any given twice): a misspelt option
+ * would otherwise be ignored without a word, e.g. a retention setting that never applies.
+ */
+export function rejectUnknownParams(url: URL, known: readonly string[], what: string): void {
+  const seen = new Set<string>();
+  for (const name of url.searchParams.keys()) {
+    if (!known.includes(name)) throw new BadUriError(`${what} uri parameter ${JSON.stringify(name)} is not known (known: ${known.join(', ')})`);
+    if (seen.has(name)) throw new BadUriError(`${what} uri parameter ${JSON.stringify(name)} is given more than once`);
+    seen.add(name);
+  }
+}

@@ -15,12 +15,15 @@ import { EtcdBackfillStore, backfillDefaults } from '../pipeline/backfill.ts';
 import type { PipelineLimits } from '../pipeline/pipeline-runner.ts';
 import { PipelineRunner } from '../pipeline/pipeline-runner.ts';
 import { openSink, openSource } from '../pipeline/registry.ts';
-import type { ChangefeedInfo } from './changefeed-info.ts';
+import type { Sink } from '../pipeline/sink.ts';
+import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 
 interface HostedAgent {
   readonly agent: Agent;
   readonly epoch: string;
   readonly runner: PipelineRunner;
+  /** The runner's sink, told the persisted checkpoint (file retention). */
+  readonly sink: Sink;
   reply: ((report: ReportMessage) => void) | undefined;
 }
 
@@ -48,6 +51,8 @@ export class AgentHost {
     private readonly limits: PipelineLimits,
     private readonly log: Logger,
     private readonly metadata: { readonly client: Etcd3; readonly keys: ClusterKeys; readonly metrics: Metrics },
+    /** Every changefeed's persisted status, as the capture last read it. */
+    private readonly statuses: () => ReadonlyMap<string, ChangefeedStatus>,
   ) {}
 
   /** A message from an owner, with the way back on its stream. */
@@ -75,13 +80,26 @@ export class AgentHost {
     for (const [id, hosted] of this.hosted) this.apply(id, hosted, hosted.agent.flush());
   }
 
-  /** Stops agents whose changefeed is gone, paused, or re-created with a new epoch. */
+  /**
+   * Stops agents whose changefeed is gone, paused, or re-created with a new epoch; tells
+   * the others' sinks the persisted checkpoint.
+   */
   sync(): void {
     const infos = this.changefeeds();
     for (const [id, hosted] of this.hosted) {
       const info = infos.get(id);
       if (info === undefined || info.state !== 'normal' || info.epoch !== hosted.epoch) void this.drop(id, 'changefeed stopped');
+      else this.observeCheckpoint(id, hosted);
     }
+  }
+
+  /**
+   * Info and status come from the same cache read, and the info's epoch is the agent's:
+   * the checkpoint is this run's, never a removed namesake's.
+   */
+  private observeCheckpoint(id: string, hosted: HostedAgent): void {
+    const status = this.statuses().get(id);
+    if (status !== undefined) hosted.sink.observeCheckpoint?.(BigInt(status.checkpointTs));
   }
 
   /** Tells owners this capture is shutting down. */
@@ -116,9 +134,13 @@ export class AgentHost {
     const log = this.log.child({ changefeed: info.id });
     let hosted: HostedAgent | undefined;
     const source = openSource(info.source.uri);
+    const sink = openSink(info.sink.uri, {
+      log: log.child({ component: 'sink' }),
+      filesRetired: (count) => this.metadata.metrics.sinkFilesRetired.inc({ changefeed: info.id }, count),
+    });
     const runner = new PipelineRunner(
       source,
-      openSink(info.sink.uri),
+      sink,
       (event) => {
         if (hosted !== undefined && this.hosted.get(info.id) === hosted) this.apply(info.id, hosted, hosted.agent.handlePipelineEvent(event));
       },
@@ -140,8 +162,9 @@ export class AgentHost {
         keysCopied: (count) => this.metadata.metrics.backfillKeysCopied.inc({ changefeed: info.id }, count),
       },
     );
-    hosted = { agent, epoch: info.epoch, runner, reply: undefined };
+    hosted = { agent, epoch: info.epoch, runner, sink, reply: undefined };
     this.hosted.set(info.id, hosted);
+    this.observeCheckpoint(info.id, hosted);
     runner.start();
     log.info({ epoch: info.epoch }, 'agent started');
     return hosted;

@@ -242,7 +242,7 @@ export class Capture {
       client: this.client,
       keys: this.keys,
       metrics: this.metrics,
-    });
+    }, () => this.statuses);
     const record: CaptureRecord = { id: this.id, grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, version: this.version, startedAt: new Date().toISOString() };
     await this.client.put(this.keys.capture(this.id)).value(JSON.stringify(record)).lease(session.leaseId).exec();
     this.election = new Election(this.client, this.keys, session, this.id);

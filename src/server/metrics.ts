@@ -27,6 +27,7 @@ export class Metrics {
   readonly sourceEvents: Counter<'changefeed'>;
   readonly sinkFlushSeconds: Histogram<'changefeed'>;
   readonly backfillKeysCopied: Counter<'changefeed'>;
+  readonly sinkFilesRetired: Counter<'changefeed'>;
   readonly ownerTickSeconds: Histogram;
   readonly elections: Counter;
   readonly fencedWriteRejections: Counter;
@@ -44,6 +45,12 @@ export class Metrics {
       help: 'Time a sink took to make a batch durable.',
       labelNames: ['changefeed'],
       buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.sinkFilesRetired = new Counter({
+      name: 'spanfeed_sink_files_retired_total',
+      help: 'File sink files this capture deleted by retention (retainFiles, retainHours): closed and wholly at or below the checkpoint.',
+      labelNames: ['changefeed'],
       registers,
     });
     this.ownerTickSeconds = new Histogram({

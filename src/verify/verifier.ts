@@ -7,6 +7,13 @@
  * (file): every NDJSON line of the table's directory replayed, keeping per key the
  * event with the highest ts <= atTs; a delete removes the key, a retire every key of its
  * range last written before it.
+ *
+ * A file sink with retention (`retainFiles`, `retainHours`) keeps every change above its
+ * *horizon* (the highest ts of a retired file, from the table's `retention.log`) but not
+ * the full history: only keys changed above the horizon are compared, on either side
+ * (upstream: mod revision above it; sink: last line above it). A key last changed at or
+ * below it is counted in `keysBelowHorizon`, not checked. Verifying at a ts below the
+ * horizon is refused ({@link RetentionHorizonError}): the lines needed are gone.
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,6 +23,7 @@ import { prefixEnd } from '../core/span.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import { mirrorRevisionsPrefix, parseEtcdSinkUri } from '../pipeline/sinks/etcd.ts';
 import { parseFileSinkUri } from '../pipeline/sinks/file.ts';
+import { readRetentionHorizon } from '../pipeline/sinks/file-retention.ts';
 import { parsePostgresSinkUri, readPostgresTable } from '../pipeline/sinks/postgres.ts';
 import { parseEtcdSourceUri } from '../pipeline/sources/etcd.ts';
 
@@ -27,13 +35,34 @@ export interface VerifyResult {
   readonly missing: number;
   readonly mismatched: number;
   readonly extra: number;
+  /** File sink with retention: the highest horizon over the tables, and the keys left unchecked below their table's. */
+  readonly horizonTs?: string;
+  readonly keysBelowHorizon?: number;
+}
+
+/** `atTs` is below a table's retention horizon: the sink no longer holds what the state there needs. */
+export class RetentionHorizonError extends Error {
+  override readonly name = 'RetentionHorizonError';
+  /** A later ts (the checkpoint moved on) may be verified. */
+  readonly retryable = true;
+
+  constructor(
+    readonly table: string,
+    readonly horizonTs: bigint,
+    readonly atTs: bigint,
+  ) {
+    super(`the file sink retired table ${table}'s files up to ts ${horizonTs} (retention), past the ts to verify ${atTs}: verify at ${horizonTs} or later`);
+  }
 }
 
 /** Keys read per upstream page. */
 export const verifyPageKeysMax = 5_000;
 
-/** Every key -> value (binary strings) in [start, end), at `atTs` (or now), page by page. */
-async function rangeState(client: Etcd3, startKey: string, endKey: string, atTs?: bigint): Promise<Map<string, string>> {
+/**
+ * Every key -> value (binary strings) in [start, end), at `atTs` (or now), page by page;
+ * with `modRevisions`, each key's mod revision there too.
+ */
+async function rangeState(client: Etcd3, startKey: string, endKey: string, atTs?: bigint, modRevisions?: Map<string, bigint>): Promise<Map<string, string>> {
   const state = new Map<string, string>();
   let start = Buffer.from(startKey, 'latin1');
   const end = endKey === '' ? Buffer.from([0]) : Buffer.from(endKey, 'latin1');
@@ -41,7 +70,10 @@ async function rangeState(client: Etcd3, startKey: string, endKey: string, atTs?
     const query = client.getAll().inRange({ start, end }).limit(verifyPageKeysMax);
     if (atTs !== undefined) query.revision(atTs.toString());
     const response = await query.exec();
-    for (const kv of response.kvs) state.set(kv.key.toString('latin1'), kv.value.toString('latin1'));
+    for (const kv of response.kvs) {
+      state.set(kv.key.toString('latin1'), kv.value.toString('latin1'));
+      modRevisions?.set(kv.key.toString('latin1'), BigInt(kv.mod_revision));
+    }
     const last = response.kvs.at(-1);
     if (!response.more || last === undefined) return state;
     start = Buffer.concat([last.key, Buffer.from([0])]);
@@ -66,9 +98,16 @@ export function completeLines(text: string): string[] {
   return text.slice(0, end).split('\n').filter((line) => line !== '');
 }
 
-/** The file sink's state of one table at `atTs`. */
-export async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<Map<string, string>> {
-  const latest = new Map<string, { ts: bigint; value: string | undefined }>();
+/** Per key, the ts of its last line at or below the ts read, and its value (undefined: deleted or retired). */
+export type FileSinkLatest = Map<string, { readonly ts: bigint; readonly value: string | undefined }>;
+
+/**
+ * The file sink's view of one table at `atTs`: per key its last line, and the table's
+ * retention horizon (undefined: nothing was ever retired). A file retired while the
+ * directory is read is skipped; the horizon, read after the files, covers it.
+ */
+export async function fileSinkView(dir: string, table: string, atTs: bigint): Promise<{ latest: FileSinkLatest; horizonTs: bigint | undefined }> {
+  const latest: FileSinkLatest = new Map();
   const retires: { start: string; end: string; ts: bigint }[] = [];
   let names: string[] = [];
   try {
@@ -77,7 +116,14 @@ export async function fileSinkState(dir: string, table: string, atTs: bigint): P
     // No directory: the sink holds nothing for this table.
   }
   for (const name of names) {
-    const text = await readFile(join(dir, table, name), 'utf8');
+    let text: string;
+    try {
+      text = await readFile(join(dir, table, name), 'utf8');
+    } catch (error) {
+      // Retired since the listing: wholly at or below the horizon read below.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw error;
+    }
     for (const raw of completeLines(text)) {
       let line: Record<string, unknown>;
       try {
@@ -108,8 +154,13 @@ export async function fileSinkState(dir: string, table: string, atTs: bigint): P
       if (entry.ts < retire.ts && key >= retire.start && (retire.end === '' || key < retire.end)) latest.set(key, { ts: retire.ts, value: undefined });
     }
   }
+  return { latest, horizonTs: await readRetentionHorizon(join(dir, table)) };
+}
+
+/** The file sink's state of one table at `atTs` (a full replay: exact only without retention). */
+export async function fileSinkState(dir: string, table: string, atTs: bigint): Promise<Map<string, string>> {
   const state = new Map<string, string>();
-  for (const [key, { value }] of latest) if (value !== undefined) state.set(key, value);
+  for (const [key, { value }] of (await fileSinkView(dir, table, atTs)).latest) if (value !== undefined) state.set(key, value);
   return state;
 }
 
@@ -144,13 +195,29 @@ export async function verify(sourceUri: string, sinkUri: string, tables: readonl
   let missing = 0;
   let mismatched = 0;
   let extra = 0;
+  let horizonMax: bigint | undefined;
+  let keysBelowHorizon = 0;
   try {
     for (const table of tables) {
-      const upstream = await rangeState(client, table.start, table.end, atTs);
+      const modRevisions = new Map<string, bigint>();
+      const upstream = await rangeState(client, table.start, table.end, atTs, modRevisions);
       let copy: Map<string, string>;
       let newer = new Set<string>();
       if (sinkUri.startsWith('file:')) {
-        copy = await fileSinkState(parseFileSinkUri(sinkUri).dir, table.name, atTs);
+        const { latest, horizonTs } = await fileSinkView(parseFileSinkUri(sinkUri).dir, table.name, atTs);
+        copy = new Map();
+        for (const [key, { value }] of latest) if (value !== undefined) copy.set(key, value);
+        if (horizonTs !== undefined) {
+          if (atTs < horizonTs) throw new RetentionHorizonError(table.name, horizonTs, atTs);
+          if (horizonMax === undefined || horizonTs > horizonMax) horizonMax = horizonTs;
+          // Only keys changed above the horizon are known on both sides; the rest are
+          // left out like keys changed past atTs.
+          const below = new Set<string>();
+          for (const [key, revision] of modRevisions) if (revision <= horizonTs && (latest.get(key)?.ts ?? 0n) <= horizonTs) below.add(key);
+          for (const [key, { ts }] of latest) if (ts <= horizonTs && (modRevisions.get(key) ?? 0n) <= horizonTs) below.add(key);
+          keysBelowHorizon += below.size;
+          newer = below;
+        }
       } else if (sinkUri.startsWith('etcd:')) {
         ({ state: copy, newer } = await etcdSinkState(sinkUri, table, atTs));
       } else if (sinkUri.startsWith('postgres')) {
@@ -179,5 +246,6 @@ export async function verify(sourceUri: string, sinkUri: string, tables: readonl
   } finally {
     client.close();
   }
-  return { atTs: atTs.toString(), tables: tables.length, keysChecked, missing, mismatched, extra };
+  const result = { atTs: atTs.toString(), tables: tables.length, keysChecked, missing, mismatched, extra };
+  return horizonMax === undefined ? result : { ...result, horizonTs: horizonMax.toString(), keysBelowHorizon };
 }

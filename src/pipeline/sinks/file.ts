@@ -1,6 +1,6 @@
 /**
  * The `file` sink: NDJSON, one directory per table, one file per span pipeline at a time,
- * rotated by size. `file:///abs/dir[?maxFileBytes=<n>]`.
+ * rotated by size. `file:///abs/dir[?maxFileBytes=<n>][&retainFiles=<n>][&retainHours=<h>]`.
  *
  * One event per line: `{"table","key","value","op":"put"|"delete","ts":"<decimal>"}`,
  * `key`/`value` as UTF-8 strings, or `keyBase64`/`valueBase64` when the bytes are not
@@ -9,6 +9,10 @@
  * directory when a file was created in it, before it returns: only then may the
  * checkpoint pass what was written. Each pipeline writes its own files (named by span
  * hash, process and a counter), so writers on different captures never interleave lines.
+ *
+ * With retention on (`retainFiles` and/or `retainHours`), each closed file gets a seal and
+ * closed files wholly at or below the changefeed's checkpoint are deleted, oldest first,
+ * in passes off the write path: the rule is in `file-retention.ts`.
  */
 import { mkdir, open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -17,21 +21,38 @@ import { fileURLToPath } from 'node:url';
 import type { Span } from '../../core/span.ts';
 import { spanKey } from '../../core/span.ts';
 import { spanKeyHashes } from '../../core/span-digest.ts';
-import type { Sink } from '../sink.ts';
+import type { Sink, SinkContext } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
-import { BadUriError, intParam, parseUri } from '../uri.ts';
+import { BadUriError, intParam, optionalIntParam, optionalNumberParam, parseUri, rejectUnknownParams } from '../uri.ts';
+import type { RetentionLimits, RetentionPolicy } from './file-retention.ts';
+import { retainTableDir, retentionDefaults, retentionOn, writeSeal } from './file-retention.ts';
 
-export interface FileSinkOptions {
+export interface FileSinkOptions extends RetentionPolicy {
   readonly dir: string;
   readonly maxFileBytes: number;
 }
+
+/** The query parameters of a file sink URI. */
+export const fileSinkParams = ['maxFileBytes', 'retainFiles', 'retainHours'] as const;
+
+/** Bounds of the retention settings: a million files, ten years. */
+export const retainFilesMax = 1_000_000;
+export const retainHoursMax = 87_600;
 
 export function parseFileSinkUri(uri: string): FileSinkOptions {
   const url = parseUri(uri, ['file'], 'sink');
   if (url.host !== '' || !url.pathname.startsWith('/') || url.pathname === '/') {
     throw new BadUriError(`sink uri ${JSON.stringify(uri)} must be file:///absolute/dir`);
   }
-  return { dir: fileURLToPath(`file://${url.pathname}`), maxFileBytes: intParam(url, 'maxFileBytes', 64 * 1024 * 1024, 1024, 2 ** 40) };
+  rejectUnknownParams(url, fileSinkParams, 'file sink');
+  const retainFiles = optionalIntParam(url, 'retainFiles', 0, retainFilesMax);
+  const retainHours = optionalNumberParam(url, 'retainHours', 0, retainHoursMax);
+  return {
+    dir: fileURLToPath(`file://${url.pathname}`),
+    maxFileBytes: intParam(url, 'maxFileBytes', 64 * 1024 * 1024, 1024, 2 ** 40),
+    ...(retainFiles === undefined ? {} : { retainFiles }),
+    ...(retainHours === undefined ? {} : { retainHours }),
+  };
 }
 
 /** Encodes a binary string as JSON fields: UTF-8 text when it is valid, else base64. */
@@ -62,95 +83,311 @@ export function retireLine(span: Span, beforeTs: bigint): string {
 
 interface OpenFile {
   handle: FileHandle;
+  readonly name: string;
+  readonly tableDir: string;
   bytes: number;
+  lines: number;
+  /** The lowest and highest ts of every line tried, a torn one too: what the seal says. */
+  minTs: bigint | undefined;
+  maxTs: bigint | undefined;
   dirDirty: boolean;
-  tableDir: string;
+  /** Written since its last fsync. */
+  unsynced: boolean;
+  /** Appends and flushes under way; an idle file is closed only at 0. */
+  opsInFlight: number;
+  lastUsedMs: number;
+}
+
+/** A closed file waiting for its seal. */
+interface PendingSeal {
+  readonly file: OpenFile;
+  readonly closed: Promise<void>;
+  readonly closedAt: number;
+}
+
+/** What one retention pass did. */
+export interface RetentionPassResult {
+  readonly sealed: number;
+  readonly retired: number;
+}
+
+/** What a file sink reports to its host, and the clock it reads (tests replace both). */
+export interface FileSinkContext extends SinkContext {
+  readonly nowMs?: () => number;
+  readonly retentionLimits?: Partial<RetentionLimits>;
 }
 
 let fileCounter = 0;
 
 export class FileSink implements Sink {
   private readonly files = new Map<string, OpenFile>();
+  private readonly retention: boolean;
+  private readonly limits: RetentionLimits;
+  private readonly nowMs: () => number;
+  /** The changefeed's persisted checkpoint as last observed; nothing is retired before one is. */
+  private checkpointTs: bigint | undefined;
+  /** Every table directory this sink wrote to: the ones its passes look after. */
+  private readonly tableDirs = new Set<string>();
+  private dirCursor = 0;
+  /** Per table directory, each seal's maxTs by file name. */
+  private readonly seals = new Map<string, Map<string, bigint>>();
+  private pendingSeals: PendingSeal[] = [];
+  private pass: Promise<void> | undefined;
+  private lastPassMs: number;
+  private closed = false;
 
-  constructor(private readonly options: FileSinkOptions) {}
+  constructor(
+    private readonly options: FileSinkOptions,
+    private readonly context: FileSinkContext = {},
+  ) {
+    this.retention = retentionOn(options);
+    this.limits = { ...retentionDefaults, ...context.retentionLimits };
+    this.nowMs = context.nowMs ?? Date.now;
+    this.lastPassMs = this.nowMs();
+  }
 
   async write(span: Span, events: readonly ChangeEvent[]): Promise<void> {
     if (events.length === 0) return;
-    await this.append(span, events.map(eventLine).join(''));
+    let minTs = (events[0] as ChangeEvent).ts;
+    let maxTs = minTs;
+    for (const event of events) {
+      if (event.ts < minTs) minTs = event.ts;
+      if (event.ts > maxTs) maxTs = event.ts;
+    }
+    await this.append(span, events.map(eventLine).join(''), events.length, minTs, maxTs);
   }
 
   async retire(span: Span, beforeTs: bigint): Promise<void> {
-    await this.append(span, retireLine(span, beforeTs));
+    await this.append(span, retireLine(span, beforeTs), 1, beforeTs, beforeTs);
     await this.flush(span);
   }
 
-  private async append(span: Span, text: string): Promise<void> {
-    let file = await this.fileFor(span);
-    if (file.bytes > 0 && file.bytes + text.length > this.options.maxFileBytes) {
-      await this.rotate(span, file);
-      file = await this.fileFor(span);
-    }
-    const bytes = Buffer.from(text, 'utf8');
-    try {
-      await writeAll(file.handle, bytes);
-    } catch (error) {
-      // A failed or short write leaves a torn line at the end of the file: nothing of this
-      // batch counts as written, the pipeline writes it again from its last flush, and it
-      // goes to a new file, so no line is ever glued to a torn one. A torn line is always
-      // a file's unterminated last line, which readers skip.
-      this.forget(span, file);
-      throw error;
-    }
-    file.bytes += bytes.length;
+  /**
+   * The changefeed's persisted checkpoint: every event at or below it is durable in the
+   * sink, over all spans. With retention on, files wholly at or below it may go.
+   */
+  observeCheckpoint(checkpointTs: bigint): void {
+    this.checkpointTs = checkpointTs;
+    this.maybePass();
   }
 
-  private forget(span: Span, file: OpenFile): void {
+  private async append(span: Span, text: string, lines: number, minTs: bigint, maxTs: bigint): Promise<void> {
+    let file = await this.acquire(span);
+    try {
+      if (file.bytes > 0 && file.bytes + text.length > this.options.maxFileBytes) {
+        const full = file;
+        await this.rotate(span, full);
+        file = await this.acquire(span);
+        full.opsInFlight--;
+      }
+      // Counted before the write: a short write may leave some of these lines whole.
+      if (file.minTs === undefined || minTs < file.minTs) file.minTs = minTs;
+      if (file.maxTs === undefined || maxTs > file.maxTs) file.maxTs = maxTs;
+      file.lines += lines;
+      file.unsynced = true;
+      const bytes = Buffer.from(text, 'utf8');
+      try {
+        await writeAll(file.handle, bytes);
+      } catch (error) {
+        // A failed or short write leaves a torn line at the end of the file: nothing of this
+        // batch counts as written, the pipeline writes it again from its last flush, and it
+        // goes to a new file, so no line is ever glued to a torn one. A torn line is always
+        // a file's unterminated last line, which readers skip.
+        this.release(span, file);
+        throw error;
+      }
+      file.bytes += bytes.length;
+    } finally {
+      file.opsInFlight--;
+      file.lastUsedMs = this.nowMs();
+    }
+  }
+
+  /** No more appends to `file`: it closes, and with retention on it gets its seal. */
+  private release(span: Span, file: OpenFile): void {
     if (this.files.get(spanKey(span)) === file) this.files.delete(spanKey(span));
-    void file.handle.close().catch(() => undefined);
+    void this.closeFile(file);
+  }
+
+  private closeFile(file: OpenFile): Promise<void> {
+    const closed = file.handle.close().catch(() => undefined);
+    if (!this.retention) return closed;
+    if (this.pendingSeals.length >= this.limits.sealsPendingMax) {
+      const dropped = this.pendingSeals.shift();
+      this.context.log?.warn({ file: dropped?.file.name, sealsPendingMax: this.limits.sealsPendingMax }, 'too many seals pending; the oldest file stays unsealed and is kept');
+    }
+    this.pendingSeals.push({ file, closed, closedAt: this.nowMs() });
+    return closed;
   }
 
   async flush(span: Span): Promise<void> {
     const file = this.files.get(spanKey(span));
     if (file === undefined) return;
+    file.opsInFlight++;
     try {
-      await file.handle.sync();
-    } catch (error) {
-      // After a failed fsync the written pages' fate is unknown: write them again anew.
-      this.forget(span, file);
-      throw error;
+      try {
+        await file.handle.sync();
+      } catch (error) {
+        // After a failed fsync the written pages' fate is unknown: write them again anew.
+        this.release(span, file);
+        throw error;
+      }
+      if (file.dirDirty) {
+        await syncDir(file.tableDir);
+        await syncDir(this.options.dir);
+        file.dirDirty = false;
+      }
+      file.unsynced = false;
+    } finally {
+      file.opsInFlight--;
+      file.lastUsedMs = this.nowMs();
     }
-    if (file.dirDirty) {
-      await syncDir(file.tableDir);
-      await syncDir(this.options.dir);
-      file.dirDirty = false;
-    }
+    this.maybePass();
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    while (this.pass !== undefined) await this.pass;
     const files = [...this.files.values()];
     this.files.clear();
-    await Promise.allSettled(files.map(async (f) => f.handle.close()));
+    await Promise.all(files.map(async (f) => this.closeFile(f)));
+    if (this.retention) await this.writePendingSeals();
+  }
+
+  /**
+   * Runs one retention pass now (after the one under way, if any): writes pending seals,
+   * closes idle files, and retires what the rule allows. For tests and tools; the sink
+   * runs passes by itself after flushes, rotations and new checkpoints.
+   */
+  async retainNow(): Promise<RetentionPassResult> {
+    while (this.pass !== undefined) await this.pass;
+    const run = this.runPass();
+    this.pass = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    try {
+      return await run;
+    } finally {
+      this.pass = undefined;
+      this.lastPassMs = this.nowMs();
+    }
+  }
+
+  /** Starts a pass off the write path when retention is on and the last one is an interval old. */
+  private maybePass(): void {
+    if (!this.retention || this.closed || this.pass !== undefined) return;
+    const now = this.nowMs();
+    if (now - this.lastPassMs < this.limits.passIntervalMs) return;
+    this.lastPassMs = now;
+    this.pass = this.runPass()
+      .then(
+        () => undefined,
+        (error: unknown) => this.context.log?.warn({ err: error, dir: this.options.dir }, 'file retention pass failed; retrying at the next one'),
+      )
+      .finally(() => {
+        this.pass = undefined;
+      });
+  }
+
+  private async runPass(): Promise<RetentionPassResult> {
+    this.closeIdleFiles(this.nowMs());
+    const sealed = await this.writePendingSeals();
+    let retired = 0;
+    const checkpointTs = this.checkpointTs;
+    const dirs = [...this.tableDirs];
+    if (checkpointTs === undefined || dirs.length === 0) return { sealed, retired };
+    const count = Math.min(dirs.length, this.limits.tableDirsPerPassMax);
+    for (let i = 0; i < count; i++) {
+      const tableDir = dirs[(this.dirCursor + i) % dirs.length] as string;
+      let seals = this.seals.get(tableDir);
+      if (seals === undefined) this.seals.set(tableDir, (seals = new Map()));
+      try {
+        const result = await retainTableDir(tableDir, checkpointTs, this.options, this.limits, this.nowMs(), seals, syncDir);
+        if (result.retired > 0) {
+          retired += result.retired;
+          this.context.filesRetired?.(result.retired);
+          this.context.log?.debug({ tableDir, files: result.retired, checkpointTs }, 'files retired');
+        }
+      } catch (error) {
+        // Never fails a write: what was not retired now is retired by a later pass.
+        this.context.log?.warn({ err: error, tableDir }, 'file retention failed; retrying at the next pass');
+      }
+    }
+    this.dirCursor = (this.dirCursor + count) % dirs.length;
+    return { sealed, retired };
+  }
+
+  /**
+   * A file no pipeline wrote to for `idleCloseMs`, with nothing unflushed and nothing
+   * under way, is closed and sealed: a span that moved away would else keep its file open,
+   * and unretirable, for as long as this sink runs. The span's next write opens a new file.
+   */
+  private closeIdleFiles(nowMs: number): void {
+    for (const [key, file] of this.files) {
+      if (file.opsInFlight > 0 || file.unsynced || file.dirDirty || nowMs - file.lastUsedMs < this.limits.idleCloseMs) continue;
+      this.files.delete(key);
+      void this.closeFile(file);
+    }
+  }
+
+  /** Writes the seals of closed files; a seal that fails stays pending for the next pass. */
+  private async writePendingSeals(): Promise<number> {
+    const pending = this.pendingSeals;
+    this.pendingSeals = [];
+    let written = 0;
+    for (let i = 0; i < pending.length; i++) {
+      const { file, closed, closedAt } = pending[i] as PendingSeal;
+      await closed;
+      const maxTs = file.maxTs ?? 0n;
+      try {
+        await writeSeal(join(file.tableDir, file.name), {
+          minTs: (file.minTs ?? 0n).toString(),
+          maxTs: maxTs.toString(),
+          lines: file.lines,
+          bytes: file.bytes,
+          closedAt: new Date(closedAt).toISOString(),
+        });
+      } catch (error) {
+        this.context.log?.warn({ err: error, file: file.name }, 'sealing a closed file failed; retrying at the next pass');
+        this.pendingSeals.unshift(...pending.slice(i));
+        break;
+      }
+      this.seals.get(file.tableDir)?.set(file.name, maxTs);
+      written++;
+    }
+    return written;
   }
 
   private async rotate(span: Span, file: OpenFile): Promise<void> {
     try {
       await file.handle.sync();
       if (file.dirDirty) await syncDir(file.tableDir);
+      file.unsynced = false;
     } finally {
-      this.forget(span, file);
+      this.release(span, file);
     }
+    this.maybePass();
   }
 
-  private async fileFor(span: Span): Promise<OpenFile> {
+  /**
+   * The span's open file, or a new one, counted as in use before anything else can run
+   * (an idle close looks at that count); the caller ends the use.
+   */
+  private async acquire(span: Span): Promise<OpenFile> {
     const key = spanKey(span);
     const existing = this.files.get(key);
-    if (existing !== undefined) return existing;
+    if (existing !== undefined) {
+      existing.opsInFlight++;
+      return existing;
+    }
     const tableDir = join(this.options.dir, span.table);
     await mkdir(tableDir, { recursive: true });
+    this.tableDirs.add(tableDir);
     const [hash] = spanKeyHashes(key);
     const name = `${hash.toString(16).padStart(8, '0')}-${process.pid}-${Date.now()}-${fileCounter++}.ndjson`;
     const handle = await open(join(tableDir, name), 'a');
-    const file: OpenFile = { handle, bytes: 0, dirDirty: true, tableDir };
+    const file: OpenFile = { handle, name, tableDir, bytes: 0, lines: 0, minTs: undefined, maxTs: undefined, dirDirty: true, unsynced: false, opsInFlight: 1, lastUsedMs: this.nowMs() };
     this.files.set(key, file);
     return file;
   }
