@@ -40,6 +40,8 @@ export interface BackfillProgress {
   readonly keysDone: number;
   readonly keysTotal: number;
   readonly done: boolean;
+  /** An incremental backfill's lower bound: only keys modified after it are copied. */
+  readonly sinceTs: bigint | undefined;
   /** When this backfill started (ms since the epoch, the runner's clock), and when its last page was copied. */
   readonly startedAtMs: number | undefined;
   readonly finishedAtMs: number | undefined;
@@ -64,9 +66,20 @@ export type PipelineEffect =
   /**
    * Copy one snapshot page: read at most `limit` keys at `snapshotTs` after `afterKey`,
    * write them stamped `snapshotTs`, flush; after the last page retire the span before
-   * `snapshotTs` (keys deleted upstream meanwhile).
+   * `snapshotTs` (keys deleted upstream meanwhile). With `sinceTs` (an incremental
+   * backfill) only the keys modified after it are read and written, and each page
+   * retires its own key range except the page's keys (the unchanged ones stay).
    */
-  | { readonly kind: 'copy-page'; readonly id: number; readonly key: string; readonly span: Span; readonly snapshotTs: bigint; readonly afterKey: string | undefined; readonly limit: number }
+  | {
+      readonly kind: 'copy-page';
+      readonly id: number;
+      readonly key: string;
+      readonly span: Span;
+      readonly snapshotTs: bigint;
+      readonly afterKey: string | undefined;
+      readonly limit: number;
+      readonly sinceTs: bigint | undefined;
+    }
   /** Store the backfill's resume record. */
   | { readonly kind: 'save-backfill'; readonly id: number; readonly key: string; readonly span: Span; readonly progress: BackfillProgress }
   /** Read events after `afterTs` up to `uptoTs` (at most `limit`), write them, flush. */
@@ -127,6 +140,7 @@ type BackfillState =
       keysTotal: number | undefined;
       saved: boolean;
       done: boolean;
+      readonly sinceTs: bigint | undefined;
       readonly startedAtMs: number;
       finishedAtMs: number | undefined;
     };
@@ -150,6 +164,8 @@ export interface PipelineContext {
   readonly nowMs: number;
   readonly barrierTs: bigint;
   readonly generation: BackfillGeneration;
+  /** The lower bound of the table's backfill when it is incremental. */
+  readonly sinceTs: bigint | undefined;
   /** Takes a backfill slot (bounded over all pipelines); false when none is free. */
   readonly takeBackfillSlot: () => boolean;
   readonly releaseBackfillSlot: () => void;
@@ -220,6 +236,7 @@ export class SpanPipeline {
       keysDone: b.keysDone,
       keysTotal: Math.max(b.keysTotal ?? 0, b.keysDone),
       done: b.done,
+      sinceTs: b.sinceTs,
       startedAtMs: b.startedAtMs,
       finishedAtMs: b.finishedAtMs,
     };
@@ -415,7 +432,7 @@ export class SpanPipeline {
           return;
         }
         if (!ctx.takeBackfillSlot()) return;
-        this.issue(ctx, out, { kind: 'copy-page', id: ctx.nextId(), key: this.key, span: this.span, snapshotTs: b.snapshotTs, afterKey: b.afterKey, limit: this.limits.pageKeysMax });
+        this.issue(ctx, out, { kind: 'copy-page', id: ctx.nextId(), key: this.key, span: this.span, snapshotTs: b.snapshotTs, afterKey: b.afterKey, limit: this.limits.pageKeysMax, sinceTs: b.sinceTs });
         return;
       default:
         assertNever(b, 'backfill state');
@@ -455,6 +472,7 @@ export class SpanPipeline {
       keysTotal: record?.keysTotal,
       saved: true,
       done: false,
+      sinceTs: ctx.sinceTs,
       // A backfill taken over from another capture keeps its start: its duration and rate
       // are the backfill's, not this capture's part of it.
       startedAtMs: record?.startedAtMs ?? ctx.nowMs,

@@ -25,6 +25,11 @@ export const spanPipelinesDefaults: SpanPipelinesLimits = { ...spanPipelineDefau
 /** The table's backfill revision for a span, as the capture's copy of the changefeed says. */
 export type GenerationOf = (span: Span) => BackfillGeneration;
 
+/** The lower bound of an incremental backfill of the span's table; undefined for a full one. */
+export type SinceTsOf = (span: Span) => bigint | undefined;
+
+const full: SinceTsOf = () => undefined;
+
 export class SpanPipelines {
   private readonly pipelines = new Map<string, SpanPipeline>();
   /** Pipelines with an effect in flight (bounded by `stepsInFlightMax`). */
@@ -53,7 +58,7 @@ export class SpanPipelines {
   }
 
   /** Applies the agent's commands. */
-  apply(commands: readonly PipelineCommand[], nowMs: number, generationOf: GenerationOf): PipelineOutput {
+  apply(commands: readonly PipelineCommand[], nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full): PipelineOutput {
     const out: PipelineOutput = { effects: [], events: [] };
     for (const command of commands) {
       switch (command.kind) {
@@ -68,7 +73,7 @@ export class SpanPipelines {
           break;
         case 'stop': {
           const pipeline = this.pipelines.get(command.key);
-          if (pipeline !== undefined) this.collect(pipeline, pipeline.stop(this.context(nowMs, generationOf(pipeline.span))), out);
+          if (pipeline !== undefined) this.collect(pipeline, pipeline.stop(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
           break;
         }
         case 'barrier':
@@ -85,7 +90,7 @@ export class SpanPipelines {
    * Checks every deadline and starts a step for every idle pipeline, within the in-flight
    * bound; when the bound cuts a round short, the next starts where this one stopped.
    */
-  tick(nowMs: number, generationOf: GenerationOf): PipelineOutput {
+  tick(nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full): PipelineOutput {
     const out: PipelineOutput = { effects: [], events: [] };
     const all = [...this.pipelines.values()];
     const start = this.cursor % Math.max(1, all.length);
@@ -97,18 +102,18 @@ export class SpanPipelines {
         cut = true;
         continue;
       }
-      this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span))), out);
+      this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
     }
     return out;
   }
 
   /** Applies an effect's outcome to its pipeline. */
-  onOutcome(outcome: PipelineOutcome, nowMs: number, generationOf: GenerationOf): PipelineOutput {
+  onOutcome(outcome: PipelineOutcome, nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full): PipelineOutput {
     const out: PipelineOutput = { effects: [], events: [] };
     const pipeline = this.owners.get(outcome.id);
     if (pipeline === undefined) return out;
     this.owners.delete(outcome.id);
-    this.collect(pipeline, pipeline.onOutcome(outcome, this.context(nowMs, generationOf(pipeline.span))), out);
+    this.collect(pipeline, pipeline.onOutcome(outcome, this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
     return out;
   }
 
@@ -147,8 +152,8 @@ export class SpanPipelines {
 
   private readonly nextId = (): number => ++this.lastEffectId;
 
-  private context(nowMs: number, generation: BackfillGeneration): PipelineContext {
-    return { nowMs, barrierTs: this.barrierTs, generation, takeBackfillSlot: this.takeBackfillSlot, releaseBackfillSlot: this.releaseBackfillSlot, nextId: this.nextId };
+  private context(nowMs: number, generation: BackfillGeneration, sinceTs: bigint | undefined): PipelineContext {
+    return { nowMs, barrierTs: this.barrierTs, generation, sinceTs, takeBackfillSlot: this.takeBackfillSlot, releaseBackfillSlot: this.releaseBackfillSlot, nextId: this.nextId };
   }
 
   /** Backfill pages in flight (for tests and invariants). */

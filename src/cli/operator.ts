@@ -9,7 +9,7 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--json] 
 
   changefeed create --id <id> --source <uri> --sink <uri> --table <name>[:<prefix>][:<spans>] ...
                     [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill]
-  changefeed list | get <id> | pause <id> | resume <id> [--backfill] | remove <id>
+  changefeed list | get <id> | pause <id> | resume <id> [--backfill [--since-ts <ts>]] | remove <id>
   changefeed update <id> --table <name>[:<prefix>][:<spans>] ... [--backfill]
   changefeed backfill <id>          progress bar until the backfill is done
   capture list | drain <id>         drain shows a progress bar until 0 spans remain
@@ -99,6 +99,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
         start: { type: 'string' },
         'target-ts': { type: 'string' },
         backfill: { type: 'boolean' },
+        'since-ts': { type: 'string' },
         capture: { type: 'string' },
         'interval-ms': { type: 'string' },
         count: { type: 'string' },
@@ -155,7 +156,10 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
       case 'changefeed pause':
       case 'changefeed resume': {
         // Resume --backfill copies every table again at the current revision (after a compaction).
-        const body = verb === 'resume' && values.backfill === true ? { backfill: true } : undefined;
+        // With --since-ts R only the keys modified after R are copied (incremental).
+        const since = values['since-ts'];
+        if (since !== undefined && (verb !== 'resume' || values.backfill !== true)) throw new CliError('--since-ts goes with resume --backfill');
+        const body = verb === 'resume' && values.backfill === true ? { backfill: since === undefined ? true : { sinceTs: since } } : undefined;
         const c = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}/${verb}`, body);
         print(c, () => `changefeed ${c.id} is ${c.state} (epoch ${c.epoch})\n`);
         return 0;

@@ -25,6 +25,8 @@ export interface BackfillRecord {
   readonly keysDone: number;
   readonly keysTotal: number;
   readonly done: boolean;
+  /** An incremental backfill's lower bound (only keys modified after it were copied). */
+  readonly sinceTs?: string;
   /** When the backfill of this span started and when its last page was copied (ms since the epoch). */
   readonly startedAtMs?: number;
   readonly finishedAtMs?: number;
@@ -84,6 +86,7 @@ export function toBackfillProgress(record: BackfillRecord): BackfillProgress {
     keysDone: record.keysDone,
     keysTotal: record.keysTotal,
     done: record.done,
+    sinceTs: record.sinceTs === undefined ? undefined : BigInt(record.sinceTs),
     startedAtMs: record.startedAtMs,
     finishedAtMs: record.finishedAtMs,
   };
@@ -98,6 +101,7 @@ export function fromBackfillProgress(progress: BackfillProgress): BackfillRecord
     keysDone: progress.keysDone,
     keysTotal: Math.max(progress.keysTotal, progress.keysDone),
     done: progress.done,
+    ...(progress.sinceTs === undefined ? {} : { sinceTs: progress.sinceTs.toString() }),
     ...(progress.startedAtMs === undefined ? {} : { startedAtMs: progress.startedAtMs }),
     ...(progress.finishedAtMs === undefined ? {} : { finishedAtMs: progress.finishedAtMs }),
   };

@@ -30,6 +30,8 @@ export interface BackfillPlan {
    * then waits, since deciding "no backfill" on a stale info would skip the copy.
    */
   snapshotTsFor(span: Span): bigint | undefined | 'unknown-table';
+  /** The lower bound of an incremental backfill of the span's table; undefined for a full one. */
+  sinceTsFor?(span: Span): bigint | undefined;
   readonly store: BackfillStore;
   readonly limits: BackfillLimits;
 }
@@ -108,7 +110,7 @@ export class PipelineRunner {
   /** Applies the agent's commands. */
   apply(commands: readonly PipelineCommand[]): void {
     if (this.closed) return;
-    this.handle(this.pipelines.apply(commands, Date.now(), this.generationOf));
+    this.handle(this.pipelines.apply(commands, Date.now(), this.generationOf, this.sinceTsOf));
     // Step at once: the owner waits for `prepared` to go on with an add or a move.
     if (commands.some((c) => c.kind === 'prepare')) this.kick();
   }
@@ -150,7 +152,7 @@ export class PipelineRunner {
 
   private tick(): void {
     if (this.closed) return;
-    this.handle(this.pipelines.tick(Date.now(), this.generationOf));
+    this.handle(this.pipelines.tick(Date.now(), this.generationOf, this.sinceTsOf));
   }
 
   /** The table's backfill revision for a span, as this capture's copy of the changefeed says. */
@@ -159,6 +161,9 @@ export class PipelineRunner {
     const generation = this.backfill.snapshotTsFor(span);
     return generation === undefined ? 'none' : generation;
   };
+
+  /** The lower bound of an incremental backfill of the span's table. */
+  private readonly sinceTsOf = (span: Span): bigint | undefined => this.backfill?.sinceTsFor?.(span);
 
   private handle(out: PipelineOutput): void {
     for (const effect of out.effects) this.perform(effect);
@@ -201,7 +206,7 @@ export class PipelineRunner {
   private deliver(outcome: PipelineOutcome): void {
     if (this.closed) return;
     try {
-      this.handle(this.pipelines.onOutcome(outcome, Date.now(), this.generationOf));
+      this.handle(this.pipelines.onOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf));
     } catch (error) {
       // A bug in the pipelines must not end the process: this changefeed's pipelines
       // stop deciding, the owner sees them go silent.
@@ -222,16 +227,28 @@ export class PipelineRunner {
       case 'count-keys':
         return { kind: 'keys-counted', id, keys: await this.snapshots().countKeys(span, effect.snapshotTs) };
       case 'copy-page': {
-        const page = await this.snapshots().snapshot(span, effect.snapshotTs, effect.afterKey, effect.limit);
+        const page = await this.snapshots().snapshot(span, effect.snapshotTs, effect.afterKey, effect.limit, effect.sinceTs);
         // Every copied key is stamped with the snapshot revision: the sink then knows
         // which of its keys the snapshot confirmed, and retires the rest after the last
         // page (keys deleted upstream while the changefeed did not see them).
         const snapshotTs = effect.snapshotTs;
         if (page.events.length > 0) await this.sink.write(span, page.events.map((event) => ({ ...event, ts: snapshotTs })));
         await this.sink.flush(span, snapshotTs);
-        if (page.nextAfterKey === undefined) await this.sink.retire(span, snapshotTs);
+        if (effect.sinceTs !== undefined) {
+          // Incremental: the page's key range loses the keys it no longer has; its
+          // unchanged keys, not copied, stay.
+          // Without the page's keys the range cannot be retired safely: fail, never guess.
+          if (page.keys === undefined) throw Object.assign(new Error('the source cannot read incremental snapshots'), { retryable: false });
+          const lastKey = page.keys.at(-1);
+          const start = effect.afterKey === undefined ? span.start : `${effect.afterKey}\u0000`;
+          const end = page.nextAfterKey === undefined || lastKey === undefined ? span.end : `${lastKey}\u0000`;
+          await this.sink.retire(span, snapshotTs, { start, end, keep: new Set(page.keys) });
+        } else if (page.nextAfterKey === undefined) {
+          await this.sink.retire(span, snapshotTs);
+        }
         this.observer?.keysCopied?.(page.events.length);
-        return { kind: 'page-copied', id, keys: page.events.length, nextAfterKey: page.nextAfterKey };
+        // An incremental page counts the keys it went through; only the changed were copied.
+        return { kind: 'page-copied', id, keys: page.keys?.length ?? page.events.length, nextAfterKey: page.nextAfterKey };
       }
       case 'save-backfill':
         await this.backfillPlan().store.save(span, fromBackfillProgress(effect.progress));

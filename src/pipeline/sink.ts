@@ -13,6 +13,13 @@ export interface SinkContext {
   readonly filesRetired?: (count: number) => void;
 }
 
+/** Part of a span to retire: keys in [start, end) ('' end: the span's end), except `keep`. */
+export interface RetireScope {
+  readonly start: string;
+  readonly end: string;
+  readonly keep: ReadonlySet<string>;
+}
+
 export interface Sink {
   write(span: Span, events: readonly ChangeEvent[]): Promise<void>;
   /** Resolves once everything written for `span` up to `uptoTs` is durable. */
@@ -23,8 +30,13 @@ export interface Sink {
    * the span before R: what is left older is a key the upstream no longer has (deleted
    * while the changefeed could not see it, e.g. behind a compaction). Idempotent, never
    * goes backwards (a key written at or after `beforeTs` is kept), durable on return.
+   *
+   * With `scope` only its key range of the span is retired, and its `keep` keys stay
+   * whatever their ts: an incremental backfill copies only the keys modified since its
+   * lower bound and retires page by page, keeping the page's unchanged keys (the sink
+   * already holds them).
    */
-  retire(span: Span, beforeTs: bigint): Promise<void>;
+  retire(span: Span, beforeTs: bigint, scope?: RetireScope): Promise<void>;
   /**
    * The changefeed's persisted checkpoint, each time the host reads it: every event at or
    * below it is durable in the sink, over all spans. A sink that deletes old data (the

@@ -22,18 +22,27 @@ export interface ReadResult {
 
 /** One page of a snapshot read. */
 export interface SnapshotPage {
-  /** The keys of the page as puts, each with ts = the revision that last changed it. */
+  /**
+   * The keys of the page as puts, each with ts = the revision that last changed it; for
+   * an incremental read only those changed after its `sinceTs`.
+   */
   readonly events: readonly ChangeEvent[];
   /** Where the next page starts (exclusive), or undefined after the last page. */
   readonly nextAfterKey: string | undefined;
+  /** Every key of the page, changed or not (an incremental read only). */
+  readonly keys?: readonly string[];
 }
 
 /** A source that can read a consistent snapshot for backfill (initial scan). */
 export interface SnapshotSource {
   /** Backfill bounds the source's URI asked for, over the defaults. */
   readonly backfillLimits?: Partial<BackfillLimits>;
-  /** Keys of `span` at `atTs` after `afterKey` (exclusive; '' = from the start), at most `limit`. */
-  snapshot(span: Span, atTs: bigint, afterKey: string | undefined, limit: number): Promise<SnapshotPage>;
+  /**
+   * Keys of `span` at `atTs` after `afterKey` (exclusive; '' = from the start), at most
+   * `limit`. With `sinceTs` (an incremental backfill) the values of only the keys
+   * modified after it are read, and the page lists every key in `keys`.
+   */
+  snapshot(span: Span, atTs: bigint, afterKey: string | undefined, limit: number, sinceTs?: bigint): Promise<SnapshotPage>;
   /** How many keys `span` holds at `atTs`. */
   countKeys(span: Span, atTs: bigint): Promise<number>;
 }

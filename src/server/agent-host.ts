@@ -27,6 +27,18 @@ interface HostedAgent {
   reply: ((report: ReportMessage) => void) | undefined;
 }
 
+/** Per table: the lower bound of its incremental backfill, when it has one. */
+const backfillSinceByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, bigint>>();
+
+function backfillSince(info: ChangefeedInfo): ReadonlyMap<string, bigint> {
+  let since = backfillSinceByInfo.get(info);
+  if (since === undefined) {
+    since = new Map(info.tables.filter((t) => t.backfillSinceTs !== undefined).map((t) => [t.name, BigInt(t.backfillSinceTs as string)] as const));
+    backfillSinceByInfo.set(info, since);
+  }
+  return since;
+}
+
 /** Per table: its backfill revision, or null when it is not backfilled; computed once per info (every pipeline step asks). */
 const backfillRevisionsByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, bigint | null>>();
 
@@ -152,6 +164,10 @@ export class AgentHost {
           if (current === undefined) return undefined;
           const revision = backfillRevisions(current).get(span.table);
           return revision === undefined ? 'unknown-table' : (revision ?? undefined);
+        },
+        sinceTsFor: (span) => {
+          const current = this.changefeeds().get(info.id);
+          return current === undefined ? undefined : backfillSince(current).get(span.table);
         },
         store: new EtcdBackfillStore(this.metadata.client, this.metadata.keys.backfillPrefix(info.id)),
         limits: { ...backfillDefaults, ...source.snapshots?.backfillLimits },

@@ -17,6 +17,11 @@ export interface TableSpec {
   readonly spans?: number;
   /** Set by the owner when the table is backfilled: the snapshot revision. */
   readonly backfillTs?: string;
+  /**
+   * Set with `backfillTs` for an incremental backfill (a resume with `{"backfill":
+   * {"sinceTs": R}}`): only keys modified after R are copied.
+   */
+  readonly backfillSinceTs?: string;
 }
 
 export type ChangefeedState = 'normal' | 'paused' | 'failed';

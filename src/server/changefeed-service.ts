@@ -169,12 +169,18 @@ export class ChangefeedService {
   async resume(id: string | undefined, body: unknown): Promise<ChangefeedInfo> {
     const { value: info } = this.find(id);
     let backfill = false;
+    let sinceTs: bigint | undefined;
     if (body !== undefined) {
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"backfill"?: boolean}');
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"backfill"?: boolean | {"sinceTs": "<revision>"}}');
       for (const key of Object.keys(body)) if (key !== 'backfill') throw new ValidationError(`unknown field "${key}"; resume takes only "backfill"`);
       const value = (body as { backfill?: unknown }).backfill;
-      if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true or false');
-      backfill = value === true;
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+        sinceTs = incrementalSince(value, this.ctx.cache.status(info.id)?.value.checkpointTs ?? info.startTs);
+        backfill = true;
+      } else {
+        if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true, false or {"sinceTs": "<revision>"}');
+        backfill = value === true;
+      }
     }
     if (info.state === 'normal') throw notPaused(info.id);
     // Asked outside the queue: the source may be slow.
@@ -186,7 +192,11 @@ export class ChangefeedService {
       let tables = rest.tables;
       if (snapshotTs !== undefined) {
         refusePastTarget(latest.value, snapshotTs);
-        tables = rest.tables.map((t) => ({ ...t, backfillTs: snapshotTs.toString() }));
+        tables = rest.tables.map(({ backfillSinceTs: _since, ...t }) => ({
+          ...t,
+          backfillTs: snapshotTs.toString(),
+          ...(sinceTs === undefined ? {} : { backfillSinceTs: sinceTs.toString() }),
+        }));
       }
       const updated: ChangefeedInfo = { ...rest, tables, state: 'normal', epoch: (BigInt(rest.epoch) + 1n).toString() };
       refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision }), updated.id);
@@ -244,4 +254,21 @@ function refusePastTarget(info: ChangefeedInfo, revision: bigint): void {
   if (info.targetTs !== undefined && BigInt(info.targetTs) < revision) {
     throw new ServiceError('conflict', 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${revision}: a backfill there would pass it`);
   }
+}
+
+/**
+ * The lower bound of an incremental backfill, `{"sinceTs": "<revision>"}`: at most the
+ * persisted checkpoint, since the sink holds everything up to that and no more; a bound
+ * above it would skip the changes between the two.
+ */
+function incrementalSince(value: object, checkpointTs: string): bigint {
+  for (const key of Object.keys(value)) if (key !== 'sinceTs') throw new ValidationError(`unknown field "backfill.${key}"; an incremental backfill takes only "sinceTs"`);
+  const since = (value as { sinceTs?: unknown }).sinceTs;
+  const text = typeof since === 'number' && Number.isSafeInteger(since) ? String(since) : since;
+  if (typeof text !== 'string' || !/^\d{1,20}$/.test(text)) throw new ValidationError('backfill.sinceTs must be a revision: a decimal string of up to 20 digits');
+  const ts = BigInt(text);
+  if (ts > BigInt(checkpointTs)) {
+    throw new ValidationError(`backfill.sinceTs ${ts} is above the changefeed's checkpoint ${checkpointTs}: the sink holds nothing after the checkpoint, so the changes between them would be lost`);
+  }
+  return ts;
 }

@@ -87,6 +87,13 @@ function decodeField(line: Record<string, unknown>, name: 'key' | 'value' | 'sta
   return undefined;
 }
 
+/** The keys a retire line keeps (an incremental backfill's unchanged keys), binary strings. */
+function decodeKeep(line: Record<string, unknown>): ReadonlySet<string> | undefined {
+  if (Array.isArray(line.keep)) return new Set(line.keep.filter((k): k is string => typeof k === 'string').map((k) => Buffer.from(k, 'utf8').toString('latin1')));
+  if (Array.isArray(line.keepBase64)) return new Set(line.keepBase64.filter((k): k is string => typeof k === 'string').map((k) => Buffer.from(k, 'base64').toString('latin1')));
+  return undefined;
+}
+
 /**
  * The lines of a file sink file that count: those ended by a newline. The unterminated
  * tail, if any, is torn (a write cut by a crash or a full disk) or still being written;
@@ -108,7 +115,7 @@ export type FileSinkLatest = Map<string, { readonly ts: bigint; readonly value: 
  */
 export async function fileSinkView(dir: string, table: string, atTs: bigint): Promise<{ latest: FileSinkLatest; horizonTs: bigint | undefined }> {
   const latest: FileSinkLatest = new Map();
-  const retires: { start: string; end: string; ts: bigint }[] = [];
+  const retires: { start: string; end: string; ts: bigint; keep: ReadonlySet<string> | undefined }[] = [];
   let names: string[] = [];
   try {
     names = (await readdir(join(dir, table))).filter((n) => n.endsWith('.ndjson')).sort();
@@ -137,7 +144,7 @@ export async function fileSinkView(dir: string, table: string, atTs: bigint): Pr
       if (ts > atTs) continue;
       if (line.op === 'retire') {
         const start = decodeField(line, 'start');
-        if (start !== undefined) retires.push({ start, end: decodeField(line, 'end') ?? '', ts });
+        if (start !== undefined) retires.push({ start, end: decodeField(line, 'end') ?? '', ts, keep: decodeKeep(line) });
         continue;
       }
       const key = decodeField(line, 'key');
@@ -151,7 +158,7 @@ export async function fileSinkView(dir: string, table: string, atTs: bigint): Pr
   // order of the files: that is a delete at ts which a line at the same ts outranks.
   for (const retire of retires) {
     for (const [key, entry] of latest) {
-      if (entry.ts < retire.ts && key >= retire.start && (retire.end === '' || key < retire.end)) latest.set(key, { ts: retire.ts, value: undefined });
+      if (entry.ts < retire.ts && key >= retire.start && (retire.end === '' || key < retire.end) && retire.keep?.has(key) !== true) latest.set(key, { ts: retire.ts, value: undefined });
     }
   }
   return { latest, horizonTs: await readRetentionHorizon(join(dir, table)) };

@@ -68,6 +68,7 @@ class Shell {
       nowMs: this.nowMs,
       barrierTs: this.barrierTs,
       generation: this.generation,
+      sinceTs: undefined,
       takeBackfillSlot: () => {
         if (this.backfillSlotsUsed >= this.backfillSlotsMax) return false;
         this.backfillSlotsUsed++;
@@ -110,6 +111,7 @@ const copyPage = (id: number, snapshotTs: bigint, afterKey: string | undefined):
   snapshotTs,
   afterKey,
   limit: limits.pageKeysMax,
+  sinceTs: undefined,
 });
 const saveBackfill = (id: number, progress: BackfillProgress): PipelineEffect => ({ kind: 'save-backfill', id, key, span, progress });
 
@@ -237,7 +239,7 @@ describe('span pipeline: backfill', () => {
     expect(s.answer(counted(4, 3))).toEqual(out([copyPage(5, G, undefined)]));
     expect(s.backfillSlotsUsed).toBe(1);
 
-    const first: BackfillProgress = { generation: G, snapshotTs: G, afterKey: 'b', keysDone: 2, keysTotal: 3, done: false, startedAtMs: 0, finishedAtMs: undefined };
+    const first: BackfillProgress = { generation: G, snapshotTs: G, afterKey: 'b', keysDone: 2, keysTotal: 3, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined };
     expect(s.answer(copied(5, 2, 'b'))).toEqual(out([saveBackfill(6, first)]));
     expect(s.backfillSlotsUsed).toBe(0);
     expect(s.pipeline.backfillProgress).toEqual(first);
@@ -246,7 +248,7 @@ describe('span pipeline: backfill', () => {
     // The next step goes on at the token, without counting again.
     expect(s.tick()).toEqual(out([resolve(7, 49n)]));
     expect(s.answer(resolved(7, 70n))).toEqual(out([copyPage(8, G, 'b')]));
-    const last: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 3, keysTotal: 3, done: true, startedAtMs: 0, finishedAtMs: 0 };
+    const last: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 3, keysTotal: 3, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
     expect(s.answer(copied(8, 1, undefined))).toEqual(out([saveBackfill(9, last)]));
     // Copied but its record not saved yet: still below the snapshot.
     expect(s.pipeline.checkpointTs).toBe(49n);
@@ -268,7 +270,7 @@ describe('span pipeline: backfill', () => {
     s.answer(resolved(2, 60n));
     s.answer(loaded(3, undefined));
     s.answer(counted(4, 1));
-    const last: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 1, keysTotal: 1, done: true, startedAtMs: 0, finishedAtMs: 0 };
+    const last: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 1, keysTotal: 1, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
     expect(s.answer(copied(5, 1, undefined))).toEqual(out([saveBackfill(6, last)]));
 
     expect(s.answer(failed(6, 'etcd unavailable'))).toEqual(out([release(7)], [retrying('etcd unavailable')]));
@@ -287,7 +289,7 @@ describe('span pipeline: backfill', () => {
     const s = writing(49n, 60n, 49n, G);
     expect(s.tick()).toEqual(out([resolve(2, 49n)]));
     expect(s.answer(resolved(2, 60n))).toEqual(out([loadBackfill(3)]));
-    const done: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 7, keysTotal: 7, done: true, startedAtMs: 0, finishedAtMs: 0 };
+    const done: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 7, keysTotal: 7, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
     expect(s.answer(loaded(3, done))).toEqual(out([stream(4, G, 60n)]));
     expect(s.pipeline.checkpointTs).toBe(G);
     expect(s.answer(streamed(4, 2, 60n))).toEqual(out([], [progress(60n, 60n)]));
@@ -297,7 +299,7 @@ describe('span pipeline: backfill', () => {
     const s = writing(49n, 60n, 49n, G);
     s.tick();
     expect(s.answer(resolved(2, 60n))).toEqual(out([loadBackfill(3)]));
-    const earlier: BackfillProgress = { generation: 30n, snapshotTs: 30n, afterKey: undefined, keysDone: 7, keysTotal: 7, done: true, startedAtMs: 0, finishedAtMs: 0 };
+    const earlier: BackfillProgress = { generation: 30n, snapshotTs: 30n, afterKey: undefined, keysDone: 7, keysTotal: 7, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
     expect(s.answer(loaded(3, earlier))).toEqual(out([countKeys(4, G)]));
     expect(s.pipeline.checkpointTs).toBe(49n);
 
@@ -305,7 +307,7 @@ describe('span pipeline: backfill', () => {
     const t = writing(49n, 60n, 49n, G);
     t.tick();
     t.answer(resolved(2, 60n));
-    const underWay: BackfillProgress = { generation: 40n, snapshotTs: 55n, afterKey: 'k', keysDone: 2, keysTotal: 9, done: false, startedAtMs: 0, finishedAtMs: undefined };
+    const underWay: BackfillProgress = { generation: 40n, snapshotTs: 55n, afterKey: 'k', keysDone: 2, keysTotal: 9, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined };
     expect(t.answer(loaded(3, underWay))).toEqual(out([countKeys(4, G)]));
     expect(t.answer(counted(4, 3))).toEqual(out([copyPage(5, G, undefined)]));
   });
@@ -314,11 +316,11 @@ describe('span pipeline: backfill', () => {
     const s = writing(49n, 60n, 49n, G);
     s.tick();
     s.answer(resolved(2, 60n));
-    const underWay: BackfillProgress = { generation: G, snapshotTs: G, afterKey: 'f', keysDone: 4, keysTotal: 5, done: false, startedAtMs: 0, finishedAtMs: undefined };
+    const underWay: BackfillProgress = { generation: G, snapshotTs: G, afterKey: 'f', keysDone: 4, keysTotal: 5, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined };
     expect(s.answer(loaded(3, underWay))).toEqual(out([copyPage(4, G, 'f')]));
     expect(s.pipeline.backfillProgress).toEqual(underWay);
     expect(s.answer(copied(4, 1, undefined))).toEqual(
-      out([saveBackfill(5, { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 5, keysTotal: 5, done: true, startedAtMs: 0, finishedAtMs: 0 })]),
+      out([saveBackfill(5, { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 5, keysTotal: 5, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 })]),
     );
     expect(s.answer(saved(5))).toEqual(out([], [progress(G, 60n)]));
   });
@@ -334,7 +336,7 @@ describe('span pipeline: backfill', () => {
     expect(s.pipeline.checkpointTs).toBe(79n);
     expect(s.answer(counted(4, 0))).toEqual(out([copyPage(5, 80n, undefined)]));
     expect(s.answer(copied(5, 0, undefined))).toEqual(
-      out([saveBackfill(6, { generation: G, snapshotTs: 80n, afterKey: undefined, keysDone: 0, keysTotal: 0, done: true, startedAtMs: 0, finishedAtMs: 0 })]),
+      out([saveBackfill(6, { generation: G, snapshotTs: 80n, afterKey: undefined, keysDone: 0, keysTotal: 0, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 })]),
     );
     expect(s.answer(saved(6))).toEqual(out([], [progress(80n, 90n)]));
     expect(s.tick()).toEqual(out([resolve(7, 80n)]));
@@ -345,7 +347,7 @@ describe('span pipeline: backfill', () => {
     const s = writing(80n, 90n, 80n, G);
     s.tick();
     s.answer(resolved(2, 90n));
-    const behind: BackfillProgress = { generation: G, snapshotTs: 60n, afterKey: 'k', keysDone: 2, keysTotal: 4, done: false, startedAtMs: 0, finishedAtMs: undefined };
+    const behind: BackfillProgress = { generation: G, snapshotTs: 60n, afterKey: 'k', keysDone: 2, keysTotal: 4, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined };
     expect(s.answer(loaded(3, behind))).toEqual(out([countKeys(4, 80n)]));
   });
 
@@ -362,7 +364,7 @@ describe('span pipeline: backfill', () => {
     expect(s.pipeline.checkpointTs).toBe(30n);
     expect(s.answer(counted(4, 1))).toEqual(out([copyPage(5, G, undefined)]));
     expect(s.answer(copied(5, 1, undefined))).toEqual(
-      out([saveBackfill(6, { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 1, keysTotal: 1, done: true, startedAtMs: 0, finishedAtMs: 0 })]),
+      out([saveBackfill(6, { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 1, keysTotal: 1, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 })]),
     );
     expect(s.answer(saved(6))).toEqual(out([], [progress(G, 60n)]));
     expect(s.tick()).toEqual(out([resolve(7, G)]));
@@ -409,7 +411,7 @@ describe('span pipeline: backfill', () => {
     const s = writing(49n, 60n, 49n, G);
     s.tick();
     s.answer(resolved(2, 60n));
-    s.answer(loaded(3, { generation: G, snapshotTs: G, afterKey: 'c', keysDone: 2, keysTotal: 4, done: false, startedAtMs: 0, finishedAtMs: undefined }));
+    s.answer(loaded(3, { generation: G, snapshotTs: G, afterKey: 'c', keysDone: 2, keysTotal: 4, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined }));
     expect(s.backfillSlotsUsed).toBe(1);
     expect(s.answer(failed(4, 'sink down'))).toEqual(out([release(5)], [retrying('sink down')]));
     expect(s.backfillSlotsUsed).toBe(0);
@@ -566,7 +568,7 @@ describe('span pipeline: deadlines', () => {
     // Its late outcome gives nothing back twice and moves no token.
     expect(s.answer(copied(5, 2, undefined))).toEqual(nothing);
     expect(s.backfillSlotsUsed).toBe(0);
-    expect(s.pipeline.backfillProgress).toEqual({ generation: 50n, snapshotTs: 50n, afterKey: undefined, keysDone: 0, keysTotal: 2, done: false, startedAtMs: 0, finishedAtMs: undefined });
+    expect(s.pipeline.backfillProgress).toEqual({ generation: 50n, snapshotTs: 50n, afterKey: undefined, keysDone: 0, keysTotal: 2, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined });
     expect(s.tick(1_100)).toEqual(out([resolve(7, 49n)]));
     expect(s.answer(resolved(7, 60n))).toEqual(out([copyPage(8, 50n, undefined)]));
   });

@@ -97,6 +97,7 @@ const copyPage = (id: number, span: Span, snapshotTs: bigint, afterKey: string |
   snapshotTs,
   afterKey,
   limit: limits.pageKeysMax,
+  sinceTs: undefined,
 });
 
 const resolved = (id: number, resolvedTs: bigint): PipelineOutcome => ({ kind: 'resolved', id, resolvedTs });
@@ -229,7 +230,7 @@ describe('span pipelines: backfill pages in flight', () => {
     // b's next step finds no slot either.
     expect(s.tick()).toEqual(out([resolve(10, b, 49n)]));
     expect(s.answer(resolved(10, 60n))).toEqual(out([], [progress(b, 49n, 60n)]));
-    const savedA = { generation: 50n, snapshotTs: 50n, afterKey: 'x', keysDone: 2, keysTotal: 4, done: false, startedAtMs: 0, finishedAtMs: undefined };
+    const savedA = { generation: 50n, snapshotTs: 50n, afterKey: 'x', keysDone: 2, keysTotal: 4, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined };
     expect(s.answer({ kind: 'page-copied', id: 9, keys: 2, nextAfterKey: 'x' })).toEqual(
       out([{ kind: 'save-backfill', id: 11, key: keyA, span: a, progress: savedA }]),
     );

@@ -31,7 +31,7 @@ const del = (key: string, ts: bigint): ChangeEvent => ({ table: 'kv', key, op: '
  */
 const retired: Span = { table: 'rt', start: 'b', end: 'd' };
 const rtPut = (key: string, ts: bigint): ChangeEvent => ({ table: 'rt', key, value: `${key}${ts}`, op: 'put', ts });
-const retiredState = { a: 'a10', cc: 'cc40', d: 'd10' };
+const retiredState = { a: 'a10', cc: 'cc40', d: 'd10', sa: 'sa10', sc: 'sc10', se: 'se10', sf: 'sf40' };
 async function exerciseRetire(sink: Sink): Promise<void> {
   await sink.write(retired, [rtPut('a', 10n), rtPut('b', 10n), rtPut('c', 10n), rtPut('cc', 40n), rtPut('d', 10n)]);
   await sink.flush(retired, 40n);
@@ -39,6 +39,13 @@ async function exerciseRetire(sink: Sink): Promise<void> {
   await sink.retire(retired, 30n);
   await sink.write(retired, [rtPut('b', 10n)]);
   await sink.flush(retired, 40n);
+  // An incremental backfill's page: [sb, sf] loses its keys older than 30 but the kept
+  // sc (unchanged upstream) and sf (newer); sa and se lie outside the page's range.
+  const spanS: Span = { table: 'rt', start: 's', end: 't' };
+  await sink.write(spanS, [rtPut('sa', 10n), rtPut('sb', 10n), rtPut('sc', 10n), rtPut('sd', 10n), rtPut('se', 10n), rtPut('sf', 40n)]);
+  await sink.flush(spanS, 40n);
+  await sink.retire(spanS, 30n, { start: 'sb', end: 'se', keep: new Set(['sc']) });
+  await sink.flush(spanS, 40n);
 }
 
 let postgres: LocalPostgres;
@@ -86,7 +93,7 @@ describe('postgres sink', () => {
       const tombstones = (await client.query('select ts::text as ts from rt where deleted')).rows;
       await client.end();
       expect(Object.fromEntries(rows.map((r) => [r.key, r.value]))).toEqual(retiredState);
-      expect(tombstones).toEqual([{ ts: '30' }, { ts: '30' }]);
+      expect(tombstones).toEqual([{ ts: '30' }, { ts: '30' }, { ts: '30' }, { ts: '30' }]);
     } finally {
       await sink.close();
     }
@@ -117,7 +124,7 @@ describe('etcd sink', () => {
     const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
     try {
       await exerciseRetire(sink);
-      expect(await client.getAll().prefix('r/').strings()).toEqual({ 'r/a': 'a10', 'r/cc': 'cc40', 'r/d': 'd10' });
+      expect(await client.getAll().prefix('r/').strings()).toEqual(Object.fromEntries(Object.entries(retiredState).map(([k, v]) => [`r/${k}`, v])));
     } finally {
       await sink.close();
       client.close();
@@ -161,7 +168,7 @@ describe('file sink', () => {
       await exerciseRetire(sink);
       expect(Object.fromEntries(await fileSinkState(dir, 'rt', 100n))).toEqual(retiredState);
       // Read before the retire, the state is what it was.
-      expect(Object.fromEntries(await fileSinkState(dir, 'rt', 29n))).toEqual({ a: 'a10', b: 'b10', c: 'c10', d: 'd10' });
+      expect(Object.fromEntries(await fileSinkState(dir, 'rt', 29n))).toEqual({ a: 'a10', b: 'b10', c: 'c10', d: 'd10', sa: 'sa10', sb: 'sb10', sc: 'sc10', sd: 'sd10', se: 'se10' });
     } finally {
       await sink.close();
       rmSync(dir, { recursive: true, force: true });

@@ -92,6 +92,8 @@ export class SimCluster {
   private readonly world: SimWorld;
   /** The tables' backfill revision: the create's, then each resume with backfill's. */
   private generation = startTs + 1n;
+  /** The current backfill's lower bound when it is incremental (a resume with `sinceTs`). */
+  private backfillSinceTs: bigint | undefined;
   /** Per capture and span, the last agent checkpoint whose sink state was checked. */
   private readonly checkedCheckpoints = new Map<string, bigint>();
   private lastCheckedPersisted = -1n;
@@ -156,6 +158,7 @@ export class SimCluster {
       sink: new SimSinkLog(),
       records: new Map<string, BackfillProgress>(),
       generation: () => this.generation,
+      sinceTs: () => this.backfillSinceTs,
       stats: this.stats,
     };
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
@@ -307,6 +310,9 @@ export class SimCluster {
       if (this.metadata.info.error?.includes('compacted') === true) {
         this.generation = this.world.upstream.ts;
         this.stats.resumesWithBackfill = (this.stats.resumesWithBackfill ?? 0) + 1;
+        // Half of them incremental, from the persisted checkpoint (the highest bound allowed).
+        this.backfillSinceTs = this.rng.chance(0.5) ? this.persisted.checkpointTs : undefined;
+        if (this.backfillSinceTs !== undefined) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
       }
       this.metadata.resume(this.epoch);
       this.stats.resumes = (this.stats.resumes ?? 0) + 1;

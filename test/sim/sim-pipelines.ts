@@ -110,19 +110,32 @@ export class SimUpstream {
   /** The keys of `span` and their values at `ts` (deleted keys absent), by key. */
   stateAt(span: Span, ts: bigint): Map<string, string> {
     const state = new Map<string, string>();
+    for (const [key, version] of this.versionsAt(span, ts)) if (version.value !== undefined) state.set(key, version.value);
+    return state;
+  }
+
+  /** The keys of `span` that exist at `ts`, with the version they have there. */
+  versionsAt(span: Span, ts: bigint): Map<string, Version> {
+    const versions = new Map<string, Version>();
     for (let n = 0; n < keysPerSpan; n++) {
       const key = `${span.table}\u0000${span.start}-${n}`;
       const version = versionAt(this.versions.get(key), ts);
-      if (version?.value !== undefined) state.set(key, version.value);
+      if (version?.value !== undefined) versions.set(key, version);
     }
-    return state;
+    return versions;
   }
 }
 
-/** A retire: every key of `span` whose entry is older than `beforeTs` is gone from `beforeTs` on. */
+/**
+ * A retire: every key of `span` in [start, end) whose entry is older than `beforeTs` is
+ * gone from `beforeTs` on, except the `keep` keys (an incremental backfill's page).
+ */
 interface Retire {
   readonly span: Span;
   readonly beforeTs: bigint;
+  readonly start: string;
+  readonly end: string;
+  readonly keep: ReadonlySet<string> | undefined;
 }
 
 /** The sink: every entry ever made durable, per key, and the retires. */
@@ -145,8 +158,8 @@ export class SimSinkLog {
     }
   }
 
-  retire(span: Span, beforeTs: bigint): void {
-    this.retires.push({ span, beforeTs });
+  retire(span: Span, beforeTs: bigint, scope?: { start: string; end: string; keep: ReadonlySet<string> }): void {
+    this.retires.push({ span, beforeTs, start: scope?.start ?? '', end: scope?.end ?? '', keep: scope?.keep });
   }
 
   /** What a reader of the sink sees for `span` at `ts`. */
@@ -158,7 +171,9 @@ export class SimSinkLog {
       const key = `${span.table}\u0000${span.start}-${n}`;
       const version = versionAt(this.entries.get(key), ts);
       if (version === undefined || version.value === undefined) continue;
-      if (retires.some((r) => version.ts < r.beforeTs)) continue;
+      const local = key.slice(span.table.length + 1);
+      const retired = (r: Retire): boolean => version.ts < r.beforeTs && local >= r.start && (r.end === '' || local < r.end) && r.keep?.has(key) !== true;
+      if (retires.some(retired)) continue;
       state.set(key, version.value);
     }
     return state;
@@ -185,6 +200,8 @@ export interface SimWorld {
   readonly records: Map<string, BackfillProgress>;
   /** The tables' backfill revision the changefeed's info says now. */
   generation(): bigint;
+  /** The lower bound of the current backfill when it is incremental. */
+  sinceTs(): bigint | undefined;
   readonly stats: Record<string, number>;
 }
 
@@ -208,6 +225,7 @@ export class SimPipelines {
   /** The effects of each span, in order; the head runs. */
   private readonly queues = new Map<string, QueuedEffect[]>();
   private readonly generationOf = (): BackfillGeneration => this.world.generation();
+  private readonly sinceTsOf = (): bigint | undefined => this.world.sinceTs();
 
   constructor(
     private readonly rng: SeededRandom,
@@ -216,7 +234,7 @@ export class SimPipelines {
 
   /** Applies the agent's commands at `step`; returns what they made the pipelines say. */
   apply(commands: readonly PipelineCommand[], step: number, faultsOn: boolean): PipelineEvent[] {
-    return this.take(this.pipelines.apply(commands, step * simStepMs, this.generationOf), step, faultsOn);
+    return this.take(this.pipelines.apply(commands, step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn);
   }
 
   /** One step: effects that end now answer, then every pipeline ticks. */
@@ -229,9 +247,9 @@ export class SimPipelines {
       if (queue.length === 0) this.queues.delete(key);
       else (queue[0] as QueuedEffect).dueAt = step + (queue[0] as QueuedEffect).steps;
       const outcome = this.perform(head);
-      events.push(...this.take(this.pipelines.onOutcome(outcome, step * simStepMs, this.generationOf), step, faultsOn));
+      events.push(...this.take(this.pipelines.onOutcome(outcome, step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn));
     }
-    events.push(...this.take(this.pipelines.tick(step * simStepMs, this.generationOf), step, faultsOn));
+    events.push(...this.take(this.pipelines.tick(step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn));
     return events;
   }
 
@@ -288,20 +306,33 @@ export class SimPipelines {
         return { kind: 'keys-counted', id: effect.id, keys: upstream.stateAt(effect.span, effect.snapshotTs).size };
       case 'copy-page': {
         if (effect.snapshotTs < upstream.compactedTs) return failed(`revision ${effect.snapshotTs} compacted`, false);
-        const keys = [...upstream.stateAt(effect.span, effect.snapshotTs)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+        const keys = [...upstream.versionsAt(effect.span, effect.snapshotTs)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
         const after = keys.filter(([key]) => effect.afterKey === undefined || key > effect.afterKey);
         const page = after.slice(0, effect.limit);
-        const entries = page.map(([key, value]) => ({ key, value, ts: effect.snapshotTs }));
+        // An incremental page copies only what changed after its lower bound.
+        const since = effect.sinceTs;
+        const copied = since === undefined ? page : page.filter(([, version]) => version.ts > since);
+        const entries = copied.map(([key, version]) => ({ key, value: version.value, ts: effect.snapshotTs }));
         const last = after.length <= effect.limit;
         if (fate === 'fail-midway') {
           sink.write(entries.slice(0, this.rng.int(entries.length + 1)));
           return failed('simulated failure midway through a page');
         }
         sink.write(entries);
-        if (last) sink.retire(effect.span, effect.snapshotTs);
+        if (since !== undefined) {
+          const local = (key: string): string => key.slice(effect.span.table.length + 1);
+          const lastKey = page.at(-1)?.[0];
+          const start = effect.afterKey === undefined ? effect.span.start : `${local(effect.afterKey)}\u0000`;
+          const end = last || lastKey === undefined ? effect.span.end : `${local(lastKey)}\u0000`;
+          sink.retire(effect.span, effect.snapshotTs, { start, end, keep: new Set(page.map(([key]) => key)) });
+          stats.incrementalPages = (stats.incrementalPages ?? 0) + 1;
+        } else if (last) {
+          sink.retire(effect.span, effect.snapshotTs);
+        }
         stats.pagesCopied = (stats.pagesCopied ?? 0) + 1;
+        stats.valuesCopied = (stats.valuesCopied ?? 0) + entries.length;
         if (fate === 'fail-after') return failed('simulated failure after the page was flushed');
-        const nextAfterKey = last ? undefined : (page[page.length - 1] as [string, string])[0];
+        const nextAfterKey = last ? undefined : (page[page.length - 1] as [string, Version])[0];
         return { kind: 'page-copied', id: effect.id, keys: page.length, nextAfterKey };
       }
       case 'save-backfill':

@@ -13,7 +13,7 @@ import type { Etcd3 } from 'etcd3';
 import type { Span } from '../../core/span.ts';
 import { prefixEnd } from '../../core/span.ts';
 import { createEtcdClient } from '../../cluster/etcd-client.ts';
-import type { Sink } from '../sink.ts';
+import type { RetireScope, Sink } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
 
@@ -80,14 +80,16 @@ export class EtcdSink implements Sink {
    * `beforeTs`, page by page; each delete is a transaction that compares the marker it
    * read, so a key written meanwhile is kept. The marker stays, at `beforeTs`.
    */
-  async retire(span: Span, beforeTs: bigint): Promise<void> {
+  async retire(span: Span, beforeTs: bigint, scope?: RetireScope): Promise<void> {
+    const range = scope ?? span;
+    const keep = scope?.keep;
     const prefix = mirrorRevisionsPrefix + this.options.targetPrefix;
-    const end = Buffer.from(span.end === '' ? prefixEnd(prefix) : prefix + span.end, 'latin1');
+    const end = Buffer.from(range.end === '' ? prefixEnd(prefix) : prefix + range.end, 'latin1');
     const rev = revisionText(beforeTs);
-    let start = Buffer.from(prefix + span.start, 'latin1');
+    let start = Buffer.from(prefix + range.start, 'latin1');
     for (;;) {
       const page = await this.client.getAll().inRange({ start, end }).limit(retirePageKeysMax).exec();
-      const stale = page.kvs.filter((kv) => kv.value.toString('latin1') < rev);
+      const stale = page.kvs.filter((kv) => kv.value.toString('latin1') < rev && keep?.has(kv.key.toString('latin1').slice(prefix.length)) !== true);
       const workers = Array.from({ length: Math.min(this.options.txnsInFlightMax, stale.length) }, async () => {
         for (let kv = stale.shift(); kv !== undefined; kv = stale.shift()) {
           const target = Buffer.from(kv.key.toString('latin1').slice(mirrorRevisionsPrefix.length), 'latin1');

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import type { Span } from '../../core/span.ts';
 import { spanKey } from '../../core/span.ts';
 import { spanKeyHashes } from '../../core/span-digest.ts';
-import type { Sink, SinkContext } from '../sink.ts';
+import type { RetireScope, Sink, SinkContext } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
 import { BadUriError, intParam, optionalIntParam, optionalNumberParam, parseUri, rejectUnknownParams } from '../uri.ts';
 import type { RetentionLimits, RetentionPolicy } from './file-retention.ts';
@@ -70,13 +70,22 @@ export function eventLine(event: ChangeEvent): string {
 }
 
 /**
- * The NDJSON line of a retire: `{"table","op":"retire","start","end"?,"ts"}` (no `end`
- * when the span runs to the end of the key space). A reader deletes, at `ts`, every key
- * in [start, end) whose last line has a smaller ts.
+ * The NDJSON line of a retire: `{"table","op":"retire","start","end"?,"keep"?,"ts"}` (no
+ * `end` when the span runs to the end of the key space). A reader deletes, at `ts`, every
+ * key in [start, end) whose last line has a smaller ts, except the keys in `keep` (an
+ * array of UTF-8 keys, or `keepBase64` when one is not valid UTF-8).
  */
-export function retireLine(span: Span, beforeTs: bigint): string {
-  const fields: Record<string, string> = { table: span.table, op: 'retire', ...encodeBytes('start', span.start) };
-  if (span.end !== '') Object.assign(fields, encodeBytes('end', span.end));
+export function retireLine(span: Span, beforeTs: bigint, scope?: RetireScope): string {
+  const range = scope ?? span;
+  const keep = scope?.keep;
+  const fields: Record<string, string | string[]> = { table: span.table, op: 'retire', ...encodeBytes('start', range.start) };
+  if (range.end !== '') Object.assign(fields, encodeBytes('end', range.end));
+  if (keep !== undefined && keep.size > 0) {
+    const bytes = [...keep].sort().map((key) => Buffer.from(key, 'latin1'));
+    const texts = bytes.map((b) => b.toString('utf8'));
+    if (texts.every((text, i) => Buffer.from(text, 'utf8').equals(bytes[i] as Buffer))) fields.keep = texts;
+    else fields.keepBase64 = bytes.map((b) => b.toString('base64'));
+  }
   fields.ts = beforeTs.toString();
   return `${JSON.stringify(fields)}\n`;
 }
@@ -157,8 +166,8 @@ export class FileSink implements Sink {
     await this.append(span, events.map(eventLine).join(''), events.length, minTs, maxTs);
   }
 
-  async retire(span: Span, beforeTs: bigint): Promise<void> {
-    await this.append(span, retireLine(span, beforeTs), 1, beforeTs, beforeTs);
+  async retire(span: Span, beforeTs: bigint, scope?: RetireScope): Promise<void> {
+    await this.append(span, retireLine(span, beforeTs, scope), 1, beforeTs, beforeTs);
     await this.flush(span);
   }
 

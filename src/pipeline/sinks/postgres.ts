@@ -14,7 +14,7 @@
  */
 import pg from 'pg';
 import type { Span } from '../../core/span.ts';
-import type { Sink } from '../sink.ts';
+import type { RetireScope, Sink } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
 
@@ -76,15 +76,21 @@ export class PostgresSink implements Sink {
   async flush(): Promise<void> {}
 
   /** Tombstones, at `beforeTs`, every live row of the span older than it. */
-  async retire(span: Span, beforeTs: bigint): Promise<void> {
+  async retire(span: Span, beforeTs: bigint, scope?: RetireScope): Promise<void> {
     await this.ensureTable(span.table);
-    const values: unknown[] = [beforeTs.toString(), Buffer.from(span.start, 'latin1')];
-    if (span.end !== '') values.push(Buffer.from(span.end, 'latin1'));
-    await this.pool.query(
-      `update ${tableIdentifier(span.table)} set value = null, deleted = true, ts = $1::numeric
-       where not deleted and ts < $1::numeric and key >= $2${span.end === '' ? '' : ' and key < $3'}`,
-      values,
-    );
+    const range = scope ?? span;
+    const keep = scope?.keep;
+    const values: unknown[] = [beforeTs.toString(), Buffer.from(range.start, 'latin1')];
+    let where = 'not deleted and ts < $1::numeric and key >= $2';
+    if (range.end !== '') {
+      values.push(Buffer.from(range.end, 'latin1'));
+      where += ` and key < $${values.length}`;
+    }
+    if (keep !== undefined && keep.size > 0) {
+      values.push([...keep].map((key) => Buffer.from(key, 'latin1')));
+      where += ` and not (key = any($${values.length}::bytea[]))`;
+    }
+    await this.pool.query(`update ${tableIdentifier(span.table)} set value = null, deleted = true, ts = $1::numeric where ${where}`, values);
   }
 
   async close(): Promise<void> {

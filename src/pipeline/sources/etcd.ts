@@ -142,9 +142,10 @@ export class EtcdSource implements Source, SnapshotSource {
     }
   }
 
-  async snapshot(span: Span, atTs: bigint, afterKey: string | undefined, limit: number): Promise<SnapshotPage> {
+  async snapshot(span: Span, atTs: bigint, afterKey: string | undefined, limit: number, sinceTs?: bigint): Promise<SnapshotPage> {
     const start = afterKey === undefined ? Buffer.from(span.start, 'latin1') : Buffer.concat([Buffer.from(afterKey, 'latin1'), Buffer.from([0])]);
     const end = span.end === '' ? Buffer.from([0]) : Buffer.from(span.end, 'latin1');
+    if (sinceTs !== undefined) return this.incrementalPage(span, atTs, start, end, limit, sinceTs);
     const response = await this.client.getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit).exec();
     const events: ChangeEvent[] = response.kvs.map((kv) => ({
       table: span.table,
@@ -155,6 +156,32 @@ export class EtcdSource implements Source, SnapshotSource {
     }));
     const last = events.at(-1);
     return { events, nextAfterKey: response.more && last !== undefined ? last.key : undefined };
+  }
+
+  /**
+   * An incremental page: the page's keys with their mod revisions (keys only), then the
+   * values of those modified after `sinceTs` in one range over them, filtered by etcd
+   * (`min_mod_revision`), so unchanged values are never sent.
+   */
+  private async incrementalPage(span: Span, atTs: bigint, start: Buffer, end: Buffer, limit: number, sinceTs: bigint): Promise<SnapshotPage> {
+    const keysOnly = this.client.getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit);
+    (keysOnly as unknown as { request: { keys_only: boolean } }).request.keys_only = true;
+    const listed = await keysOnly.exec();
+    const keys = listed.kvs.map((kv) => kv.key.toString('latin1'));
+    const changed = listed.kvs.filter((kv) => BigInt(kv.mod_revision) > sinceTs);
+    const last = keys.at(-1);
+    const nextAfterKey = listed.more && last !== undefined ? last : undefined;
+    const first = changed[0];
+    const lastChanged = changed.at(-1);
+    if (first === undefined || lastChanged === undefined) return { events: [], nextAfterKey, keys };
+    const response = await this.client
+      .getAll()
+      .inRange({ start: first.key, end: Buffer.concat([lastChanged.key, Buffer.from([0])]) })
+      .revision(atTs.toString())
+      .minModRevision((sinceTs + 1n).toString())
+      .exec();
+    const events: ChangeEvent[] = response.kvs.map((kv) => ({ table: span.table, key: kv.key.toString('latin1'), value: kv.value.toString('latin1'), op: 'put', ts: BigInt(kv.mod_revision) }));
+    return { events, nextAfterKey, keys };
   }
 
   async countKeys(span: Span, atTs: bigint): Promise<number> {
