@@ -175,7 +175,7 @@ export class ChangefeedService {
       for (const key of Object.keys(body)) if (key !== 'backfill') throw new ValidationError(`unknown field "${key}"; resume takes only "backfill"`);
       const value = (body as { backfill?: unknown }).backfill;
       if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
-        sinceTs = incrementalSince(value, this.ctx.cache.status(info.id)?.value.checkpointTs ?? info.startTs);
+        sinceTs = incrementalSince(value, info, this.ctx.cache.status(info.id)?.value.checkpointTs ?? info.startTs);
         backfill = true;
       } else {
         if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true, false or {"sinceTs": "<revision>"}');
@@ -261,7 +261,7 @@ function refusePastTarget(info: ChangefeedInfo, revision: bigint): void {
  * persisted checkpoint, since the sink holds everything up to that and no more; a bound
  * above it would skip the changes between the two.
  */
-function incrementalSince(value: object, checkpointTs: string): bigint {
+function incrementalSince(value: object, info: ChangefeedInfo, checkpointTs: string): bigint {
   for (const key of Object.keys(value)) if (key !== 'sinceTs') throw new ValidationError(`unknown field "backfill.${key}"; an incremental backfill takes only "sinceTs"`);
   const since = (value as { sinceTs?: unknown }).sinceTs;
   const text = typeof since === 'number' && Number.isSafeInteger(since) ? String(since) : since;
@@ -269,6 +269,15 @@ function incrementalSince(value: object, checkpointTs: string): bigint {
   const ts = BigInt(text);
   if (ts > BigInt(checkpointTs)) {
     throw new ValidationError(`backfill.sinceTs ${ts} is above the changefeed's checkpoint ${checkpointTs}: the sink holds nothing after the checkpoint, so the changes between them would be lost`);
+  }
+  // The unchanged keys are not copied: the sink must hold every table whole as of the
+  // checkpoint, which only a backfill that finished at or below it guarantees (a table
+  // never backfilled lacks the keys written before the changefeed started).
+  for (const table of info.tables) {
+    if (table.backfillTs === undefined || BigInt(table.backfillTs) > BigInt(checkpointTs)) {
+      const why = table.backfillTs === undefined ? 'was never backfilled' : `has a backfill at ${table.backfillTs} that the checkpoint ${checkpointTs} has not passed`;
+      throw new ValidationError(`an incremental backfill needs the sink to hold every table whole as of the checkpoint, but table ${table.name} ${why}: resume with {"backfill": true}`);
+    }
   }
   return ts;
 }

@@ -308,10 +308,13 @@ export class SimCluster {
       // The way out of a compacted checkpoint is a resume with backfill: every table is
       // copied again at the current revision (the API's `{"backfill": true}`).
       if (this.metadata.info.error?.includes('compacted') === true) {
+        const previousGeneration = this.generation;
         this.generation = this.world.upstream.ts;
         this.stats.resumesWithBackfill = (this.stats.resumesWithBackfill ?? 0) + 1;
-        // Half of them incremental, from the persisted checkpoint (the highest bound allowed).
-        this.backfillSinceTs = this.rng.chance(0.5) ? this.persisted.checkpointTs : undefined;
+        // Half of them incremental, from the persisted checkpoint (the highest bound
+        // allowed), when the API allows one: the last backfill finished below it.
+        const whole = this.persisted.checkpointTs >= previousGeneration;
+        this.backfillSinceTs = whole && this.rng.chance(0.5) ? this.persisted.checkpointTs : undefined;
         if (this.backfillSinceTs !== undefined) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
       }
       this.metadata.resume(this.epoch);
