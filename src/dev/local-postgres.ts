@@ -92,14 +92,25 @@ export class LocalPostgres {
     }
   }
 
-  async stop(): Promise<void> {
-    if (this.running && this.child.pid !== undefined) {
-      const exited = new Promise((resolve) => this.child.once('exit', resolve));
-      // SIGINT: PostgreSQL's fast shutdown.
-      process.kill(this.child.pid, 'SIGINT');
-      await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
-      if (this.running) process.kill(this.child.pid, 'SIGKILL');
+  /**
+   * Stops the server (an outage) and keeps its data and port: {@link restart} starts it
+   * again. Fast shutdown, or SIGKILL after 5 s; resolves once the process has exited.
+   */
+  async halt(): Promise<void> {
+    const child = this.child;
+    if (!this.running || child.pid === undefined) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    // SIGINT: PostgreSQL's fast shutdown.
+    process.kill(child.pid, 'SIGINT');
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    if (this.running) {
+      process.kill(child.pid, 'SIGKILL');
+      await exited;
     }
+  }
+
+  async stop(): Promise<void> {
+    await this.halt();
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -122,21 +122,18 @@ export class PipelineRunner {
 
   /**
    * Stops every pipeline at once and forgets them (self-fence or shutdown); waits for
-   * the calls in flight, at most one step deadline, then closes source and sink.
+   * the calls in flight, at most one step deadline, then for source and sink to close,
+   * at most one step deadline too: a call that never returns can keep the close waiting
+   * for ever as well (a pg pool's `end()` waits for a client stuck in a query), and a
+   * self-fence waits for this before the capture joins again.
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== undefined) clearInterval(this.timer);
     this.pipelines.clear();
-    const tails = [...this.tails.values()];
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, this.limits.stepDeadlineMs);
-    });
-    await Promise.race([Promise.allSettled(tails), deadline]);
-    clearTimeout(timer);
-    await Promise.allSettled([this.source.close(), this.sink.close()]);
+    await settledWithin([...this.tails.values()], this.limits.stepDeadlineMs);
+    await settledWithin([this.source.close(), this.sink.close()], this.limits.stepDeadlineMs);
   }
 
   private kicked = false;
@@ -277,5 +274,18 @@ export class PipelineRunner {
   private snapshots(): NonNullable<Source['snapshots']> {
     if (this.source.snapshots === undefined) throw new Error('the source cannot backfill');
     return this.source.snapshots;
+  }
+}
+
+/** Waits until every promise has settled, or `ms` have passed. */
+async function settledWithin(promises: readonly Promise<unknown>[], ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  try {
+    await Promise.race([Promise.allSettled(promises), deadline]);
+  } finally {
+    clearTimeout(timer);
   }
 }
