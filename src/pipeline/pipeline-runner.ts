@@ -386,6 +386,9 @@ export class PipelineRunner {
     if (pipeline.writing && !pipeline.stopping) {
       const upto = tsMin(pipeline.resolved, this.barrierTs);
       if (upto > pipeline.position) {
+        // The resolved-ts is told before the write: a sink that hangs or fails must not
+        // hide it, or the owner could not tell a stalled checkpoint from a quiet source.
+        this.emit({ kind: 'progress', key: pipeline.key, checkpointTs: pipeline.position, resolvedTs: pipeline.resolved });
         const { events, readUpToTs } = await this.source.read(pipeline.span, pipeline.position, upto, this.limits.batchEventsMax);
         if (events.length > 0) await this.sink.write(pipeline.span, events);
         const flushStarted = performance.now();
