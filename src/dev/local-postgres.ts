@@ -60,6 +60,11 @@ export class LocalPostgres {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Stops the server and keeps its data and port, for {@link restart} (an outage). */
+  async halt(): Promise<void> {
+    await this.shutDown();
+  }
+
   /** Starts the server again on the same data and port, after it exited. */
   async restart(): Promise<void> {
     if (this.running) return;
@@ -93,14 +98,21 @@ export class LocalPostgres {
   }
 
   async stop(): Promise<void> {
-    if (this.running && this.child.pid !== undefined) {
-      const exited = new Promise((resolve) => this.child.once('exit', resolve));
-      // SIGINT: PostgreSQL's fast shutdown.
-      process.kill(this.child.pid, 'SIGINT');
-      await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
-      if (this.running) process.kill(this.child.pid, 'SIGKILL');
-    }
+    await this.shutDown();
     rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private async shutDown(): Promise<void> {
+    if (!this.running || this.child.pid === undefined) return;
+    const child = this.child;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    // SIGINT: PostgreSQL's fast shutdown.
+    process.kill(this.child.pid, 'SIGINT');
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    if (this.running) {
+      process.kill(this.child.pid, 'SIGKILL');
+      await exited;
+    }
   }
 }
 
