@@ -534,6 +534,10 @@ export class SpanPipeline {
       this.failures++;
       this.retryAtMs = ctx.nowMs + this.backoffMs(this.failures);
       out.events.push({ kind: 'retrying', key: this.key, error });
+      // Where the span is, the resolved-ts too: a sink that keeps failing or hangs must
+      // not hide how far the source got, or the owner could not tell a stalled
+      // checkpoint from a quiet source.
+      if (this.prepared) out.events.push({ kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved });
       return;
     }
     this.phase = 'gone';

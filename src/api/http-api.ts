@@ -11,7 +11,10 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { RequestResult } from '../core/coordinator.ts';
 import { spanKey } from '../core/span.ts';
+import { assertNever } from '../core/assert.ts';
+import { describeStall } from '../core/stall-detector.ts';
 import { describeReason } from '../core/watermark.ts';
+import type { Watermark } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
 import { backfillTiming, isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
 import type { Capture } from '../server/capture.ts';
@@ -350,12 +353,7 @@ export class HttpApi {
       resolvedTs,
       checkpointLagMs: lags.checkpointLagMs,
       resolvedLagMs: lags.resolvedLagMs,
-      watermark:
-        watermark === undefined
-          ? { state: 'cannot-proceed', reason: info.state === 'normal' ? 'starting' : info.state }
-          : watermark.state === 'advancing'
-            ? { state: 'advancing', reason: null }
-            : { state: 'cannot-proceed', reason: describeReason(watermark.reason), code: watermark.reason.code },
+      watermark: watermarkView(watermark, info.state),
       spans: managed?.coordinator.manager.sets.size ?? 0,
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
       warning: failingWarning(managed?.coordinator.failing(), managed?.failingForMs),
@@ -380,7 +378,8 @@ export class HttpApi {
       if (role === undefined || !role.active || current === undefined) return;
       const view = this.describe(current);
       const event = { checkpointTs: view.checkpointTs, resolvedTs: view.resolvedTs, checkpointLagMs: view.checkpointLagMs, state: view.state, watermark: view.watermark };
-      const text = JSON.stringify({ ...event, checkpointLagMs: undefined });
+      // Lags and a stall's duration grow by themselves: not a change worth an event.
+      const text = JSON.stringify({ ...event, checkpointLagMs: undefined, watermark: { ...(view.watermark as Record<string, unknown>), stalledForMs: undefined } });
       if (text !== last) {
         last = text;
         yield event;
@@ -496,6 +495,40 @@ function isEtcdUnavailable(error: unknown): boolean {
 function refusal(result: RequestResult & { ok: false }): ApiError {
   const notFound = result.code === 'unknown-span' || result.code === 'unknown-capture';
   return new ApiError(notFound ? 404 : 409, result.code, result.message);
+}
+
+/**
+ * A changefeed's watermark as the API shows it: `state`, a one-line `reason` (null while
+ * advancing) and, unless advancing, a `code`; a stall adds how long, the checkpoint that
+ * stands still, and the spans (a bounded list and a count) and captures holding it back.
+ */
+function watermarkView(watermark: Watermark | undefined, infoState: string): Record<string, unknown> {
+  if (watermark === undefined) return { state: 'cannot-proceed', reason: infoState === 'normal' ? 'starting' : infoState };
+  switch (watermark.state) {
+    case 'advancing':
+      return { state: 'advancing', reason: null };
+    case 'cannot-proceed':
+      return { state: 'cannot-proceed', reason: describeReason(watermark.reason), code: watermark.reason.code };
+    case 'stalled': {
+      const { heldBy } = watermark;
+      return {
+        state: 'stalled',
+        reason: describeStall(heldBy),
+        code: 'checkpoint-stalled',
+        stalledForMs: Math.round(watermark.stalledForMs),
+        checkpointTs: watermark.checkpointTs.toString(),
+        resolvedTs: watermark.resolvedTs.toString(),
+        heldBy: {
+          spans: heldBy.spans.map((h) => ({ table: h.span.table, start: h.span.start, end: h.span.end, captureId: h.capture, checkpointTs: h.checkpointTs.toString() })),
+          spanCount: heldBy.spanCount,
+          captures: heldBy.captures,
+          captureCount: heldBy.captureCount,
+        },
+      };
+    }
+    default:
+      return assertNever(watermark, 'watermark');
+  }
 }
 
 /** Pipelines retrying through an outage, as the changefeed's warning (null when none). */

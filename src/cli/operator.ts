@@ -17,7 +17,8 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--json] 
   span list <changefeed> | move <changefeed> --table <t> --start <key> --capture <id>
   rebalance <changefeed>
   owner resign
-  watermark watch <changefeed>      a live line: checkpoint, resolved, lag, state
+  watermark watch <changefeed>      a live line: checkpoint, resolved, lag, state; a stalled
+                                    checkpoint also lists the spans and captures holding it back
 `;
 
 class CliError extends Error {}
@@ -54,6 +55,27 @@ function table(rows: readonly Record<string, unknown>[], columns: readonly strin
   const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (values: readonly string[]): string => values.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...rows.map((r) => line(columns.map((c) => cell(r[c]))))].join('\n') + '\n';
+}
+
+/** A watermark in one short cell: its state, and how long for a stall. */
+function watermarkCell(watermark: any): string {
+  return watermark.state === 'stalled' ? `stalled ${seconds(watermark.stalledForMs)}` : String(watermark.state);
+}
+
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)}s`;
+}
+
+/**
+ * What holds a stalled checkpoint back, for a human: the captures, and the spans listed
+ * (the API bounds the list) with how many there are in all.
+ */
+function stallLines(watermark: any): string {
+  const held = watermark.heldBy;
+  const spans = held.spans.map((s: any) => `    ${s.table} [${JSON.stringify(s.start)}, ${JSON.stringify(s.end)}) on ${s.captureId} at ${s.checkpointTs}`);
+  const more = held.spanCount > held.spans.length ? [`    ... and ${held.spanCount - held.spans.length} more`] : [];
+  const captures = `${held.captures.join(', ')}${held.captureCount > held.captures.length ? ` and ${held.captureCount - held.captures.length} more` : ''}`;
+  return [`  STALLED for ${seconds(watermark.stalledForMs)} at checkpoint ${watermark.checkpointTs} (resolved ${watermark.resolvedTs}), held back by ${held.spanCount} spans on ${captures}:`, ...spans, ...more].join('\n');
 }
 
 function bar(done: number, total: number): string {
@@ -138,12 +160,12 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
       }
       case 'changefeed list': {
         const list = await call(ctx, 'GET', '/api/v1/changefeeds');
-        print(list, () => table(list.map((c: any) => ({ ...c, watermark: c.watermark.state, spans: c.spans })), ['id', 'state', 'checkpointTs', 'resolvedTs', 'checkpointLagMs', 'watermark', 'spans']));
+        print(list, () => table(list.map((c: any) => ({ ...c, watermark: watermarkCell(c.watermark), spans: c.spans })), ['id', 'state', 'checkpointTs', 'resolvedTs', 'checkpointLagMs', 'watermark', 'spans']));
         return 0;
       }
       case 'changefeed get': {
         const c = await call(ctx, 'GET', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}`);
-        print(c, () => `${Object.entries(c).map(([k, v]) => `${k.padEnd(16)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n')}\n`);
+        print(c, () => `${Object.entries(c).map(([k, v]) => `${k.padEnd(16)} ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n')}\n${c.watermark?.state === 'stalled' ? `${stallLines(c.watermark)}\n` : ''}`);
         return 0;
       }
       case 'changefeed update': {
@@ -248,9 +270,23 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
         const id = encodeURIComponent(need(arg, 'a changefeed id'));
         for (let i = 0; i < count; i++) {
           const c = await call(ctx, 'GET', `/api/v1/changefeeds/${id}`);
-          const line = { checkpointTs: c.checkpointTs, resolvedTs: c.resolvedTs, checkpointLagMs: c.checkpointLagMs, state: c.watermark.state, reason: c.watermark.reason, warning: c.warning ?? null };
+          const stalled = c.watermark.state === 'stalled';
+          const line = {
+            checkpointTs: c.checkpointTs,
+            resolvedTs: c.resolvedTs,
+            checkpointLagMs: c.checkpointLagMs,
+            state: c.watermark.state,
+            reason: c.watermark.reason,
+            ...(stalled ? { stalledForMs: c.watermark.stalledForMs, heldBy: c.watermark.heldBy } : {}),
+            warning: c.warning ?? null,
+          };
           const warning = c.warning ? `  WARNING ${c.warning.failingSpans} spans retrying${c.warning.failingForMs ? ` for ${Math.round(c.warning.failingForMs / 1000)} s` : ''}: ${c.warning.error}` : '';
-          print(line, () => `\rcheckpoint ${c.checkpointTs}  resolved ${c.resolvedTs}  lag ${c.checkpointLagMs ?? '-'} ms  ${c.watermark.state}${c.watermark.reason ? ` (${c.watermark.reason})` : ''}${warning}        `);
+          // A stall is said on lines of its own (the live line would hide the spans).
+          print(line, () =>
+            stalled
+              ? `\rcheckpoint ${c.checkpointTs}  resolved ${c.resolvedTs}  lag ${c.checkpointLagMs ?? '-'} ms  STALLED${warning}\n${stallLines(c.watermark)}\n`
+              : `\rcheckpoint ${c.checkpointTs}  resolved ${c.resolvedTs}  lag ${c.checkpointLagMs ?? '-'} ms  ${c.watermark.state}${c.watermark.reason ? ` (${c.watermark.reason})` : ''}${warning}        `,
+          );
           if (i + 1 < count) await sleep(intervalMs);
         }
         if (!ctx.json) out('\n');

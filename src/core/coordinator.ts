@@ -4,8 +4,14 @@
  * `tick(input) -> { outbox, watermark, advanced, events }`: the shell passes the live
  * captures (from etcd) and the reports that arrived since the last tick; the coordinator
  * fences and applies them, runs the scheduling policies, and returns the messages to
- * send, the watermark, and what happened. It reads no clock (time is the tick count),
- * does no I/O, and takes randomness only from its seed.
+ * send, the watermark, and what happened. It reads no clock (time is the tick count,
+ * and for stall detection the `nowMs` the shell passes in), does no I/O, and takes
+ * randomness only from its seed.
+ *
+ * Stall detection (`stall-detector.ts`) runs when the shell passes `nowMs`: an
+ * advancing watermark whose checkpoint has stood still behind the resolved-ts for
+ * `stallAfterMs` is answered as `stalled`, naming the spans and captures at the
+ * checkpoint (computed only while stalled, at most every `stallHoldersRefreshMs`).
  *
  * Phases: `bootstrapping` (a new owner asks every live capture for a full collection and
  * does nothing else until all have answered, then rebuilds every replication set from
@@ -16,8 +22,8 @@ import { assert } from './assert.ts';
 import type { CaptureState, CaptureTiming, CompletedCollection } from './capture-manager.ts';
 import { CaptureManager } from './capture-manager.ts';
 import type { CoordinatorEvent } from './events.ts';
-import type { CaptureId, DispatchMessage, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage, SpanStatus } from './messages.ts';
-import type { ReplicationLimits } from './replication-manager.ts';
+import type { CaptureId, CaptureWatermark, DispatchMessage, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage, SpanStatus } from './messages.ts';
+import type { CaptureSpans, ReplicationLimits } from './replication-manager.ts';
 import { ReplicationManager } from './replication-manager.ts';
 import type { ReplicationSet } from './replication-set.ts';
 import { SeededRandom } from './rng.ts';
@@ -28,6 +34,8 @@ import { MoveScheduler } from './scheduler/move-scheduler.ts';
 import { RebalanceScheduler } from './scheduler/rebalance-scheduler.ts';
 import type { Scheduler, SchedulerView } from './scheduler/scheduler.ts';
 import type { Span, TableRange } from './span.ts';
+import type { StallHolders } from './stall-detector.ts';
+import { StallDetector, findStallHolders } from './stall-detector.ts';
 import type { Task } from './task.ts';
 import { spanKey } from './span.ts';
 import { maxTs, tsMax } from './ts.ts';
@@ -45,6 +53,15 @@ export interface CoordinatorLimits extends ReplicationLimits, CaptureTiming {
   /** Ticks between periodic balance rounds; 0 turns the balance policy off. */
   readonly balanceIntervalTicks: number;
   readonly balanceMovesPerRoundMax: number;
+  /**
+   * How long the checkpoint may stand still while the resolved-ts is past it before the
+   * watermark says `stalled`; 0 turns stall detection off. In the shell's ms (`nowMs`).
+   */
+  readonly stallAfterMs: number;
+  /** While stalled, fewest ms between two searches for the spans holding it back. */
+  readonly stallHoldersRefreshMs: number;
+  /** Spans and captures a stalled watermark names at most (it counts all of them). */
+  readonly stallHoldersListedMax: number;
 }
 
 /** Defaults, tuned for a 50 ms tick. */
@@ -60,6 +77,12 @@ export const coordinatorDefaults: CoordinatorLimits = {
   moveRequestsQueuedMax: 1_000,
   balanceIntervalTicks: 1_200,
   balanceMovesPerRoundMax: 10,
+  // Well above what a healthy changefeed sees (a checkpoint moves every pipeline step;
+  // a move, an owner change or a pipeline retry holds it for a few seconds, a capture
+  // death for a lease TTL of 10 s) and well below an operator's alerting window.
+  stallAfterMs: 30_000,
+  stallHoldersRefreshMs: 1_000,
+  stallHoldersListedMax: 10,
 };
 
 /** What a coordinator is created with. */
@@ -82,6 +105,8 @@ export interface TickInput {
   readonly reports: readonly ReportMessage[];
   /** The position the changefeed must not pass (target-ts); omitted: unchanged. */
   readonly barrierTs?: bigint;
+  /** The shell's monotonic clock in ms, for stall detection; omitted: no stall detection this tick. */
+  readonly nowMs?: number;
 }
 
 /** One tick's output. */
@@ -151,6 +176,14 @@ export class Coordinator {
   private desired: readonly Span[] = [];
   private readonly bootstrapReports = new Map<CaptureId, readonly SpanStatus[]>();
   private events: CoordinatorEvent[] = [];
+  private readonly stall: StallDetector;
+  /**
+   * While stalled: when the stall started (its `sinceMs`), the holders last found, and the
+   * holding captures asked for a collection when it started that have not answered yet.
+   */
+  private stalled: { sinceMs: number; holders: StallHolders | undefined; holdersAtMs: number; awaiting: Set<CaptureId> } | undefined;
+  /** One of those collections arrived: the holders' per-span checkpoints are fresh now. */
+  private stallHoldersDirty = false;
 
   constructor(config: CoordinatorConfig) {
     this.config = config;
@@ -165,6 +198,7 @@ export class Coordinator {
       this.limits,
     );
     this.moveScheduler = new MoveScheduler(this.limits.moveRequestsQueuedMax);
+    this.stall = new StallDetector(this.limits.stallAfterMs);
     this.schedulers = [
       new BasicScheduler(),
       new DrainScheduler(),
@@ -203,7 +237,7 @@ export class Coordinator {
       return this.output([], undefined);
     }
     const outbox = this.buildOutbox(tick);
-    return this.output(outbox, this.updateWatermark());
+    return this.output(outbox, this.updateWatermark(tick, input.nowMs));
   }
 
   // ---- operator requests (synchronous, validated, change nothing when refused) ----
@@ -305,6 +339,15 @@ export class Coordinator {
   checkInvariants(): void {
     this.manager.checkInvariants();
     assert(this.checkpointTs <= this.resolvedTs, `global checkpoint ${this.checkpointTs} above resolved ${this.resolvedTs}`);
+    const watermark = this.lastWatermark;
+    if (watermark.state === 'stalled') {
+      const { heldBy } = watermark;
+      const max = this.limits.stallHoldersListedMax;
+      assert(watermark.stalledForMs >= this.limits.stallAfterMs && this.limits.stallAfterMs > 0, 'stalled before stallAfterMs', { watermark });
+      assert(watermark.checkpointTs < this.barrierTs && watermark.checkpointTs < watermark.resolvedTs, 'stalled at the barrier or with nothing to flush', { watermark });
+      assert(heldBy.spans.length <= Math.min(max, heldBy.spanCount) && heldBy.captures.length <= Math.min(max, heldBy.captureCount), 'stall holders over their bounds', { heldBy });
+      for (const holder of heldBy.spans) assert(holder.checkpointTs <= this.checkpointTs, 'a stall holder above the checkpoint', { holder, checkpointTs: this.checkpointTs });
+    }
   }
 
   // ---- tick phases ----
@@ -352,6 +395,7 @@ export class Coordinator {
       this.bootstrapReports.set(capture.id, statuses);
       return;
     }
+    if (this.stalled?.awaiting.delete(capture.id) === true) this.stallHoldersDirty = true;
     const listed = new Set<string>();
     for (const status of statuses) {
       listed.add(spanKey(status.span));
@@ -533,7 +577,7 @@ export class Coordinator {
     };
   }
 
-  private updateWatermark(): { checkpointTs: bigint; resolvedTs: bigint } | undefined {
+  private updateWatermark(tick: number, nowMs: number | undefined): { checkpointTs: bigint; resolvedTs: bigint } | undefined {
     const manager = this.manager;
     const captures = this.captures;
     const watermark = computeWatermark({
@@ -541,21 +585,90 @@ export class Coordinator {
       coverage: this.phase === 'running' ? manager.coverageProblem() : undefined,
       spanCount: manager.sets.size,
       stateCounts: manager.stateCounts,
-      captures: (function* () {
-        for (const [id, spans] of manager.captureEntries()) yield [id, spans, captures.captures.get(id)?.aggregate] as const;
-      })(),
+      captures: this.captureAggregates(),
       barrierTs: this.barrierTs,
     });
-    this.lastWatermark = watermark;
-    if (watermark.state !== 'advancing') return undefined;
-    const checkpointTs = tsMax(this.checkpointTs, watermark.checkpointTs);
-    const resolvedTs = tsMax(tsMax(this.resolvedTs, watermark.resolvedTs), checkpointTs);
-    if (checkpointTs === this.checkpointTs && resolvedTs === this.resolvedTs) return undefined;
-    this.checkpointTs = checkpointTs;
-    this.resolvedTs = resolvedTs;
-    this.manager.floorTs = checkpointTs;
-    this.events.push({ type: 'checkpoint-advanced', checkpointTs, resolvedTs });
-    return { checkpointTs, resolvedTs };
+    let advanced: { checkpointTs: bigint; resolvedTs: bigint } | undefined;
+    if (watermark.state === 'advancing') {
+      const checkpointTs = tsMax(this.checkpointTs, watermark.checkpointTs);
+      const resolvedTs = tsMax(tsMax(this.resolvedTs, watermark.resolvedTs), checkpointTs);
+      if (checkpointTs !== this.checkpointTs || resolvedTs !== this.resolvedTs) {
+        this.checkpointTs = checkpointTs;
+        this.resolvedTs = resolvedTs;
+        this.manager.floorTs = checkpointTs;
+        this.events.push({ type: 'checkpoint-advanced', checkpointTs, resolvedTs });
+        advanced = { checkpointTs, resolvedTs };
+      }
+    }
+    this.lastWatermark = this.withStall(watermark, tick, nowMs);
+    return advanced;
+  }
+
+  /** Per capture: the owner's index and the capture's latest aggregate. */
+  private *captureAggregates(): Generator<readonly [CaptureId, CaptureSpans, CaptureWatermark | undefined]> {
+    for (const [id, spans] of this.manager.captureEntries()) yield [id, spans, this.captures.captures.get(id)?.aggregate] as const;
+  }
+
+  /**
+   * Feeds the stall detector (also while the watermark cannot proceed: the checkpoint
+   * stands still then too) and turns an advancing watermark into a stalled one. The
+   * holders are searched only while stalled, at most every `stallHoldersRefreshMs` or
+   * after a collection; when a stall starts, the holding captures are asked for one, so
+   * the per-span checkpoints searched are current.
+   */
+  private withStall(watermark: Exclude<Watermark, { state: 'stalled' }>, tick: number, nowMs: number | undefined): Watermark {
+    if (nowMs === undefined || this.phase !== 'running') return watermark;
+    const verdict = this.stall.observe({ nowMs, checkpointTs: this.checkpointTs, resolvedTs: this.resolvedTs, barrierTs: this.barrierTs });
+    if (!verdict.stalled) {
+      if (this.stalled !== undefined) {
+        // Said only of a stall that was said to start (one under cannot-proceed never was).
+        if (this.stalled.holders !== undefined) this.events.push({ type: 'stall-ended', checkpointTs: this.checkpointTs, stalledForMs: nowMs - this.stalled.sinceMs });
+        this.stalled = undefined;
+        this.stallHoldersDirty = false;
+      }
+      return watermark;
+    }
+    let stalled = this.stalled;
+    if (stalled === undefined || stalled.sinceMs !== verdict.sinceMs) {
+      stalled = { sinceMs: verdict.sinceMs, holders: undefined, holdersAtMs: nowMs, awaiting: this.requestHolderCollections(tick) };
+      this.stalled = stalled;
+    }
+    if (watermark.state !== 'advancing') return watermark;
+    if (stalled.holders === undefined || this.stallHoldersDirty || nowMs - stalled.holdersAtMs >= this.limits.stallHoldersRefreshMs) {
+      const first = stalled.holders === undefined;
+      stalled.holders = findStallHolders(this.checkpointTs, this.captureAggregates(), this.limits.stallHoldersListedMax);
+      stalled.holdersAtMs = nowMs;
+      this.stallHoldersDirty = false;
+      if (first) {
+        this.events.push({
+          type: 'stall-started',
+          checkpointTs: this.checkpointTs,
+          resolvedTs: this.resolvedTs,
+          stalledForMs: verdict.stalledForMs,
+          spanCount: stalled.holders.spanCount,
+          captures: stalled.holders.captures,
+        });
+      }
+    }
+    // The values the detector judged: the changefeed's (monotonic) checkpoint and resolved-ts, as the API shows them.
+    return { state: 'stalled', checkpointTs: this.checkpointTs, resolvedTs: this.resolvedTs, stalledForMs: verdict.stalledForMs, heldBy: stalled.holders };
+  }
+
+  /**
+   * Asks the captures at the checkpoint for a collection at their next heartbeat; returns
+   * them. O(captures). Only their answers make the holders be searched before the next
+   * refresh, so a stall costs one extra search per holding capture, not one per collection.
+   */
+  private requestHolderCollections(tick: number): Set<CaptureId> {
+    const asked = new Set<CaptureId>();
+    for (const [id, spans, aggregate] of this.captureAggregates()) {
+      if (spans.replicatingDigest.count === 0 || aggregate === undefined || aggregate.checkpointTs > this.checkpointTs) continue;
+      const capture = this.captures.captures.get(id);
+      if (capture === undefined) continue;
+      if (capture.nextCollectTick > tick) capture.nextCollectTick = tick;
+      asked.add(id);
+    }
+    return asked;
   }
 
   private output(outbox: OwnerMessage[], advanced: TickOutput['advanced']): TickOutput {

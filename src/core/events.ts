@@ -27,4 +27,15 @@ export type CoordinatorEvent =
   | { readonly type: 'invariant-violation'; readonly message: string; readonly state: unknown }
   | { readonly type: 'checkpoint-advanced'; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
   | { readonly type: 'outbox-overflow'; readonly dropped: number }
-  | { readonly type: 'move-refused'; readonly span: Span; readonly capture: CaptureId; readonly reason: string };
+  | { readonly type: 'move-refused'; readonly span: Span; readonly capture: CaptureId; readonly reason: string }
+  /** The watermark turned `stalled`: the checkpoint stood still behind the resolved-ts for `stallAfterMs`. */
+  | {
+      readonly type: 'stall-started';
+      readonly checkpointTs: bigint;
+      readonly resolvedTs: bigint;
+      readonly stalledForMs: number;
+      readonly spanCount: number;
+      readonly captures: readonly CaptureId[];
+    }
+  /** The checkpoint moved again (or reached the barrier) after a stall. */
+  | { readonly type: 'stall-ended'; readonly checkpointTs: bigint; readonly stalledForMs: number };

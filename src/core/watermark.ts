@@ -17,6 +17,7 @@ import type { CaptureId, CaptureWatermark } from './messages.ts';
 import type { CaptureSpans, StateCounts } from './replication-manager.ts';
 import type { CoverageProblem } from './span.ts';
 import { digestsEqual } from './span-digest.ts';
+import type { StallHolders } from './stall-detector.ts';
 import { tsMin } from './ts.ts';
 
 /** Why the watermark is withheld. */
@@ -28,9 +29,21 @@ export type CannotProceedReason =
   | { readonly code: 'capture-watermark-stale'; readonly captures: readonly CaptureId[] }
   | { readonly code: 'failed'; readonly message: string };
 
-/** The coordinator's answer for one tick. */
+/**
+ * The coordinator's answer for one tick. `stalled` is an advancing watermark whose
+ * checkpoint has stood still behind the resolved-ts for `stallAfterMs` (see
+ * `stall-detector.ts`); `cannot-proceed` takes precedence over it.
+ */
 export type Watermark =
   | { readonly state: 'advancing'; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
+  | {
+      readonly state: 'stalled';
+      readonly checkpointTs: bigint;
+      readonly resolvedTs: bigint;
+      /** How long the checkpoint has stood still behind the resolved-ts. */
+      readonly stalledForMs: number;
+      readonly heldBy: StallHolders;
+    }
   | { readonly state: 'cannot-proceed'; readonly reason: CannotProceedReason };
 
 /** Everything the watermark depends on. */
@@ -47,8 +60,8 @@ export interface WatermarkInput {
 /** How many capture ids a stale-watermark reason lists at most. */
 const staleCapturesListedMax = 5;
 
-/** Computes the watermark; O(captures). */
-export function computeWatermark(input: WatermarkInput): Watermark {
+/** Computes the watermark (never `stalled`: the coordinator adds that); O(captures). */
+export function computeWatermark(input: WatermarkInput): Exclude<Watermark, { state: 'stalled' }> {
   if (input.uninitialized.length > 0) {
     return { state: 'cannot-proceed', reason: { code: 'capture-not-initialized', captures: input.uninitialized } };
   }

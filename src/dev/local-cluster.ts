@@ -253,7 +253,21 @@ export interface ChangefeedView {
   readonly checkpointTs: string;
   readonly resolvedTs: string;
   readonly checkpointLagMs: number | null;
-  readonly watermark: { readonly state: string; readonly reason: string | null; readonly code?: string };
+  readonly watermark: {
+    readonly state: string;
+    readonly reason: string | null;
+    readonly code?: string;
+    /** Set while `stalled`. */
+    readonly stalledForMs?: number;
+    readonly checkpointTs?: string;
+    readonly resolvedTs?: string;
+    readonly heldBy?: {
+      readonly spans: readonly { readonly table: string; readonly start: string; readonly end: string; readonly captureId: string; readonly checkpointTs: string }[];
+      readonly spanCount: number;
+      readonly captures: readonly string[];
+      readonly captureCount: number;
+    };
+  };
   readonly spans: number;
   readonly spansByState: Record<string, number> | null;
   /** Pipelines retrying through an outage, or null. */

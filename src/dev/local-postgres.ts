@@ -60,6 +60,11 @@ export class LocalPostgres {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Stops the server and keeps its data and port, for {@link restart} (an outage). */
+  async halt(): Promise<void> {
+    await this.shutDown();
+  }
+
   /** Starts the server again on the same data and port, after it exited. */
   async restart(): Promise<void> {
     if (this.running) return;
@@ -92,26 +97,22 @@ export class LocalPostgres {
     }
   }
 
-  /**
-   * Stops the server (an outage) and keeps its data and port: {@link restart} starts it
-   * again. Fast shutdown, or SIGKILL after 5 s; resolves once the process has exited.
-   */
-  async halt(): Promise<void> {
-    const child = this.child;
-    if (!this.running || child.pid === undefined) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    // SIGINT: PostgreSQL's fast shutdown.
-    process.kill(child.pid, 'SIGINT');
-    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
-    if (this.running) {
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
+  async stop(): Promise<void> {
+    await this.shutDown();
+    rmSync(this.dir, { recursive: true, force: true });
   }
 
-  async stop(): Promise<void> {
-    await this.halt();
-    rmSync(this.dir, { recursive: true, force: true });
+  private async shutDown(): Promise<void> {
+    if (!this.running || this.child.pid === undefined) return;
+    const child = this.child;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    // SIGINT: PostgreSQL's fast shutdown.
+    process.kill(this.child.pid, 'SIGINT');
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5_000))]);
+    if (this.running) {
+      process.kill(this.child.pid, 'SIGKILL');
+      await exited;
+    }
   }
 }
 

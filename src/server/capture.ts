@@ -114,6 +114,7 @@ export class Capture {
           spansByState: m.coordinator.manager.stateCounts,
           movesInFlight: m.coordinator.manager.tasksInFlight.move,
           failingSpans: m.coordinator.failing().spans,
+          stalledForMs: m.coordinator.lastWatermark.state === 'stalled' ? m.coordinator.lastWatermark.stalledForMs : 0,
         })),
       spansHeld: () => this.agents?.spansHeld() ?? new Map(),
     });
@@ -409,7 +410,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
   return {
     ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
-    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax },
+    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, stallAfterMs: config.stallAfterMs },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
     failureWindowMs: config.failureWindowMs,
     statusWriteIntervalMs: config.statusWriteIntervalMs,

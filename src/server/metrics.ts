@@ -17,6 +17,8 @@ export interface MetricsSources {
     readonly spansByState: Readonly<Record<string, number>>;
     readonly movesInFlight: number;
     readonly failingSpans: number;
+    /** How long the watermark has been `stalled`; 0 when it is not. */
+    readonly stalledForMs: number;
   }>;
   /** Spans held by this capture, per changefeed. */
   spansHeld(): ReadonlyMap<string, number>;
@@ -93,6 +95,10 @@ export class Metrics {
       c.resolvedLagMs === null ? undefined : c.resolvedLagMs / 1000,
     );
     changefeedGauge('spanfeed_changefeed_moves_in_flight', 'Span moves in flight.', (c) => c.movesInFlight);
+    changefeedGauge('spanfeed_changefeed_stalled', '1 while the watermark is stalled: the checkpoint stands still behind the resolved-ts for --stall-after-ms; else 0.', (c) =>
+      c.stalledForMs > 0 ? 1 : 0,
+    );
+    changefeedGauge('spanfeed_changefeed_stalled_seconds', 'How long the watermark has been stalled (the checkpoint behind the resolved-ts without moving); 0 when it is not.', (c) => c.stalledForMs / 1000);
     changefeedGauge('spanfeed_changefeed_failing_spans', 'Spans whose pipelines retry a failed step in place (a sink or source outage).', (c) => c.failingSpans);
     new Gauge({
       name: 'spanfeed_changefeed_spans',

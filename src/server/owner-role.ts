@@ -331,11 +331,13 @@ export class OwnerRole {
     const reports = managed.reports;
     managed.reports = [];
     const targetTs = managed.info.targetTs === undefined ? maxTs : BigInt(managed.info.targetTs);
-    const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs });
+    // A monotonic clock: a stall's duration must not jump with the wall clock.
+    const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs, nowMs: performance.now() });
     managed.lag.observeResolved(managed.coordinator.resolvedTs, Date.now());
     for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
     for (const event of out.events) {
-      if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
+      if (event.type === 'stall-started' || event.type === 'stall-ended') this.ctx.log.warn({ changefeed: id, event }, event.type === 'stall-started' ? 'checkpoint stalled' : 'checkpoint moving again');
+      else if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
       else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined' || event.type === 'move-refused') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
       else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
     }

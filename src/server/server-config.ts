@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from '../log.ts';
 import { logLevels } from '../log.ts';
+import { coordinatorDefaults } from '../core/coordinator.ts';
 import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 
@@ -47,6 +48,11 @@ export interface ServerConfig {
   readonly heartbeatsPerSecondMax: number;
   /** As owner: how long spans may keep failing without the checkpoint moving before the changefeed fails. */
   readonly failureWindowMs: number;
+  /**
+   * As owner: how long a changefeed's checkpoint may stand still while its resolved-ts is
+   * past it before its watermark says `stalled`; 0 turns that off.
+   */
+  readonly stallAfterMs: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -77,6 +83,7 @@ export const serverDefaults: ServerConfig = {
   statusWriteIntervalMs: ownerDefaults.statusWriteIntervalMs,
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
+  stallAfterMs: coordinatorDefaults.stallAfterMs,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -102,6 +109,7 @@ const options = {
   'status-write-interval-ms': ['SPANFEED_STATUS_WRITE_INTERVAL_MS', 'statusWriteIntervalMs'],
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
+  'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
 } as const;
 
 type OptionName = keyof typeof options;
@@ -148,6 +156,10 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             many changefeeds each one's interval widens, 1-100000 (default 500)
   --heartbeats-per-s <n>    as owner, heartbeats a second over all changefeeds and captures,
                             1-1000000 (default 4000)
+  --stall-after-ms <n>      as owner, how long a changefeed's checkpoint may stand still while
+                            its resolved-ts is past it before its watermark says "stalled"
+                            (a hung or failing sink); 0 turns it off, else 100-86400000
+                            (default 30000)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -233,7 +245,16 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     statusWriteIntervalMs: intIn('--status-write-interval-ms', get('status-write-interval-ms') ?? String(serverDefaults.statusWriteIntervalMs), 10, 60_000),
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
     heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
+    stallAfterMs: stallAfterMs(get('stall-after-ms')),
   };
+}
+
+function stallAfterMs(raw: string | undefined): number {
+  if (raw === undefined) return serverDefaults.stallAfterMs;
+  const value = intIn('--stall-after-ms', raw, 0, 86_400_000);
+  // Below 100 ms a healthy changefeed (a checkpoint moves every pipeline step) would look stalled.
+  if (value !== 0 && value < 100) throw new ConfigError(`--stall-after-ms must be 0 (off) or from 100 to 86400000, got ${JSON.stringify(raw)}`);
+  return value;
 }
 
 function advertiseHost(raw: string | undefined): string | undefined {

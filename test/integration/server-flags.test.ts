@@ -38,6 +38,7 @@ describe('spanfeed executable', () => {
       [['server', '--status-write-timeout-ms', '50'], /--status-write-timeout-ms must be an integer from 100 to 60000/],
       [['server', '--status-writes-per-s', '0'], /--status-writes-per-s must be an integer from 1/],
       [['server', '--heartbeats-per-s', 'many'], /--heartbeats-per-s must be an integer from 1/],
+      [['server', '--stall-after-ms', '50'], /--stall-after-ms must be 0 \(off\) or from 100 to 86400000/],
       [['server', '--config', '/nonexistent.json'], /cannot read config file/],
       [['bogus'], /unknown command or flag "bogus"/],
     ];

@@ -32,6 +32,11 @@ import type { BackfillProgress } from '../../src/agent/span-pipeline.ts';
 import { SimMetadata } from './sim-metadata.ts';
 import type { MetadataWriter } from './sim-metadata.ts';
 
+/** Simulated time per step, for the coordinator's stall detection. */
+const simStepMs = 50;
+/** Short, so stalls happen under the simulated faults (pipeline failures, pauses). */
+const simStallAfterMs = 1_000;
+
 /** What one simulation run is made of. */
 export interface SimOptions {
   readonly seed: number;
@@ -108,6 +113,8 @@ export class SimCluster {
   private revision = 0n;
   private nextCaptureNumber = 0;
   private step = 0;
+  /** Per coordinator: its checkpoint and the step it was first seen at. */
+  private readonly checkpointSeen = new WeakMap<CoordinatorType, { checkpointTs: bigint; sinceStep: number }>();
   private readonly metadata: SimMetadata;
   private epoch = 1n;
   /** When an operator resumes the failed changefeed (-1: not failed). */
@@ -480,7 +487,7 @@ export class SimCluster {
       ownerRevision: owner.revision,
       checkpointTs: staleStart,
       seed: this.rng.int(2 ** 31),
-      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8 },
+      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8, stallAfterMs: simStallAfterMs },
     });
     coordinator.setSpans(this.tables, this.spans);
     owner.coordinator = coordinator;
@@ -511,7 +518,9 @@ export class SimCluster {
     }
     const reports = owner.reports.splice(0);
     if (run.phase === 'running') {
-      const out = coordinator.tick(captures === undefined ? { reports } : { captures, reports });
+      const nowMs = this.step * simStepMs;
+      const out = coordinator.tick(captures === undefined ? { reports, nowMs } : { captures, reports, nowMs });
+      this.checkStall(coordinator);
       if (this.options.trace !== undefined) {
         for (const report of reports) {
           for (const status of report.statuses) this.trace(`owner ${owner.id} got from ${report.header.from}#${report.header.seq} ${spanKey(status.span)} ${status.state} ${status.checkpointTs}`, spanKey(status.span));
@@ -678,6 +687,26 @@ export class SimCluster {
     } else if ((coordinator?.checkpointTs ?? 0n) <= this.checkpointAtSettle) {
       this.livenessFailure = `checkpoint stuck at ${coordinator?.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
     }
+  }
+
+  /**
+   * A stalled watermark only after the checkpoint stood still for stallAfterMs, as the
+   * simulator (not the detector) saw it.
+   */
+  private checkStall(coordinator: CoordinatorType): void {
+    const seen = this.checkpointSeen.get(coordinator);
+    if (seen === undefined || seen.checkpointTs !== coordinator.checkpointTs) {
+      this.checkpointSeen.set(coordinator, { checkpointTs: coordinator.checkpointTs, sinceStep: this.step });
+      if (seen !== undefined) return;
+    }
+    const watermark = coordinator.lastWatermark;
+    if (watermark.state !== 'stalled') return;
+    this.stats.stalledTicks = (this.stats.stalledTicks ?? 0) + 1;
+    const stillMs = (this.step - (this.checkpointSeen.get(coordinator)?.sinceStep ?? this.step)) * simStepMs;
+    if (stillMs < simStallAfterMs || watermark.stalledForMs > stillMs) {
+      this.violations.push(`step ${this.step}: stalled for ${watermark.stalledForMs} ms with the checkpoint still for ${stillMs} ms`);
+    }
+    if (watermark.heldBy.spanCount === 0 || watermark.heldBy.captureCount === 0) this.violations.push(`step ${this.step}: a stall held back by nothing`);
   }
 
   private canRun(capture: SimCapture): boolean {
