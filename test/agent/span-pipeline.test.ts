@@ -273,7 +273,7 @@ describe('span pipeline: backfill', () => {
     const last: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 1, keysTotal: 1, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
     expect(s.answer(copied(5, 1, undefined))).toEqual(out([saveBackfill(6, last)]));
 
-    expect(s.answer(failed(6, 'etcd unavailable'))).toEqual(out([release(7)], [retrying('etcd unavailable')]));
+    expect(s.answer(failed(6, 'etcd unavailable'))).toEqual(out([release(7)], [retrying('etcd unavailable'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.checkpointTs).toBe(49n);
     expect(s.pipeline.failures).toBe(1);
     expect(s.tick(99)).toEqual(nothing);
@@ -413,7 +413,7 @@ describe('span pipeline: backfill', () => {
     s.answer(resolved(2, 60n));
     s.answer(loaded(3, { generation: G, snapshotTs: G, afterKey: 'c', keysDone: 2, keysTotal: 4, done: false, sinceTs: undefined, startedAtMs: 0, finishedAtMs: undefined }));
     expect(s.backfillSlotsUsed).toBe(1);
-    expect(s.answer(failed(4, 'sink down'))).toEqual(out([release(5)], [retrying('sink down')]));
+    expect(s.answer(failed(4, 'sink down'))).toEqual(out([release(5)], [retrying('sink down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.backfillSlotsUsed).toBe(0);
     expect(s.tick(100)).toEqual(out([resolve(6, 49n)]));
     expect(s.answer(resolved(6, 60n))).toEqual(out([copyPage(7, G, 'c')]));
@@ -425,18 +425,18 @@ describe('span pipeline: retries', () => {
     const s = writing(100n, 200n);
     expect(s.tick(0)).toEqual(out([resolve(2, 100n)]));
     expect(s.answer(resolved(2, 200n))).toEqual(out([stream(3, 100n, 200n)]));
-    expect(s.answer(failed(3, 'sink down'))).toEqual(out([release(4)], [retrying('sink down')]));
+    expect(s.answer(failed(3, 'sink down'))).toEqual(out([release(4)], [retrying('sink down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.failures).toBe(1);
     expect(s.pipeline.checkpointTs).toBe(100n);
     expect(s.tick(99)).toEqual(nothing);
 
     expect(s.tick(100)).toEqual(out([resolve(5, 100n)]));
     expect(s.answer(resolved(5, 200n))).toEqual(out([stream(6, 100n, 200n)]));
-    expect(s.answer(failed(6, 'sink down'))).toEqual(out([release(7)], [retrying('sink down')]));
+    expect(s.answer(failed(6, 'sink down'))).toEqual(out([release(7)], [retrying('sink down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(299)).toEqual(nothing);
 
     expect(s.tick(300)).toEqual(out([resolve(8, 100n)]));
-    expect(s.answer(failed(8, 'source down'))).toEqual(out([release(9)], [retrying('source down')]));
+    expect(s.answer(failed(8, 'source down'))).toEqual(out([release(9)], [retrying('source down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.failures).toBe(3);
     // 400 capped at retryBackoffMaxMs.
     expect(s.tick(599)).toEqual(nothing);
@@ -452,15 +452,21 @@ describe('span pipeline: retries', () => {
   it('a step that only resolves proves nothing for a writing pipeline: no recovered, failures kept', () => {
     const s = writing(100n, 100n);
     expect(s.tick(0)).toEqual(out([resolve(2, 100n)]));
-    expect(s.answer(failed(2, 'source down'))).toEqual(out([release(3)], [retrying('source down')]));
+    expect(s.answer(failed(2, 'source down'))).toEqual(out([release(3)], [retrying('source down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(100)).toEqual(out([resolve(4, 100n)]));
     expect(s.answer(resolved(4, 100n))).toEqual(out([], [progress(100n, 100n)]));
     expect(s.pipeline.failures).toBe(1);
+    // A failed write still reports how far the source got: the owner tells a stalled
+    // checkpoint from a quiet source by it.
+    expect(s.tick(300)).toEqual(out([resolve(5, 100n)]));
+    expect(s.answer(resolved(5, 150n))).toEqual(out([stream(6, 100n, 150n)]));
+    expect(s.answer(failed(6, 'sink down'))).toEqual(out([release(7)], [retrying('sink down'), progress(100n, 150n)]));
   });
 
   it('a pipeline that only reads recovers once the source answers', () => {
     const s = new Shell(100n);
     expect(s.tick(0)).toEqual(out([resolve(1, 100n)]));
+    // Not prepared yet: nothing to say of where it is.
     expect(s.answer(failed(1, 'source down'))).toEqual(out([release(2)], [retrying('source down')]));
     expect(s.tick(100)).toEqual(out([resolve(3, 100n)]));
     expect(s.answer(resolved(3, 110n))).toEqual(out([], [prepared(110n), recovered, progress(100n, 110n)]));
@@ -472,7 +478,7 @@ describe('span pipeline: retries', () => {
     for (const backoffMs of [100, 200, 300, 300]) {
       const [effect] = s.tick(at).effects;
       expect(effect).toEqual(resolve(s.nextId - 1, 100n));
-      expect(s.answer(failed((effect as PipelineEffect).id, 'sink down'))).toEqual(out([release(s.nextId - 1)], [retrying('sink down')]));
+      expect(s.answer(failed((effect as PipelineEffect).id, 'sink down'))).toEqual(out([release(s.nextId - 1)], [retrying('sink down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
       expect(s.tick(at + backoffMs - 1)).toEqual(nothing);
       at += backoffMs;
     }
@@ -496,7 +502,7 @@ describe('span pipeline: retries', () => {
   it('a non-retryable failure during retries fails at once too', () => {
     const s = writing(100n, 200n);
     s.tick(0);
-    expect(s.answer(failed(2, 'sink down'))).toEqual(out([release(3)], [retrying('sink down')]));
+    expect(s.answer(failed(2, 'sink down'))).toEqual(out([release(3)], [retrying('sink down'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(100)).toEqual(out([resolve(4, 100n)]));
     expect(s.answer(failed(4, 'revision 100 compacted', false))).toEqual(out([release(5)], [gaveUp('revision 100 compacted', false)]));
   });
@@ -510,14 +516,14 @@ describe('span pipeline: deadlines', () => {
     expect(s.tick(999)).toEqual(nothing);
 
     const hung = 'stream did not return within 1000 ms';
-    expect(s.tick(1_000)).toEqual(out([release(4)], [retrying(hung)]));
+    expect(s.tick(1_000)).toEqual(out([release(4)], [retrying(hung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.busy).toBe(false);
     expect(s.tick(1_099)).toEqual(nothing);
     // The abandoned call still runs: the retry counts a failure and issues nothing.
     const stillHung = `a step that failed with: ${hung} has not returned`;
-    expect(s.tick(1_100)).toEqual(out([release(5)], [retrying(stillHung)]));
+    expect(s.tick(1_100)).toEqual(out([release(5)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(1_299)).toEqual(nothing);
-    expect(s.tick(1_300)).toEqual(out([release(6)], [retrying(stillHung)]));
+    expect(s.tick(1_300)).toEqual(out([release(6)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.failures).toBe(3);
 
     // Its outcome comes late: ignored (the position does not move, no step starts).
@@ -534,7 +540,7 @@ describe('span pipeline: deadlines', () => {
   it('a late failure of the abandoned effect is ignored too', () => {
     const s = writing(100n, 200n);
     s.tick(0);
-    expect(s.tick(1_000)).toEqual(out([release(3)], [retrying('resolve did not return within 1000 ms')]));
+    expect(s.tick(1_000)).toEqual(out([release(3)], [retrying('resolve did not return within 1000 ms'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.answer(failed(2, 'late error', false))).toEqual(nothing);
     expect(s.pipeline.phase).toBe('writing');
     expect(s.tick(1_100)).toEqual(out([resolve(4, 100n)]));
@@ -545,10 +551,10 @@ describe('span pipeline: deadlines', () => {
     expect(s.tick(0)).toEqual(out([resolve(2, 100n)]));
     const hung = 'resolve did not return within 1000 ms';
     const stillHung = `a step that failed with: ${hung} has not returned`;
-    expect(s.tick(1_000)).toEqual(out([release(3)], [retrying(hung)]));
-    expect(s.tick(1_100)).toEqual(out([release(4)], [retrying(stillHung)]));
-    expect(s.tick(1_300)).toEqual(out([release(5)], [retrying(stillHung)]));
-    expect(s.tick(1_600)).toEqual(out([release(6)], [retrying(stillHung)]));
+    expect(s.tick(1_000)).toEqual(out([release(3)], [retrying(hung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
+    expect(s.tick(1_100)).toEqual(out([release(4)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
+    expect(s.tick(1_300)).toEqual(out([release(5)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
+    expect(s.tick(1_600)).toEqual(out([release(6)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.pipeline.failures).toBe(limits.stepRetriesMax);
     expect(s.tick(1_900)).toEqual(out([release(7)], [gaveUp(stillHung, true)]));
     expect(s.pipeline.phase).toBe('gone');
@@ -563,7 +569,7 @@ describe('span pipeline: deadlines', () => {
     s.answer(loaded(3, undefined));
     expect(s.answer(counted(4, 2))).toEqual(out([copyPage(5, 50n, undefined)]));
     expect(s.backfillSlotsUsed).toBe(1);
-    expect(s.tick(1_000)).toEqual(out([release(6)], [retrying('copy-page did not return within 1000 ms')]));
+    expect(s.tick(1_000)).toEqual(out([release(6)], [retrying('copy-page did not return within 1000 ms'), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.backfillSlotsUsed).toBe(0);
     // Its late outcome gives nothing back twice and moves no token.
     expect(s.answer(copied(5, 2, undefined))).toEqual(nothing);
@@ -656,7 +662,7 @@ describe('span pipeline: stop', () => {
 
     const t = writing(100n, 200n);
     t.tick(0);
-    expect(t.tick(1_000)).toEqual(out([release(3)], [retrying('resolve did not return within 1000 ms')]));
+    expect(t.tick(1_000)).toEqual(out([release(3)], [retrying('resolve did not return within 1000 ms'), progress(t.pipeline.checkpointTs, t.pipeline.resolvedTs)]));
     expect(t.stop()).toEqual(out([release(4)], [stopped(100n)]));
     expect(t.answer(resolved(2, 300n))).toEqual(nothing);
   });

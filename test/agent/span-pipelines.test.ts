@@ -106,6 +106,11 @@ const prepared = (span: Span, resolvedTs: bigint): PipelineEvent => ({ kind: 'pr
 const progress = (span: Span, checkpointTs: bigint, resolvedTs: bigint): PipelineEvent => ({ kind: 'progress', key: spanKey(span), checkpointTs, resolvedTs });
 const stopped = (span: Span, checkpointTs: bigint): PipelineEvent => ({ kind: 'stopped', key: spanKey(span), checkpointTs });
 const retrying = (span: Span, error: string): PipelineEvent => ({ kind: 'retrying', key: spanKey(span), error });
+/** Where a span's pipeline is now: what it reports after a failed step. */
+const here = (s: { pipelines: SpanPipelines }, span: Span): [bigint, bigint] => {
+  const pipeline = s.pipelines.get(spanKey(span));
+  return [pipeline?.checkpointTs ?? -1n, pipeline?.resolvedTs ?? -1n];
+};
 
 describe('span pipelines: commands', () => {
   it('prepares, promotes, applies the barrier and stops one pipeline per key', () => {
@@ -242,7 +247,7 @@ describe('span pipelines: backfill pages in flight', () => {
 
   it('gives the slot back at the page\'s deadline, not again with its late outcome', () => {
     const s = twoBackfilling();
-    expect(s.tick(1_000)).toEqual(out([release(10, a), resolve(11, b, 49n)], [retrying(a, 'copy-page did not return within 1000 ms')]));
+    expect(s.tick(1_000)).toEqual(out([release(10, a), resolve(11, b, 49n)], [retrying(a, 'copy-page did not return within 1000 ms'), progress(a, ...here(s, a))]));
     expect(s.pipelines.backfillsInFlight).toBe(0);
     expect(s.answer(resolved(11, 60n))).toEqual(out([copyPage(12, b, 50n, undefined)]));
     expect(s.pipelines.backfillsInFlight).toBe(1);

@@ -1,8 +1,8 @@
 /**
- * The span pipeline runner tells the resolved-ts even while its sink hangs: the owner
- * needs it to tell a stalled checkpoint (something to flush, nothing flushed) from a
- * quiet source. A real runner and datagen source, a sink whose write never returns until
- * the test lets it.
+ * The span pipeline runner tells the resolved-ts even while its sink hangs (once the
+ * hung write passes its deadline, as a failed step): the owner needs it to tell a
+ * stalled checkpoint (something to flush, nothing flushed) from a quiet source. A real
+ * runner and datagen source, a sink whose write never returns until the test lets it.
  */
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
@@ -30,7 +30,7 @@ describe('pipeline runner', () => {
       close: async () => undefined,
     };
     const events: PipelineEvent[] = [];
-    const runner = new PipelineRunner(new DatagenSource({ rate: 100, keys: 10, seed: 1 }), sink, (e) => events.push(e), { ...pipelineDefaults, intervalMs: 10 }, pino({ level: 'silent' }));
+    const runner = new PipelineRunner(new DatagenSource({ rate: 100, keys: 10, seed: 1 }), sink, (e) => events.push(e), { ...pipelineDefaults, intervalMs: 10, stepDeadlineMs: 200 }, pino({ level: 'silent' }));
     const span: Span = { table: 't', start: '', end: '' };
     const key = spanKey(span);
     const startTs = BigInt(Date.now() - 1_000);
@@ -40,6 +40,7 @@ describe('pipeline runner', () => {
       await waitFor('prepared', () => (events.some((e) => e.kind === 'prepared') ? true : undefined), 5_000, 10);
       runner.apply([{ kind: 'promote', span, key, checkpointTs: startTs }]);
       await waitFor('the second write to hang', () => (writes === 2 ? true : undefined), 5_000, 10);
+      await waitFor('the hung write to pass its deadline', () => (events.some((e) => e.kind === 'retrying') ? true : undefined), 5_000, 10);
       const progress = events.filter((e): e is PipelineEvent & { kind: 'progress' } => e.kind === 'progress');
       const flushed = progress.reduce((max, e) => (e.checkpointTs > max ? e.checkpointTs : max), startTs);
       // The first write moved the checkpoint; the hanging one did not, but said how far
