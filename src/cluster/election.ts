@@ -94,6 +94,26 @@ export class Election {
   }
 
   /**
+   * Runs `puts`, then lists the keys under `prefix`, in one transaction, only while
+   * `owner` still holds its election key: the keys as of the revision the puts landed at.
+   */
+  async fencedPutAndList(
+    owner: OwnerInfo,
+    puts: readonly { key: string; value: string }[],
+    prefix: string,
+    timeoutMs?: number,
+  ): Promise<{ readonly kind: 'ok'; readonly revision: bigint; readonly keys: string[] } | { readonly kind: 'fenced' }> {
+    let txn = this.client
+      .if(owner.key, 'Create', '==', owner.revision.toString())
+      .then(...puts.map((p) => this.client.put(p.key).value(p.value)), this.client.getAll().prefix(prefix));
+    if (timeoutMs !== undefined) txn = txn.options({ deadline: Date.now() + timeoutMs });
+    const result = await txn.commit();
+    if (!result.succeeded) return { kind: 'fenced' };
+    const kvs = result.responses[puts.length]?.response_range?.kvs ?? [];
+    return { kind: 'ok', revision: BigInt(result.header.revision), keys: kvs.map((kv) => kv.key.toString()) };
+  }
+
+  /**
    * Runs `puts` and `deletes` only while `owner` still holds its election key with the
    * same revision. Returns false when fenced.
    */

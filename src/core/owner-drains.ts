@@ -21,11 +21,11 @@
  * ```
  * The set changes only after etcd took the change, so it always says what the next owner
  * will read. A write that failed or never answered may still have landed, so the set is
- * read again before anything else. That read first writes the drains guard key (the
- * shell does it as a fenced write, then reads the drain keys), and every drain write
- * compares the guard's revision as last read or written and moves it: a write given up on
- * either landed before the re-read (which then sees it) or never lands (its compare
- * fails). So etcd takes at most the writes this owner knows of, in its order.
+ * read again before anything else. That read also moves the drains guard key (the shell
+ * does both in one fenced transaction), and every drain write compares the guard's
+ * revision as last read or written and moves it: a write given up on either landed
+ * before the re-read (which then sees it) or never lands (its compare fails). So once a
+ * read has answered, no write of this owner lands that the set does not show.
  *
  * Requests get an id at once; their answers come back in the `answers` of a later (or
  * the same) step, by id. Drains of captures that left are deleted one at a time, through
@@ -61,7 +61,7 @@ export interface AnsweredRequest {
 
 /** What the shell does. Each carries an id; an outcome names the id it answers. */
 export type DrainsCommand =
-  /** Write the guard key (fenced), then read every drain key. */
+  /** Move the guard key and list every drain key, in one fenced transaction. */
   | { readonly kind: 'read-drains'; readonly id: number }
   /**
    * Put (`draining`) or delete the capture's drain key, fenced, only while the guard key
@@ -104,6 +104,12 @@ export const drainsDefaults: DrainsLimits = {
   writeDeadlineTicks: 101,
   retryBackoffTicks: 4,
 };
+
+/** What a coordinator offers the drains: its two drain requests (idempotent, refusals ignored). */
+export interface DrainTarget {
+  requestDrain(captureId: CaptureId): unknown;
+  cancelDrain(captureId: CaptureId): unknown;
+}
 
 /** What the drains see on each tick. */
 export interface DrainsTickInput {
@@ -304,6 +310,22 @@ export class OwnerDrains {
     const step: DrainsStep = { commands: [], answers: [] };
     if (this.phaseNow !== 'stopped') this.stopAll(step);
     return step;
+  }
+
+  /**
+   * Makes a coordinator drain exactly the set's live captures: every live member is asked
+   * again (a capture the coordinator does not know yet is drained once it does; a refusal
+   * such as last-capture is asked again next time), and every other live capture is
+   * cancelled once after each change of the set. Call it only while loaded. Returns the
+   * version applied, to pass in next time (-1 for a coordinator that has had none).
+   */
+  applyTo(target: DrainTarget, live: ReadonlySet<CaptureId> | ReadonlyMap<CaptureId, unknown>, appliedVersion: number): number {
+    assert(this.phaseNow === 'loaded', 'drains apply once loaded', { phase: this.phaseNow });
+    if (appliedVersion !== this.versionNow) {
+      for (const id of live.keys()) if (!this.set.has(id)) target.cancelDrain(id);
+    }
+    for (const id of this.set) if (live.has(id)) target.requestDrain(id);
+    return this.versionNow;
   }
 
   /** Throws an InvariantError with the state when the bookkeeping disagrees. */

@@ -306,3 +306,28 @@ describe('a drained owner resigns', () => {
     expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'resign', id: 2 }]);
   });
 });
+
+describe('applying the set to a coordinator', () => {
+  it('asks every live member on each call, and cancels the other live captures once per change of the set', () => {
+    const d = loaded(['B', 'D']);
+    const calls: string[] = [];
+    const target = { requestDrain: (id: string) => calls.push(`drain ${id}`), cancelDrain: (id: string) => calls.push(`cancel ${id}`) };
+    const liveNow = new Set(live);
+    let applied = d.drains.applyTo(target, liveNow, -1);
+    // D left: not asked.
+    expect(calls.splice(0)).toEqual(['cancel A', 'cancel C', 'drain B']);
+    applied = d.drains.applyTo(target, liveNow, applied);
+    expect(calls.splice(0)).toEqual(['drain B']);
+    const undrain = d.request('undrain', 'B');
+    d.outcome({ kind: 'written', id: (undrain.commands[0] as { id: number }).id, guardRevision: 11n });
+    applied = d.drains.applyTo(target, liveNow, applied);
+    expect(calls.splice(0)).toEqual(['cancel A', 'cancel B', 'cancel C']);
+    d.drains.applyTo(target, liveNow, applied);
+    expect(calls).toEqual([]);
+  });
+
+  it('is for a loaded set only', () => {
+    const d = new Driver();
+    expect(() => d.drains.applyTo({ requestDrain: () => undefined, cancelDrain: () => undefined }, new Set(live), -1)).toThrow('drains apply once loaded');
+  });
+});
