@@ -94,23 +94,24 @@ export class Election {
   }
 
   /**
-   * Runs `puts`, then lists the keys under `prefix`, in one transaction, only while
-   * `owner` still holds its election key: the keys as of the revision the puts landed at.
+   * Lists the keys under `prefix` and the mod revision of the `guard` key (0: none), in one
+   * transaction, only while `owner` still holds its election key; with `guard.move`, puts
+   * the guard first, so its revision is the transaction's.
    */
-  async fencedPutAndList(
+  async fencedListGuarded(
     owner: OwnerInfo,
-    puts: readonly { key: string; value: string }[],
     prefix: string,
+    guard: { readonly key: string; readonly value: string; readonly move: boolean },
     timeoutMs?: number,
-  ): Promise<{ readonly kind: 'ok'; readonly revision: bigint; readonly keys: string[] } | { readonly kind: 'fenced' }> {
-    let txn = this.client
-      .if(owner.key, 'Create', '==', owner.revision.toString())
-      .then(...puts.map((p) => this.client.put(p.key).value(p.value)), this.client.getAll().prefix(prefix));
+  ): Promise<{ readonly kind: 'ok'; readonly guardRevision: bigint; readonly keys: string[] } | { readonly kind: 'fenced' }> {
+    const first = guard.move ? this.client.put(guard.key).value(guard.value) : this.client.get(guard.key);
+    let txn = this.client.if(owner.key, 'Create', '==', owner.revision.toString()).then(first, this.client.getAll().prefix(prefix));
     if (timeoutMs !== undefined) txn = txn.options({ deadline: Date.now() + timeoutMs });
     const result = await txn.commit();
     if (!result.succeeded) return { kind: 'fenced' };
-    const kvs = result.responses[puts.length]?.response_range?.kvs ?? [];
-    return { kind: 'ok', revision: BigInt(result.header.revision), keys: kvs.map((kv) => kv.key.toString()) };
+    const keys = (result.responses[1]?.response_range?.kvs ?? []).map((kv) => kv.key.toString());
+    const guardRevision = guard.move ? BigInt(result.header.revision) : BigInt(result.responses[0]?.response_range?.kvs[0]?.mod_revision ?? 0);
+    return { kind: 'ok', guardRevision, keys };
   }
 
   /**

@@ -21,11 +21,13 @@
  * ```
  * The set changes only after etcd took the change, so it always says what the next owner
  * will read. A write that failed or never answered may still have landed, so the set is
- * read again before anything else. That read also moves the drains guard key (the shell
- * does both in one fenced transaction), and every drain write compares the guard's
- * revision as last read or written and moves it: a write given up on either landed
- * before the re-read (which then sees it) or never lands (its compare fails). So once a
- * read has answered, no write of this owner lands that the set does not show.
+ * read again before anything else. Every drain write compares the drains guard key's
+ * revision as last read or written, and moves it; the re-read after a write given up on
+ * moves it too (the shell lists the drains in the same fenced transaction): that write
+ * either landed before the re-read (which then sees it) or never lands (its compare
+ * fails). So once a read has answered, no write of this owner lands that the set does not
+ * show. A new owner's first read need not move the guard: earlier owners' writes are
+ * fenced by their election keys, gone before this owner was elected.
  *
  * Requests get an id at once; their answers come back in the `answers` of a later (or
  * the same) step, by id. Drains of captures that left are deleted one at a time, through
@@ -61,8 +63,11 @@ export interface AnsweredRequest {
 
 /** What the shell does. Each carries an id; an outcome names the id it answers. */
 export type DrainsCommand =
-  /** Move the guard key and list every drain key, in one fenced transaction. */
-  | { readonly kind: 'read-drains'; readonly id: number }
+  /**
+   * List every drain key and the guard's revision, in one fenced transaction; with
+   * `moveGuard`, move the guard in it first (after a write given up on).
+   */
+  | { readonly kind: 'read-drains'; readonly id: number; readonly moveGuard: boolean }
   /**
    * Put (`draining`) or delete the capture's drain key, fenced, only while the guard key
    * is at `expectedGuardRevision`, moving the guard in the same transaction. `departed`:
@@ -74,7 +79,7 @@ export type DrainsCommand =
 
 /** What became of a command. Outcomes of commands given up on are ignored. */
 export type DrainsOutcome =
-  /** The drained captures and the guard's revision (from the read's guard write). */
+  /** The drained captures and the guard's revision (0: no guard key yet). */
   | { readonly kind: 'drains-read'; readonly id: number; readonly captureIds: readonly CaptureId[]; readonly guardRevision: bigint }
   /** The write landed; the guard is now at `guardRevision`. */
   | { readonly kind: 'written'; readonly id: number; readonly guardRevision: bigint }
@@ -139,7 +144,9 @@ export class OwnerDrains {
   private readonly set = new Set<CaptureId>();
   /** The guard key's revision as last read or written; undefined before the first read. */
   private guardRevisionNow: bigint | undefined;
-  private reading: { readonly id: number; readonly sinceTick: number } | undefined;
+  private reading: { readonly id: number; readonly sinceTick: number; readonly moveGuard: boolean } | undefined;
+  /** A write was given up on (it may land late): reads move the guard until one answers. */
+  private guardMoveNeeded = false;
   /** No read starts before this tick (backoff after a failed read). */
   private readNotBeforeTick = 0;
   private writing: { readonly id: number; readonly sinceTick: number; readonly job: Job; readonly draining: boolean } | undefined;
@@ -252,6 +259,7 @@ export class OwnerDrains {
       this.reading = undefined;
       switch (outcome.kind) {
         case 'drains-read':
+          if (reading.moveGuard) this.guardMoveNeeded = false;
           this.set.clear();
           for (const id of outcome.captureIds) this.set.add(id);
           this.guardRevisionNow = outcome.guardRevision;
@@ -359,8 +367,9 @@ export class OwnerDrains {
     }
     if (tick < this.readNotBeforeTick) return;
     const id = this.nextId++;
-    this.reading = { id, sinceTick: tick };
-    step.commands.push({ kind: 'read-drains', id });
+    const moveGuard = this.guardMoveNeeded;
+    this.reading = { id, sinceTick: tick, moveGuard };
+    step.commands.push({ kind: 'read-drains', id, moveGuard });
   }
 
   /** Runs queued jobs until one needs a write or none is left. */
@@ -421,6 +430,7 @@ export class OwnerDrains {
     assert(writing !== undefined, 'a write failed', { phase: this.phaseNow });
     this.writing = undefined;
     this.phaseNow = 'loading';
+    this.guardMoveNeeded = true;
     this.readNotBeforeTick = this.lastTick;
     if (writing.job.kind === 'request') step.answers.push({ requestId: writing.job.requestId, request: writing.job.request, answer: { ok: false, code: 'not-persisted' } });
     for (const job of this.queue.splice(0)) {

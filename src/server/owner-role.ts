@@ -227,13 +227,20 @@ export class OwnerRole {
     this.syncConnections(captures);
     const live = [...captures.keys()];
     this.tickCount++;
-    const ownerId = this.ctx.owner.captureId;
-    const ownerRemainingSpans = this.drains.draining.has(ownerId) ? this.remainingSpans(ownerId) : null;
-    this.handleDrains(this.drains.tick({ tick: this.tickCount, captures: live, ownerRemainingSpans }));
     // No scheduling before the drains are known: spans could go to a draining capture.
     // No coordinator starts before either: one that never ticked knows no capture, and
     // would count 0 spans on every one (an answer to a drain must say null, not yet known).
-    if (this.stopped || !this.drains.loaded) return;
+    if (this.drains.loaded) this.tickChangefeeds(captures, live);
+    // The drains after the coordinators: a drained owner resigns in the tick that moved its
+    // last span away, before an answer between ticks could count 0 spans on it.
+    const ownerId = this.ctx.owner.captureId;
+    const ownerRemainingSpans = this.drains.draining.has(ownerId) ? this.remainingSpans(ownerId) : null;
+    this.handleDrains(this.drains.tick({ tick: this.tickCount, captures: live, ownerRemainingSpans }));
+    this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  /** Every changefeed's coordinator and run, once the drains are known. */
+  private tickChangefeeds(captures: ReadonlyMap<string, CaptureRecord>, live: readonly string[]): void {
     this.syncChangefeeds();
     const limits = this.ctx.limits;
     const writeIntervalMs = Math.max(limits.statusWriteIntervalMs, (1000 * this.managed.size) / limits.statusWritesPerSecondMax);
@@ -261,7 +268,6 @@ export class OwnerRole {
         this.managed.delete(id);
       }
     }
-    this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
   }
 
   private tickChangefeed(id: string, managed: ManagedChangefeed, live: readonly string[], captures: ReadonlyMap<string, CaptureRecord>): void {
@@ -632,7 +638,7 @@ export class OwnerRole {
     };
     switch (command.kind) {
       case 'read-drains':
-        this.readDrains().then(
+        this.readDrains(command).then(
           (read) => (read === 'fenced' ? fenced() : outcome({ kind: 'drains-read', id: command.id, ...read })),
           (error: unknown) => failed(error, 'reading drains failed; trying again'),
         );
@@ -661,15 +667,16 @@ export class OwnerRole {
   }
 
   /**
-   * Moves the drains guard and lists the drain keys, in one fenced transaction: a drain
-   * write given up on either landed before (the list has it) or never lands (its compare
-   * on the guard fails).
+   * Lists the drain keys with the guard's revision, in one fenced transaction; moving the
+   * guard when asked (after a write given up on, which then either landed before, and is
+   * listed, or never lands: its compare on the guard fails).
    */
-  private async readDrains(): Promise<{ captureIds: string[]; guardRevision: bigint } | 'fenced'> {
+  private async readDrains(command: DrainsCommand & { kind: 'read-drains' }): Promise<{ captureIds: string[]; guardRevision: bigint } | 'fenced'> {
     const prefix = this.ctx.keys.drainingPrefix;
-    const read = await this.ctx.election.fencedPutAndList(this.ctx.owner, [this.drainsGuardPut()], prefix, this.ctx.limits.drainWriteTimeoutMs);
+    const guard = { ...this.drainsGuardPut(), move: command.moveGuard };
+    const read = await this.ctx.election.fencedListGuarded(this.ctx.owner, prefix, guard, this.ctx.limits.drainWriteTimeoutMs);
     if (read.kind === 'fenced') return 'fenced';
-    return { captureIds: read.keys.map((key) => key.slice(prefix.length)), guardRevision: read.revision };
+    return { captureIds: read.keys.map((key) => key.slice(prefix.length)), guardRevision: read.guardRevision };
   }
 
   /** Puts or deletes one drain key, fenced, only over the guard revision the drains know. */

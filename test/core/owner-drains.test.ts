@@ -47,7 +47,7 @@ class Driver {
 /** A driver whose drains read `ids` at guard revision 10. */
 function loaded(ids: string[] = [], ownerId = 'A'): Driver {
   const d = new Driver(ownerId);
-  expect(d.tick()).toEqual({ commands: [{ kind: 'read-drains', id: 1 }], answers: [] });
+  expect(d.tick()).toEqual({ commands: [{ kind: 'read-drains', id: 1, moveGuard: false }], answers: [] });
   expect(d.outcome({ kind: 'drains-read', id: 1, captureIds: ids, guardRevision: 10n })).toEqual(none);
   expect(d.drains.loaded).toBe(true);
   return d;
@@ -61,12 +61,12 @@ describe('loading', () => {
     const d = new Driver();
     expect(d.drains.phase).toBe('loading');
     expect(d.request('drain', 'B')).toEqual({ requestId: 1, commands: [], answers: [{ requestId: 1, request: { kind: 'drain', captureId: 'B' }, answer: refused('drains-loading') }] });
-    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 1 }]);
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);
     // One read at a time.
     expect(d.tick()).toEqual(none);
     expect(d.outcome({ kind: 'failed', id: 1 })).toEqual(none);
     expect(d.tick()).toEqual(none);
-    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 2 }]);
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 2, moveGuard: false }]);
     expect(d.outcome({ kind: 'drains-read', id: 2, captureIds: ['B'], guardRevision: 12n })).toEqual(none);
     expect(d.drains.phase).toBe('loaded');
     expect([...d.drains.draining]).toEqual(['B']);
@@ -75,9 +75,9 @@ describe('loading', () => {
 
   it('gives up on a read that never answers and ignores its late answer', () => {
     const d = new Driver();
-    expect(d.tick({ tick: 1 }).commands).toEqual([{ kind: 'read-drains', id: 1 }]);
+    expect(d.tick({ tick: 1 }).commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);
     for (let tick = 2; tick < 5; tick++) expect(d.tick({ tick })).toEqual(none);
-    expect(d.tick({ tick: 5 }).commands).toEqual([{ kind: 'read-drains', id: 2 }]);
+    expect(d.tick({ tick: 5 }).commands).toEqual([{ kind: 'read-drains', id: 2, moveGuard: false }]);
     expect(d.outcome({ kind: 'drains-read', id: 1, captureIds: ['C'], guardRevision: 11n })).toEqual(none);
     expect(d.drains.loaded).toBe(false);
     expect(d.outcome({ kind: 'drains-read', id: 2, captureIds: [], guardRevision: 13n })).toEqual(none);
@@ -180,7 +180,7 @@ describe('failed, lost and late writes', () => {
     // The set is the one last read until the re-read answers.
     expect([...d.drains.draining]).toEqual([]);
     expect(d.request('undrain', 'B').answers).toMatchObject([{ answer: refused('drains-loading') }]);
-    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 3 }]);
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 3, moveGuard: true }]);
     // It had landed (the answer was lost on the way back).
     d.outcome({ kind: 'drains-read', id: 3, captureIds: ['B'], guardRevision: 11n });
     expect([...d.drains.draining]).toEqual(['B']);
@@ -193,7 +193,7 @@ describe('failed, lost and late writes', () => {
     expect(d.request('drain', 'B').commands).toMatchObject([{ id: 2 }]);
     for (let tick = 3; tick < 7; tick++) expect(d.tick({ tick })).toEqual(none);
     expect(d.tick({ tick: 7 })).toEqual({
-      commands: [{ kind: 'read-drains', id: 3 }],
+      commands: [{ kind: 'read-drains', id: 3, moveGuard: true }],
       answers: [{ requestId: 1, request: { kind: 'drain', captureId: 'B' }, answer: refused('not-persisted') }],
     });
     // The write's answer comes late: given up on, ignored (the re-read tells).
@@ -207,6 +207,26 @@ describe('failed, lost and late writes', () => {
     expect(d.outcome({ kind: 'failed', id: 2 })).toEqual(none);
     expect(d.outcome({ kind: 'failed', id: 3 })).toEqual(none);
     expect(d.drains.writeInFlight).toBe(true);
+  });
+
+  it('moves the guard on every read after a write given up on, until one answers; not on a first read', () => {
+    const d = new Driver();
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);
+    d.outcome({ kind: 'failed', id: 1 });
+    d.tick();
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 2, moveGuard: false }]);
+    d.outcome({ kind: 'drains-read', id: 2, captureIds: [], guardRevision: 0n });
+    // No guard key yet: the first write expects none.
+    expect(d.request('drain', 'B').commands).toEqual([{ kind: 'write-drain', id: 3, captureId: 'B', draining: true, expectedGuardRevision: 0n, departed: false }]);
+    d.outcome({ kind: 'failed', id: 3 });
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 4, moveGuard: true }]);
+    d.outcome({ kind: 'failed', id: 4 });
+    d.tick();
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 5, moveGuard: true }]);
+    d.outcome({ kind: 'drains-read', id: 5, captureIds: ['B'], guardRevision: 30n });
+    expect(d.request('undrain', 'B').commands).toMatchObject([{ kind: 'write-drain', id: 6, expectedGuardRevision: 30n }]);
+    d.outcome({ kind: 'written', id: 6, guardRevision: 31n });
+    expect([...d.drains.draining]).toEqual([]);
   });
 
   it('a fenced write stops the drains: everything waiting is answered not-persisted', () => {
@@ -233,7 +253,7 @@ describe('failed, lost and late writes', () => {
     expect(d.drains.stop()).toEqual(none);
     // A new owner's drains read the persisted set.
     const next = new OwnerDrains('B', limits);
-    expect(next.tick({ tick: 1, captures: live, ownerRemainingSpans: null }).commands).toEqual([{ kind: 'read-drains', id: 1 }]);
+    expect(next.tick({ tick: 1, captures: live, ownerRemainingSpans: null }).commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);
   });
 
   it('a fenced read stops too', () => {
@@ -267,7 +287,7 @@ describe('captures that left', () => {
     expect(d.request('undrain', 'D').answers).toMatchObject([{ answer: refused('unknown-capture') }]);
     expect(d.tick().commands).toMatchObject([{ kind: 'write-drain', id: 2, captureId: 'D', departed: true }]);
     expect(d.outcome({ kind: 'failed', id: 2 })).toEqual(none);
-    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 3 }]);
+    expect(d.tick().commands).toEqual([{ kind: 'read-drains', id: 3, moveGuard: true }]);
     d.outcome({ kind: 'drains-read', id: 3, captureIds: ['D'], guardRevision: 11n });
     expect(d.tick().commands).toEqual([{ kind: 'write-drain', id: 4, captureId: 'D', draining: false, expectedGuardRevision: 11n, departed: true }]);
   });
@@ -300,7 +320,7 @@ describe('a drained owner resigns', () => {
 
   it('not before the set is read', () => {
     const d = new Driver();
-    expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'read-drains', id: 1 }]);
+    expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);
     expect(d.tick({ ownerRemainingSpans: 0 })).toEqual(none);
     d.outcome({ kind: 'drains-read', id: 1, captureIds: ['A'], guardRevision: 5n });
     expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'resign', id: 2 }]);

@@ -470,16 +470,19 @@ export class SimCluster {
   }
 
   /**
-   * One owner tick, as the shell does it: the drains first; nothing is scheduled before
-   * they are read; then the coordinator while the run is running (after it was made to
-   * drain exactly the set's live captures), then the run's commands.
+   * One owner tick, as the shell does it: nothing is scheduled before the drains are read;
+   * once they are, the coordinator while the run is running (after it was made to drain
+   * exactly the set's live captures), then the run's commands; the drains last.
    */
   private tickOwner(owner: SimOwner, captures: CaptureId[] | undefined): void {
     const tick = ++owner.ticks;
     // A zombie still sees the captures in etcd; only its coordinator keeps its old view.
     const live = captures ?? [...this.membership];
+    if (owner.drains.loaded) this.tickCoordinator(owner, tick, captures, live);
     this.onDrainsStep(owner, owner.drains.tick({ tick, captures: live, ownerRemainingSpans: this.ownerRemainingSpans(owner) }));
-    if (!owner.drains.loaded) return;
+  }
+
+  private tickCoordinator(owner: SimOwner, tick: number, captures: CaptureId[] | undefined, live: readonly CaptureId[]): void {
     const coordinator = owner.coordinator;
     const run = owner.run;
     if (coordinator === undefined || run === undefined) {

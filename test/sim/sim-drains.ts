@@ -1,10 +1,10 @@
 /**
  * The simulator's model of the persisted drains in etcd: one key per drained capture and
  * the drains guard key, written by the owners' pure {@link OwnerDrains} through an
- * unreliable client, as the owner role does: a read moves the guard (fenced), then reads
- * the keys; a write compares the guard's revision and moves it. Answers come late, some
- * writes fail before or after they land, some answers never come, a deposed owner's
- * writes are fenced. It keeps the set as of every guard revision, so the simulator can
+ * unreliable client, as the owner role does: a read lists the keys and the guard's
+ * revision (moving the guard first when asked), a write compares the guard's revision
+ * and moves it, each one fenced transaction. Answers come late, some writes fail before
+ * or after they land, some answers never come, a deposed owner's writes are fenced. It keeps the set as of every guard revision, so the simulator can
  * check an owner's set against what etcd held when the owner last read or wrote it.
  */
 import type { DrainsCommand, DrainsOutcome, DrainsStep, OwnerDrains } from '../../src/core/owner-drains.ts';
@@ -111,7 +111,7 @@ export class SimDrainStore {
     switch (command.kind) {
       case 'read-drains':
         if (!lands) return { kind: 'failed', id: command.id };
-        this.moveGuard();
+        if (command.moveGuard) this.moveGuard();
         this.stats.drainReads++;
         return { kind: 'drains-read', id: command.id, captureIds: [...this.persisted], guardRevision: this.guardRevision };
       case 'write-drain': {
