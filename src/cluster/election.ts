@@ -94,6 +94,27 @@ export class Election {
   }
 
   /**
+   * Lists the keys under `prefix` and the mod revision of the `guard` key (0: none), in one
+   * transaction, only while `owner` still holds its election key; with `guard.move`, puts
+   * the guard first, so its revision is the transaction's.
+   */
+  async fencedListGuarded(
+    owner: OwnerInfo,
+    prefix: string,
+    guard: { readonly key: string; readonly value: string; readonly move: boolean },
+    timeoutMs?: number,
+  ): Promise<{ readonly kind: 'ok'; readonly guardRevision: bigint; readonly keys: string[] } | { readonly kind: 'fenced' }> {
+    const first = guard.move ? this.client.put(guard.key).value(guard.value) : this.client.get(guard.key);
+    let txn = this.client.if(owner.key, 'Create', '==', owner.revision.toString()).then(first, this.client.getAll().prefix(prefix));
+    if (timeoutMs !== undefined) txn = txn.options({ deadline: Date.now() + timeoutMs });
+    const result = await txn.commit();
+    if (!result.succeeded) return { kind: 'fenced' };
+    const keys = (result.responses[1]?.response_range?.kvs ?? []).map((kv) => kv.key.toString());
+    const guardRevision = guard.move ? BigInt(result.header.revision) : BigInt(result.responses[0]?.response_range?.kvs[0]?.mod_revision ?? 0);
+    return { kind: 'ok', guardRevision, keys };
+  }
+
+  /**
    * Runs `puts` and `deletes` only while `owner` still holds its election key with the
    * same revision. Returns false when fenced.
    */

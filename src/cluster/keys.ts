@@ -14,6 +14,11 @@ export interface ClusterKeys {
   backfillPrefix(id: string): string;
   readonly drainingPrefix: string;
   draining(captureId: string): string;
+  /**
+   * Moved by every owner drain write and by a drain read: a drain write compares it, so
+   * one given up on cannot land after the owner read the drains again.
+   */
+  readonly drainsGuard: string;
 }
 
 /** The keys of cluster `clusterId`. */
@@ -34,5 +39,6 @@ export function clusterKeys(clusterId: string): ClusterKeys {
     // Drains survive an owner change: the next owner reads them before its first tick.
     drainingPrefix: `${root}/draining/`,
     draining: (captureId) => `${root}/draining/${captureId}`,
+    drainsGuard: `${root}/drains-guard`,
   };
 }

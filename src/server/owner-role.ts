@@ -1,7 +1,9 @@
 /**
  * What the elected capture does as owner: one pure {@link Coordinator} per running
  * changefeed, ticked every `tickIntervalMs`; one gRPC stream to every live capture; the
- * fenced persistence of checkpoints; and the operator requests of the HTTP API.
+ * fenced persistence of checkpoints (decided by each changefeed's pure
+ * {@link ChangefeedRun}); the drains (decided by the pure {@link OwnerDrains}, applied to
+ * every coordinator); and the operator requests of the HTTP API.
  *
  * The owner stops acting the moment its session is no longer alive (no keepalive for
  * one TTL) or a fenced write fails: its election key is gone, someone else may own.
@@ -30,6 +32,8 @@ import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
 import { SerialQueue } from './serial-queue.ts';
 import { FailureWindow } from '../core/failure-window.ts';
+import { OwnerDrains } from '../core/owner-drains.ts';
+import type { AnsweredRequest, DrainRequest, DrainsCommand, DrainsLimits, DrainsOutcome, DrainsStep } from '../core/owner-drains.ts';
 
 /**
  * The answer to a drain request; `not-persisted` when etcd did not take the change,
@@ -63,8 +67,13 @@ export interface OwnerLimits {
   readonly reportsQueuedMax: number;
   /** Changefeed info writes (API requests, failures) waiting their turn; more get 503. */
   readonly infoWritesQueuedMax: number;
-  /** Drain changes waiting their turn; more get 503. */
+  /** Drain changes waiting their turn (or being written); more get 503. */
   readonly drainWritesQueuedMax: number;
+  /**
+   * Deadline of one drain write or read; a write unanswered by then counts as failed and
+   * the drains are read again.
+   */
+  readonly drainWriteTimeoutMs: number;
   /**
    * Deadline of one checkpoint (status) write or read. Shorter than the client's default:
    * a write stuck on a dead etcd leader is replaced by a newer one instead of holding the
@@ -103,6 +112,7 @@ export const ownerDefaults: OwnerLimits = {
   reportsQueuedMax: 10_000,
   infoWritesQueuedMax: 64,
   drainWritesQueuedMax: 64,
+  drainWriteTimeoutMs: 5_000,
   statusWriteTimeoutMs: 500,
   statusWriteIntervalMs: 100,
   statusWritesPerSecondMax: 500,
@@ -152,6 +162,8 @@ interface ManagedChangefeed {
   /** How long its spans have been failing without progress, in ms; undefined when they are not. */
   failingForMs: number | undefined;
   reports: ReportMessage[];
+  /** The drains version whose cancels this coordinator has had (-1: none yet). */
+  drainsVersion: number;
 }
 
 export class OwnerRole {
@@ -159,27 +171,26 @@ export class OwnerRole {
   private readonly connections = new Map<string, { address: string; connection: CaptureConnection }>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
-  /**
-   * Captures an operator asked to drain, applied to every changefeed. Changed only after etcd took the change, so it always says
-   * what the next owner will read (once `drainsLoaded`).
-   */
-  readonly draining = new Set<string>();
-  private drainsLoaded = false;
-  /** A drained owner asked to resign. */
-  private resignAsked = false;
-  /** Ticks since this owner started: the runs' clock. */
+  /** Ticks since this owner started: the runs' and the drains' clock. */
   private tickCount = 0;
-  private drainsLoading = false;
-  /** Drain writes run one at a time: a drain and an undrain reach etcd in their order. */
-  private readonly drainWrites: SerialQueue;
+  /** The pure drain decisions: the set, its reads and writes, the request queue, the resign. */
+  private readonly drains: OwnerDrains;
+  /** Drain requests waiting for their answer, by request id. */
+  private readonly drainWaiters = new Map<number, (result: DrainResult) => void>();
   /** Changefeed info writes run one at a time (see `queueInfoWrite`). */
   private readonly infoWrites: SerialQueue;
-  /** Departed captures whose drain key is being deleted. */
-  private readonly departing = new Set<string>();
 
   constructor(private readonly ctx: OwnerContext) {
-    this.drainWrites = new SerialQueue(ctx.limits.drainWritesQueuedMax);
+    this.drains = new OwnerDrains(ctx.owner.captureId, this.drainsLimits);
     this.infoWrites = new SerialQueue(ctx.limits.infoWritesQueuedMax);
+  }
+
+  /**
+   * Captures an operator asked to drain, applied to every changefeed: as of the last read
+   * or write of the drains, so what the next owner will read once it is loaded.
+   */
+  get draining(): ReadonlySet<string> {
+    return this.drains.draining;
   }
 
   get info(): OwnerInfo {
@@ -188,64 +199,9 @@ export class OwnerRole {
 
   start(): void {
     this.ctx.log.info({ ownerRevision: this.ctx.owner.revision }, 'became owner');
-    // Drains asked of an earlier owner apply before this one schedules anything.
-    void this.loadDrains().finally(() => {
-      if (!this.stopped) this.timer = setInterval(() => this.tick(), this.ctx.limits.tickIntervalMs);
-    });
-  }
-
-  /** Reads the persisted drains; a failed read is tried again on the next tick. */
-  private async loadDrains(): Promise<void> {
-    if (this.drainsLoaded || this.drainsLoading) return;
-    this.drainsLoading = true;
-    try {
-      const prefix = this.ctx.keys.drainingPrefix;
-      const ids = await this.ctx.client.getAll().prefix(prefix).keys();
-      this.draining.clear();
-      for (const key of ids) this.draining.add(key.slice(prefix.length));
-      // After a read again, a drain cancelled in etcd is cancelled here too (the tick
-      // re-asks every drain in the set).
-      for (const managed of this.managed.values()) {
-        for (const id of this.ctx.captures().keys()) if (!this.draining.has(id)) managed.coordinator.cancelDrain(id);
-      }
-      this.drainsLoaded = true;
-    } catch (error) {
-      this.ctx.metrics.etcdErrors.inc();
-      this.ctx.log.warn({ err: error }, 'reading drains failed; trying again');
-    } finally {
-      this.drainsLoading = false;
-    }
-  }
-
-  /** Runs a drain change after the ones before it. */
-  private serializeDrainWrite(write: () => Promise<DrainResult>): Promise<DrainResult> {
-    return this.drainWrites.run(write) ?? Promise.resolve(drainsBusy);
-  }
-
-  /**
-   * Persists a drain (fenced), so the next owner keeps draining. Resolves false when the
-   * write was fenced or failed; the owner stops acting on a fenced write.
-   */
-  private async persistDrain(captureId: string, draining: boolean): Promise<boolean> {
-    const key = this.ctx.keys.draining(captureId);
-    try {
-      const ok = draining
-        ? await this.ctx.election.fencedPut(this.ctx.owner, [{ key, value: new Date().toISOString() }])
-        : await this.ctx.election.fencedPut(this.ctx.owner, [], [key]);
-      if (!ok) {
-        this.ctx.metrics.fencedWriteRejections.inc();
-        this.stop('fenced write rejected');
-      }
-      return ok;
-    } catch (error) {
-      this.ctx.metrics.etcdErrors.inc();
-      this.ctx.log.warn({ err: error, captureId }, 'drain write failed; reading the drains again');
-      // A write that timed out may still have landed: read the drains again before
-      // answering more drain requests or scheduling.
-      this.drainsLoaded = false;
-      this.draining.clear();
-      return false;
-    }
+    // Drains asked of earlier owners are read at once; nothing is scheduled before.
+    this.handleDrains(this.drains.tick({ tick: this.tickCount, captures: [...this.ctx.captures().keys()], ownerRemainingSpans: null }));
+    this.timer = setInterval(() => this.tick(), this.ctx.limits.tickIntervalMs);
   }
 
   /** Stops acting as owner. Idempotent. */
@@ -255,6 +211,8 @@ export class OwnerRole {
     if (this.timer !== undefined) clearInterval(this.timer);
     for (const { connection } of this.connections.values()) connection.close();
     this.connections.clear();
+    // Drain requests still waiting are answered not-persisted (the next owner reads etcd).
+    this.handleDrains(this.drains.stop());
     this.ctx.log.warn({ reason, ownerRevision: this.ctx.owner.revision }, 'stopped acting as owner');
     this.ctx.onStop(reason);
   }
@@ -281,20 +239,23 @@ export class OwnerRole {
     const started = performance.now();
     const captures = this.ctx.captures();
     this.syncConnections(captures);
-    this.syncChangefeeds();
     const live = [...captures.keys()];
-    if (!this.drainsLoaded) {
-      // No scheduling before the drains are known: spans could go to a draining capture.
-      void this.loadDrains();
-      return;
-    }
-    for (const id of this.draining) {
-      // A drained capture that left needs no drain any more (one cleanup at a time).
-      if (captures.has(id) || this.departing.has(id)) continue;
-      this.departing.add(id);
-      void this.undrain(id, { departed: true }).finally(() => this.departing.delete(id));
-    }
     this.tickCount++;
+    // No scheduling before the drains are known: spans could go to a draining capture.
+    // No coordinator starts before either: one that never ticked knows no capture, and
+    // would count 0 spans on every one (an answer to a drain must say null, not yet known).
+    if (this.drains.loaded) this.tickChangefeeds(captures, live);
+    // The drains after the coordinators: a drained owner resigns in the tick that moved its
+    // last span away, before an answer between ticks could count 0 spans on it.
+    const ownerId = this.ctx.owner.captureId;
+    const ownerRemainingSpans = this.drains.draining.has(ownerId) ? this.remainingSpans(ownerId) : null;
+    this.handleDrains(this.drains.tick({ tick: this.tickCount, captures: live, ownerRemainingSpans }));
+    this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
+  }
+
+  /** Every changefeed's coordinator and run, once the drains are known. */
+  private tickChangefeeds(captures: ReadonlyMap<string, CaptureRecord>, live: readonly string[]): void {
+    this.syncChangefeeds();
     const limits = this.ctx.limits;
     const writeIntervalMs = Math.max(limits.statusWriteIntervalMs, (1000 * this.managed.size) / limits.statusWritesPerSecondMax);
     const writeIntervalTicks = Math.max(1, Math.ceil(writeIntervalMs / limits.tickIntervalMs));
@@ -321,13 +282,11 @@ export class OwnerRole {
         this.managed.delete(id);
       }
     }
-    this.resignWhenDrained();
-    this.ctx.metrics.ownerTickSeconds.observe((performance.now() - started) / 1000);
   }
 
   private tickChangefeed(id: string, managed: ManagedChangefeed, live: readonly string[], captures: ReadonlyMap<string, CaptureRecord>): void {
     if (managed.run.phase !== 'running') return;
-    for (const capture of this.draining) if (captures.has(capture)) managed.coordinator.requestDrain(capture);
+    this.applyDrains(managed, captures);
     const reports = managed.reports;
     managed.reports = [];
     const targetTs = managed.info.targetTs === undefined ? maxTs : BigInt(managed.info.targetTs);
@@ -412,14 +371,14 @@ export class OwnerRole {
         });
         const { tables, spans } = changefeedSpans(info);
         coordinator.setSpans(tables, spans);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [] });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1 });
         this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
       } catch (error) {
         // A changefeed whose stored info cannot even start a coordinator fails, alone.
         this.ctx.log.error({ err: error, changefeed: id }, 'cannot coordinate changefeed');
         const coordinator = new Coordinator({ changefeed: id, changefeedEpoch: 0n, ownerId: this.ctx.owner.captureId, ownerRevision: this.ctx.owner.revision, checkpointTs: 0n, seed: 1, limits: this.ctx.limits.coordinator });
         run.fail(`cannot coordinate: ${(error as Error).message}`);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [] });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1 });
       }
     }
   }
@@ -575,40 +534,22 @@ export class OwnerRole {
    * drain is persisted, so a 202 survives an owner change.
    */
   drain(captureId: string): Promise<DrainResult> {
-    if (!this.drainsLoaded) return Promise.resolve(drainsLoading);
-    return this.serializeDrainWrite(async (): Promise<DrainResult> => {
-      const captures = this.ctx.captures();
-      if (!captures.has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
-      if (!this.draining.has(captureId)) {
-        const staying = [...captures.keys()].filter((id) => id !== captureId && !this.draining.has(id));
-        if (staying.length === 0) return { ok: false, code: 'last-capture', message: `capture ${captureId} is the last one that is not draining` };
-        if (!(await this.persistDrain(captureId, true))) {
-          return { ok: false, code: 'not-persisted', message: `the drain of ${captureId} could not be persisted; retry` };
-        }
-        this.draining.add(captureId);
-      }
-      for (const managed of this.managed.values()) managed.coordinator.requestDrain(captureId);
-      return { ok: true, remainingSpans: this.remainingSpans(captureId) };
-    });
+    return this.askDrains({ kind: 'drain', captureId });
   }
 
   /**
    * Cancels a capture's drain in every changefeed (idempotent): it takes new spans again,
-   * and its share back by a rebalance. Answers once the cancel is persisted. A capture
-   * that left (`departed`) is only forgotten.
+   * and its share back by a rebalance. Answers once the cancel is persisted.
    */
-  undrain(captureId: string, options: { departed?: boolean } = {}): Promise<DrainResult> {
-    if (!this.drainsLoaded) return Promise.resolve(drainsLoading);
-    return this.serializeDrainWrite(async (): Promise<DrainResult> => {
-      if (options.departed !== true && !this.ctx.captures().has(captureId)) return { ok: false, code: 'unknown-capture', message: `no live capture ${captureId}` };
-      if (this.draining.has(captureId)) {
-        if (!(await this.persistDrain(captureId, false))) {
-          return { ok: false, code: 'not-persisted', message: `the end of the drain of ${captureId} could not be persisted; retry` };
-        }
-        this.draining.delete(captureId);
-      }
-      for (const managed of this.managed.values()) managed.coordinator.cancelDrain(captureId);
-      return { ok: true, remainingSpans: this.remainingSpans(captureId) };
+  undrain(captureId: string): Promise<DrainResult> {
+    return this.askDrains({ kind: 'undrain', captureId });
+  }
+
+  private askDrains(request: DrainRequest): Promise<DrainResult> {
+    return new Promise((resolve) => {
+      const { requestId, ...step } = this.drains.request(request, [...this.ctx.captures().keys()]);
+      this.drainWaiters.set(requestId, resolve);
+      this.handleDrains(step);
     });
   }
 
@@ -641,18 +582,145 @@ export class OwnerRole {
     return total;
   }
 
+
+  // ---- drains: the shell of OwnerDrains ----
+
+  private get drainsLimits(): DrainsLimits {
+    const limits = this.ctx.limits;
+    const deadlineTicks = Math.ceil(limits.drainWriteTimeoutMs / limits.tickIntervalMs) + 1;
+    return {
+      requestsQueuedMax: limits.drainWritesQueuedMax,
+      readDeadlineTicks: deadlineTicks,
+      writeDeadlineTicks: deadlineTicks,
+      retryBackoffTicks: Math.max(1, Math.ceil(limits.writeRetryBackoffMs / limits.tickIntervalMs)),
+    };
+  }
+
+  /** Performs the drains' commands and hands their answers to the requests waiting. */
+  private handleDrains(step: DrainsStep): void {
+    for (const command of step.commands) this.performDrains(command);
+    if (step.answers.length === 0) return;
+    // The coordinators follow the set before an answer counts the spans left.
+    if (this.drains.loaded) {
+      const captures = this.ctx.captures();
+      for (const managed of this.managed.values()) this.applyDrains(managed, captures);
+    }
+    for (const answered of step.answers) {
+      const resolve = this.drainWaiters.get(answered.requestId);
+      if (resolve === undefined) continue;
+      this.drainWaiters.delete(answered.requestId);
+      resolve(this.drainResult(answered));
+    }
+  }
+
+  /** The coordinator drains exactly the set's live captures (see `OwnerDrains.applyTo`). */
+  private applyDrains(managed: ManagedChangefeed, captures: ReadonlyMap<string, CaptureRecord>): void {
+    managed.drainsVersion = this.drains.applyTo(managed.coordinator, captures, managed.drainsVersion);
+  }
+
+  private drainResult({ request, answer }: AnsweredRequest): DrainResult {
+    const id = request.captureId;
+    if (answer.ok) return { ok: true, remainingSpans: this.remainingSpans(id) };
+    switch (answer.code) {
+      case 'unknown-capture':
+        return { ok: false, code: answer.code, message: `no live capture ${id}` };
+      case 'last-capture':
+        return { ok: false, code: answer.code, message: `capture ${id} is the last one that is not draining` };
+      case 'not-persisted':
+        return {
+          ok: false,
+          code: answer.code,
+          message: request.kind === 'drain' ? `the drain of ${id} could not be persisted; retry` : `the end of the drain of ${id} could not be persisted; retry`,
+        };
+      case 'drains-loading':
+        return drainsLoading;
+      case 'busy':
+        return drainsBusy;
+      default:
+        return assertNever(answer.code, 'drain refusal');
+    }
+  }
+
+  /** Performs one command of the drains and feeds its outcome back; never throws, never floats. */
+  private performDrains(command: DrainsCommand): void {
+    if (this.stopped) return;
+    const outcome = (result: DrainsOutcome): void => {
+      try {
+        this.handleDrains(this.drains.onOutcome(result));
+      } catch (error) {
+        // A bug in the drains: what is drained is no longer known, so this owner stops
+        // (the next one reads etcd); an exception here would end the process.
+        this.ctx.log.error({ err: error, outcome: result.kind }, 'owner drains failed');
+        this.stop('owner drains failed');
+      }
+    };
+    const failed = (error: unknown, what: string): void => {
+      this.ctx.metrics.etcdErrors.inc();
+      this.ctx.log.warn({ err: error }, what);
+      outcome({ kind: 'failed', id: command.id });
+    };
+    const fenced = (): void => {
+      outcome({ kind: 'fenced', id: command.id });
+      this.fenced();
+    };
+    switch (command.kind) {
+      case 'read-drains':
+        this.readDrains(command).then(
+          (read) => (read === 'fenced' ? fenced() : outcome({ kind: 'drains-read', id: command.id, ...read })),
+          (error: unknown) => failed(error, 'reading drains failed; trying again'),
+        );
+        return;
+      case 'write-drain':
+        if (command.departed) this.ctx.log.info({ captureId: command.captureId }, 'forgetting the drain of a capture that left');
+        this.writeDrain(command).then(
+          (result) => {
+            if (result.kind === 'ok') outcome({ kind: 'written', id: command.id, guardRevision: result.revision });
+            else if (result.kind === 'conflict') failed(new Error('the drains guard moved'), 'drain write conflicted; reading the drains again');
+            else fenced();
+          },
+          (error: unknown) => failed(error, 'drain write failed; reading the drains again'),
+        );
+        return;
+      case 'resign':
+        this.ctx.log.info({ captureId: this.ctx.owner.captureId }, 'drained owner resigns');
+        this.ctx.resign().catch((error: unknown) => {
+          this.ctx.log.warn({ err: error }, 'resign failed; trying again');
+          outcome({ kind: 'failed', id: command.id });
+        });
+        return;
+      default:
+        assertNever(command, 'drains command');
+    }
+  }
+
   /**
-   * A drained owner hands ownership away once its spans are gone (DESIGN.md 6.2): the
-   * next owner goes on from the persisted drains. Asked at most once per owner.
+   * Lists the drain keys with the guard's revision, in one fenced transaction; moving the
+   * guard when asked (after a write given up on, which then either landed before, and is
+   * listed, or never lands: its compare on the guard fails).
    */
-  private resignWhenDrained(): void {
-    if (this.resignAsked || !this.draining.has(this.ctx.owner.captureId)) return;
-    if (this.remainingSpans(this.ctx.owner.captureId) !== 0) return;
-    this.resignAsked = true;
-    this.ctx.log.info({ captureId: this.ctx.owner.captureId }, 'drained owner resigns');
-    this.ctx.resign().catch((error: unknown) => {
-      this.resignAsked = false;
-      this.ctx.log.warn({ err: error }, 'resign failed; trying again');
-    });
+  private async readDrains(command: DrainsCommand & { kind: 'read-drains' }): Promise<{ captureIds: string[]; guardRevision: bigint } | 'fenced'> {
+    const prefix = this.ctx.keys.drainingPrefix;
+    const guard = { ...this.drainsGuardPut(), move: command.moveGuard };
+    const read = await this.ctx.election.fencedListGuarded(this.ctx.owner, prefix, guard, this.ctx.limits.drainWriteTimeoutMs);
+    if (read.kind === 'fenced') return 'fenced';
+    return { captureIds: read.keys.map((key) => key.slice(prefix.length)), guardRevision: read.guardRevision };
+  }
+
+  /** Puts or deletes one drain key, fenced, only over the guard revision the drains know. */
+  private writeDrain(command: DrainsCommand & { kind: 'write-drain' }): Promise<FencedResult> {
+    const key = this.ctx.keys.draining(command.captureId);
+    return this.ctx.election.fencedTxn(
+      this.ctx.owner,
+      {
+        compares: [{ key: this.ctx.keys.drainsGuard, modRevision: command.expectedGuardRevision }],
+        puts: command.draining ? [this.drainsGuardPut(), { key, value: new Date().toISOString() }] : [this.drainsGuardPut()],
+        deletes: command.draining ? [] : [key],
+      },
+      this.ctx.limits.drainWriteTimeoutMs,
+    );
+  }
+
+  private drainsGuardPut(): { key: string; value: string } {
+    return { key: this.ctx.keys.drainsGuard, value: JSON.stringify({ owner: this.ctx.owner.captureId, updatedAt: new Date().toISOString() }) };
   }
 }

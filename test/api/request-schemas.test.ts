@@ -57,7 +57,11 @@ describe('request schemas from the OpenAPI document', () => {
     expect(update.check({ tables: [{ name: 't', backfillTs: '5' }] })).toBe('/tables/0 must not have the field "backfillTs"');
     expect(update.check({ tables: [{ name: 't', spans: 0 }] })).toBe('/tables/0/spans must be >= 1');
     expect(schema('POST /api/v1/changefeeds/{}/pause').check({ x: 1 })).toBe('the body must not have the field "x"');
-    expect(schema('POST /api/v1/changefeeds/{}/resume').check({ backfill: 'yes' })).toBe('/backfill must be boolean');
+    const resume = schema('POST /api/v1/changefeeds/{}/resume');
+    expect(resume.check({ backfill: 'yes' })).toContain('/backfill must be boolean');
+    expect(resume.check({ backfill: { sinceTs: 'x' } })).toContain('/backfill/sinceTs must match pattern');
+    expect(resume.check({ backfill: { since: '5' } })).toContain('/backfill must not have the field "since"');
+    expect(resume.check({ backfill: { sinceTs: '5' } })).toBeUndefined();
     expect(schema('POST /api/v1/changefeeds/{}/spans/move').check({ table: 1, start: '' })).toBe("the body must have required property 'captureId'; /table must be string");
     // A long list of bad tables makes a short message.
     const many = create.check({ ...valid, tables: Array.from({ length: 1_000 }, () => ({ name: 1 })) }) ?? '';

@@ -8,7 +8,8 @@
  * pipelines, an upstream with history and compaction, a backfill of every table at the
  * start, source and sink calls that fail, fail midway or hang past their deadline,
  * record writes that fail or land unanswered, and resumes with backfill after a
- * compaction failed the changefeed.
+ * compaction failed the changefeed. Drains go through each owner's pure
+ * {@link OwnerDrains} into a model of the persisted drain keys.
  *
  * After every step it checks the invariants of DESIGN.md §8 and that the sink holds, at
  * the persisted checkpoint and at the checkpoints agents report, exactly the upstream's
@@ -31,6 +32,10 @@ import type { PipelineEvent } from '../../src/agent/pipeline.ts';
 import type { BackfillProgress } from '../../src/agent/span-pipeline.ts';
 import { SimMetadata } from './sim-metadata.ts';
 import type { MetadataWriter } from './sim-metadata.ts';
+import { OwnerDrains } from '../../src/core/owner-drains.ts';
+import type { DrainRequest, DrainsStep } from '../../src/core/owner-drains.ts';
+import { SimDrainStore } from './sim-drains.ts';
+import type { DrainsWriter, LandedDrainWrite } from './sim-drains.ts';
 
 /** Simulated time per step, for the coordinator's stall detection. */
 const simStepMs = 50;
@@ -80,12 +85,18 @@ interface SimOwner {
   /** Steps a deposed owner keeps acting before it notices; -1 while it is the owner. */
   zombieUntil: number;
   reports: ReportMessage[];
+  /** This owner's drain decisions, from a read of the persisted drains. */
+  readonly drains: OwnerDrains;
+  /** The drains version its coordinator has had (-1: none yet; a new coordinator has none). */
+  drainsApplied: number;
 }
 
 const changefeed = 'sim';
 const startTs = 100n;
 /** The runs' timing in the simulator (ticks are steps). */
 const runLimits = { writeDeadlineTicks: 12, retryBackoffTicks: 2, writeIntervalTicks: 1 };
+/** The drains' bounds in the simulator: a short queue, so bursts of requests find it full. */
+const drainsLimits = { requestsQueuedMax: 4, readDeadlineTicks: 12, writeDeadlineTicks: 12, retryBackoffTicks: 2 };
 /** Once faults stop, the persisted checkpoint must reach the coordinator's of this many steps before. */
 const convergeStepsMax = 40;
 
@@ -116,6 +127,12 @@ export class SimCluster {
   /** Per coordinator: its checkpoint and the step it was first seen at. */
   private readonly checkpointSeen = new WeakMap<CoordinatorType, { checkpointTs: bigint; sinceStep: number }>();
   private readonly metadata: SimMetadata;
+  private readonly drainStore: SimDrainStore;
+  /**
+   * Captures whose drain an owner answered ok, and not undrained since (by an undrain
+   * that landed): each must stay in the persisted drains while it is live.
+   */
+  private readonly okDrains = new Set<CaptureId>();
   private epoch = 1n;
   /** When an operator resumes the failed changefeed (-1: not failed). */
   private resumeAtStep = -1;
@@ -137,6 +154,11 @@ export class SimCluster {
     moves: 0,
     drains: 0,
     drainsCancelled: 0,
+    drainsRefused: 0,
+    drainsBusy: 0,
+    drainsNotPersisted: 0,
+    drainsLoading: 0,
+    drainedOwnerResigns: 0,
     rebalances: 0,
     fencedWrites: 0,
     pipelineFailures: 0,
@@ -169,6 +191,7 @@ export class SimCluster {
       stats: this.stats,
     };
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
+    this.drainStore = new SimDrainStore(this.rng, { failProbability: 0.08, lostProbability: 0.04, slowProbability: 0.08, slowStepsMax: 30 }, (write) => this.onDrainLanded(write));
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
     for (let i = 0; i < options.captures; i++) this.startCapture();
   }
@@ -185,7 +208,7 @@ export class SimCluster {
       steps: Math.min(this.step, this.options.steps),
       violations: this.violations,
       livenessFailure: this.livenessFailure,
-      stats: { ...this.stats, ...this.metadata.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
+      stats: { ...this.stats, ...this.metadata.stats, ...this.drainStore.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
     };
   }
 
@@ -215,6 +238,7 @@ export class SimCluster {
       this.sendAll(agent.flush().outbox);
     }
     this.metadata.step(step);
+    this.drainStore.step(step);
     this.tickOwners();
     this.followChangefeedState();
     this.checkInvariants();
@@ -234,6 +258,7 @@ export class SimCluster {
       this.world.upstream.compactedTs = this.world.upstream.ts - BigInt(this.rng.int(4));
       this.stats.compactions = (this.stats.compactions ?? 0) + 1;
     }
+    this.operatorDrains();
     // A changefeed failure (an error retrying cannot fix): the run must persist it and stay failed.
     if (this.owner?.run?.phase === 'running' && this.owner.zombieUntil < 0 && this.rng.chance(0.001)) this.owner.run.fail(`injected failure at step ${this.step}`);
     // An operator pauses it (resumed a while later, like a failure).
@@ -247,18 +272,12 @@ export class SimCluster {
       const targets = [...coordinator.captures.captures.keys()];
       if (targets.length > 0 && coordinator.requestMove(spanKey(span), this.rng.pick(targets)).ok) this.stats.moves = (this.stats.moves ?? 0) + 1;
     }
-    if (this.rng.chance(0.004)) {
-      const targets = [...coordinator.captures.captures.keys()];
-      if (targets.length > 0 && coordinator.requestDrain(this.rng.pick(targets)).ok) this.stats.drains = (this.stats.drains ?? 0) + 1;
-    }
-    if (this.rng.chance(0.002)) {
-      const draining = [...coordinator.captures.captures.values()].filter((c) => c.draining);
-      if (draining.length > 0 && coordinator.cancelDrain(this.rng.pick(draining).id).ok) this.stats.drainsCancelled = (this.stats.drainsCancelled ?? 0) + 1;
-    }
     if (this.rng.chance(0.01) && coordinator.requestRebalance().ok) this.stats.rebalances = (this.stats.rebalances ?? 0) + 1;
-    // A rolling restart: a drained capture that holds nothing is stopped and replaced.
+    // A rolling restart: a drained capture that holds nothing is stopped and replaced (a
+    // drained owner resigns first).
     for (const [id, state] of coordinator.captures.captures) {
       const capture = this.captures.get(id);
+      if (id === this.owner?.id) continue;
       if (state.draining && coordinator.remainingSpans(id) === 0 && capture !== undefined && this.canRun(capture) && this.liveCaptures().length > 1) {
         this.crash(capture);
       }
@@ -268,6 +287,7 @@ export class SimCluster {
   private endFaults(): void {
     this.network.faults = undefined;
     this.metadata.faults = undefined;
+    this.drainStore.faults = undefined;
     if (this.resumeAtStep >= 0) this.resumeAtStep = this.step;
     for (const capture of this.captures.values()) if (capture.pausedUntil > this.step) capture.pausedUntil = this.step;
   }
@@ -410,7 +430,7 @@ export class SimCluster {
     const id = this.rng.pick(candidates);
     this.revision++;
     this.stats.elections = (this.stats.elections ?? 0) + 1;
-    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [] };
+    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [], drains: new OwnerDrains(id, drainsLimits), drainsApplied: -1 };
     // Captures learn the new owner from etcd, some sooner than others.
     for (const capture of this.captures.values()) {
       if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent?.observeOwner(id, this.revision);
@@ -491,6 +511,7 @@ export class SimCluster {
     });
     coordinator.setSpans(this.tables, this.spans);
     owner.coordinator = coordinator;
+    owner.drainsApplied = -1;
     owner.run = new ChangefeedRun(runLimits);
     owner.failures = new FailureWindow({ windowTicks: 150, quietTicks: 20 });
     owner.epoch = info.epoch;
@@ -508,8 +529,20 @@ export class SimCluster {
     };
   }
 
-  /** One owner tick: the coordinator while the run is running, then the run's commands. */
+  /**
+   * One owner tick, as the shell does it: nothing is scheduled before the drains are read;
+   * once they are, the coordinator while the run is running (after it was made to drain
+   * exactly the set's live captures), then the run's commands; the drains last.
+   */
   private tickOwner(owner: SimOwner, captures: CaptureId[] | undefined): void {
+    const tick = ++owner.ticks;
+    // A zombie still sees the captures in etcd; only its coordinator keeps its old view.
+    const live = captures ?? [...this.membership];
+    if (owner.drains.loaded) this.tickCoordinator(owner, tick, captures, live);
+    this.onDrainsStep(owner, owner.drains.tick({ tick, captures: live, ownerRemainingSpans: this.ownerRemainingSpans(owner) }));
+  }
+
+  private tickCoordinator(owner: SimOwner, tick: number, captures: CaptureId[] | undefined, live: readonly CaptureId[]): void {
     const coordinator = owner.coordinator;
     const run = owner.run;
     if (coordinator === undefined || run === undefined) {
@@ -518,6 +551,7 @@ export class SimCluster {
     }
     const reports = owner.reports.splice(0);
     if (run.phase === 'running') {
+      this.applyDrains(owner, live);
       const nowMs = this.step * simStepMs;
       const out = coordinator.tick(captures === undefined ? { reports, nowMs } : { captures, reports, nowMs });
       this.checkStall(coordinator);
@@ -544,8 +578,146 @@ export class SimCluster {
         run.fail(`spans kept failing: ${window.error}`);
       }
     }
-    const commands = run.tick({ tick: ++owner.ticks, checkpointTs: coordinator.checkpointTs, resolvedTs: coordinator.resolvedTs });
+    const commands = run.tick({ tick, checkpointTs: coordinator.checkpointTs, resolvedTs: coordinator.resolvedTs });
     this.metadata.submit(this.writer(owner, run), commands, this.step);
+  }
+
+  // ---- drains ----
+
+  /** An operator's drain requests, to the owner as the HTTP API forwards them. */
+  private operatorDrains(): void {
+    const owner = this.owner;
+    const capture = owner === undefined ? undefined : this.captures.get(owner.id);
+    if (owner === undefined || owner.zombieUntil >= 0 || capture === undefined || !this.canRun(capture)) return;
+    const members = [...this.membership];
+    const ask = (kind: DrainRequest['kind'], captureId: CaptureId): void => {
+      const { requestId: _requestId, ...step } = owner.drains.request({ kind, captureId }, members);
+      this.onDrainsStep(owner, step);
+    };
+    if (members.length > 0 && this.rng.chance(0.006)) ask('drain', this.rng.pick(members));
+    const drained = [...owner.drains.draining];
+    if (drained.length > 0 && this.rng.chance(0.003)) ask('undrain', this.rng.pick(drained));
+    // A capture that is gone (or never was) is unknown.
+    if (this.rng.chance(0.0005)) ask(this.rng.chance(0.5) ? 'drain' : 'undrain', this.rng.pick([...this.captures.keys()]));
+    // A burst (a script draining many at once) fills the queue.
+    if (members.length > 0 && this.rng.chance(0.001)) {
+      for (let i = 0; i < 6; i++) ask(this.rng.chance(0.5) ? 'drain' : 'undrain', this.rng.pick(members));
+    }
+  }
+
+  /** Performs what an owner's drains returned: reads and writes to etcd, a resign, the answers. */
+  private onDrainsStep(owner: SimOwner, step: DrainsStep): void {
+    this.drainStore.submit(this.drainsWriter(owner), step.commands, this.step);
+    for (const command of step.commands) if (command.kind === 'resign') this.drainedOwnerResigns(owner, command.id);
+    // As the shell: the coordinator follows the set before an answer counts spans.
+    if (step.answers.length > 0) this.applyDrains(owner, [...this.membership]);
+    for (const { request, answer } of step.answers) {
+      if (answer.ok) {
+        if (request.kind === 'drain') {
+          this.stats.drains = (this.stats.drains ?? 0) + 1;
+          this.okDrains.add(request.captureId);
+        } else {
+          this.stats.drainsCancelled = (this.stats.drainsCancelled ?? 0) + 1;
+          this.okDrains.delete(request.captureId);
+        }
+        continue;
+      }
+      const stat = answer.code === 'busy' ? 'drainsBusy' : answer.code === 'not-persisted' ? 'drainsNotPersisted' : answer.code === 'drains-loading' ? 'drainsLoading' : 'drainsRefused';
+      this.stats[stat] = (this.stats[stat] ?? 0) + 1;
+    }
+  }
+
+  private drainsWriter(owner: SimOwner): DrainsWriter {
+    return {
+      drains: owner.drains,
+      fenceHolds: () => this.owner === owner && owner.zombieUntil < 0 && this.membership.has(owner.id),
+      onFenced: () => {
+        this.stats.fencedWrites = (this.stats.fencedWrites ?? 0) + 1;
+        if (owner.zombieUntil >= 0) owner.zombieUntil = this.step - 1;
+      },
+      onStep: (step) => this.onDrainsStep(owner, step),
+    };
+  }
+
+  /** A drained owner resigns (a deposed one's resign changes nothing); some resigns fail. */
+  private drainedOwnerResigns(owner: SimOwner, id: number): void {
+    const capture = this.captures.get(owner.id);
+    if (owner !== this.owner || owner.zombieUntil >= 0 || capture === undefined || !this.canRun(capture)) return;
+    if (this.liveCaptures().length < 2 || (this.faultsOn && this.rng.chance(0.2))) {
+      this.onDrainsStep(owner, owner.drains.onOutcome({ kind: 'failed', id }));
+      return;
+    }
+    this.stats.drainedOwnerResigns = (this.stats.drainedOwnerResigns ?? 0) + 1;
+    this.resignOwner();
+  }
+
+  /** Spans the owner's capture holds, as the shell counts them (null: not known yet). */
+  private ownerRemainingSpans(owner: SimOwner): number | null {
+    const info = this.metadata.info;
+    if (info.state !== 'normal') return 0;
+    if (owner.coordinator === undefined || owner.run === undefined || owner.epoch !== info.epoch) return null;
+    if (owner.run.phase !== 'running') return 0;
+    return owner.coordinator.remainingSpans(owner.id) ?? null;
+  }
+
+  /**
+   * The owner's coordinator drains exactly the set's live captures (as the shell's
+   * `applyDrains`), checked at once: a live capture in the set is draining unless every
+   * other one is leaving (the coordinator's last-capture refusal), and no other is.
+   */
+  private applyDrains(owner: SimOwner, live: readonly CaptureId[]): void {
+    const coordinator = owner.coordinator;
+    if (coordinator === undefined || !owner.drains.loaded) return;
+    const liveSet = new Set(live);
+    owner.drainsApplied = owner.drains.applyTo(coordinator, liveSet, owner.drainsApplied);
+    const states = coordinator.captures.captures;
+    for (const [id, state] of states) {
+      if (!liveSet.has(id)) continue;
+      const wanted = owner.drains.draining.has(id);
+      if (!wanted && state.draining) this.violations.push(`step ${this.step}: owner ${owner.id}'s coordinator drains ${id}, which its drains do not hold`);
+      if (wanted && !state.leaving && [...states.values()].some((other) => other.id !== id && !other.leaving)) {
+        this.violations.push(`step ${this.step}: owner ${owner.id}'s coordinator does not drain ${id}, which its drains hold`);
+      }
+    }
+  }
+
+  /** A drain write reached etcd: an undrain ends an ok drain; a cleanup must be of a capture that left. */
+  private onDrainLanded(write: LandedDrainWrite): void {
+    if (write.draining) return;
+    if (write.departed && this.membership.has(write.captureId)) {
+      this.violations.push(`step ${this.step}: the drain of live capture ${write.captureId} was deleted as departed`);
+    }
+    this.okDrains.delete(write.captureId);
+  }
+
+  private checkDrains(): void {
+    const step = this.step;
+    const same = (a: ReadonlySet<CaptureId>, b: ReadonlySet<CaptureId>): boolean => a.size === b.size && [...a].every((id) => b.has(id));
+    const show = (set: ReadonlySet<CaptureId> | undefined): string => (set === undefined ? 'unknown' : `[${[...set].join(',')}]`);
+    for (const owner of [this.owner, ...this.zombies]) {
+      if (owner === undefined) continue;
+      try {
+        owner.drains.checkInvariants();
+      } catch (error) {
+        this.violations.push(`step ${step}: owner ${owner.id}'s drains: ${(error as Error).message} ${JSON.stringify((error as { state?: unknown }).state)}`);
+      }
+      if (!owner.drains.loaded) continue;
+      // As of its last read or write, every owner's set is what etcd held.
+      const revision = owner.drains.guardRevision;
+      const known = revision === undefined ? undefined : this.drainStore.setAt(revision);
+      if (known === undefined || !same(known, owner.drains.draining)) {
+        this.violations.push(`step ${step}: owner ${owner.id}'s drains ${show(owner.drains.draining)} are not etcd's ${show(known)} at guard revision ${revision}`);
+      }
+    }
+    // The owner in office, with no write out, holds what the next owner will read.
+    const owner = this.owner;
+    if (owner !== undefined && owner.zombieUntil < 0 && this.membership.has(owner.id) && owner.drains.loaded && !owner.drains.writeInFlight && !same(owner.drains.draining, this.drainStore.persisted)) {
+      this.violations.push(`step ${step}: owner ${owner.id}'s drains ${show(owner.drains.draining)} are not the persisted ${show(this.drainStore.persisted)}`);
+    }
+    // A drain answered ok stays persisted until an undrain of it lands (or it leaves).
+    for (const id of this.okDrains) {
+      if (this.membership.has(id) && !this.drainStore.persisted.has(id)) this.violations.push(`step ${step}: the drain of ${id} was answered ok but is not persisted`);
+    }
   }
 
   private tickOwners(): void {
@@ -613,6 +785,7 @@ export class SimCluster {
       this.violations.push(`step ${step}: persisted checkpoint ${this.persisted.checkpointTs} above resolved ${this.persisted.resolvedTs}`);
     }
     for (const violation of this.metadata.violations.splice(0)) this.violations.push(`step ${step}: ${violation}`);
+    this.checkDrains();
     // A failed changefeed stays failed until an operator resumes it: no run coordinates it.
     const ownerCapture = this.owner === undefined ? undefined : this.captures.get(this.owner.id);
     const ownerActs = ownerCapture !== undefined && this.canRun(ownerCapture);
@@ -684,6 +857,8 @@ export class SimCluster {
       this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})`;
     } else if ((this.coordinatorCheckpoints.get(this.step - convergeStepsMax) ?? 0n) > this.persisted.checkpointTs) {
       this.livenessFailure = `the persisted checkpoint ${this.persisted.checkpointTs} is below the coordinator's of ${convergeStepsMax} steps before (${this.coordinatorCheckpoints.get(this.step - convergeStepsMax)})`;
+    } else if ([...this.drainStore.persisted].some((id) => !this.membership.has(id))) {
+      this.livenessFailure = `drains of captures that left are still persisted: ${[...this.drainStore.persisted].filter((id) => !this.membership.has(id)).join(',')}`;
     } else if ((coordinator?.checkpointTs ?? 0n) <= this.checkpointAtSettle) {
       this.livenessFailure = `checkpoint stuck at ${coordinator?.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
     }
