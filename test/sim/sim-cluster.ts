@@ -27,7 +27,7 @@ import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey, splitTable } from '../../src/core/span.ts';
 import { SimNetwork } from './sim-network.ts';
 import { SimPipelines, SimSinkLog, SimUpstream, stateDifference } from './sim-pipelines.ts';
-import type { SimWorld } from './sim-pipelines.ts';
+import type { CaptureInfoView, SimWorld } from './sim-pipelines.ts';
 import type { PipelineEvent } from '../../src/agent/pipeline.ts';
 import type { BackfillProgress } from '../../src/agent/span-pipeline.ts';
 import { SimMetadata } from './sim-metadata.ts';
@@ -70,6 +70,8 @@ interface SimCapture {
   readonly pipelines: SimPipelines;
   alive: boolean;
   pausedUntil: number;
+  /** Its copy of the info's tables, read now and then (it lags the owner's updates). */
+  readonly view: CaptureInfoView;
 }
 
 interface SimOwner {
@@ -89,6 +91,8 @@ interface SimOwner {
   readonly drains: OwnerDrains;
   /** The drains version its coordinator has had (-1: none yet; a new coordinator has none). */
   drainsApplied: number;
+  /** The table set its coordinator has (table updates reach an owner at its next tick). */
+  tablesVersion: number;
 }
 
 const changefeed = 'sim';
@@ -107,14 +111,19 @@ export class SimCluster {
   /** The upstream, the sink and the backfill records every capture's pipelines act on. */
   private readonly world: SimWorld;
   /** The tables' backfill revision: the create's, then each resume with backfill's. */
-  private generation = startTs + 1n;
-  /** The current backfill's lower bound when it is incremental (a resume with `sinceTs`). */
-  private backfillSinceTs: bigint | undefined;
+  /** Every table the upstream has; the changefeed replicates the `included` ones. */
+  private readonly allTables: TableRange[] = [];
+  private readonly spansByTable = new Map<string, Span[]>();
+  private readonly included = new Set<string>();
+  /** Per included table, its backfill revision (create, a table added, a resume with backfill). */
+  private readonly generations = new Map<string, bigint>();
+  /** Per table whose backfill is incremental, its lower bound (a resume with `sinceTs`). */
+  private readonly backfillSince = new Map<string, bigint>();
+  /** Bumped on every table update, so owners apply it once. */
+  private tablesVersion = 0;
   /** Per capture and span, the last agent checkpoint whose sink state was checked. */
   private readonly checkedCheckpoints = new Map<string, bigint>();
   private lastCheckedPersisted = -1n;
-  private readonly tables: TableRange[];
-  private readonly spans: Span[];
   private readonly captures = new Map<CaptureId, SimCapture>();
   /** Registered in etcd (lease alive). */
   private readonly membership = new Set<CaptureId>();
@@ -170,26 +179,23 @@ export class SimCluster {
     this.options = options;
     this.rng = new SeededRandom(options.seed);
     this.network = new SimNetwork(this.rng, { dropProbability: 0.05, duplicateProbability: 0.03, delayStepsMax: 3 });
+    // One more table than the changefeed starts with: table updates add and remove them.
     const tableCount = 1 + this.rng.int(3);
-    this.tables = [];
-    this.spans = [];
-    for (let t = 0; t < tableCount; t++) {
+    for (let t = 0; t <= tableCount; t++) {
       const table: TableRange = { name: `t${t}`, start: 'a', end: 'z' };
       const count = Math.max(1, Math.floor(options.spans / tableCount) + (t === 0 ? options.spans % tableCount : 0));
       const boundaries: string[] = [];
       for (let i = 1; i < count; i++) boundaries.push(`k${String(i).padStart(6, '0')}`);
-      this.tables.push(table);
-      this.spans.push(...splitTable(table, boundaries));
+      this.allTables.push(table);
+      this.spansByTable.set(table.name, splitTable(table, boundaries));
+      // Created with a backfill at the start revision + 1 (the checkpoint starts just below).
+      if (t < tableCount) {
+        this.included.add(table.name);
+        this.generations.set(table.name, startTs + 1n);
+      }
     }
-    const upstream = new SimUpstream(this.rng, this.spans, startTs);
-    this.world = {
-      upstream,
-      sink: new SimSinkLog(),
-      records: new Map<string, BackfillProgress>(),
-      generation: () => this.generation,
-      sinceTs: () => this.backfillSinceTs,
-      stats: this.stats,
-    };
+    const upstream = new SimUpstream(this.rng, [...this.spansByTable.values()].flat(), startTs);
+    this.world = { upstream, sink: new SimSinkLog(), records: new Map<string, BackfillProgress>(), doneAt: new Map(), stats: this.stats };
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
     this.drainStore = new SimDrainStore(this.rng, { failProbability: 0.08, lostProbability: 0.04, slowProbability: 0.08, slowStepsMax: 30 }, (write) => this.onDrainLanded(write));
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
@@ -228,6 +234,7 @@ export class SimCluster {
     if (this.faultsOn) this.injectFaults();
     this.resumePaused();
     this.expireLeases();
+    this.refreshViews();
     this.elect();
     this.deliver();
     for (const capture of this.captures.values()) {
@@ -253,6 +260,7 @@ export class SimCluster {
     if (this.liveCaptures().length < this.options.captures && this.rng.chance(0.05)) this.startCapture();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.pauseOwner();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
+    this.updateTables();
     // etcd compacts the upstream's history: spans behind it fail the changefeed.
     if (this.rng.chance(0.0015)) {
       this.world.upstream.compactedTs = this.world.upstream.ts - BigInt(this.rng.int(4));
@@ -284,6 +292,64 @@ export class SimCluster {
     }
   }
 
+  /**
+   * An operator's table update (PUT with backfill): a table added is backfilled at the
+   * current revision, a table removed leaves the changefeed (and may come back later with
+   * a new backfill). The owner applies it at its next tick; captures read it a while later.
+   */
+  private updateTables(): void {
+    if (this.metadata.info.state !== 'normal' || !this.rng.chance(0.004)) return;
+    const absent = this.allTables.filter((t) => !this.included.has(t.name));
+    if (absent.length > 0 && (this.included.size <= 1 || this.rng.chance(0.5))) {
+      const table = this.rng.pick(absent).name;
+      this.included.add(table);
+      this.generations.set(table, this.world.upstream.ts);
+      this.backfillSince.delete(table);
+      this.stats.tablesAdded = (this.stats.tablesAdded ?? 0) + 1;
+    } else if (this.included.size > 1) {
+      const table = this.rng.pick([...this.included]);
+      this.included.delete(table);
+      this.generations.delete(table);
+      this.backfillSince.delete(table);
+      this.stats.tablesRemoved = (this.stats.tablesRemoved ?? 0) + 1;
+    } else {
+      return;
+    }
+    this.tablesVersion++;
+  }
+
+  /** The tables the changefeed replicates now. */
+  private get tables(): TableRange[] {
+    return this.allTables.filter((t) => this.included.has(t.name));
+  }
+
+  /** Their spans. */
+  private get spans(): Span[] {
+    return this.tables.flatMap((t) => this.spansByTable.get(t.name) ?? []);
+  }
+
+  /** A capture reads the info now and then (always, once faults stop). */
+  private refreshViews(): void {
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture) || (this.faultsOn && !this.rng.chance(0.3))) continue;
+      capture.view.generations = new Map(this.generations);
+      capture.view.since = new Map(this.backfillSince);
+    }
+  }
+
+  /**
+   * True when every span of `table` finished its current backfill at or below `ts`, as
+   * the records say: only then does a reader (the verifier) count the table at `ts`.
+   */
+  private backfilledBy(table: string, ts: bigint, spans: readonly Span[] = this.spansByTable.get(table) ?? []): boolean {
+    const generation = this.generations.get(table);
+    if (generation === undefined || ts < generation) return false;
+    return spans.every((span) => {
+      const snapshotTs = this.world.doneAt.get(spanKey(span))?.get(generation);
+      return snapshotTs !== undefined && snapshotTs <= ts;
+    });
+  }
+
   private endFaults(): void {
     this.network.faults = undefined;
     this.metadata.faults = undefined;
@@ -295,7 +361,8 @@ export class SimCluster {
   private startCapture(): void {
     const id = `c${this.nextCaptureNumber++}`;
     const agent = this.metadata.info.state === 'normal' ? this.newAgent(id) : undefined;
-    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world), alive: true, pausedUntil: -1 });
+    const view: CaptureInfoView = { generations: new Map(this.generations), since: new Map(this.backfillSince) };
+    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world, view), alive: true, pausedUntil: -1, view });
     this.membership.add(id);
   }
 
@@ -335,14 +402,19 @@ export class SimCluster {
       // The way out of a compacted checkpoint is a resume with backfill: every table is
       // copied again at the current revision (the API's `{"backfill": true}`).
       if (this.metadata.info.error?.includes('compacted') === true) {
-        const previousGeneration = this.generation;
-        this.generation = this.world.upstream.ts;
         this.stats.resumesWithBackfill = (this.stats.resumesWithBackfill ?? 0) + 1;
         // Half of them incremental, from the persisted checkpoint (the highest bound
-        // allowed), when the API allows one: the last backfill finished below it.
-        const whole = this.persisted.checkpointTs >= previousGeneration;
-        this.backfillSinceTs = whole && this.rng.chance(0.5) ? this.persisted.checkpointTs : undefined;
-        if (this.backfillSinceTs !== undefined) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
+        // allowed), when the API allows one: every table's last backfill finished below it.
+        const checkpointTs = this.persisted.checkpointTs;
+        const whole = [...this.generations.values()].every((g) => checkpointTs >= g);
+        const incremental = whole && this.rng.chance(0.5);
+        this.backfillSince.clear();
+        for (const table of this.included) {
+          this.generations.set(table, this.world.upstream.ts);
+          if (incremental) this.backfillSince.set(table, checkpointTs);
+        }
+        if (incremental) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
+        this.tablesVersion++;
       }
       this.metadata.resume(this.epoch);
       this.stats.resumes = (this.stats.resumes ?? 0) + 1;
@@ -430,7 +502,7 @@ export class SimCluster {
     const id = this.rng.pick(candidates);
     this.revision++;
     this.stats.elections = (this.stats.elections ?? 0) + 1;
-    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [], drains: new OwnerDrains(id, drainsLimits), drainsApplied: -1 };
+    this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [], drains: new OwnerDrains(id, drainsLimits), drainsApplied: -1, tablesVersion: -1 };
     // Captures learn the new owner from etcd, some sooner than others.
     for (const capture of this.captures.values()) {
       if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent?.observeOwner(id, this.revision);
@@ -510,6 +582,7 @@ export class SimCluster {
       limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8, stallAfterMs: simStallAfterMs },
     });
     coordinator.setSpans(this.tables, this.spans);
+    owner.tablesVersion = this.tablesVersion;
     owner.coordinator = coordinator;
     owner.drainsApplied = -1;
     owner.run = new ChangefeedRun(runLimits);
@@ -551,6 +624,11 @@ export class SimCluster {
     }
     const reports = owner.reports.splice(0);
     if (run.phase === 'running') {
+      // A table update reaches the owner in office (a zombie keeps its old tables).
+      if (captures !== undefined && owner.tablesVersion !== this.tablesVersion) {
+        coordinator.setSpans(this.tables, this.spans);
+        owner.tablesVersion = this.tablesVersion;
+      }
       this.applyDrains(owner, live);
       const nowMs = this.step * simStepMs;
       const out = coordinator.tick(captures === undefined ? { reports, nowMs } : { captures, reports, nowMs });
@@ -813,11 +891,14 @@ export class SimCluster {
   private checkSinkState(): void {
     const { upstream, sink } = this.world;
     const persisted = this.persisted.checkpointTs;
-    if (persisted >= this.generation && persisted !== this.lastCheckedPersisted) {
+    if (persisted !== this.lastCheckedPersisted) {
       this.lastCheckedPersisted = persisted;
-      for (const span of this.spans) {
-        const difference = stateDifference(upstream, sink, span, persisted);
-        if (difference !== undefined) this.violations.push(`step ${this.step}: at the persisted checkpoint ${persisted} the sink differs for ${spanKey(span)}: ${difference}`);
+      for (const table of this.included) {
+        if (!this.backfilledBy(table, persisted)) continue;
+        for (const span of this.spansByTable.get(table) ?? []) {
+          const difference = stateDifference(upstream, sink, span, persisted);
+          if (difference !== undefined) this.violations.push(`step ${this.step}: at the persisted checkpoint ${persisted} the sink differs for ${spanKey(span)}: ${difference}`);
+        }
       }
     }
     // The agents' checkpoints every few steps (each check reads the span's whole history).
@@ -825,7 +906,7 @@ export class SimCluster {
     for (const capture of this.captures.values()) {
       if (!this.canRun(capture)) continue;
       for (const status of capture.agent?.statuses() ?? []) {
-        if (status.state !== 'replicating' || status.checkpointTs < this.generation) continue;
+        if (status.state !== 'replicating' || !this.included.has(status.span.table) || !this.backfilledBy(status.span.table, status.checkpointTs, [status.span])) continue;
         const id = `${capture.id}/${spanKey(status.span)}`;
         if (this.checkedCheckpoints.get(id) === status.checkpointTs) continue;
         this.checkedCheckpoints.set(id, status.checkpointTs);
@@ -861,6 +942,11 @@ export class SimCluster {
       this.livenessFailure = `drains of captures that left are still persisted: ${[...this.drainStore.persisted].filter((id) => !this.membership.has(id)).join(',')}`;
     } else if ((coordinator?.checkpointTs ?? 0n) <= this.checkpointAtSettle) {
       this.livenessFailure = `checkpoint stuck at ${coordinator?.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
+    } else if (final && [...this.included].some((t) => !this.backfilledBy(t, this.persisted.checkpointTs))) {
+      // Every table's copy is done and below the checkpoint in the end: a table whose
+      // spans skipped their backfill would never be whole in the sink.
+      const pending = [...this.included].filter((t) => !this.backfilledBy(t, this.persisted.checkpointTs));
+      this.livenessFailure = `tables ${pending.join(',')} are not backfilled by the persisted checkpoint ${this.persisted.checkpointTs} after faults stopped`;
     }
   }
 

@@ -198,11 +198,19 @@ export interface SimWorld {
   readonly sink: SimSinkLog;
   /** Backfill records by span key (etcd). */
   readonly records: Map<string, BackfillProgress>;
-  /** The tables' backfill revision the changefeed's info says now. */
-  generation(): bigint;
-  /** The lower bound of the current backfill when it is incremental. */
-  sinceTs(): bigint | undefined;
+  /**
+   * Per span key and backfill generation, the lowest snapshot a done record of it was
+   * saved with: what the backfill achieved, whatever a late write did to the record since.
+   */
+  readonly doneAt: Map<string, Map<bigint, bigint>>;
+
   readonly stats: Record<string, number>;
+}
+
+/** A capture's copy of the changefeed info's tables: backfill revisions and incremental bounds. */
+export interface CaptureInfoView {
+  generations: ReadonlyMap<string, bigint>;
+  since: ReadonlyMap<string, bigint>;
 }
 
 /** Step length in ms: the pure pipelines' clock. */
@@ -224,13 +232,18 @@ export class SimPipelines {
   private pipelines = new SpanPipelines(simPipelineLimits);
   /** The effects of each span, in order; the head runs. */
   private readonly queues = new Map<string, QueuedEffect[]>();
-  private readonly generationOf = (): BackfillGeneration => this.world.generation();
-  private readonly sinceTsOf = (): bigint | undefined => this.world.sinceTs();
+  private readonly generationOf: (span: Span) => BackfillGeneration;
+  private readonly sinceTsOf: (span: Span) => bigint | undefined;
 
   constructor(
     private readonly rng: SeededRandom,
     private readonly world: SimWorld,
-  ) {}
+    /** The changefeed's info as this capture last read it: each table's backfill. */
+    view: CaptureInfoView,
+  ) {
+    this.generationOf = (span) => view.generations.get(span.table) ?? 'unknown-table';
+    this.sinceTsOf = (span) => view.since.get(span.table);
+  }
 
   /** Applies the agent's commands at `step`; returns what they made the pipelines say. */
   apply(commands: readonly PipelineCommand[], step: number, faultsOn: boolean): PipelineEvent[] {
@@ -338,7 +351,13 @@ export class SimPipelines {
       case 'save-backfill':
         if (fate === 'fail-midway') return failed('simulated failure of a record write');
         records.set(effect.key, effect.progress);
-        if (effect.progress.done) stats.backfillsDone = (stats.backfillsDone ?? 0) + 1;
+        if (effect.progress.done) {
+          stats.backfillsDone = (stats.backfillsDone ?? 0) + 1;
+          let done = this.world.doneAt.get(effect.key);
+          if (done === undefined) this.world.doneAt.set(effect.key, (done = new Map()));
+          const { generation, snapshotTs } = effect.progress;
+          if ((done.get(generation) ?? snapshotTs) >= snapshotTs) done.set(generation, snapshotTs);
+        }
         if (fate === 'fail-after') return failed('simulated failure after the record landed');
         return { kind: 'backfill-saved', id: effect.id };
       case 'stream': {
