@@ -17,55 +17,15 @@
  * changefeed beside it keeps advancing, and no capture exits. A capture that loses its
  * etcd session while holding a call that hangs for ever stops its pipelines and rejoins.
  */
-import { createServer } from 'node:net';
-import type { Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChangefeedView, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, api, callAny, waitFor } from './harness.ts';
+import { HangingServer } from './hanging-server.ts';
 
 const cluster = `hung${process.pid}`;
 const stepDeadlineMs = 1_000;
 const spansPerTable = 4;
 const deadlineNamed = new RegExp(`within ${stepDeadlineMs} ms`);
-
-/** PostgreSQL backend messages: AuthenticationOk, then ReadyForQuery (idle). */
-const startupAnswer = Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0, 0x5a, 0, 0, 0, 5, 0x49]);
-
-/** A loopback TCP server that accepts connections, reads what it is sent, and never answers (but the startup, when `stalled`). */
-class HangingServer {
-  /** Connections open now. */
-  readonly sockets = new Set<Socket>();
-  connectionsSeen = 0;
-  port = 0;
-  private readonly server: Server = createServer((socket) => {
-    this.connectionsSeen++;
-    this.sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.on('close', () => this.sockets.delete(socket));
-    // The client's first bytes are its startup message; the rest is read and dropped.
-    socket.once('data', () => {
-      if (this.mode === 'stalled') socket.write(startupAnswer);
-    });
-    socket.resume();
-  });
-
-  constructor(readonly mode: 'silent' | 'stalled') {}
-
-  async listen(): Promise<void> {
-    this.port = await new Promise<number>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', () => {
-        const address = this.server.address();
-        resolve(typeof address === 'object' && address !== null ? address.port : 0);
-      });
-    });
-  }
-
-  async stop(): Promise<void> {
-    for (const socket of this.sockets) socket.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
 
 let etcd: TestEtcd;
 const servers: HangingServer[] = [];
