@@ -1,7 +1,9 @@
 /**
  * The changefeed lifecycle as operators drive it: create, update tables, pause, resume,
- * remove. The rules (which state allows what, epochs, backfill revisions) and the etcd
- * writes live here; the HTTP API only maps requests and errors.
+ * remove. The rules (which state allows what, epochs, backfill revisions) are pure, in
+ * `src/core/changefeed-lifecycle.ts`; this file reads what they need (the source's
+ * revision, the checkpoint), performs their decisions as etcd writes, and maps refusals
+ * to errors; the HTTP API only maps requests and errors.
  *
  * Every write is compare-and-set in etcd: a create requires that the info key does not
  * exist, every other change requires the info's mod revision that was read. Two
@@ -14,7 +16,9 @@ import type { Etcd3 } from 'etcd3';
 import type { ChangefeedCache, Versioned } from '../cluster/changefeed-cache.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { openSource } from '../pipeline/registry.ts';
-import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
+import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-info.ts';
+import * as lifecycle from '../core/changefeed-lifecycle.ts';
+import type { LifecycleDecision, LifecycleTable, LifecycleView } from '../core/changefeed-lifecycle.ts';
 import { ValidationError, parseCreateRequest, parseTables, validateId } from './changefeed-info.ts';
 import type { OwnerRole, WriteResult } from './owner-role.ts';
 
@@ -115,23 +119,13 @@ export class ChangefeedService {
     if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
     const asked = parseTables((body as { tables?: unknown }).tables);
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
-    let backfillTs: string | undefined;
-    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) {
-      const at = await backfillRevision(info);
-      refusePastTarget(info, at);
-      backfillTs = at.toString();
-    }
+    let backfillAtTs: bigint | undefined;
+    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info);
     return this.queued(async () => {
       const latest = this.find(id);
-      const previous = new Map(latest.value.tables.map((t) => [t.name, t]));
-      const tables = asked.map((t) => {
-        const old = previous.get(t.name);
-        if (old?.backfillTs !== undefined) return { ...t, backfillTs: old.backfillTs };
-        return old === undefined && backfillTs !== undefined ? { ...t, backfillTs } : t;
-      });
-      const updated: ChangefeedInfo = { ...latest.value, tables };
-      const removedTables = latest.value.tables.filter((t) => !tables.some((kept) => kept.name === t.name)).map((t) => t.name);
-      refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision, removedTables }), updated.id);
+      const decision = lifecycle.updateTables(viewOf(latest.value), asked.map(tableView), backfillAtTs);
+      const updated = infoOf(latest.value, decided(latest.value.id, decision));
+      refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision, removedTables: decision.removed ?? [] }), updated.id);
       return updated;
     });
   }
@@ -152,8 +146,7 @@ export class ChangefeedService {
     }
     return this.queued(async () => {
       const latest = this.find(id);
-      if (latest.value.state === 'paused') throw new ServiceError('conflict', 'already-paused', `changefeed ${latest.value.id} is already paused`);
-      const updated: ChangefeedInfo = { ...latest.value, state: 'paused' };
+      const updated = infoOf(latest.value, decided(latest.value.id, lifecycle.pause(latest.value.id, viewOf(latest.value))));
       refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision }), updated.id);
       return updated;
     });
@@ -175,7 +168,7 @@ export class ChangefeedService {
       for (const key of Object.keys(body)) if (key !== 'backfill') throw new ValidationError(`unknown field "${key}"; resume takes only "backfill"`);
       const value = (body as { backfill?: unknown }).backfill;
       if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
-        sinceTs = incrementalSince(value, info, this.ctx.cache.status(info.id)?.value.checkpointTs ?? info.startTs);
+        sinceTs = parseSinceTs(value);
         backfill = true;
       } else {
         if (value !== undefined && typeof value !== 'boolean') throw new ValidationError('backfill must be true, false or {"sinceTs": "<revision>"}');
@@ -184,21 +177,13 @@ export class ChangefeedService {
     }
     if (info.state === 'normal') throw notPaused(info.id);
     // Asked outside the queue: the source may be slow.
-    const snapshotTs = backfill ? await backfillRevision(info) : undefined;
+    const atTs = backfill ? await backfillRevision(info) : undefined;
     return this.queued(async () => {
       const latest = this.find(id);
-      if (latest.value.state === 'normal') throw notPaused(latest.value.id);
-      const { error: _error, ...rest } = latest.value;
-      let tables = rest.tables;
-      if (snapshotTs !== undefined) {
-        refusePastTarget(latest.value, snapshotTs);
-        tables = rest.tables.map(({ backfillSinceTs: _since, ...t }) => ({
-          ...t,
-          backfillTs: snapshotTs.toString(),
-          ...(sinceTs === undefined ? {} : { backfillSinceTs: sinceTs.toString() }),
-        }));
-      }
-      const updated: ChangefeedInfo = { ...rest, tables, state: 'normal', epoch: (BigInt(rest.epoch) + 1n).toString() };
+      const checkpointTs = BigInt(this.ctx.cache.status(latest.value.id)?.value.checkpointTs ?? latest.value.startTs);
+      const decision = lifecycle.resume(latest.value.id, viewOf(latest.value), checkpointTs, atTs === undefined ? undefined : { atTs, ...(sinceTs === undefined ? {} : { sinceTs }) });
+      const { error: _error, ...rest } = infoOf(latest.value, decided(latest.value.id, decision));
+      const updated: ChangefeedInfo = rest;
       refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision }), updated.id);
       return updated;
     });
@@ -249,35 +234,37 @@ async function backfillRevision(info: ChangefeedInfo): Promise<bigint> {
   }
 }
 
-/** A backfill at `revision` would write past the changefeed's targetTs: conflict. */
-function refusePastTarget(info: ChangefeedInfo, revision: bigint): void {
-  if (info.targetTs !== undefined && BigInt(info.targetTs) < revision) {
-    throw new ServiceError('conflict', 'past-target', `changefeed ${info.id} stops at targetTs ${info.targetTs}, below the current revision ${revision}: a backfill there would pass it`);
-  }
-}
-
-/**
- * The lower bound of an incremental backfill, `{"sinceTs": "<revision>"}`: at most the
- * persisted checkpoint, since the sink holds everything up to that and no more; a bound
- * above it would skip the changes between the two.
- */
-function incrementalSince(value: object, info: ChangefeedInfo, checkpointTs: string): bigint {
+/** `{"sinceTs": "<revision>"}`: the lower bound of an incremental backfill, as a revision. */
+function parseSinceTs(value: object): bigint {
   for (const key of Object.keys(value)) if (key !== 'sinceTs') throw new ValidationError(`unknown field "backfill.${key}"; an incremental backfill takes only "sinceTs"`);
   const since = (value as { sinceTs?: unknown }).sinceTs;
   const text = typeof since === 'number' && Number.isSafeInteger(since) ? String(since) : since;
   if (typeof text !== 'string' || !/^\d{1,20}$/.test(text)) throw new ValidationError('backfill.sinceTs must be a revision: a decimal string of up to 20 digits');
-  const ts = BigInt(text);
-  if (ts > BigInt(checkpointTs)) {
-    throw new ValidationError(`backfill.sinceTs ${ts} is above the changefeed's checkpoint ${checkpointTs}: the sink holds nothing after the checkpoint, so the changes between them would be lost`);
-  }
-  // The unchanged keys are not copied: the sink must hold every table whole as of the
-  // checkpoint, which only a backfill that finished at or below it guarantees (a table
-  // never backfilled lacks the keys written before the changefeed started).
-  for (const table of info.tables) {
-    if (table.backfillTs === undefined || BigInt(table.backfillTs) > BigInt(checkpointTs)) {
-      const why = table.backfillTs === undefined ? 'was never backfilled' : `has a backfill at ${table.backfillTs} that the checkpoint ${checkpointTs} has not passed`;
-      throw new ValidationError(`an incremental backfill needs the sink to hold every table whole as of the checkpoint, but table ${table.name} ${why}: resume with {"backfill": true}`);
-    }
-  }
-  return ts;
+  return BigInt(text);
+}
+
+/** The lifecycle's view of a stored info (revisions as bigints). */
+function viewOf(info: ChangefeedInfo): LifecycleView {
+  return { state: info.state, epoch: BigInt(info.epoch), ...(info.targetTs === undefined ? {} : { targetTs: BigInt(info.targetTs) }), tables: info.tables.map(tableView) };
+}
+
+function tableView(table: TableSpec): LifecycleTable & Omit<TableSpec, 'backfillTs' | 'backfillSinceTs'> {
+  const { backfillTs, backfillSinceTs, ...rest } = table;
+  return { ...rest, ...(backfillTs === undefined ? {} : { backfillTs: BigInt(backfillTs) }), ...(backfillSinceTs === undefined ? {} : { backfillSinceTs: BigInt(backfillSinceTs) }) };
+}
+
+/** The info a lifecycle decision makes of `info` (revisions back as decimal strings). */
+function infoOf(info: ChangefeedInfo, view: LifecycleView): ChangefeedInfo {
+  const tables = view.tables.map((table): TableSpec => {
+    const { backfillTs, backfillSinceTs, ...rest } = table as LifecycleTable & Omit<TableSpec, 'backfillTs' | 'backfillSinceTs'>;
+    return { ...rest, ...(backfillTs === undefined ? {} : { backfillTs: backfillTs.toString() }), ...(backfillSinceTs === undefined ? {} : { backfillSinceTs: backfillSinceTs.toString() }) };
+  });
+  return { ...info, state: view.state, epoch: view.epoch.toString(), tables };
+}
+
+/** The decided view, or the refusal as a ServiceError (`invalid` 400, `conflict` 409). */
+function decided(id: string, decision: LifecycleDecision): LifecycleView {
+  if (decision.ok) return decision.next;
+  if (decision.kind === 'invalid') throw new ValidationError(decision.message);
+  throw new ServiceError('conflict', decision.code, decision.code === 'past-target' ? `changefeed ${id}: ${decision.message}` : decision.message);
 }

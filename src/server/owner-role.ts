@@ -32,6 +32,7 @@ import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
 import { SerialQueue } from './serial-queue.ts';
 import { FailureWindow } from '../core/failure-window.ts';
+import { failRun } from '../core/changefeed-lifecycle.ts';
 import { OwnerDrains } from '../core/owner-drains.ts';
 import type { AnsweredRequest, DrainRequest, DrainsCommand, DrainsLimits, DrainsOutcome, DrainsStep } from '../core/owner-drains.ts';
 
@@ -483,9 +484,10 @@ export class OwnerRole {
    */
   private async writeFailure(managed: ManagedChangefeed, error: string): Promise<WriteResult> {
     const latest = this.ctx.cache.info(managed.info.id);
-    if (latest === undefined || latest.value.state !== 'normal' || latest.value.epoch !== managed.epoch) return 'ok';
+    const decision = failRun(latest === undefined ? undefined : { state: latest.value.state, epoch: BigInt(latest.value.epoch), tables: [] }, BigInt(managed.epoch));
+    if (latest === undefined || decision.kind === 'ended') return 'ok';
     this.ctx.log.error({ changefeed: managed.info.id, error }, 'changefeed failed');
-    return this.writeInfo({ ...latest.value, state: 'failed', error }, { expectedModRevision: latest.modRevision });
+    return this.writeInfo({ ...latest.value, state: decision.next.state, error }, { expectedModRevision: latest.modRevision });
   }
 
   /**

@@ -21,6 +21,8 @@ import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.
 import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
 import { FailureWindow } from '../../src/core/failure-window.ts';
+import { resume } from '../../src/core/changefeed-lifecycle.ts';
+import type { LifecycleView } from '../../src/core/changefeed-lifecycle.ts';
 import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
@@ -318,6 +320,16 @@ export class SimCluster {
     this.tablesVersion++;
   }
 
+  /** The changefeed's info as the lifecycle sees it. */
+  private lifecycleView(): LifecycleView {
+    const tables = [...this.included].map((name) => {
+      const backfillTs = this.generations.get(name);
+      const backfillSinceTs = this.backfillSince.get(name);
+      return { name, ...(backfillTs === undefined ? {} : { backfillTs }), ...(backfillSinceTs === undefined ? {} : { backfillSinceTs }) };
+    });
+    return { state: this.metadata.info.state, epoch: this.epoch, tables };
+  }
+
   /** The tables the changefeed replicates now. */
   private get tables(): TableRange[] {
     return this.allTables.filter((t) => this.included.has(t.name));
@@ -398,22 +410,32 @@ export class SimCluster {
     if (this.resumeAtStep >= 0 && this.step >= this.resumeAtStep) {
       this.resumeAtStep = -1;
       this.agentsDropped = false;
-      this.epoch++;
       // The way out of a compacted checkpoint is a resume with backfill: every table is
-      // copied again at the current revision (the API's `{"backfill": true}`).
-      if (this.metadata.info.error?.includes('compacted') === true) {
+      // copied again at the current revision (the API's `{"backfill": true}`), half of the
+      // time incrementally from the persisted checkpoint (the highest bound allowed),
+      // which the lifecycle refuses unless every table's last backfill finished below it.
+      const withBackfill = this.metadata.info.error?.includes('compacted') === true;
+      const view = this.lifecycleView();
+      const checkpointTs = this.persisted.checkpointTs;
+      const atTs = this.world.upstream.ts;
+      let decision = resume(changefeed, view, checkpointTs, withBackfill ? { atTs, ...(this.rng.chance(0.5) ? { sinceTs: checkpointTs } : {}) } : undefined);
+      if (!decision.ok && withBackfill) {
+        this.stats.incrementalRefused = (this.stats.incrementalRefused ?? 0) + 1;
+        decision = resume(changefeed, view, checkpointTs, { atTs });
+      }
+      if (!decision.ok) {
+        this.violations.push(`step ${this.step}: the resume of a ${view.state} changefeed was refused: ${decision.message}`);
+        return;
+      }
+      this.epoch = decision.next.epoch;
+      if (withBackfill) {
         this.stats.resumesWithBackfill = (this.stats.resumesWithBackfill ?? 0) + 1;
-        // Half of them incremental, from the persisted checkpoint (the highest bound
-        // allowed), when the API allows one: every table's last backfill finished below it.
-        const checkpointTs = this.persisted.checkpointTs;
-        const whole = [...this.generations.values()].every((g) => checkpointTs >= g);
-        const incremental = whole && this.rng.chance(0.5);
         this.backfillSince.clear();
-        for (const table of this.included) {
-          this.generations.set(table, this.world.upstream.ts);
-          if (incremental) this.backfillSince.set(table, checkpointTs);
+        for (const table of decision.next.tables) {
+          if (table.backfillTs !== undefined) this.generations.set(table.name, table.backfillTs);
+          if (table.backfillSinceTs !== undefined) this.backfillSince.set(table.name, table.backfillSinceTs);
         }
-        if (incremental) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
+        if (this.backfillSince.size > 0) this.stats.incrementalResumes = (this.stats.incrementalResumes ?? 0) + 1;
         this.tablesVersion++;
       }
       this.metadata.resume(this.epoch);

@@ -9,6 +9,7 @@
  */
 import type { ChangefeedRun, RunCommand, RunOutcome } from '../../src/core/changefeed-run.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
+import { failRun, pause } from '../../src/core/changefeed-lifecycle.ts';
 
 /** One owner's run, as the metadata sees its writer. */
 export interface MetadataWriter {
@@ -70,11 +71,12 @@ export class SimMetadata {
     }
   }
 
-  /** An operator pauses the changefeed (compare-and-set on the info, as the API does). */
+  /** An operator pauses the changefeed (compare-and-set on the info, as the API does), as the lifecycle allows. */
   pause(): void {
-    if (this.info.state !== 'normal') return;
+    const decision = pause('sim', { state: this.info.state, epoch: this.info.epoch, tables: [] });
+    if (!decision.ok) return;
     this.etcdRevision++;
-    this.info = { ...this.info, state: 'paused', modRevision: this.etcdRevision };
+    this.info = { ...this.info, state: decision.next.state, modRevision: this.etcdRevision };
   }
 
   /** An operator resumes a failed or paused changefeed: a new epoch. */
@@ -134,11 +136,12 @@ export class SimMetadata {
           if (op.fate === 'ok') writer.onFenced();
           return undefined;
         }
-        // An operator already ended the run: nothing to write.
-        if (this.info.state !== 'normal' || this.info.epoch !== writer.epoch) return { kind: 'failure-written', id: command.id };
+        // An operator already ended the run: nothing to write (the lifecycle's rule).
+        const decision = failRun({ state: this.info.state, epoch: this.info.epoch, tables: [] }, writer.epoch);
+        if (decision.kind === 'ended') return { kind: 'failure-written', id: command.id };
         if (!lands) return { kind: 'failed', id: command.id };
         this.etcdRevision++;
-        this.info = { state: 'failed', epoch: this.info.epoch, modRevision: this.etcdRevision, error: command.error };
+        this.info = { state: decision.next.state, epoch: this.info.epoch, modRevision: this.etcdRevision, error: command.error };
         this.stats.failuresWritten++;
         return { kind: 'failure-written', id: command.id };
       }
