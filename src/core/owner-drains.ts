@@ -459,11 +459,17 @@ export class OwnerDrains {
     }
   }
 
-  /** A drained owner hands ownership away once it holds no span and no drain job waits. */
+  /**
+   * A drained owner hands ownership away once it holds no span and no drain job waits,
+   * and only to a capture that is not draining too: when every live capture drains (the
+   * ones that were not left since), ownership would go round them for ever, each owner
+   * resigning before it could write a checkpoint (the simulator found that).
+   */
   private resignWhenDrained(input: DrainsTickInput, step: DrainsStep): void {
     const resign = this.resign;
     if (resign.kind !== 'not-asked' || input.tick < resign.notBeforeTick) return;
     if (!this.set.has(this.ownerId) || input.ownerRemainingSpans !== 0 || this.jobs > 0) return;
+    if (input.captures.every((id) => id === this.ownerId || this.set.has(id))) return;
     const id = this.nextId++;
     this.resign = { kind: 'asked', id };
     step.commands.push({ kind: 'resign', id });

@@ -318,6 +318,14 @@ describe('a drained owner resigns', () => {
     expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'resign', id: 3 }]);
   });
 
+  it('not while every other live capture drains too: ownership would only go round', () => {
+    const d = loaded(['A', 'B']);
+    // Only A (the owner) and B are live, both draining: nobody to hand ownership to.
+    expect(d.tick({ ownerRemainingSpans: 0, captures: ['A', 'B'] })).toEqual(none);
+    // Once a capture that does not drain is live, A hands ownership away.
+    expect(d.tick({ ownerRemainingSpans: 0, captures: ['A', 'B', 'C'] }).commands).toEqual([{ kind: 'resign', id: 2 }]);
+  });
+
   it('not before the set is read', () => {
     const d = new Driver();
     expect(d.tick({ ownerRemainingSpans: 0 }).commands).toEqual([{ kind: 'read-drains', id: 1, moveGuard: false }]);

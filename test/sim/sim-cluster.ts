@@ -962,7 +962,7 @@ export class SimCluster {
       this.livenessFailure = `the persisted checkpoint ${this.persisted.checkpointTs} is below the coordinator's of ${convergeStepsMax} steps before (${this.coordinatorCheckpoints.get(this.step - convergeStepsMax)})`;
     } else if ([...this.drainStore.persisted].some((id) => !this.membership.has(id))) {
       this.livenessFailure = `drains of captures that left are still persisted: ${[...this.drainStore.persisted].filter((id) => !this.membership.has(id)).join(',')}`;
-    } else if ((coordinator?.checkpointTs ?? 0n) <= this.checkpointAtSettle) {
+    } else if (this.highestCoordinatorCheckpoint() <= this.checkpointAtSettle) {
       this.livenessFailure = `checkpoint stuck at ${coordinator?.checkpointTs} after spans settled at step ${this.settledAt} (${JSON.stringify(coordinator?.lastWatermark, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))})`;
     } else if (final && [...this.included].some((t) => !this.backfilledBy(t, this.persisted.checkpointTs))) {
       // Every table's copy is done and below the checkpoint in the end: a table whose
@@ -990,6 +990,17 @@ export class SimCluster {
       this.violations.push(`step ${this.step}: stalled for ${watermark.stalledForMs} ms with the checkpoint still for ${stillMs} ms`);
     }
     if (watermark.heldBy.spanCount === 0 || watermark.heldBy.captureCount === 0) this.violations.push(`step ${this.step}: a stall held back by nothing`);
+  }
+
+  /**
+   * The highest checkpoint an owner's coordinator had since faults stopped: at the last
+   * step an owner may have just resigned (a drained one does) and its successor not
+   * built its coordinator yet.
+   */
+  private highestCoordinatorCheckpoint(): bigint {
+    let highest = 0n;
+    for (const checkpointTs of this.coordinatorCheckpoints.values()) if (checkpointTs > highest) highest = checkpointTs;
+    return highest;
   }
 
   private canRun(capture: SimCapture): boolean {
