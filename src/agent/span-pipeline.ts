@@ -178,6 +178,8 @@ export class SpanPipeline {
   private position: bigint;
   private resolved: bigint;
   private backfill: BackfillState = { kind: 'unknown' };
+  /** The table's backfill generation the backfill decision was made for. */
+  private decidedFor: BackfillGeneration | undefined;
   private stage: Stage = 'idle';
   private inFlight: InFlight | undefined;
   /** An effect given up on at its deadline whose outcome has not come yet, and why it was. */
@@ -404,6 +406,13 @@ export class SpanPipeline {
   /** The writing part of a step, after the source answered. */
   private work(ctx: PipelineContext, out: PipelineOutput): void {
     this.stage = 'work';
+    if (this.backfill.kind !== 'unknown' && ctx.generation !== 'unknown-table' && ctx.generation !== this.decidedFor) {
+      // The table's backfill changed since the decision: this capture's copy of the info
+      // was behind (a table removed and added back, backfilled anew). Decide again, or
+      // the span would stream on without the new copy and its records would name a
+      // generation the table no longer has (found by the simulator).
+      this.backfill = { kind: 'unknown' };
+    }
     const b = this.backfill;
     switch (b.kind) {
       case 'unknown': {
@@ -411,6 +420,7 @@ export class SpanPipeline {
         if (generation === 'unknown-table') return;
         if (generation === 'none') {
           this.backfill = { kind: 'none' };
+          this.decidedFor = generation;
           this.stream(ctx, out);
           return;
         }
@@ -454,6 +464,7 @@ export class SpanPipeline {
       this.work(ctx, out);
       return;
     }
+    this.decidedFor = generation;
     const ofGeneration = stored !== undefined && stored.generation === generation ? stored : undefined;
     if (ofGeneration?.done === true) {
       if (this.position < ofGeneration.snapshotTs) this.position = ofGeneration.snapshotTs;

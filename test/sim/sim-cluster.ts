@@ -313,6 +313,8 @@ export class SimCluster {
       this.included.delete(table);
       this.generations.delete(table);
       this.backfillSince.delete(table);
+      // The owner's info write deletes the removed table's backfill records with it.
+      for (const span of this.spansByTable.get(table) ?? []) this.world.records.delete(spanKey(span));
       this.stats.tablesRemoved = (this.stats.tablesRemoved ?? 0) + 1;
     } else {
       return;
