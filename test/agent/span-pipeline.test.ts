@@ -12,24 +12,15 @@ import type {
   PipelineEffect,
   PipelineOutcome,
   PipelineOutput,
-  SpanPipelineLimits,
 } from '../../src/agent/span-pipeline.ts';
 import type { PipelineEvent } from '../../src/agent/pipeline.ts';
 import type { Span } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
 import { maxTs } from '../../src/core/ts.ts';
+import { pipelineLimits } from './pipeline-fixtures.ts';
 
 const span: Span = { table: 't', start: 'a', end: 'm' };
 const key = spanKey(span);
-
-const limits: SpanPipelineLimits = {
-  batchEventsMax: 10,
-  pageKeysMax: 2,
-  stepRetriesMax: 4,
-  retryBackoffMinMs: 100,
-  retryBackoffMaxMs: 300,
-  stepDeadlineMs: 1_000,
-};
 
 /** The shell around one pipeline: the clock, the barrier, the generation, the backfill slots and the ids. */
 class Shell {
@@ -42,7 +33,7 @@ class Shell {
   readonly pipeline: SpanPipeline;
 
   constructor(startTs: bigint) {
-    this.pipeline = new SpanPipeline(span, key, startTs, limits);
+    this.pipeline = new SpanPipeline(span, key, startTs, pipelineLimits);
   }
 
   /** Ids the next effects will get, for readable expectations. */
@@ -99,7 +90,7 @@ class Shell {
 const nothing: PipelineOutput = { effects: [], events: [] };
 
 const resolve = (id: number, afterTs: bigint): PipelineEffect => ({ kind: 'resolve', id, key, span, afterTs });
-const stream = (id: number, afterTs: bigint, uptoTs: bigint): PipelineEffect => ({ kind: 'stream', id, key, span, afterTs, uptoTs, limit: limits.batchEventsMax });
+const stream = (id: number, afterTs: bigint, uptoTs: bigint): PipelineEffect => ({ kind: 'stream', id, key, span, afterTs, uptoTs, limit: pipelineLimits.batchEventsMax });
 const release = (id: number): PipelineEffect => ({ kind: 'release', id, key, span });
 const loadBackfill = (id: number): PipelineEffect => ({ kind: 'load-backfill', id, key, span });
 const countKeys = (id: number, snapshotTs: bigint): PipelineEffect => ({ kind: 'count-keys', id, key, span, snapshotTs });
@@ -110,7 +101,7 @@ const copyPage = (id: number, snapshotTs: bigint, afterKey: string | undefined):
   span,
   snapshotTs,
   afterKey,
-  limit: limits.pageKeysMax,
+  limit: pipelineLimits.pageKeysMax,
   sinceTs: undefined,
 });
 const saveBackfill = (id: number, progress: BackfillProgress): PipelineEffect => ({ kind: 'save-backfill', id, key, span, progress });
@@ -482,7 +473,7 @@ describe('span pipeline: retries', () => {
       expect(s.tick(at + backoffMs - 1)).toEqual(nothing);
       at += backoffMs;
     }
-    expect(s.pipeline.failures).toBe(limits.stepRetriesMax);
+    expect(s.pipeline.failures).toBe(pipelineLimits.stepRetriesMax);
     expect(s.tick(at)).toEqual(out([resolve(10, 100n)]));
     expect(s.answer(failed(10, 'sink down'))).toEqual(out([release(11)], [gaveUp('sink down', true)]));
     expect(s.pipeline.phase).toBe('gone');
@@ -555,7 +546,7 @@ describe('span pipeline: deadlines', () => {
     expect(s.tick(1_100)).toEqual(out([release(4)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(1_300)).toEqual(out([release(5)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
     expect(s.tick(1_600)).toEqual(out([release(6)], [retrying(stillHung), progress(s.pipeline.checkpointTs, s.pipeline.resolvedTs)]));
-    expect(s.pipeline.failures).toBe(limits.stepRetriesMax);
+    expect(s.pipeline.failures).toBe(pipelineLimits.stepRetriesMax);
     expect(s.tick(1_900)).toEqual(out([release(7)], [gaveUp(stillHung, true)]));
     expect(s.pipeline.phase).toBe('gone');
     expect(s.answer(resolved(2, 300n))).toEqual(nothing);

@@ -11,22 +11,10 @@ import type { BackfillGeneration, PipelineEffect, PipelineOutcome, PipelineOutpu
 import type { PipelineCommand, PipelineEvent } from '../../src/agent/pipeline.ts';
 import type { Span } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
+import { a, b, c, keyA, keyC } from './fake-owner.ts';
+import { pipelineLimits } from './pipeline-fixtures.ts';
 
-const limits: SpanPipelinesLimits = {
-  batchEventsMax: 10,
-  pageKeysMax: 2,
-  stepRetriesMax: 4,
-  retryBackoffMinMs: 100,
-  retryBackoffMaxMs: 300,
-  stepDeadlineMs: 1_000,
-  stepsInFlightMax: 2,
-  backfillsInFlightMax: 1,
-};
-
-const a: Span = { table: 't', start: 'a', end: 'b' };
-const b: Span = { table: 't', start: 'b', end: 'c' };
-const c: Span = { table: 't', start: 'c', end: 'd' };
-const [keyA, keyC] = [spanKey(a), spanKey(c)];
+const limits: SpanPipelinesLimits = { ...pipelineLimits, stepsInFlightMax: 2, backfillsInFlightMax: 1 };
 
 /** The pipelines and the shell's clock and backfill generation. */
 class Shell {

@@ -1,76 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { Coordinator } from '../../src/core/coordinator.ts';
-import type { CoordinatorLimits } from '../../src/core/coordinator.ts';
-import type { AgentSpanState, DispatchMessage, HeartbeatMessage, OwnerMessage, ReportMessage, SpanStatus } from '../../src/core/messages.ts';
-import type { Span, TableRange } from '../../src/core/span.ts';
-import { spanKey, splitTable } from '../../src/core/span.ts';
-import type { SpanDigest } from '../../src/core/span-digest.ts';
-import { MutableDigest } from '../../src/core/span-digest.ts';
-
-const table: TableRange = { name: 't', start: 'a', end: 'z' };
-const spans = splitTable(table, ['g', 'n', 't']);
-const [s0, s1, s2, s3] = spans as [Span, Span, Span, Span];
-
-/** A hand-driven capture: builds reports with the fencing fields the owner checks. */
-class FakeCapture {
-  seq = 0;
-  ack = 0;
-  readonly held = new Map<string, SpanStatus>();
-  constructor(
-    readonly id: string,
-    readonly epoch: bigint,
-  ) {}
-
-  set(span: Span, state: AgentSpanState, checkpointTs = 100n, resolvedTs = checkpointTs): void {
-    if (state === 'absent') this.held.delete(spanKey(span));
-    else this.held.set(spanKey(span), { span, state, checkpointTs, resolvedTs });
-  }
-
-  digest(): SpanDigest {
-    const digest = new MutableDigest();
-    for (const [key, status] of this.held) if (status.state === 'replicating') digest.add(key);
-    return digest.snapshot();
-  }
-
-  report(statuses: SpanStatus[], extra: Partial<ReportMessage> = {}, owner = 'owner', revision = 3n): ReportMessage {
-    const replicating = [...this.held.values()].filter((s) => s.state === 'replicating');
-    const min = (values: bigint[]): bigint => values.reduce((a, b) => (a < b ? a : b), values[0] ?? 0n);
-    return {
-      kind: 'report',
-      header: { changefeed: 'cf', ownerRevision: revision, changefeedEpoch: 1n, captureEpoch: this.epoch, from: this.id, to: owner, seq: ++this.seq, ackSeq: this.ack },
-      statuses,
-      watermark: { checkpointTs: min(replicating.map((s) => s.checkpointTs)), resolvedTs: min(replicating.map((s) => s.resolvedTs)), digest: this.digest() },
-      liveness: 'alive',
-      ...extra,
-    };
-  }
-
-  /** Answers a collection request with one part holding every span. */
-  collect(id: number): ReportMessage {
-    return this.report([...this.held.values()], { collect: { id, part: 0, parts: 1 } });
-  }
-
-  /** Reads what the owner sent this capture and acknowledges it. */
-  receive(outbox: readonly OwnerMessage[]): OwnerMessage[] {
-    const mine = outbox.filter((m) => m.header.to === this.id);
-    for (const m of mine) this.ack = Math.max(this.ack, m.header.seq);
-    return mine;
-  }
-}
-
-function newCoordinator(limits: Partial<CoordinatorLimits> = {}, checkpointTs = 100n): Coordinator {
-  const coordinator = new Coordinator({
-    changefeed: 'cf',
-    changefeedEpoch: 1n,
-    ownerId: 'owner',
-    ownerRevision: 3n,
-    checkpointTs,
-    seed: 7,
-    limits: { heartbeatIntervalTicks: 1, balanceIntervalTicks: 0, ...limits },
-  });
-  coordinator.setSpans([table], spans);
-  return coordinator;
-}
+import type { Coordinator } from '../../src/core/coordinator.ts';
+import type { DispatchMessage, HeartbeatMessage, OwnerMessage } from '../../src/core/messages.ts';
+import type { Span } from '../../src/core/span.ts';
+import { spanKey } from '../../src/core/span.ts';
+import { FakeCapture, newCoordinator, s0, s1, s2, s3, spans } from './fake-capture.ts';
 
 const heartbeats = (messages: OwnerMessage[]): HeartbeatMessage[] => messages.filter((m): m is HeartbeatMessage => m.kind === 'heartbeat');
 const dispatches = (messages: OwnerMessage[]): DispatchMessage[] => messages.filter((m): m is DispatchMessage => m.kind === 'dispatch');
@@ -78,7 +11,7 @@ const dispatches = (messages: OwnerMessage[]): DispatchMessage[] => messages.fil
 /** Bootstraps a coordinator over the given captures, returning the last outbox. */
 function bootstrap(coordinator: Coordinator, captures: FakeCapture[]): OwnerMessage[] {
   const first = coordinator.tick({ captures: captures.map((c) => c.id), reports: [] });
-  const reports = captures.map((c) => {
+  const reports = captures.flatMap((c) => {
     const hb = heartbeats(c.receive(first.outbox))[0];
     if (hb === undefined || hb.collectId === 0) throw new Error(`no collection asked of ${c.id}`);
     return c.collect(hb.collectId);
@@ -94,7 +27,7 @@ describe('coordinator: bootstrap', () => {
     const coordinator = newCoordinator();
     const c1 = new FakeCapture('c1', 11n);
     const c2 = new FakeCapture('c2', 22n);
-    c1.set(s0, 'replicating', 150n);
+    c1.hold(s0, 'replicating', 150n);
     const first = coordinator.tick({ captures: ['c1', 'c2'], reports: [] });
     expect(dispatches(first.outbox)).toEqual([]);
     expect(heartbeats(first.outbox).map((h) => [h.header.to, h.collectId > 0, h.spansComplete])).toEqual([
@@ -105,13 +38,13 @@ describe('coordinator: bootstrap', () => {
 
     // Only c1 answered: still bootstrapping, nothing scheduled.
     const hb1 = heartbeats(c1.receive(first.outbox))[0] as HeartbeatMessage;
-    const partial = coordinator.tick({ reports: [c1.collect(hb1.collectId)] });
+    const partial = coordinator.tick({ reports: c1.collect(hb1.collectId) });
     expect(coordinator.phase).toBe('bootstrapping');
     expect(dispatches(partial.outbox)).toEqual([]);
     expect(partial.watermark).toMatchObject({ state: 'cannot-proceed', reason: { code: 'capture-not-initialized', captures: ['c2'] } });
 
     const hb2 = heartbeats(c2.receive(partial.outbox))[0] as HeartbeatMessage;
-    const ready = coordinator.tick({ reports: [c2.collect(hb2.collectId)] });
+    const ready = coordinator.tick({ reports: c2.collect(hb2.collectId) });
     expect(coordinator.phase).toBe('running');
     expect(ready.events).toContainEqual({ type: 'rebuilt', sets: 4, captures: 2 });
     // s0 stays where it replicates; the three others are added round-robin.
@@ -132,8 +65,8 @@ describe('coordinator: bootstrap', () => {
     const coordinator = newCoordinator();
     const c1 = new FakeCapture('c1', 11n);
     const c2 = new FakeCapture('c2', 22n);
-    c1.set(s1, 'replicating');
-    c2.set(s1, 'replicating');
+    c1.hold(s1, 'replicating');
+    c2.hold(s1, 'replicating');
     bootstrap(coordinator, [c1, c2]);
     expect(coordinator.phase).toBe('failed');
     expect(coordinator.failure).toContain('two primaries');
@@ -169,25 +102,25 @@ describe('coordinator: placement and watermark', () => {
     expect(toC2.map((s) => s.start)).toEqual(['g', 't']);
 
     // c1 replicates both; c2 only one so far.
-    for (const span of toC1) c1.set(span, 'replicating', 100n);
-    c2.set(toC2[0] as Span, 'replicating', 100n);
-    c2.set(toC2[1] as Span, 'preparing', 100n);
+    for (const span of toC1) c1.hold(span, 'replicating', 100n);
+    c2.hold(toC2[0] as Span, 'replicating', 100n);
+    c2.hold(toC2[1] as Span, 'preparing', 100n);
     const mid = coordinator.tick({ reports: [c1.report([...c1.held.values()]), c2.report([...c2.held.values()])] });
     expect(mid.watermark).toMatchObject({ state: 'cannot-proceed', reason: { code: 'span-not-replicating', prepare: 1 } });
     expect(mid.advanced).toBeUndefined();
 
-    c2.set(toC2[1] as Span, 'replicating', 100n);
-    c1.set(toC1[0] as Span, 'replicating', 130n, 140n);
-    c1.set(toC1[1] as Span, 'replicating', 120n, 150n);
-    c2.set(toC2[0] as Span, 'replicating', 125n, 135n);
-    c2.set(toC2[1] as Span, 'replicating', 128n, 160n);
+    c2.hold(toC2[1] as Span, 'replicating', 100n);
+    c1.hold(toC1[0] as Span, 'replicating', 130n, 140n);
+    c1.hold(toC1[1] as Span, 'replicating', 120n, 150n);
+    c2.hold(toC2[0] as Span, 'replicating', 125n, 135n);
+    c2.hold(toC2[1] as Span, 'replicating', 128n, 160n);
     const done = coordinator.tick({ reports: [c1.report([]), c2.report([...c2.held.values()])] });
     expect(done.watermark).toEqual({ state: 'advancing', checkpointTs: 120n, resolvedTs: 135n });
     expect(done.advanced).toEqual({ checkpointTs: 120n, resolvedTs: 135n });
     coordinator.checkInvariants();
 
     // An aggregate that does not cover what the owner expects is stale: cannot proceed.
-    c1.set(toC1[1] as Span, 'absent');
+    c1.hold(toC1[1] as Span, 'absent');
     const stale = coordinator.tick({ reports: [c1.report([])] });
     expect(stale.watermark).toMatchObject({ state: 'cannot-proceed', reason: { code: 'capture-watermark-stale', captures: ['c1'] } });
     // The persisted checkpoint never goes down.
@@ -202,7 +135,7 @@ describe('coordinator: fencing of reports', () => {
     bootstrap(coordinator, [c1]);
     const good = c1.report([]);
     const older = { ...good, header: { ...good.header, seq: good.header.seq - 1 } };
-    const otherOwner = c1.report([], {}, 'owner', 2n);
+    const otherOwner = c1.report([], { header: { ownerRevision: 2n } });
     const wrongEpoch = { ...c1.report([]), header: { ...c1.report([]).header, captureEpoch: 99n } };
     const out = coordinator.tick({ reports: [good, older, otherOwner, wrongEpoch] });
     const drops = out.events.filter((e) => e.type === 'message-dropped').map((e) => (e.type === 'message-dropped' ? e.reason : ''));
@@ -215,8 +148,8 @@ describe('coordinator: capture death', () => {
     const coordinator = newCoordinator();
     const c1 = new FakeCapture('c1', 11n);
     const c2 = new FakeCapture('c2', 22n);
-    for (const span of [s0, s1]) c1.set(span, 'replicating', 200n);
-    for (const span of [s2, s3]) c2.set(span, 'replicating', 210n);
+    for (const span of [s0, s1]) c1.hold(span, 'replicating', 200n);
+    for (const span of [s2, s3]) c2.hold(span, 'replicating', 210n);
     bootstrap(coordinator, [c1, c2]);
     expect(coordinator.manager.stateCounts.replicating).toBe(4);
     const out = coordinator.tick({ captures: ['c2'], reports: [] });
@@ -235,7 +168,7 @@ describe('coordinator: operator requests', () => {
     const coordinator = newCoordinator({ moveTasksInFlightMax: 2 });
     const c1 = new FakeCapture('c1', 11n);
     const c2 = new FakeCapture('c2', 22n);
-    for (const span of spans) c1.set(span, 'replicating', 100n);
+    for (const span of spans) c1.hold(span, 'replicating', 100n);
     bootstrap(coordinator, [c1, c2]);
     return [coordinator, c1, c2];
   }

@@ -5,132 +5,16 @@
  * primaries. Invariants are checked after every tick.
  */
 import { describe, expect, it } from 'vitest';
-import type { CoordinatorLimits, TickInput, TickOutput } from '../../src/core/coordinator.ts';
-import { Coordinator } from '../../src/core/coordinator.ts';
+import type { Coordinator, CoordinatorLimits, TickInput, TickOutput } from '../../src/core/coordinator.ts';
 import type { CoordinatorEvent } from '../../src/core/events.ts';
-import type {
-  AgentSpanState,
-  CaptureWatermark,
-  CollectPart,
-  DispatchMessage,
-  HeartbeatMessage,
-  MessageHeader,
-  OwnerMessage,
-  ReportMessage,
-  SpanStatus,
-} from '../../src/core/messages.ts';
-import type { Span, TableRange } from '../../src/core/span.ts';
-import { spanKey, splitTable } from '../../src/core/span.ts';
-import type { SpanDigest } from '../../src/core/span-digest.ts';
-import { MutableDigest, emptyDigest } from '../../src/core/span-digest.ts';
+import type { CaptureWatermark, DispatchMessage, HeartbeatMessage, ReportMessage, SpanStatus } from '../../src/core/messages.ts';
+import type { Span } from '../../src/core/span.ts';
+import { spanKey } from '../../src/core/span.ts';
+import { emptyDigest } from '../../src/core/span-digest.ts';
 import { maxTs } from '../../src/core/ts.ts';
+import { CF, CF_EPOCH, FakeCapture, OWNER, REVISION, digestOf, newCoordinator, s0, s1, s2, s3, spans } from './fake-capture.ts';
 
-const table: TableRange = { name: 't', start: 'a', end: 'z' };
-const spans = splitTable(table, ['g', 'n', 't']);
-const [s0, s1, s2, s3] = spans as [Span, Span, Span, Span];
 const k = spanKey;
-
-const OWNER = 'owner';
-const REVISION = 3n;
-const CF = 'cf';
-const CF_EPOCH = 1n;
-
-function digestOf(list: readonly Span[]): SpanDigest {
-  const digest = new MutableDigest();
-  for (const span of list) digest.add(k(span));
-  return digest.snapshot();
-}
-
-interface ReportOptions {
-  header?: Partial<MessageHeader>;
-  collect?: CollectPart;
-  liveness?: 'alive' | 'stopping';
-  watermark?: CaptureWatermark;
-}
-
-/** A hand-driven capture that fills in the header fields the owner fences on. */
-class FakeCapture {
-  seq = 0;
-  ack = 0;
-  readonly held = new Map<string, SpanStatus>();
-
-  constructor(
-    readonly id: string,
-    readonly epoch: bigint,
-  ) {}
-
-  /** Records the capture's own state for a span (what its reports and aggregate say). */
-  hold(span: Span, state: AgentSpanState, checkpointTs = 100n, resolvedTs = checkpointTs): SpanStatus {
-    const status: SpanStatus = { span, state, checkpointTs, resolvedTs };
-    if (state === 'absent' || state === 'stopped') this.held.delete(k(span));
-    else this.held.set(k(span), status);
-    return status;
-  }
-
-  /** The aggregate over the spans it replicates. */
-  watermark(): CaptureWatermark {
-    const replicating = [...this.held.values()].filter((s) => s.state === 'replicating');
-    if (replicating.length === 0) return { checkpointTs: 0n, resolvedTs: 0n, digest: emptyDigest };
-    let checkpointTs = maxTs;
-    let resolvedTs = maxTs;
-    for (const s of replicating) {
-      if (s.checkpointTs < checkpointTs) checkpointTs = s.checkpointTs;
-      if (s.resolvedTs < resolvedTs) resolvedTs = s.resolvedTs;
-    }
-    return { checkpointTs, resolvedTs, digest: digestOf(replicating.map((s) => s.span)) };
-  }
-
-  report(statuses: readonly SpanStatus[], options: ReportOptions = {}): ReportMessage {
-    const header: MessageHeader = {
-      changefeed: CF,
-      ownerRevision: REVISION,
-      changefeedEpoch: CF_EPOCH,
-      captureEpoch: this.epoch,
-      from: this.id,
-      to: OWNER,
-      seq: options.header?.seq ?? ++this.seq,
-      ackSeq: this.ack,
-      ...options.header,
-    };
-    const message: ReportMessage = {
-      kind: 'report',
-      header,
-      statuses,
-      watermark: options.watermark ?? this.watermark(),
-      liveness: options.liveness ?? 'alive',
-      ...(options.collect === undefined ? {} : { collect: options.collect }),
-    };
-    return message;
-  }
-
-  /** A full collection of every held span in `parts` reports with consecutive seq. */
-  collect(id: number, parts = 1): ReportMessage[] {
-    const all = [...this.held.values()];
-    const per = Math.ceil(all.length / parts);
-    return Array.from({ length: parts }, (_, part) => this.report(all.slice(part * per, (part + 1) * per), { collect: { id, part, parts } }));
-  }
-
-  /** Takes the owner messages for this capture and acknowledges them. */
-  receive(outbox: readonly OwnerMessage[]): OwnerMessage[] {
-    const mine = outbox.filter((m) => m.header.to === this.id);
-    for (const m of mine) this.ack = Math.max(this.ack, m.header.seq);
-    return mine;
-  }
-}
-
-function newCoordinator(limits: Partial<CoordinatorLimits> = {}, checkpointTs = 100n, seed = 7): Coordinator {
-  const co = new Coordinator({
-    changefeed: CF,
-    changefeedEpoch: CF_EPOCH,
-    ownerId: OWNER,
-    ownerRevision: REVISION,
-    checkpointTs,
-    seed,
-    limits: { heartbeatIntervalTicks: 1, balanceIntervalTicks: 0, ...limits },
-  });
-  co.setSpans([table], spans);
-  return co;
-}
 
 function step(co: Coordinator, input: TickInput): TickOutput {
   const out = co.tick(input);

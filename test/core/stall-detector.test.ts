@@ -5,16 +5,14 @@
  * end), with time passed in as `nowMs`.
  */
 import { describe, expect, it } from 'vitest';
-import { Coordinator } from '../../src/core/coordinator.ts';
-import type { CoordinatorLimits } from '../../src/core/coordinator.ts';
-import type { CaptureWatermark, HeartbeatMessage, OwnerMessage, ReportMessage, SpanStatus } from '../../src/core/messages.ts';
+import type { Coordinator, CoordinatorLimits } from '../../src/core/coordinator.ts';
+import type { CaptureWatermark } from '../../src/core/messages.ts';
 import { CaptureSpans } from '../../src/core/replication-manager.ts';
 import { ReplicationSet } from '../../src/core/replication-set.ts';
-import type { Span, TableRange } from '../../src/core/span.ts';
-import { spanKey, splitTable } from '../../src/core/span.ts';
-import { MutableDigest } from '../../src/core/span-digest.ts';
+import type { Span } from '../../src/core/span.ts';
 import { StallDetector, describeStall, findStallHolders } from '../../src/core/stall-detector.ts';
 import { maxTs } from '../../src/core/ts.ts';
+import { FakeCapture, newCoordinator, s0, s1, s2, s3 } from './fake-capture.ts';
 
 const at = (nowMs: number, checkpointTs: bigint, resolvedTs: bigint, barrierTs = maxTs) => ({ nowMs, checkpointTs, resolvedTs, barrierTs });
 
@@ -123,69 +121,15 @@ describe('findStallHolders', () => {
 
 // ---- the coordinator's stalled watermark ----
 
-const table: TableRange = { name: 't', start: 'a', end: 'z' };
-const spans = splitTable(table, ['g', 'n', 't']);
-const [s0, s1, s2, s3] = spans as [Span, Span, Span, Span];
-
-/** A hand-driven capture (as in coordinator-lifecycle.test.ts). */
-class FakeCapture {
-  seq = 0;
-  ack = 0;
-  readonly held = new Map<string, SpanStatus>();
-  constructor(
-    readonly id: string,
-    readonly epoch: bigint,
-  ) {}
-
-  set(span: Span, checkpointTs: bigint, resolvedTs = checkpointTs): void {
-    this.held.set(spanKey(span), { span, state: 'replicating', checkpointTs, resolvedTs });
-  }
-
-  report(statuses: SpanStatus[] = [], extra: Partial<ReportMessage> = {}): ReportMessage {
-    const held = [...this.held.values()];
-    const digest = new MutableDigest();
-    for (const [key] of this.held) digest.add(key);
-    const min = (values: bigint[]): bigint => values.reduce((a, b) => (a < b ? a : b), values[0] ?? 0n);
-    return {
-      kind: 'report',
-      header: { changefeed: 'cf', ownerRevision: 3n, changefeedEpoch: 1n, captureEpoch: this.epoch, from: this.id, to: 'owner', seq: ++this.seq, ackSeq: this.ack },
-      statuses,
-      watermark: { checkpointTs: min(held.map((s) => s.checkpointTs)), resolvedTs: min(held.map((s) => s.resolvedTs)), digest: digest.snapshot() },
-      liveness: 'alive',
-      ...extra,
-    };
-  }
-
-  collect(id: number): ReportMessage {
-    return this.report([...this.held.values()], { collect: { id, part: 0, parts: 1 } });
-  }
-
-  /** The collection id of the latest heartbeat to this capture (0: none asked). */
-  collectAsked(outbox: readonly OwnerMessage[]): number {
-    const mine = outbox.filter((m): m is HeartbeatMessage => m.header.to === this.id && m.kind === 'heartbeat');
-    for (const m of outbox) if (m.header.to === this.id) this.ack = Math.max(this.ack, m.header.seq);
-    return mine.at(-1)?.collectId ?? 0;
-  }
-}
-
 /** A running coordinator: c1 replicates s0 and s1, c2 s2 and s3, all at 100. */
 function running(limits: Partial<CoordinatorLimits> = {}): [Coordinator, FakeCapture, FakeCapture] {
-  const coordinator = new Coordinator({
-    changefeed: 'cf',
-    changefeedEpoch: 1n,
-    ownerId: 'owner',
-    ownerRevision: 3n,
-    checkpointTs: 100n,
-    seed: 7,
-    limits: { heartbeatIntervalTicks: 1, balanceIntervalTicks: 0, collectIntervalTicks: 10_000, stallAfterMs: 1_000, stallHoldersRefreshMs: 500, ...limits },
-  });
-  coordinator.setSpans([table], spans);
+  const coordinator = newCoordinator({ collectIntervalTicks: 10_000, stallAfterMs: 1_000, stallHoldersRefreshMs: 500, ...limits });
   const c1 = new FakeCapture('c1', 11n);
   const c2 = new FakeCapture('c2', 22n);
-  for (const span of [s0, s1]) c1.set(span, 100n);
-  for (const span of [s2, s3]) c2.set(span, 100n);
+  for (const span of [s0, s1]) c1.hold(span, 'replicating', 100n);
+  for (const span of [s2, s3]) c2.hold(span, 'replicating', 100n);
   const first = coordinator.tick({ captures: ['c1', 'c2'], reports: [] });
-  coordinator.tick({ reports: [c1.collect(c1.collectAsked(first.outbox)), c2.collect(c2.collectAsked(first.outbox))] });
+  coordinator.tick({ reports: [...c1.collect(c1.collectAsked(first.outbox)), ...c2.collect(c2.collectAsked(first.outbox))] });
   expect(coordinator.phase).toBe('running');
   return [coordinator, c1, c2];
 }
@@ -193,18 +137,18 @@ function running(limits: Partial<CoordinatorLimits> = {}): [Coordinator, FakeCap
 describe('coordinator: stalled watermark', () => {
   it('turns stalled when one span holds the checkpoint behind the resolved-ts, names it, and ends when it moves', () => {
     const [coordinator, c1, c2] = running();
-    c1.set(s0, 110n, 120n);
-    c1.set(s1, 110n, 120n);
-    c2.set(s2, 110n, 120n);
-    c2.set(s3, 110n, 120n);
+    c1.hold(s0, 'replicating', 110n, 120n);
+    c1.hold(s1, 'replicating', 110n, 120n);
+    c2.hold(s2, 'replicating', 110n, 120n);
+    c2.hold(s3, 'replicating', 110n, 120n);
     let out = coordinator.tick({ reports: [c1.report(), c2.report()], nowMs: 0 });
     expect(out.watermark).toEqual({ state: 'advancing', checkpointTs: 110n, resolvedTs: 120n });
 
     // s0 stops at 110; everything else goes on.
-    c1.set(s1, 150n, 200n);
-    c2.set(s2, 150n, 200n);
-    c2.set(s3, 150n, 200n);
-    c1.set(s0, 110n, 200n);
+    c1.hold(s1, 'replicating', 150n, 200n);
+    c2.hold(s2, 'replicating', 150n, 200n);
+    c2.hold(s3, 'replicating', 150n, 200n);
+    c1.hold(s0, 'replicating', 110n, 200n);
     out = coordinator.tick({ reports: [c1.report(), c2.report()], nowMs: 999 });
     expect(out.watermark).toEqual({ state: 'advancing', checkpointTs: 110n, resolvedTs: 200n });
     expect(c1.collectAsked(out.outbox)).toBe(0);
@@ -237,12 +181,12 @@ describe('coordinator: stalled watermark', () => {
     expect(out.watermark).toMatchObject({ state: 'stalled', stalledForMs: 1_050, heldBy: { spanCount: 2 } });
 
     // Its answer makes the holders exact at once (no wait for the refresh interval).
-    out = coordinator.tick({ reports: [c1.collect(collectId)], nowMs: 1_100 });
+    out = coordinator.tick({ reports: c1.collect(collectId), nowMs: 1_100 });
     expect(out.watermark).toMatchObject({ state: 'stalled', heldBy: { spans: [{ span: s0, capture: 'c1', checkpointTs: 110n }], spanCount: 1, captures: ['c1'], captureCount: 1 } });
     coordinator.checkInvariants();
 
     // s0 moves: advancing again, and the stall is said to be over.
-    c1.set(s0, 150n, 210n);
+    c1.hold(s0, 'replicating', 150n, 210n);
     out = coordinator.tick({ reports: [c1.report()], nowMs: 2_000 });
     expect(out.watermark).toEqual({ state: 'advancing', checkpointTs: 150n, resolvedTs: 200n });
     expect(out.events).toContainEqual({ type: 'stall-ended', checkpointTs: 150n, stalledForMs: 2_000 });
@@ -250,10 +194,10 @@ describe('coordinator: stalled watermark', () => {
 
   it('lets cannot-proceed take precedence, and is stalled again (same start) once the spans replicate', () => {
     const [coordinator, c1, c2] = running();
-    c1.set(s0, 100n, 200n);
-    c1.set(s1, 150n, 200n);
-    c2.set(s2, 150n, 200n);
-    c2.set(s3, 150n, 200n);
+    c1.hold(s0, 'replicating', 100n, 200n);
+    c1.hold(s1, 'replicating', 150n, 200n);
+    c2.hold(s2, 'replicating', 150n, 200n);
+    c2.hold(s3, 'replicating', 150n, 200n);
     coordinator.tick({ reports: [c1.report(), c2.report()], nowMs: 0 });
     expect(coordinator.tick({ reports: [], nowMs: 1_000 }).watermark.state).toBe('stalled');
     // c2 dies: its spans are re-added, nothing can proceed meanwhile.
@@ -262,30 +206,30 @@ describe('coordinator: stalled watermark', () => {
     coordinator.checkInvariants();
     c1.collectAsked(out.outbox);
     // c1 takes s2 and s3 and replicates them from the checkpoint; the checkpoint still stands.
-    c1.set(s2, 100n, 200n);
-    c1.set(s3, 100n, 200n);
+    c1.hold(s2, 'replicating', 100n, 200n);
+    c1.hold(s3, 'replicating', 100n, 200n);
     const back = coordinator.tick({ reports: [c1.report([...c1.held.values()])], nowMs: 2_000 });
     expect(back.watermark).toMatchObject({ state: 'stalled', checkpointTs: 100n, stalledForMs: 2_000, heldBy: { captures: ['c1'] } });
   });
 
   it('is not stalled at the target-ts, nor without nowMs', () => {
     const [coordinator, c1, c2] = running();
-    for (const span of [s0, s1]) c1.set(span, 110n, 200n);
-    for (const span of [s2, s3]) c2.set(span, 110n, 200n);
+    for (const span of [s0, s1]) c1.hold(span, 'replicating', 110n, 200n);
+    for (const span of [s2, s3]) c2.hold(span, 'replicating', 110n, 200n);
     coordinator.tick({ reports: [c1.report(), c2.report()], barrierTs: 110n, nowMs: 0 });
     expect(coordinator.tick({ reports: [], nowMs: 60_000 }).watermark).toEqual({ state: 'advancing', checkpointTs: 110n, resolvedTs: 110n });
 
     const [untimed, d1, d2] = running();
-    d1.set(s0, 100n, 200n);
-    d2.set(s2, 150n, 200n);
+    d1.hold(s0, 'replicating', 100n, 200n);
+    d2.hold(s2, 'replicating', 150n, 200n);
     untimed.tick({ reports: [d1.report(), d2.report()] });
     expect(untimed.tick({ reports: [] }).watermark.state).toBe('advancing');
   });
 
   it('bounds the spans it names', () => {
     const [coordinator, c1, c2] = running({ stallHoldersListedMax: 1 });
-    for (const span of [s0, s1]) c1.set(span, 100n, 200n);
-    for (const span of [s2, s3]) c2.set(span, 100n, 200n);
+    for (const span of [s0, s1]) c1.hold(span, 'replicating', 100n, 200n);
+    for (const span of [s2, s3]) c2.hold(span, 'replicating', 100n, 200n);
     coordinator.tick({ reports: [c1.report(), c2.report()], nowMs: 0 });
     const out = coordinator.tick({ reports: [], nowMs: 1_000 });
     expect(out.watermark).toMatchObject({ state: 'stalled', heldBy: { spans: [{ span: s0 }], spanCount: 4, captures: ['c1'], captureCount: 2 } });

@@ -2,26 +2,16 @@
  * `spanfeed cli` against a real two-capture cluster: every noun and verb, human and
  * JSON output, and a clear error with a non-zero exit.
  */
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+import type { CliRun } from './harness.ts';
+import { TestCapture, TestEtcd, api, runCli, waitFor } from './harness.ts';
 
-const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `cli${process.pid}`;
 let etcd: TestEtcd;
 const captures: TestCapture[] = [];
 
-function cli(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, 'cli', '--server', (captures[0] as TestCapture).url, ...args]);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+/** `spanfeed cli` against the first capture. */
+const cli = (...args: string[]): Promise<CliRun> => runCli((captures[0] as TestCapture).url, ...args);
 
 beforeAll(async () => {
   etcd = await TestEtcd.start();
@@ -97,12 +87,7 @@ describe('spanfeed cli', () => {
     const unknown = await cli('frobnicate', 'now');
     expect(unknown.status).toBe(1);
     expect(unknown.stderr).toContain('unknown command');
-    const noServer = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, [bin, 'cli', '--server', 'http://127.0.0.1:1', 'capture', 'list']);
-      let stderr = '';
-      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-      child.on('exit', (status) => resolve({ status, stderr }));
-    });
+    const noServer = await runCli('http://127.0.0.1:1', 'capture', 'list');
     expect(noServer.status).toBe(1);
     expect(noServer.stderr).toContain('cannot reach http://127.0.0.1:1');
   });

@@ -7,18 +7,17 @@
  * `stalled` and name the spans and captures at the checkpoint; once PostgreSQL is back the
  * checkpoint moves and the watermark is `advancing` again.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
-import type { ChangefeedView, SpanView } from './harness.ts';
-import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
+import type { ChangefeedView, CliRun, SpanView } from './harness.ts';
+import { TestCapture, TestEtcd, api, ownerAmong, runCli, waitFor } from './harness.ts';
 import { checkAgainstOpenApi } from './openapi-check.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `stall${process.pid}`;
 const stallAfterMs = 2_000;
 
@@ -60,16 +59,8 @@ async function metric(owner: TestCapture, name: string): Promise<number | undefi
   return line === undefined ? undefined : Number(line.split(' ').at(-1));
 }
 
-function cli(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, 'cli', '--server', (captures[0] as TestCapture).url, ...args]);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+/** `spanfeed cli` against the first capture. */
+const cli = (...args: string[]): Promise<CliRun> => runCli((captures[0] as TestCapture).url, ...args);
 
 describe('a stalled checkpoint', () => {
   it('is reported as stalled with what holds it back while the sink is down, and as advancing once it is back', async () => {

@@ -10,7 +10,8 @@
 import type { DrainsCommand, DrainsOutcome, DrainsStep, OwnerDrains } from '../../src/core/owner-drains.ts';
 import type { CaptureId } from '../../src/core/messages.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
-import type { MetadataFaults } from './sim-metadata.ts';
+import type { MetadataFaults, RequestFate } from './sim-faults.ts';
+import { drawRequest, lands } from './sim-faults.ts';
 
 /** One owner's drains, as the store sees its writer. */
 export interface DrainsWriter {
@@ -34,8 +35,7 @@ interface PendingOp {
   readonly writer: DrainsWriter;
   readonly command: DrainsCommand & { kind: 'read-drains' | 'write-drain' };
   readonly atStep: number;
-  /** As in SimMetadata: ok; fail-before; fail-after (landed, answered failed); lost (never answered, not landed); lost-applied. */
-  readonly fate: 'ok' | 'fail-before' | 'fail-after' | 'lost-applied' | 'lost';
+  readonly fate: RequestFate;
 }
 
 export class SimDrainStore {
@@ -68,15 +68,8 @@ export class SimDrainStore {
   submit(writer: DrainsWriter, commands: readonly DrainsCommand[], step: number): void {
     for (const command of commands) {
       if (command.kind === 'resign') continue;
-      const faults = this.faults;
-      let fate: PendingOp['fate'] = 'ok';
-      let delay = 1 + this.rng.int(2);
-      if (faults !== undefined) {
-        if (this.rng.chance(faults.failProbability)) fate = this.rng.chance(0.5) ? 'fail-before' : 'fail-after';
-        else if (this.rng.chance(faults.lostProbability)) fate = this.rng.chance(0.5) ? 'lost' : 'lost-applied';
-        if (this.rng.chance(faults.slowProbability)) delay += this.rng.int(faults.slowStepsMax);
-      }
-      this.pending.push({ writer, command, atStep: step + delay, fate });
+      const { fate, delaySteps } = drawRequest(this.rng, this.faults);
+      this.pending.push({ writer, command, atStep: step + delaySteps, fate });
     }
   }
 
@@ -103,14 +96,14 @@ export class SimDrainStore {
   /** What etcd does with one op; the answer it would give when the fate lets it through. */
   private apply(op: PendingOp): DrainsOutcome {
     const { command, writer } = op;
-    const lands = op.fate === 'ok' || op.fate === 'fail-after' || op.fate === 'lost-applied';
+    const landed = lands(op.fate);
     if (!writer.fenceHolds()) {
       this.stats.drainFencedWrites++;
       return { kind: 'fenced', id: command.id };
     }
     switch (command.kind) {
       case 'read-drains':
-        if (!lands) return { kind: 'failed', id: command.id };
+        if (!landed) return { kind: 'failed', id: command.id };
         if (command.moveGuard) this.moveGuard();
         this.stats.drainReads++;
         return { kind: 'drains-read', id: command.id, captureIds: [...this.persisted], guardRevision: this.guardRevision };
@@ -119,7 +112,7 @@ export class SimDrainStore {
           this.stats.drainGuardConflicts++;
           return { kind: 'failed', id: command.id };
         }
-        if (!lands) return { kind: 'failed', id: command.id };
+        if (!landed) return { kind: 'failed', id: command.id };
         if (command.draining) this.persisted.add(command.captureId);
         else this.persisted.delete(command.captureId);
         this.moveGuard();

@@ -10,6 +10,8 @@
 import type { ChangefeedRun, RunCommand, RunOutcome } from '../../src/core/changefeed-run.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
 import { failRun, pause } from '../../src/core/changefeed-lifecycle.ts';
+import type { MetadataFaults, RequestFate } from './sim-faults.ts';
+import { drawRequest, lands } from './sim-faults.ts';
 
 /** One owner's run, as the metadata sees its writer. */
 export interface MetadataWriter {
@@ -25,15 +27,7 @@ interface PendingOp {
   readonly writer: MetadataWriter;
   readonly command: RunCommand;
   readonly atStep: number;
-  /** ok; fail-before: not applied, answered failed; fail-after: applied, answered failed; lost: applied or not, never answered. */
-  readonly fate: 'ok' | 'fail-before' | 'fail-after' | 'lost-applied' | 'lost';
-}
-
-export interface MetadataFaults {
-  readonly failProbability: number;
-  readonly lostProbability: number;
-  readonly slowProbability: number;
-  readonly slowStepsMax: number;
+  readonly fate: RequestFate;
 }
 
 export class SimMetadata {
@@ -59,15 +53,8 @@ export class SimMetadata {
   /** A run's commands go out to etcd. */
   submit(writer: MetadataWriter, commands: readonly RunCommand[], step: number): void {
     for (const command of commands) {
-      const faults = this.faults;
-      let fate: PendingOp['fate'] = 'ok';
-      let delay = 1 + this.rng.int(2);
-      if (faults !== undefined) {
-        if (this.rng.chance(faults.failProbability)) fate = this.rng.chance(0.5) ? 'fail-before' : 'fail-after';
-        else if (this.rng.chance(faults.lostProbability)) fate = this.rng.chance(0.5) ? 'lost' : 'lost-applied';
-        if (this.rng.chance(faults.slowProbability)) delay += this.rng.int(faults.slowStepsMax);
-      }
-      this.pending.push({ writer, command, atStep: step + delay, fate });
+      const { fate, delaySteps } = drawRequest(this.rng, this.faults);
+      this.pending.push({ writer, command, atStep: step + delaySteps, fate });
     }
   }
 
@@ -107,7 +94,7 @@ export class SimMetadata {
 
   private apply(op: PendingOp): RunOutcome | undefined {
     const { command, writer } = op;
-    const lands = op.fate === 'ok' || op.fate === 'fail-after' || op.fate === 'lost-applied';
+    const landed = lands(op.fate);
     switch (command.kind) {
       case 'read-status':
         return { kind: 'status-read', id: command.id, status: { ...this.status } };
@@ -121,7 +108,7 @@ export class SimMetadata {
           this.stats.statusConflicts++;
           return { kind: 'status-conflict', id: command.id };
         }
-        if (!lands) return { kind: 'failed', id: command.id };
+        if (!landed) return { kind: 'failed', id: command.id };
         if (command.checkpointTs < this.status.checkpointTs) {
           this.violations.push(`the persisted checkpoint went back from ${this.status.checkpointTs} to ${command.checkpointTs}`);
         }
@@ -139,7 +126,7 @@ export class SimMetadata {
         // An operator already ended the run: nothing to write (the lifecycle's rule).
         const decision = failRun({ state: this.info.state, epoch: this.info.epoch, tables: [] }, writer.epoch);
         if (decision.kind === 'ended') return { kind: 'failure-written', id: command.id };
-        if (!lands) return { kind: 'failed', id: command.id };
+        if (!landed) return { kind: 'failed', id: command.id };
         this.etcdRevision++;
         this.info = { state: decision.next.state, epoch: this.info.epoch, modRevision: this.etcdRevision, error: command.error };
         this.stats.failuresWritten++;
