@@ -286,6 +286,21 @@ describe('span pipeline: backfill', () => {
     expect(s.answer(streamed(4, 2, 60n))).toEqual(out([], [progress(60n, 60n)]));
   });
 
+  it('decides again when the generation of its table changes under it (an info copy that was behind)', () => {
+    const s = writing(49n, 60n, 49n, G);
+    s.tick();
+    s.answer(resolved(2, 60n));
+    const done: BackfillProgress = { generation: G, snapshotTs: G, afterKey: undefined, keysDone: 7, keysTotal: 7, done: true, sinceTs: undefined, startedAtMs: 0, finishedAtMs: 0 };
+    expect(s.answer(loaded(3, done))).toEqual(out([stream(4, G, 60n)]));
+    expect(s.answer(streamed(4, 2, 60n))).toEqual(out([], [progress(60n, 60n)]));
+    // The capture reads the info: the table was removed and added back, backfilled at 90.
+    s.generation = 90n;
+    expect(s.tick()).toEqual(out([resolve(5, 89n)]));
+    expect(s.answer(resolved(5, 95n))).toEqual(out([loadBackfill(6)]));
+    expect(s.answer(loaded(6, undefined))).toEqual(out([countKeys(7, 90n)]));
+    expect(s.pipeline.checkpointTs).toBe(60n);
+  });
+
   it('a record of another generation is ignored: the backfill starts over at the generation', () => {
     const s = writing(49n, 60n, 49n, G);
     s.tick();
