@@ -144,7 +144,8 @@ export class Capture {
       throw new StartError(
         `capture did not join the cluster at etcd ${this.config.etcdEndpoints.join(',')} within ${timeoutMs} ms (--start-timeout-ms)`,
         true,
-        { cause: lastJoinError },
+        // A join attempt that has not even failed yet (a slow connect) still gets a cause.
+        { cause: lastJoinError ?? new Error(`no answer from etcd at ${this.config.etcdEndpoints.join(',')} yet`) },
       );
     } catch (error) {
       await this.abortStart(attempts);

@@ -163,7 +163,8 @@ describe('Capture.start', () => {
       etcdEndpoints: [`127.0.0.1:${etcdPort}`],
       httpAddr: `127.0.0.1:${httpPort}`,
       grpcAddr: `127.0.0.1:${grpcPort}`,
-      startTimeoutMs: 300,
+      // Long enough for a refused connect to come back even on a loaded machine.
+      startTimeoutMs: 2_000,
     };
     const capture = new Capture(config, 'test', createRootLogger('silent'), (c) => new HttpApi(c));
     // A call on a closed client may fail with the breaker's error instead, so watch close().
