@@ -63,7 +63,7 @@ beforeAll(async () => {
   writeFileSync(tokenFile, `# test tokens\n${adminToken} admin\n${readToken} read\n`, { mode: 0o600 });
   etcd = await TestEtcd.start();
   for (let i = 0; i < 2; i++) captures.push(await TestCapture.start(etcd, { cluster, token: adminToken, extraArgs: ['--auth-token-file', tokenFile] }));
-  await waitFor('an owner', async () => ((await as(adminToken, captures[0] as TestCapture, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
+  for (const capture of captures) await waitFor('an owner', async () => ((await as(adminToken, capture, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
   const created = await as(adminToken, captures[0] as TestCapture, 'POST', '/api/v1/changefeeds', { id: 'cf', source: { uri: 'datagen://?rate=5' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 4 }] });
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   open = await TestCapture.start(etcd, { cluster: `${cluster}open` });
