@@ -3,6 +3,11 @@
  * `health` and `status` answer locally; everything else is answered by the owner, and a
  * non-owner forwards the request to it. Bad input gets 400/404/409 with
  * `{"error": {"code", "message"}}` and changes nothing.
+ *
+ * Before any route runs: the bearer token when a token file is configured (401/403, see
+ * `auth.ts`), then, for mutating requests, the cross-site checks (403 for a foreign
+ * `Origin`, 415 for a body that is not declared JSON). A forwarded request carries the
+ * caller's `Authorization` header, and the owner checks it again.
  */
 import { readFileSync } from 'node:fs';
 import { GRPCCancelledError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
@@ -23,6 +28,8 @@ import { ValidationError } from '../server/changefeed-info.ts';
 import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
 import type { ServiceErrorKind } from '../server/changefeed-service.ts';
 import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
+import { authorize, crossSiteRefusal } from './auth.ts';
+import type { TokenFile } from './auth.ts';
 import { compileRequestSchemas, operationKey } from './request-schemas.ts';
 import type { RequestSchema } from './request-schemas.ts';
 
@@ -60,9 +67,17 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** Extra answer headers (`WWW-Authenticate` on a 401). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(message);
   }
+}
+
+/** What the API is built with besides the capture. */
+export interface HttpApiOptions {
+  /** The token file; undefined: no tokens are asked for. */
+  readonly tokens?: TokenFile | undefined;
 }
 
 type Handler = (request: ApiRequest) => Promise<ApiResponse>;
@@ -105,7 +120,10 @@ export class HttpApi {
 
   private readonly service: ChangefeedService;
 
-  constructor(private readonly capture: Capture) {
+  constructor(
+    private readonly capture: Capture,
+    private readonly options: HttpApiOptions = {},
+  ) {
     this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner() });
     // Compiled once here: a document without a schema for a body fails the start, not a request.
     const schemas = compileRequestSchemas(openApiDocument());
@@ -179,10 +197,17 @@ export class HttpApi {
     try {
       const url = requestUrl(req.url);
       const method = req.method ?? 'GET';
+      const decision = authorize(method, url.pathname, req.headers.authorization, this.options.tokens?.table);
+      if (!decision.allow) {
+        const challenge = decision.status === 401 ? { 'www-authenticate': 'Bearer realm="spanfeed"' } : {};
+        throw new ApiError(decision.status, decision.code, decision.message, challenge);
+      }
       const candidates = this.routes.filter((route) => route.pattern.test(url.pathname));
       if (candidates.length === 0) throw new ApiError(404, 'not-found', `no such endpoint ${url.pathname}`);
       const route = candidates.find((c) => c.method === method);
       if (route === undefined) throw new ApiError(405, 'method-not-allowed', `${method} is not allowed on ${url.pathname}; use ${candidates.map((c) => c.method).join(' or ')}`);
+      const crossSite = crossSiteRefusal(method, req.headers['content-type'], req.headers.origin, req.headers.host);
+      if (crossSite !== undefined) throw new ApiError(crossSite.status, crossSite.code, crossSite.message);
       const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodePathSegment);
       const raw = await readBody(req);
       if (!route.local && !this.capture.isOwner) {
@@ -207,7 +232,7 @@ export class HttpApi {
     } catch (error) {
       if (error instanceof ClientGoneError) return;
       if (error instanceof BodyTooLargeError) refuseBody(req, res, error);
-      else if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } });
+      else if (error instanceof ApiError) send(res, error.status, { error: { code: error.code, message: error.message } }, error.headers);
       else if (error instanceof ServiceError) send(res, serviceErrorStatus[error.kind], { error: { code: error.code, message: error.message } });
       else if (error instanceof ValidationError) send(res, 400, { error: { code: 'invalid', message: error.message } });
       else if (isEtcdUnavailable(error)) {
@@ -234,7 +259,10 @@ export class HttpApi {
     // body was read): the owner's side, an event stream above all, must stop with it.
     res.on('close', () => abort.abort());
     const method = req.method ?? 'GET';
-    const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: abort.signal };
+    // The owner checks the caller's token again (captures should share one token file).
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (req.headers.authorization !== undefined) headers.authorization = req.headers.authorization;
+    const init: RequestInit = { method, headers, signal: abort.signal };
     // fetch refuses a body on GET and HEAD; the owner would ignore it anyway.
     if (body.length > 0 && method !== 'GET' && method !== 'HEAD') init.body = body;
     let answer: Response;
@@ -250,10 +278,12 @@ export class HttpApi {
       abort.abort();
       return;
     }
-    const headers: Record<string, string> = { 'content-type': answer.headers.get('content-type') ?? 'application/json' };
-    const cacheControl = answer.headers.get('cache-control');
-    if (cacheControl !== null) headers['cache-control'] = cacheControl;
-    res.writeHead(answer.status, headers);
+    const relayed: Record<string, string> = { 'content-type': answer.headers.get('content-type') ?? 'application/json' };
+    for (const name of ['cache-control', 'www-authenticate']) {
+      const value = answer.headers.get(name);
+      if (value !== null) relayed[name] = value;
+    }
+    res.writeHead(answer.status, relayed);
     try {
       if (answer.body !== null) {
         for await (const chunk of answer.body) {
@@ -604,15 +634,15 @@ class RawBody {
 }
 
 /** Sends one answer, unless one was sent already or the client is gone. */
-function send(res: ServerResponse, status: number, body: unknown): void {
+function send(res: ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
   if (res.headersSent || res.destroyed) return;
   if (body instanceof RawBody) {
-    res.writeHead(status, { 'content-type': body.contentType });
+    res.writeHead(status, { ...headers, 'content-type': body.contentType });
     res.end(body.text);
     return;
   }
   const text = JSON.stringify(body, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
-  res.writeHead(status, { 'content-type': 'application/json' });
+  res.writeHead(status, { ...headers, 'content-type': 'application/json' });
   res.end(text);
 }
 

@@ -5,7 +5,10 @@
  */
 import { parseArgs } from 'node:util';
 
-export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--json] <noun> <verb> [args]
+export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token <token>] [--json] <noun> <verb> [args]
+
+  --server (or SPANFEED_SERVER) the capture to talk to; --token (or SPANFEED_TOKEN) the bearer
+  token, when the servers run with --auth-token-file (read tokens: lists and gets only)
 
   changefeed create --id <id> --source <uri> --sink <uri> --table <name>[:<prefix>][:<spans>] ...
                     [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill]
@@ -25,6 +28,8 @@ class CliError extends Error {}
 
 interface Context {
   readonly server: string;
+  /** The bearer token sent with every request; undefined: none. */
+  readonly token: string | undefined;
   readonly json: boolean;
   readonly out: (text: string) => void;
 }
@@ -32,7 +37,9 @@ interface Context {
 async function call(ctx: Context, method: string, path: string, body?: unknown): Promise<any> {
   let response: Response;
   try {
-    const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(15_000) };
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (ctx.token !== undefined) headers.authorization = `Bearer ${ctx.token}`;
+    const init: RequestInit = { method, headers, signal: AbortSignal.timeout(15_000) };
     if (body !== undefined) init.body = JSON.stringify(body);
     response = await fetch(`${ctx.server}${path}`, init);
   } catch (error) {
@@ -45,6 +52,11 @@ async function call(ctx: Context, method: string, path: string, body?: unknown):
   } catch {
     throw new CliError(`${method} ${path}: ${response.status} ${text.slice(0, 200)}`);
   }
+  if (response.status === 401) {
+    const hint = ctx.token === undefined ? 'the server needs a token: give --token <token> or set SPANFEED_TOKEN' : 'the server does not know this token (--token or SPANFEED_TOKEN)';
+    throw new CliError(`${hint} (${parsed?.error?.code ?? 401})`);
+  }
+  if (response.status === 403 && parsed?.error?.code === 'forbidden') throw new CliError(`${parsed.error.message} (forbidden)`);
   if (!response.ok) throw new CliError(`${parsed?.error?.message ?? text} (${parsed?.error?.code ?? response.status})`);
   return parsed;
 }
@@ -112,6 +124,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
       allowPositionals: true,
       options: {
         server: { type: 'string' },
+        token: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean' },
         id: { type: 'string' },
@@ -137,7 +150,8 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
     out(cliUsage);
     return values.help === true ? 0 : 2;
   }
-  const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), json: values.json === true, out };
+  const token = values.token ?? (process.env.SPANFEED_TOKEN === '' ? undefined : process.env.SPANFEED_TOKEN);
+  const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json === true, out };
   const [noun, verb, arg] = positionals;
   const print = (value: unknown, render: () => string): void => out(ctx.json ? `${JSON.stringify(value)}\n` : render());
   const intervalMs = Number(values['interval-ms'] ?? 500);

@@ -1,10 +1,13 @@
 /**
- * `spanfeed server`: runs one capture until SIGTERM/SIGINT.
+ * `spanfeed server`: runs one capture until SIGTERM/SIGINT; SIGHUP reads the API token
+ * file again.
  */
+import { readFileSync, statSync } from 'node:fs';
 import { createRootLogger } from '../log.ts';
+import { TokenFile, TokenFileError } from '../api/auth.ts';
 import { HttpApi } from '../api/http-api.ts';
 import { Capture } from '../server/capture.ts';
-import { ConfigError, parseServerConfig, serverUsage } from '../server/server-config.ts';
+import { ConfigError, isLoopbackAddress, parseServerConfig, serverUsage } from '../server/server-config.ts';
 
 /** What a shutdown may take beyond its drain wait before the process exits anyway. */
 const shutdownGraceMs = 10_000;
@@ -24,8 +27,37 @@ export async function runServer(argv: readonly string[], version: string): Promi
     }
     throw error;
   }
+  let tokens: TokenFile | undefined;
+  if (config.authTokenFile !== undefined) {
+    tokens = new TokenFile(config.authTokenFile, (path) => readFileSync(path, 'utf8'));
+    try {
+      tokens.load();
+    } catch (error) {
+      if (error instanceof TokenFileError) {
+        process.stderr.write(`spanfeed server: --auth-token-file: ${error.message}\n`);
+        return 2;
+      }
+      throw error;
+    }
+  }
   const log = createRootLogger(config.logLevel, { pid: process.pid });
-  const capture = new Capture(config, version, log, (c) => new HttpApi(c));
+  if (tokens !== undefined) {
+    const file = tokens;
+    log.info({ authTokenFile: file.path, tokens: file.table?.size }, 'api tokens loaded');
+    if (isReadableByOthers(file.path)) log.warn({ authTokenFile: file.path }, 'api token file is readable by other users');
+    process.on('SIGHUP', () => {
+      try {
+        const table = file.load();
+        log.info({ authTokenFile: file.path, tokens: table.size }, 'api tokens reloaded');
+      } catch (error) {
+        // The tokens in use stay: a typo in the file must not lock every operator out.
+        log.error({ authTokenFile: file.path, err: error }, 'api token file reload failed; keeping the tokens in use');
+      }
+    });
+  } else if (!isLoopbackAddress(config.httpAddr)) {
+    log.warn({ httpAddr: config.httpAddr }, 'http api serves without tokens on an address other than loopback (--insecure)');
+  }
+  const capture = new Capture(config, version, log, (c) => new HttpApi(c, { tokens }));
   try {
     await capture.start();
   } catch (error) {
@@ -66,6 +98,15 @@ export async function runServer(argv: readonly string[], version: string): Promi
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });
+}
+
+/** True when the file's mode lets users other than its owner read it. */
+function isReadableByOthers(path: string): boolean {
+  try {
+    return (statSync(path).mode & 0o004) !== 0;
+  } catch {
+    return false;
+  }
 }
 
 /** `message: cause's message: ...`, as pino logs an error's message. */

@@ -139,7 +139,26 @@ export interface ApiAnswer<T = unknown> {
 
 /** Calls the HTTP API of a capture; `raw` is sent as the body as it is. */
 export async function api<T = any>(baseUrl: string, method: string, path: string, body?: unknown, raw?: string, timeoutMs = 10_000): Promise<ApiAnswer<T>> {
-  const init: RequestInit = { method, headers: { 'content-type': 'application/json' }, signal: AbortSignal.timeout(timeoutMs) };
+  return apiWith<T>({ ...(body === undefined ? {} : { body }), ...(raw === undefined ? {} : { raw }), timeoutMs }, baseUrl, method, path);
+}
+
+/** How {@link apiWith} calls: a bearer token, headers over the default JSON content type, a body. */
+export interface ApiCallOptions {
+  readonly token?: string | undefined;
+  /** Replace or add headers (`content-type`, `origin`, `authorization`). */
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly body?: unknown;
+  readonly raw?: string;
+  readonly timeoutMs?: number;
+}
+
+/** Calls the HTTP API of a capture with a token and headers of the caller's choosing. */
+export async function apiWith<T = any>(options: ApiCallOptions, baseUrl: string, method: string, path: string): Promise<ApiAnswer<T>> {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+  Object.assign(headers, options.headers ?? {});
+  const init: RequestInit = { method, headers, signal: AbortSignal.timeout(options.timeoutMs ?? 10_000) };
+  const { raw, body } = options;
   if (raw !== undefined) init.body = raw;
   else if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`${baseUrl}${path}`, init);
@@ -202,9 +221,11 @@ export class LocalCapture {
   private constructor(
     readonly proc: Proc,
     readonly url: string,
+    /** The bearer token this harness reads the capture's status with (started with a token file). */
+    readonly token: string | undefined,
   ) {}
 
-  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; extraArgs?: string[] }): Promise<LocalCapture> {
+  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; extraArgs?: string[]; token?: string }): Promise<LocalCapture> {
     const httpPort = await freePort();
     const args = [
       join(root, 'bin/spanfeed'), 'server',
@@ -214,7 +235,7 @@ export class LocalCapture {
       ...(options.extraArgs ?? []),
     ];
     const proc = new Proc(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: root }));
-    const capture = new LocalCapture(proc, `http://127.0.0.1:${httpPort}`);
+    const capture = new LocalCapture(proc, `http://127.0.0.1:${httpPort}`, options.token);
     try {
       await capture.refreshId();
     } catch (error) {
@@ -231,14 +252,14 @@ export class LocalCapture {
   /** Reads this capture's current id (a self-fenced capture rejoins with a new one). */
   async refreshId(): Promise<string> {
     this.id = await waitFor('the capture to serve its status', async () => {
-      const answer = await api<{ id: string }>(this.url, 'GET', '/api/v1/status');
+      const answer = await apiWith<{ id: string }>({ token: this.token }, this.url, 'GET', '/api/v1/status');
       return answer.status === 200 && answer.body.id !== '' ? answer.body.id : undefined;
     });
     return this.id;
   }
 
   async status(): Promise<{ id: string; isOwner: boolean }> {
-    return (await api<{ id: string; isOwner: boolean }>(this.url, 'GET', '/api/v1/status')).body;
+    return (await apiWith<{ id: string; isOwner: boolean }>({ token: this.token }, this.url, 'GET', '/api/v1/status')).body;
   }
 
   async stop(): Promise<void> {

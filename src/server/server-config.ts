@@ -53,6 +53,10 @@ export interface ServerConfig {
    * past it before its watermark says `stalled`; 0 turns that off.
    */
   readonly stallAfterMs: number;
+  /** The HTTP API's bearer token file (`<token> <role>` a line); undefined: no tokens asked for. */
+  readonly authTokenFile: string | undefined;
+  /** Allows serving HTTP without a token file on an address other than loopback. */
+  readonly insecure: boolean;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -84,6 +88,8 @@ export const serverDefaults: ServerConfig = {
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
   stallAfterMs: coordinatorDefaults.stallAfterMs,
+  authTokenFile: undefined,
+  insecure: false,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -110,7 +116,12 @@ const options = {
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
   'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
+  'auth-token-file': ['SPANFEED_AUTH_TOKEN_FILE', 'authTokenFile'],
+  insecure: ['SPANFEED_INSECURE', 'insecure'],
 } as const;
+
+/** The options that are flags without a value (`--insecure`); true or false in env and config. */
+const booleanOptions: ReadonlySet<string> = new Set(['insecure']);
 
 type OptionName = keyof typeof options;
 
@@ -160,6 +171,11 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             its resolved-ts is past it before its watermark says "stalled"
                             (a hung or failing sink); 0 turns it off, else 100-86400000
                             (default 30000)
+  --auth-token-file <file>  bearer tokens for the HTTP API, one "<token> <role>" a line (roles
+                            read and admin, # comments); every /api/v1/* request but health,
+                            and /metrics, then needs "Authorization: Bearer <token>". Read
+                            again on SIGHUP (a bad file then keeps the tokens in use)
+  --insecure                allow an HTTP address other than loopback without --auth-token-file
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -184,7 +200,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     parsed = parseArgs({
       args: [...argv],
       options: {
-        ...Object.fromEntries(Object.keys(options).map((name) => [name, { type: 'string' as const }])),
+        ...Object.fromEntries(Object.keys(options).map((name) => [name, { type: booleanOptions.has(name) ? ('boolean' as const) : ('string' as const) }])),
         config: { type: 'string' },
       },
       strict: true,
@@ -193,7 +209,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   } catch (error) {
     throw new ConfigError((error as Error).message);
   }
-  const values = parsed.values as Record<string, string | undefined>;
+  const values = Object.fromEntries(Object.entries(parsed.values).map(([k, v]) => [k, typeof v === 'boolean' ? String(v) : v])) as Record<string, string | undefined>;
   const raw = new Map<OptionName, string>();
   if (values.config !== undefined) {
     let file: unknown;
@@ -207,6 +223,10 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     for (const [key, value] of Object.entries(file)) {
       const name = byKey.get(key);
       if (name === undefined) throw new ConfigError(`unknown key "${key}" in config file ${values.config}`);
+      if (booleanOptions.has(name) && typeof value === 'boolean') {
+        raw.set(name, String(value));
+        continue;
+      }
       if (typeof value !== 'string' && typeof value !== 'number') throw new ConfigError(`config key "${key}" must be a string or a number`);
       raw.set(name, String(value));
     }
@@ -223,11 +243,18 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   if (!(logLevels as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level must be one of ${logLevels.join(', ')}`);
   const cluster = get('cluster') ?? serverDefaults.clusterId;
   if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/.test(cluster)) throw new ConfigError('--cluster must be 1-64 letters, digits, ".", "_" or "-"');
+  const httpAddr = address('--http', get('http') ?? serverDefaults.httpAddr);
+  const authTokenFile = get('auth-token-file');
+  if (authTokenFile === '') throw new ConfigError('--auth-token-file must name a file');
+  const insecure = booleanValue('--insecure', get('insecure'));
+  if (authTokenFile === undefined && !insecure && !isLoopbackAddress(httpAddr)) {
+    throw new ConfigError(`--http ${httpAddr} is not a loopback address and no --auth-token-file is set: anyone who reaches it could change the cluster; give --auth-token-file, or --insecure to serve it without tokens anyway`);
+  }
   return {
     etcdEndpoints: etcd === undefined ? serverDefaults.etcdEndpoints : etcd.split(',').map((e) => address('--etcd', e.trim())),
     clusterId: cluster,
     grpcAddr: address('--grpc', get('grpc') ?? serverDefaults.grpcAddr),
-    httpAddr: address('--http', get('http') ?? serverDefaults.httpAddr),
+    httpAddr,
     leaseTtlS: intIn('--lease-ttl-s', get('lease-ttl-s') ?? String(serverDefaults.leaseTtlS), 2, 3600),
     logLevel: logLevel as LogLevel,
     tickIntervalMs: intIn('--tick-ms', get('tick-ms') ?? String(serverDefaults.tickIntervalMs), 10, 1000),
@@ -246,7 +273,22 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
     heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
     stallAfterMs: stallAfterMs(get('stall-after-ms')),
+    authTokenFile,
+    insecure,
   };
+}
+
+function booleanValue(name: string, raw: string | undefined): boolean {
+  if (raw === undefined) return false;
+  if (['true', '1', 'yes'].includes(raw.toLowerCase())) return true;
+  if (['false', '0', 'no'].includes(raw.toLowerCase())) return false;
+  throw new ConfigError(`${name} must be true or false, got ${JSON.stringify(raw)}`);
+}
+
+/** True for `127.x.x.x`, `localhost` and `[::1]` (with any port): only this machine reaches them. */
+export function isLoopbackAddress(hostPort: string): boolean {
+  const host = hostPort.slice(0, hostPort.lastIndexOf(':')).toLowerCase();
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 function stallAfterMs(raw: string | undefined): number {

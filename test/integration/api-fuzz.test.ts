@@ -3,15 +3,20 @@
  * owner, two forwarding to it): no crash, no connection error, only 4xx answers with a
  * JSON error, and the metadata in etcd identical before and after. Then the plumbing
  * under them: bodies over the limit, bad paths and requests, clients that leave
- * mid-request or mid-stream, and the OpenAPI schema gate for bodies.
+ * mid-request or mid-stream, and the OpenAPI schema gate for bodies. Then a subset again
+ * against two captures with a token file, with no, unknown, read and admin tokens.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
-import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
+import { TestCapture, TestEtcd, api, apiWith, waitFor } from './harness.ts';
+import type { ApiAnswer } from './harness.ts';
 import { checkAgainstOpenApi } from './openapi-check.ts';
 
 const cluster = `fuzz${process.pid}`;
@@ -23,7 +28,8 @@ beforeAll(async () => {
   etcd = await TestEtcd.start();
   client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
   for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster }));
-  await waitFor('an owner', async () => ((await api(captures[0]!.url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
+  // Every capture knows the owner: a 503 is no answer the fuzz expects.
+  for (const capture of captures) await waitFor('an owner', async () => ((await api(capture.url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
   const created = await api(captures[0]!.url, 'POST', '/api/v1/changefeeds', {
     id: 'cf',
     source: { uri: 'datagen://?rate=5' },
@@ -81,41 +87,47 @@ function brokenCreate(rng: SeededRandom): unknown {
   return { ...valid, [field === 'extra' ? 'unexpected' : field]: bad[field] };
 }
 
+/** The malformed requests of the fuzz: [method, path, raw body], about `count` of them. */
+function fuzzRequests(rng: SeededRandom, count: number): [string, string, string | undefined][] {
+  const weirdIds = ['nope', '..', '%2e%2e', 'a%00b', 'x'.repeat(300), '%E2%9C%93', 'cf%2Fspans', ' '];
+  const requests: [string, string, string | undefined][] = [];
+  const json = (value: unknown): string => JSON.stringify(value);
+  for (let i = 0; i < count; i++) {
+    const id = rng.pick(weirdIds);
+    const garbage = rng.pick([json(randomValue(rng)), '{"id": ', 'not json', '[1,2', '\u0000\u0001', '']);
+    switch (rng.int(12)) {
+      case 0: requests.push(['POST', '/api/v1/changefeeds', json(brokenCreate(rng))]); break;
+      case 1: requests.push(['POST', '/api/v1/changefeeds', garbage]); break;
+      case 2: requests.push(['PUT', '/api/v1/changefeeds/cf', rng.chance(0.5) ? garbage : json({ tables: randomValue(rng) })]); break;
+      case 3: {
+        const method = rng.pick(['GET', 'DELETE', 'PUT']);
+        requests.push([method, `/api/v1/changefeeds/${id}`, method === 'GET' ? undefined : garbage]);
+        break;
+      }
+      case 4: requests.push(['POST', `/api/v1/changefeeds/${id}/${rng.pick(['pause', 'rebalance'])}`, undefined]); break;
+      case 5: {
+        // cf runs: a resume is refused, and so is a pause or resume with a bad body.
+        const badBody = rng.pick([json({ backfill: rng.pick(['yes', 1, null]) }), json({ backfill: true, x: 1 }), '[]', '5', '"s"', 'not json', '{"id": ']);
+        requests.push(rng.chance(0.3) ? ['POST', '/api/v1/changefeeds/cf/resume', undefined] : ['POST', `/api/v1/changefeeds/cf/${rng.pick(['pause', 'resume'])}`, badBody]);
+        break;
+      }
+      case 6: requests.push(['POST', '/api/v1/changefeeds/cf/spans/move', rng.chance(0.3) ? garbage : json(randomValue(rng))]); break;
+      case 7: requests.push(['POST', `/api/v1/changefeeds/${id}/spans/move`, json({ table: 't', start: '', captureId: 'x' })]); break;
+      case 8: requests.push([rng.pick(['POST', 'DELETE']), `/api/v1/captures/${id}/drain`, undefined]); break;
+      case 9: requests.push([rng.pick(['PATCH', 'OPTIONS', 'PUT']), rng.pick(['/api/v1/changefeeds', '/api/v1/captures', '/api/v1/owner/resign']), undefined]); break;
+      case 10: requests.push(['GET', rng.pick(['/api/v2/changefeeds', '/api/v1/changefeeds/cf/spans/x', '/api/v1', '/etc/passwd', '/api/v1/changefeeds/cf/watermark']), undefined]); break;
+      default: requests.push(['GET', `/api/v1/changefeeds/${id}/spans`, undefined]);
+    }
+  }
+  return requests;
+}
+
 describe('the HTTP API under malformed input', () => {
   it('answers 1,000+ bad requests with 4xx JSON errors and changes nothing', async () => {
     const before = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
     const infoOnly = (all: Record<string, string>): Record<string, string> => Object.fromEntries(Object.entries(all).filter(([k]) => k.endsWith('/info')));
     const rng = new SeededRandom(Number(process.env.FUZZ_SEED ?? 1));
-    const weirdIds = ['nope', '..', '%2e%2e', 'a%00b', 'x'.repeat(300), '%E2%9C%93', 'cf%2Fspans', ' '];
-    const requests: [string, string, string | undefined][] = [];
-    const json = (value: unknown): string => JSON.stringify(value);
-    for (let i = 0; i < 1_100; i++) {
-      const id = rng.pick(weirdIds);
-      const garbage = rng.pick([json(randomValue(rng)), '{"id": ', 'not json', '[1,2', '\u0000\u0001', '']);
-      switch (rng.int(12)) {
-        case 0: requests.push(['POST', '/api/v1/changefeeds', json(brokenCreate(rng))]); break;
-        case 1: requests.push(['POST', '/api/v1/changefeeds', garbage]); break;
-        case 2: requests.push(['PUT', '/api/v1/changefeeds/cf', rng.chance(0.5) ? garbage : json({ tables: randomValue(rng) })]); break;
-        case 3: {
-          const method = rng.pick(['GET', 'DELETE', 'PUT']);
-          requests.push([method, `/api/v1/changefeeds/${id}`, method === 'GET' ? undefined : garbage]);
-          break;
-        }
-        case 4: requests.push(['POST', `/api/v1/changefeeds/${id}/${rng.pick(['pause', 'rebalance'])}`, undefined]); break;
-        case 5: {
-          // cf runs: a resume is refused, and so is a pause or resume with a bad body.
-          const badBody = rng.pick([json({ backfill: rng.pick(['yes', 1, null]) }), json({ backfill: true, x: 1 }), '[]', '5', '"s"', 'not json', '{"id": ']);
-          requests.push(rng.chance(0.3) ? ['POST', '/api/v1/changefeeds/cf/resume', undefined] : ['POST', `/api/v1/changefeeds/cf/${rng.pick(['pause', 'resume'])}`, badBody]);
-          break;
-        }
-        case 6: requests.push(['POST', '/api/v1/changefeeds/cf/spans/move', rng.chance(0.3) ? garbage : json(randomValue(rng))]); break;
-        case 7: requests.push(['POST', `/api/v1/changefeeds/${id}/spans/move`, json({ table: 't', start: '', captureId: 'x' })]); break;
-        case 8: requests.push([rng.pick(['POST', 'DELETE']), `/api/v1/captures/${id}/drain`, undefined]); break;
-        case 9: requests.push([rng.pick(['PATCH', 'OPTIONS', 'PUT']), rng.pick(['/api/v1/changefeeds', '/api/v1/captures', '/api/v1/owner/resign']), undefined]); break;
-        case 10: requests.push(['GET', rng.pick(['/api/v2/changefeeds', '/api/v1/changefeeds/cf/spans/x', '/api/v1', '/etc/passwd', '/api/v1/changefeeds/cf/watermark']), undefined]); break;
-        default: requests.push(['GET', `/api/v1/changefeeds/${id}/spans`, undefined]);
-      }
-    }
+    const requests = fuzzRequests(rng, 1_100);
     const statuses = new Map<number, number>();
     // Every request must be answered: a reset or a dropped connection is counted, not thrown,
     // so that the test reports how many there were.
@@ -265,6 +277,83 @@ describe('the HTTP plumbing', () => {
     }
     const after = await client.getAll().prefix(clusterKeys(cluster).changefeedsPrefix).strings();
     expect(Object.keys(after).sort()).toEqual(Object.keys(before).sort());
+  });
+});
+
+describe('the HTTP API under malformed input, with a token file', () => {
+  const authCluster = `fuzzauth${process.pid}`;
+  const adminToken = 'fuzz-admin-0123456789';
+  const readToken = 'fuzz-read-0123456789';
+  const dir = mkdtempSync(join(tmpdir(), 'spanfeed-fuzz-auth-'));
+  const authCaptures: TestCapture[] = [];
+
+  beforeAll(async () => {
+    const tokenFile = join(dir, 'tokens');
+    writeFileSync(tokenFile, `${adminToken} admin\n${readToken} read\n`, { mode: 0o600 });
+    for (let i = 0; i < 2; i++) authCaptures.push(await TestCapture.start(etcd, { cluster: authCluster, token: adminToken, extraArgs: ['--auth-token-file', tokenFile] }));
+    // Every capture knows the owner: a 503 is no answer the test expects.
+    for (const capture of authCaptures) await waitFor('an owner', async () => ((await apiWith({ token: adminToken }, capture.url, 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
+    const created = await apiWith({ token: adminToken, body: { id: 'cf', source: { uri: 'datagen://?rate=5' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 4 }] } }, authCaptures[0]!.url, 'POST', '/api/v1/changefeeds');
+    expect(created.status).toBe(201);
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.all(authCaptures.map((c) => c.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers 500 bad requests with 401 to no or unknown tokens, 403 to read tokens on mutations, 4xx JSON errors to admins, and changes nothing', async () => {
+    const before = await client.getAll().prefix(clusterKeys(authCluster).changefeedsPrefix).strings();
+    const rng = new SeededRandom(Number(process.env.FUZZ_SEED ?? 1) + 1);
+    const tokens = [undefined, 'fuzz-unknown-0123456789', readToken, adminToken] as const;
+    const connectionErrors: string[] = [];
+    const seen = new Map<string, number>();
+    for (const [method, path, body] of fuzzRequests(rng, 500)) {
+      const capture = authCaptures[rng.int(authCaptures.length)] as TestCapture;
+      const token = tokens[rng.int(tokens.length)];
+      let answer: ApiAnswer<{ error?: { code?: unknown; message?: unknown } }>;
+      try {
+        answer = await apiWith<{ error?: { code?: unknown; message?: unknown } }>({ token, ...(body === undefined ? {} : { raw: body }) }, capture.url, method, path);
+      } catch (error) {
+        connectionErrors.push(`${method} ${path}: ${describeFetchError(error)}`);
+        continue;
+      }
+      const what = `${method} ${path} token ${token ?? '-'} -> ${answer.status} ${JSON.stringify(answer.body)}`;
+      const guarded = path === '/api/v1' || path.startsWith('/api/v1/');
+      if (guarded && (token === undefined || token === tokens[1])) expect(answer.status, what).toBe(401);
+      else if (guarded && token === readToken && method !== 'GET') expect(answer.status, what).toBe(403);
+      else expect(answer.status >= 400 && answer.status < 500 && answer.status !== 401 && answer.status !== 403, what).toBe(true);
+      expect(typeof answer.body.error?.code, what).toBe('string');
+      const key = `${token === adminToken ? 'admin' : token === readToken ? 'read' : 'other'} ${answer.status}`;
+      seen.set(key, (seen.get(key) ?? 0) + 1);
+    }
+    expect(connectionErrors).toEqual([]);
+    expect(seen.get('other 401') ?? 0).toBeGreaterThan(100);
+    expect(seen.get('read 403') ?? 0).toBeGreaterThan(50);
+    expect(seen.get('admin 400') ?? 0).toBeGreaterThan(20);
+    for (const capture of authCaptures) expect(capture.proc.running).toBe(true);
+    const after = await client.getAll().prefix(clusterKeys(authCluster).changefeedsPrefix).strings();
+    expect(Object.keys(after).sort()).toEqual(Object.keys(before).sort());
+  });
+
+  it('refuses a big body without a token with 401 and with an admin token with 413, and streams the watermark through a non-owner with a token', async () => {
+    const big = `{"id":"${'x'.repeat(2 * 1_048_576)}"}`;
+    for (const capture of authCaptures) {
+      expect((await apiWith({ raw: big }, capture.url, 'POST', '/api/v1/changefeeds')).status).toBe(401);
+      expect((await apiWith({ token: adminToken, raw: big }, capture.url, 'POST', '/api/v1/changefeeds')).status).toBe(413);
+    }
+    for (const capture of authCaptures) {
+      const refused = await fetch(`${capture.url}/api/v1/changefeeds/cf/watermark/stream`);
+      expect(refused.status).toBe(401);
+      await refused.body?.cancel();
+      const abort = new AbortController();
+      const response = await fetch(`${capture.url}/api/v1/changefeeds/cf/watermark/stream`, { headers: { authorization: `Bearer ${readToken}` }, signal: abort.signal });
+      expect(response.status).toBe(200);
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      expect(Buffer.from((await reader.read()).value ?? new Uint8Array()).toString()).toContain('event: watermark');
+      abort.abort();
+      await reader.cancel().catch(() => undefined);
+    }
   });
 });
 

@@ -1,9 +1,10 @@
 /**
  * The dashboard in headless Chromium (Debian's, driven by playwright-core) against a real
- * three-capture cluster: its content, one action, and a screenshot in docs/.
+ * three-capture cluster: its content, one action, and a screenshot in docs/. Then one
+ * capture with a token file: the page asks for a token once and sends it.
  */
 import { execFileSync } from 'node:child_process';
-import { rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +18,8 @@ const cluster = `ui${process.pid}`;
 let etcd: TestEtcd;
 let browser: Browser | undefined;
 const captures: TestCapture[] = [];
+const secured: TestCapture[] = [];
+const tokenDir = mkdtempSync(join(tmpdir(), 'spanfeed-ui-tokens-'));
 
 beforeAll(async () => {
   execFileSync('bash', ['scripts/ensure-chromium.sh'], { cwd: root, stdio: 'inherit' });
@@ -44,7 +47,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await browser?.close();
-  await Promise.all(captures.map((c) => c.stop()));
+  await Promise.all([...captures, ...secured].map((c) => c.stop()));
+  rmSync(tokenDir, { recursive: true, force: true });
   await etcd?.stop();
 });
 
@@ -95,6 +99,31 @@ describe('dashboard', () => {
     await page.screenshot({ path, fullPage: true });
     expect(statSync(path).size).toBeGreaterThan(10_000);
     if (process.env.SPANFEED_UPDATE_SCREENSHOT !== '1') rmSync(path);
+    await page.close();
+  });
+
+  it('asks for a token once on a 401, keeps it in the tab and sends it with every call', async () => {
+    const adminToken = 'ui-admin-0123456789';
+    const readToken = 'ui-read-0123456789';
+    const tokenFile = join(tokenDir, 'tokens');
+    writeFileSync(tokenFile, `${adminToken} admin\n${readToken} read\n`, { mode: 0o600 });
+    const capture = await TestCapture.start(etcd, { cluster: `${cluster}auth`, token: adminToken, extraArgs: ['--auth-token-file', tokenFile] });
+    secured.push(capture);
+    const page = await (browser as Browser).newPage();
+    const asked: string[] = [];
+    page.on('dialog', (dialog) => {
+      asked.push(dialog.message());
+      void dialog.accept(readToken);
+    });
+    await page.goto(`${capture.url}/`);
+    await page.waitForSelector(`[data-capture="${capture.id}"]`, { timeout: 20_000 });
+    expect(asked).toEqual(['This server needs a token: enter a spanfeed API token']);
+    expect(await page.evaluate('sessionStorage.getItem("spanfeed-token")')).toBe(readToken);
+    // A read token may look but not act.
+    await page.locator(`[data-capture="${capture.id}"] button`, { hasText: 'Drain' }).click();
+    await expect.poll(async () => page.locator('#message').textContent(), { timeout: 10_000 }).toContain('a read token may not POST');
+    await page.waitForTimeout(1_500);
+    expect(asked).toHaveLength(1);
     await page.close();
   });
 });

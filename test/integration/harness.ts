@@ -5,8 +5,8 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export { LocalCapture as TestCapture, LocalEtcd as TestEtcd, api, callAny, freePort, ownerAmong, waitFor } from '../../src/dev/local-cluster.ts';
-export type { ApiAnswer, ChangefeedView, SpanView } from '../../src/dev/local-cluster.ts';
+export { LocalCapture as TestCapture, LocalEtcd as TestEtcd, api, apiWith, callAny, freePort, ownerAmong, waitFor } from '../../src/dev/local-cluster.ts';
+export type { ApiAnswer, ApiCallOptions, ChangefeedView, SpanView } from '../../src/dev/local-cluster.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 
