@@ -4,12 +4,15 @@
  * message that names it.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from '../log.ts';
 import { logLevels } from '../log.ts';
 import { coordinatorDefaults } from '../core/coordinator.ts';
 import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
+import type { AllowedEndpoints } from '../pipeline/bounds.ts';
+import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -53,6 +56,10 @@ export interface ServerConfig {
    * past it before its watermark says `stalled`; 0 turns that off.
    */
   readonly stallAfterMs: number;
+  /** Absolute: the file sink writes only under it. */
+  readonly fileSinkRoot: string;
+  /** Hosts etcd and PostgreSQL sources and sinks may reach; undefined: any. */
+  readonly allowedEndpoints: AllowedEndpoints | undefined;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -84,6 +91,9 @@ export const serverDefaults: ServerConfig = {
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
   stallAfterMs: coordinatorDefaults.stallAfterMs,
+  /** Relative: resolved against the working directory when the config is parsed. */
+  fileSinkRoot: 'spanfeed-data',
+  allowedEndpoints: undefined,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -110,6 +120,8 @@ const options = {
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
   'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
+  'file-sink-root': ['SPANFEED_FILE_SINK_ROOT', 'fileSinkRoot'],
+  'allowed-endpoints': ['SPANFEED_ALLOWED_ENDPOINTS', 'allowedEndpoints'],
 } as const;
 
 type OptionName = keyof typeof options;
@@ -160,6 +172,13 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             its resolved-ts is past it before its watermark says "stalled"
                             (a hung or failing sink); 0 turns it off, else 100-86400000
                             (default 30000)
+  --file-sink-root <dir>    file sinks may write only under this directory (symlinks resolved;
+                            never /proc, /sys, /dev); created when missing
+                            (default ./spanfeed-data)
+  --allowed-endpoints <list>
+                            etcd and PostgreSQL sources and sinks may reach only these:
+                            host, host:port, *.domain or CIDR blocks, comma-separated; names
+                            are compared as written (default: any)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -246,6 +265,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
     heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
     stallAfterMs: stallAfterMs(get('stall-after-ms')),
+    fileSinkRoot: fileSinkRoot(get('file-sink-root')),
+    allowedEndpoints: allowedEndpoints(get('allowed-endpoints')),
   };
 }
 
@@ -261,4 +282,19 @@ function advertiseHost(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   if (!/^[a-zA-Z0-9.-]{1,253}$/.test(raw)) throw new ConfigError(`--advertise-host must be a host name or address, got ${JSON.stringify(raw)}`);
   return raw;
+}
+
+function fileSinkRoot(raw: string | undefined): string {
+  const value = raw ?? serverDefaults.fileSinkRoot;
+  if (value === '' || value.includes('\u0000')) throw new ConfigError(`--file-sink-root must be a directory, got ${JSON.stringify(value)}`);
+  return resolve(value);
+}
+
+function allowedEndpoints(raw: string | undefined): AllowedEndpoints | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    return parseAllowedEndpoints(raw);
+  } catch (error) {
+    throw new ConfigError(`--allowed-endpoints: ${(error as Error).message}`);
+  }
 }
