@@ -59,6 +59,25 @@ export function postgresEndpoint(options: PostgresSinkOptions): { host: string; 
   return { host: url.hostname, port: url.port === '' ? 5432 : Number(url.port) };
 }
 
+/**
+ * Makes a client read its password from the file when it connects. pg takes a password
+ * function in its config, but a connection string's empty password replaces it there, so
+ * it is set on the client itself, where pg looks for a function at connect.
+ */
+function usePasswordFile(client: pg.Client, path: string): void {
+  Object.defineProperty(client, 'password', { value: () => readPasswordFile(path), writable: true, configurable: true, enumerable: false });
+}
+
+/** A client class whose clients read their password from `path`. */
+function passwordFileClient(path: string): typeof pg.Client {
+  return class extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super(config);
+      usePasswordFile(this, path);
+    }
+  };
+}
+
 /** The first line of a password file (at most 4 KiB of a regular file). */
 export async function readPasswordFile(path: string): Promise<string> {
   const handle = await open(path, 'r');
@@ -91,7 +110,7 @@ export class PostgresSink implements Sink {
       connectionString: options.connectionString,
       max: options.poolMax,
       connectionTimeoutMillis: 10_000,
-      ...(passwordFile === undefined ? {} : { password: () => readPasswordFile(passwordFile) }),
+      ...(passwordFile === undefined ? {} : { Client: passwordFileClient(passwordFile) }),
     });
     // An idle client's error (the server restarted) must not kill the process.
     this.pool.on('error', () => undefined);
@@ -165,8 +184,8 @@ export class PostgresSink implements Sink {
 
 /** Reads a table's live rows (for the verifier): key -> {value, ts}, and tombstones. */
 export async function readPostgresTable(options: PostgresSinkOptions, table: string): Promise<{ rows: Map<string, { value: string | undefined; ts: bigint }> }> {
-  const passwordFile = options.passwordFile;
-  const client = new pg.Client({ connectionString: options.connectionString, ...(passwordFile === undefined ? {} : { password: () => readPasswordFile(passwordFile) }) });
+  const client = new pg.Client({ connectionString: options.connectionString });
+  if (options.passwordFile !== undefined) usePasswordFile(client, options.passwordFile);
   await client.connect();
   try {
     const rows = new Map<string, { value: string | undefined; ts: bigint }>();
