@@ -15,9 +15,10 @@ const secretParams = new Set(['password', 'passwd', 'pass', 'pwd', 'secret', 'to
 
 /**
  * `scheme://user:password@` anywhere in a text: the user and the password stop at
- * whitespace, quotes and the characters that end a URI's authority.
+ * whitespace, quotes and the characters that end a URI's authority; in a JSON text a
+ * password may hold an escaped quote or backslash.
  */
-const userInfoPattern = /([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^\s/?#@:"'\\]*):([^\s/?#@"'\\]*)@/g;
+const userInfoPattern = /([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^\s/?#@:"'\\]*):((?:[^\s/?#@"'\\]|\\["\\])*)@/g;
 
 /** `?password=...` or `&password=...` after a `scheme://` in a text. */
 const queryPattern = /([?&])([a-zA-Z_]+)=([^\s&#"'\\]*)/g;

@@ -41,6 +41,8 @@ describe('redaction', () => {
     expect(once).not.toContain('t0p');
     expect(once).toContain('postgres://a:***@h:5432/d');
     expect(redactSecrets(once)).toBe(once);
+    const quoted = JSON.stringify({ uri: 'postgres://u:a"b\\c@h/d' });
+    expect(redactSecrets(quoted)).toBe(JSON.stringify({ uri: 'postgres://u:***@h/d' }));
   });
 
   it('BadUriError messages carry no password', () => {
