@@ -35,7 +35,7 @@ const passwordFileBytesMax = 4096;
 
 export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   const url = parseUri(uri, ['postgres', 'postgresql'], 'sink');
-  if (url.hostname === '' || url.pathname.length < 2) throw new BadUriError(`sink uri must be postgres://user:password@host:port/database`);
+  if (url.hostname === '' || url.pathname.length < 2) throw new BadUriError(`sink uri must be postgres://user@host:port/database, the password after the user (user:password@) or in a file (passwordFile=<path>)`);
   // libpq parameters that would connect somewhere else than the URI's host (and past --allowed-endpoints).
   for (const name of ['host', 'hostaddr', 'port']) {
     if (url.searchParams.has(name)) throw new BadUriError(`postgres sink uri parameter ${JSON.stringify(name)} is not allowed: give the host and port in the URI`);
