@@ -245,6 +245,7 @@ async function startCapture(): Promise<ChaosCapture | undefined> {
     '--etcd', meta.endpoints.join(','), '--cluster', cluster,
     '--http', `127.0.0.1:${httpPort}`, '--grpc', '127.0.0.1:0',
     '--lease-ttl-s', String(leaseTtlS), '--log-level', 'info',
+    '--file-sink-root', tempDir,
   ];
   const proc = new LoggedProcess(name, process.execPath, args, join(tempDir, `capture-${name}.log`), { cwd: root });
   const capture: ChaosCapture = { name, proc, url: `http://127.0.0.1:${httpPort}`, id: '' };

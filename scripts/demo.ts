@@ -36,7 +36,7 @@ async function main(): Promise<number> {
   process.on('SIGINT', () => void stop().then(() => process.exit(0)));
   process.on('SIGTERM', () => void stop().then(() => process.exit(0)));
   try {
-    for (let i = 0; i < 3; i++) captures.push(await LocalCapture.start(etcd, { cluster: 'demo', leaseTtlS: 5 }));
+    for (let i = 0; i < 3; i++) captures.push(await LocalCapture.start(etcd, { cluster: 'demo', leaseTtlS: 5, fileSinkRoot: resolve('demo-out') }));
     const url = (captures[0] as LocalCapture).url;
     await waitFor('an owner', async () => ((await api(url, 'GET', '/api/v1/health')).status === 200 ? true : undefined));
     const outDir = resolve('demo-out');

@@ -4,6 +4,7 @@
  */
 import { pino } from 'pino';
 import type { Logger } from 'pino';
+import { redactSecrets } from './pipeline/redact.ts';
 
 export type { Logger };
 
@@ -22,6 +23,8 @@ export function createRootLogger(level: LogLevel, base: Record<string, unknown> 
       formatters: { log: (fields) => JSON.parse(JSON.stringify(fields, logReplacer)) as Record<string, unknown> },
       // Already serialised by the formatter; a second pass would call every error an Object.
       serializers: { err: (value: unknown) => value },
+      // Every line, whatever logged it (an info, an error quoting a URI): no password.
+      hooks: { streamWrite: redactSecrets },
     },
     pino.destination({ dest: 2, sync: false }),
   );

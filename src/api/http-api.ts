@@ -23,6 +23,7 @@ import type { Watermark } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
 import { backfillTiming, isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
 import type { Capture } from '../server/capture.ts';
+import { redactSecrets } from '../pipeline/redact.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
 import { ValidationError } from '../server/changefeed-info.ts';
 import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
@@ -124,7 +125,7 @@ export class HttpApi {
     private readonly capture: Capture,
     private readonly options: HttpApiOptions = {},
   ) {
-    this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner() });
+    this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner(), bounds: capture.bounds });
     // Compiled once here: a document without a schema for a body fails the start, not a request.
     const schemas = compileRequestSchemas(openApiDocument());
     const r = (method: string, path: string, handler: Handler, local = false): Route => ({
@@ -602,7 +603,7 @@ async function streamEvents(res: ServerResponse, stream: EventStream, open: { in
     for (;;) {
       const next = await events.next();
       if (next.done === true || abort.signal.aborted) break;
-      res.write(`event: watermark\ndata: ${JSON.stringify(next.value)}\n\n`);
+      res.write(`event: watermark\ndata: ${redactSecrets(JSON.stringify(next.value))}\n\n`);
     }
   } finally {
     open.dec();
@@ -641,7 +642,8 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Reado
     res.end(body.text);
     return;
   }
-  const text = JSON.stringify(body, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
+  // No answer shows a source's or sink's password (info URIs, errors that quote them).
+  const text = redactSecrets(JSON.stringify(body, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value)));
   res.writeHead(status, { ...headers, 'content-type': 'application/json' });
   res.end(text);
 }

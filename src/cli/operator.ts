@@ -4,6 +4,7 @@
  * a non-zero exit on any error.
  */
 import { parseArgs } from 'node:util';
+import { redactSecrets } from '../pipeline/redact.ts';
 
 export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token <token>] [--json] <noun> <verb> [args]
 
@@ -116,7 +117,9 @@ function need(value: string | undefined, what: string): string {
   return value;
 }
 
-export async function runCli(argv: readonly string[], out: (text: string) => void = (t) => process.stdout.write(t)): Promise<number> {
+export async function runCli(argv: readonly string[], write: (text: string) => void = (t) => process.stdout.write(t)): Promise<number> {
+  // Answers are redacted by the server already; this also covers what the CLI echoes itself.
+  const out = (text: string): void => write(redactSecrets(text));
   let parsed;
   try {
     parsed = parseArgs({
@@ -142,7 +145,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
       strict: true,
     });
   } catch (error) {
-    process.stderr.write(`spanfeed cli: ${(error as Error).message}\n`);
+    process.stderr.write(redactSecrets(`spanfeed cli: ${(error as Error).message}\n`));
     return 2;
   }
   const { values, positionals } = parsed;
@@ -311,7 +314,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
     }
   } catch (error) {
     if (error instanceof CliError) {
-      process.stderr.write(`spanfeed cli: ${error.message}\n`);
+      process.stderr.write(redactSecrets(`spanfeed cli: ${error.message}\n`));
       return 1;
     }
     throw error;

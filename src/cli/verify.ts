@@ -15,6 +15,7 @@ import { ValidationError, changefeedSpans, parseTables, parseTs, validateId } fr
 import { RetentionHorizonError, verify } from '../verify/verifier.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
 import { backfillKey, isOfGeneration } from '../pipeline/backfill.ts';
+import { redactSecrets } from '../pipeline/redact.ts';
 
 export const verifyUsage = `spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
 spanfeed verify --source <uri> --sink <uri> --tables '<json>' --at <ts>
@@ -117,7 +118,7 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
       strict: true,
     }).values;
   } catch (error) {
-    process.stderr.write(`spanfeed verify: ${(error as Error).message}\n`);
+    process.stderr.write(redactSecrets(`spanfeed verify: ${(error as Error).message}\n`));
     return 2;
   }
   if (values.help === true) {
@@ -154,7 +155,7 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
       return result.missing === 0 && result.mismatched === 0 && result.extra === 0 ? 0 : 1;
     }
   } catch (error) {
-    process.stderr.write(`spanfeed verify: ${(error as Error).message}\n`);
+    process.stderr.write(redactSecrets(`spanfeed verify: ${(error as Error).message}\n`));
     return 2;
   }
 }

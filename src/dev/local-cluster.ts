@@ -225,13 +225,18 @@ export class LocalCapture {
     readonly token: string | undefined,
   ) {}
 
-  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; extraArgs?: string[]; token?: string }): Promise<LocalCapture> {
+  /**
+   * Starts a capture. Its file sinks may write under `fileSinkRoot`, by default the
+   * system's temp dir, where the tests make their sink directories.
+   */
+  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; fileSinkRoot?: string; extraArgs?: string[]; token?: string }): Promise<LocalCapture> {
     const httpPort = await freePort();
     const args = [
       join(root, 'bin/spanfeed'), 'server',
       '--etcd', etcd.endpoint, '--cluster', options.cluster,
       '--http', `127.0.0.1:${httpPort}`, '--grpc', '127.0.0.1:0',
       '--lease-ttl-s', String(options.leaseTtlS ?? 3), '--log-level', 'info',
+      '--file-sink-root', options.fileSinkRoot ?? tmpdir(),
       ...(options.extraArgs ?? []),
     ];
     const proc = new Proc(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: root }));

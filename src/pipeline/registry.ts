@@ -10,6 +10,8 @@ import type { Source } from './source.ts';
 import { DatagenSource, parseDatagenUri } from './sources/datagen.ts';
 import { EtcdSource, parseEtcdSourceUri } from './sources/etcd.ts';
 import { BadUriError } from './uri.ts';
+import type { PipelineBounds } from './bounds.ts';
+import { FailedEndpoint, GuardedSink, GuardedSource } from './guard.ts';
 
 const sources = {
   datagen: (uri: string): Source => new DatagenSource(parseDatagenUri(uri)),
@@ -63,4 +65,28 @@ export function openSource(uri: string): Source {
 
 export function openSink(uri: string, context: SinkContext = {}): Sink {
   return pick(sinks, uri, 'sink')(uri, context);
+}
+
+/**
+ * Opens a changefeed's source as a capture runs it: within `bounds` (see `guard.ts`). A
+ * URI that cannot be parsed (a changefeed written into etcd by hand) does not throw: the
+ * source fails every call with the reason, non-retryably, which fails the changefeed.
+ */
+export function openBoundedSource(uri: string, bounds: PipelineBounds): Source {
+  try {
+    return new GuardedSource(openSource(uri), uri, bounds);
+  } catch (error) {
+    if (error instanceof BadUriError) return new FailedEndpoint(error);
+    throw error;
+  }
+}
+
+/** Opens a changefeed's sink within `bounds`, as {@link openBoundedSource}. */
+export function openBoundedSink(uri: string, context: SinkContext, bounds: PipelineBounds): Sink {
+  try {
+    return new GuardedSink(openSink(uri, { ...context, fileSinkRoot: bounds.fileSinkRoot }), uri, bounds);
+  } catch (error) {
+    if (error instanceof BadUriError) return new FailedEndpoint(error);
+    throw error;
+  }
 }

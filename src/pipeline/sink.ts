@@ -11,6 +11,8 @@ export interface SinkContext {
   readonly log?: Logger;
   /** Files the file sink's retention deleted. */
   readonly filesRetired?: (count: number) => void;
+  /** The file sink's `--file-sink-root`: every table directory it makes is checked to be under it. */
+  readonly fileSinkRoot?: string;
 }
 
 /** Part of a span to retire: keys in [start, end) ('' end: the span's end), except `keep`. */

@@ -1,11 +1,16 @@
 /**
  * Parsing of source and sink URIs, with clear errors for the API.
  */
+import { redactSecrets } from './redact.ts';
 
-/** A URI the user gave that cannot be used. */
+/** A URI the user gave that cannot be used. Its message never holds the URI's password. */
 export class BadUriError extends Error {
   override readonly name = 'BadUriError';
   readonly retryable = false;
+
+  constructor(message: string) {
+    super(redactSecrets(message));
+  }
 }
 
 /** Parses `uri`, requiring one of `schemes` (without the colon). */

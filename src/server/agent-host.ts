@@ -14,7 +14,8 @@ import type { ClusterKeys } from '../cluster/keys.ts';
 import { EtcdBackfillStore, backfillDefaults } from '../pipeline/backfill.ts';
 import type { PipelineLimits } from '../pipeline/pipeline-runner.ts';
 import { PipelineRunner } from '../pipeline/pipeline-runner.ts';
-import { openSink, openSource } from '../pipeline/registry.ts';
+import type { PipelineBounds } from '../pipeline/bounds.ts';
+import { openBoundedSink, openBoundedSource } from '../pipeline/registry.ts';
 import type { Sink } from '../pipeline/sink.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 
@@ -62,7 +63,7 @@ export class AgentHost {
     private readonly changefeeds: () => ReadonlyMap<string, ChangefeedInfo>,
     private readonly limits: PipelineLimits,
     private readonly log: Logger,
-    private readonly metadata: { readonly client: Etcd3; readonly keys: ClusterKeys; readonly metrics: Metrics },
+    private readonly metadata: { readonly client: Etcd3; readonly keys: ClusterKeys; readonly metrics: Metrics; readonly bounds: PipelineBounds },
     /** Every changefeed's persisted status, as the capture last read it. */
     private readonly statuses: () => ReadonlyMap<string, ChangefeedStatus>,
   ) {}
@@ -145,11 +146,12 @@ export class AgentHost {
     if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
     const log = this.log.child({ changefeed: info.id });
     let hosted: HostedAgent | undefined;
-    const source = openSource(info.source.uri);
-    const sink = openSink(info.sink.uri, {
+    // Within the capture's bounds: a stored changefeed outside them fails, with the reason.
+    const source = openBoundedSource(info.source.uri, this.metadata.bounds);
+    const sink = openBoundedSink(info.sink.uri, {
       log: log.child({ component: 'sink' }),
       filesRetired: (count) => this.metadata.metrics.sinkFilesRetired.inc({ changefeed: info.id }, count),
-    });
+    }, this.metadata.bounds);
     const runner = new PipelineRunner(
       source,
       sink,

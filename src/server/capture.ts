@@ -26,6 +26,8 @@ import type { PrefixSnapshot } from '../cluster/prefix-watch.ts';
 import { EtcdSession } from '../cluster/session.ts';
 import type { Logger } from '../log.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
+import type { PipelineBounds } from '../pipeline/bounds.ts';
+import { metadataEtcd } from '../pipeline/bounds.ts';
 import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { Metrics } from './metrics.ts';
 import { AgentHost } from './agent-host.ts';
@@ -74,6 +76,8 @@ export class Capture {
   grpcAddr = '';
   httpAddr = '';
   readonly metrics: Metrics;
+  /** Where this capture's sources and sinks may reach (checked at create/update and at open). */
+  readonly bounds: PipelineBounds;
   private session: EtcdSession | undefined;
   private election: Election | undefined;
   private agents: AgentHost | undefined;
@@ -104,6 +108,7 @@ export class Capture {
       this.log.warn({ key }, 'ignoring a malformed changefeed key');
     });
     this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000 });
+    this.bounds = { fileSinkRoot: config.fileSinkRoot, allowedEndpoints: config.allowedEndpoints, metadata: metadataEtcd(this.client, config.etcdEndpoints) };
     this.metrics = new Metrics({
       changefeeds: () =>
         [...(this.ownerRole?.managed.values() ?? [])].map((m) => ({
@@ -244,6 +249,7 @@ export class Capture {
       client: this.client,
       keys: this.keys,
       metrics: this.metrics,
+      bounds: this.bounds,
     }, () => this.statuses);
     const record: CaptureRecord = { id: this.id, grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, version: this.version, startedAt: new Date().toISOString() };
     await this.client.put(this.keys.capture(this.id)).value(JSON.stringify(record)).lease(session.leaseId).exec();

@@ -16,10 +16,13 @@ import type { Etcd3 } from 'etcd3';
 import type { ChangefeedCache, Versioned } from '../cluster/changefeed-cache.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { openSource } from '../pipeline/registry.ts';
+import type { PipelineBounds } from '../pipeline/bounds.ts';
+import { BoundsError } from '../pipeline/bounds.ts';
+import { checkChangefeedBounds } from '../pipeline/guard.ts';
 import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-info.ts';
 import * as lifecycle from '../core/changefeed-lifecycle.ts';
 import type { LifecycleDecision, LifecycleTable, LifecycleView } from '../core/changefeed-lifecycle.ts';
-import { ValidationError, parseCreateRequest, parseTables, validateId } from './changefeed-info.ts';
+import { ValidationError, parseCreateRequest, parseTables, tableRange, validateId } from './changefeed-info.ts';
 import type { OwnerRole, WriteResult } from './owner-role.ts';
 
 /** Why a lifecycle request was refused; the API maps `kind` to an HTTP status. */
@@ -48,6 +51,8 @@ export interface ServiceContext {
   readonly keys: ClusterKeys;
   /** The acting owner role; throws a ServiceError when this capture is not it. */
   readonly owner: () => OwnerRole;
+  /** Where sources and sinks may reach; checked on create, update and resume. */
+  readonly bounds: PipelineBounds;
 }
 
 export class ChangefeedService {
@@ -65,6 +70,8 @@ export class ChangefeedService {
     this.ctx.owner();
     const request = parseCreateRequest(body);
     if (this.ctx.cache.info(request.id) !== undefined) throw exists(request.id);
+    // Before the source is opened: a host outside --allowed-endpoints is never dialled.
+    await this.inBounds(request.source.uri, request.sink.uri, request.tables);
     const source = openSource(request.source.uri);
     let startTs: bigint;
     const canSnapshot = source.snapshots !== undefined;
@@ -118,6 +125,7 @@ export class ChangefeedService {
     const backfill = (body as { backfill?: unknown }).backfill;
     if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
     const asked = parseTables((body as { tables?: unknown }).tables);
+    await this.inBounds(info.source.uri, info.sink.uri, asked);
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
     let backfillAtTs: bigint | undefined;
     if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info);
@@ -176,6 +184,7 @@ export class ChangefeedService {
       }
     }
     if (info.state === 'normal') throw notPaused(info.id);
+    await this.inBounds(info.source.uri, info.sink.uri, info.tables);
     // Asked outside the queue: the source may be slow.
     const atTs = backfill ? await backfillRevision(info) : undefined;
     return this.queued(async () => {
@@ -187,6 +196,17 @@ export class ChangefeedService {
       refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision }), updated.id);
       return updated;
     });
+  }
+
+  /** Refuses (400) a source or sink outside the capture's bounds for these tables. */
+  private async inBounds(sourceUri: string, sinkUri: string, tables: readonly TableSpec[]): Promise<void> {
+    try {
+      await checkChangefeedBounds(sourceUri, sinkUri, tables.map(tableRange).map((r) => ({ table: r.name, start: r.start, end: r.end })), this.ctx.bounds);
+    } catch (error) {
+      if (error instanceof BoundsError && !error.retryable) throw new ValidationError(error.message);
+      if (error instanceof BoundsError) throw new ServiceError('unavailable', 'bounds-unchecked', error.message);
+      throw error;
+    }
   }
 
   /** Runs a write in the owner's bounded queue, one at a time; `busy` when it is full. */

@@ -4,12 +4,15 @@
  * message that names it.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LogLevel } from '../log.ts';
 import { logLevels } from '../log.ts';
 import { coordinatorDefaults } from '../core/coordinator.ts';
 import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
+import type { AllowedEndpoints } from '../pipeline/bounds.ts';
+import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -57,6 +60,10 @@ export interface ServerConfig {
   readonly authTokenFile: string | undefined;
   /** Allows serving HTTP without a token file on an address other than loopback. */
   readonly insecure: boolean;
+  /** Absolute: the file sink writes only under it. */
+  readonly fileSinkRoot: string;
+  /** Hosts etcd and PostgreSQL sources and sinks may reach; undefined: any. */
+  readonly allowedEndpoints: AllowedEndpoints | undefined;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -90,6 +97,9 @@ export const serverDefaults: ServerConfig = {
   stallAfterMs: coordinatorDefaults.stallAfterMs,
   authTokenFile: undefined,
   insecure: false,
+  /** Relative: resolved against the working directory when the config is parsed. */
+  fileSinkRoot: 'spanfeed-data',
+  allowedEndpoints: undefined,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -118,6 +128,8 @@ const options = {
   'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
   'auth-token-file': ['SPANFEED_AUTH_TOKEN_FILE', 'authTokenFile'],
   insecure: ['SPANFEED_INSECURE', 'insecure'],
+  'file-sink-root': ['SPANFEED_FILE_SINK_ROOT', 'fileSinkRoot'],
+  'allowed-endpoints': ['SPANFEED_ALLOWED_ENDPOINTS', 'allowedEndpoints'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -176,6 +188,13 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             and /metrics, then needs "Authorization: Bearer <token>". Read
                             again on SIGHUP (a bad file then keeps the tokens in use)
   --insecure                allow an HTTP address other than loopback without --auth-token-file
+  --file-sink-root <dir>    file sinks may write only under this directory (symlinks resolved;
+                            never /proc, /sys, /dev); created when missing
+                            (default ./spanfeed-data)
+  --allowed-endpoints <list>
+                            etcd and PostgreSQL sources and sinks may reach only these:
+                            host, host:port, *.domain or CIDR blocks, comma-separated; names
+                            are compared as written (default: any)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -275,6 +294,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     stallAfterMs: stallAfterMs(get('stall-after-ms')),
     authTokenFile,
     insecure,
+    fileSinkRoot: fileSinkRoot(get('file-sink-root')),
+    allowedEndpoints: allowedEndpoints(get('allowed-endpoints')),
   };
 }
 
@@ -303,4 +324,19 @@ function advertiseHost(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   if (!/^[a-zA-Z0-9.-]{1,253}$/.test(raw)) throw new ConfigError(`--advertise-host must be a host name or address, got ${JSON.stringify(raw)}`);
   return raw;
+}
+
+function fileSinkRoot(raw: string | undefined): string {
+  const value = raw ?? serverDefaults.fileSinkRoot;
+  if (value === '' || value.includes('\u0000')) throw new ConfigError(`--file-sink-root must be a directory, got ${JSON.stringify(value)}`);
+  return resolve(value);
+}
+
+function allowedEndpoints(raw: string | undefined): AllowedEndpoints | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    return parseAllowedEndpoints(raw);
+  } catch (error) {
+    throw new ConfigError(`--allowed-endpoints: ${(error as Error).message}`);
+  }
 }

@@ -100,7 +100,7 @@ describe('postgres sink', () => {
   });
 
   it('rejects a URI without a database', () => {
-    expect(() => parsePostgresSinkUri('postgres://127.0.0.1:5432')).toThrow(/postgres:\/\/user:password@host:port\/database/);
+    expect(() => parsePostgresSinkUri('postgres://127.0.0.1:5432')).toThrow(/postgres:\/\/user@host:port\/database/);
   });
 });
 

@@ -23,6 +23,7 @@ import { spanKey } from '../../core/span.ts';
 import { spanKeyHashes } from '../../core/span-digest.ts';
 import type { RetireScope, Sink, SinkContext } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
+import { BoundsError, checkFileSinkDir, tableNameProblem } from '../bounds.ts';
 import { BadUriError, intParam, optionalIntParam, optionalNumberParam, parseUri, rejectUnknownParams } from '../uri.ts';
 import type { RetentionLimits, RetentionPolicy } from './file-retention.ts';
 import { retainTableDir, retentionDefaults, retentionOn, writeSeal } from './file-retention.ts';
@@ -41,8 +42,21 @@ export const retainHoursMax = 87_600;
 
 export function parseFileSinkUri(uri: string): FileSinkOptions {
   const url = parseUri(uri, ['file'], 'sink');
-  if (url.host !== '' || !url.pathname.startsWith('/') || url.pathname === '/') {
+  // `file:rel` parses as /rel: only the written-out form says what it means.
+  if (!uri.startsWith('file:///') || url.host !== '' || !url.pathname.startsWith('/') || url.pathname === '/') {
     throw new BadUriError(`sink uri ${JSON.stringify(uri)} must be file:///absolute/dir`);
+  }
+  // The URL parser resolves `..` away: the raw path is checked, so that a sink URI says
+  // plainly where it writes (the capture then checks that against --file-sink-root).
+  const rawPath = uri.slice('file://'.length).split(/[?#]/)[0] ?? '';
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(rawPath);
+  } catch {
+    throw new BadUriError(`sink uri ${JSON.stringify(uri)} has a malformed %-escape in its path`);
+  }
+  if (/[\\\u0000]/.test(decoded) || decoded.split('/').some((segment) => segment === '.' || segment === '..')) {
+    throw new BadUriError(`sink uri ${JSON.stringify(uri)}: the path must not contain ".", ".." segments, "\\" or NUL`);
   }
   rejectUnknownParams(url, fileSinkParams, 'file sink');
   const retainFiles = optionalIntParam(url, 'retainFiles', 0, retainFilesMax);
@@ -390,8 +404,13 @@ export class FileSink implements Sink {
       existing.opsInFlight++;
       return existing;
     }
+    const problem = tableNameProblem(span.table);
+    if (problem !== undefined) throw new BoundsError(`the file sink cannot write table ${JSON.stringify(span.table)}: ${problem}`);
     const tableDir = join(this.options.dir, span.table);
     await mkdir(tableDir, { recursive: true });
+    // A table directory replaced by a symlink out of the root after the sink was checked.
+    const root = this.context.fileSinkRoot;
+    if (root !== undefined && !this.tableDirs.has(tableDir)) await checkFileSinkDir(tableDir, root);
     this.tableDirs.add(tableDir);
     const [hash] = spanKeyHashes(key);
     const name = `${hash.toString(16).padStart(8, '0')}-${process.pid}-${Date.now()}-${fileCounter++}.ndjson`;

@@ -1,7 +1,9 @@
 /**
  * The `postgres` sink (with the `pg` library): one SQL table per changefeed table,
  * created if missing, holding the latest state per key with the revision that set it.
- * `postgres://user:password@host:port/database[?poolMax=<n>]`.
+ * `postgres://user:password@host:port/database[?poolMax=<n>][&passwordFile=<path>]`.
+ * With `passwordFile` the password is read from that file (its first line) each time a
+ * connection is opened, so it appears in no URI, answer or log; the URI then has none.
  *
  * Table `"<table>"`: `key bytea primary key, value bytea, ts numeric(20,0), deleted
  * boolean`. Every event is an upsert guarded by its timestamp, so a replayed older event
@@ -12,23 +14,82 @@
  * Each write is one statement in its own transaction, durable once it returns, so
  * `flush` has nothing left to do. `retire` tombstones the span's older rows.
  */
+import { open } from 'node:fs/promises';
+import { isAbsolute, resolve } from 'node:path';
 import pg from 'pg';
 import type { Span } from '../../core/span.ts';
 import type { RetireScope, Sink } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
+import { forbiddenTreeOf } from '../bounds.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
 
 export interface PostgresSinkOptions {
   readonly connectionString: string;
   readonly poolMax: number;
+  /** Where the password is read from at each connect, instead of the URI. */
+  readonly passwordFile?: string;
 }
+
+/** The longest password file read. */
+const passwordFileBytesMax = 4096;
 
 export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   const url = parseUri(uri, ['postgres', 'postgresql'], 'sink');
-  if (url.hostname === '' || url.pathname.length < 2) throw new BadUriError(`sink uri must be postgres://user:password@host:port/database`);
+  if (url.hostname === '' || url.pathname.length < 2) throw new BadUriError(`sink uri must be postgres://user@host:port/database, the password after the user (user:password@) or in a file (passwordFile=<path>)`);
+  // libpq parameters that would connect somewhere else than the URI's host (and past --allowed-endpoints).
+  for (const name of ['host', 'hostaddr', 'port']) {
+    if (url.searchParams.has(name)) throw new BadUriError(`postgres sink uri parameter ${JSON.stringify(name)} is not allowed: give the host and port in the URI`);
+  }
+  if (url.searchParams.has('password')) throw new BadUriError('postgres sink uri parameter "password" is not allowed: put the password in a file and use passwordFile=<path>');
   const poolMax = intParam(url, 'poolMax', 4, 1, 100);
   url.searchParams.delete('poolMax');
-  return { connectionString: url.toString(), poolMax };
+  const passwordFile = url.searchParams.get('passwordFile');
+  url.searchParams.delete('passwordFile');
+  if (passwordFile === null) return { connectionString: url.toString(), poolMax };
+  if (url.password !== '') throw new BadUriError('postgres sink uri: give either a password or passwordFile, not both');
+  if (!isAbsolute(passwordFile) || forbiddenTreeOf(resolve(passwordFile)) !== undefined) {
+    throw new BadUriError(`postgres sink uri parameter passwordFile=${JSON.stringify(passwordFile)} must be an absolute path outside /proc, /sys and /dev`);
+  }
+  return { connectionString: url.toString(), poolMax, passwordFile };
+}
+
+/** The host and port a postgres sink connects to. */
+export function postgresEndpoint(options: PostgresSinkOptions): { host: string; port: number } {
+  const url = new URL(options.connectionString);
+  return { host: url.hostname, port: url.port === '' ? 5432 : Number(url.port) };
+}
+
+/**
+ * Makes a client read its password from the file when it connects. pg takes a password
+ * function in its config, but a connection string's empty password replaces it there, so
+ * it is set on the client itself, where pg looks for a function at connect.
+ */
+function usePasswordFile(client: pg.Client, path: string): void {
+  Object.defineProperty(client, 'password', { value: () => readPasswordFile(path), writable: true, configurable: true, enumerable: false });
+}
+
+/** A client class whose clients read their password from `path`. */
+function passwordFileClient(path: string): typeof pg.Client {
+  return class extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super(config);
+      usePasswordFile(this, path);
+    }
+  };
+}
+
+/** The first line of a password file (at most 4 KiB of a regular file). */
+export async function readPasswordFile(path: string): Promise<string> {
+  const handle = await open(path, 'r');
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) throw new Error(`password file ${path} is not a regular file`);
+    const buffer = Buffer.alloc(Math.min(stat.size, passwordFileBytesMax));
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    return (buffer.subarray(0, bytesRead).toString('utf8').split(/\r?\n/)[0] ?? '');
+  } finally {
+    await handle.close();
+  }
 }
 
 /** A SQL identifier for a table name (names are letters, digits, ".", "_", "-"). */
@@ -44,7 +105,13 @@ export class PostgresSink implements Sink {
   private readonly created = new Map<string, Promise<void>>();
 
   constructor(options: PostgresSinkOptions) {
-    this.pool = new pg.Pool({ connectionString: options.connectionString, max: options.poolMax, connectionTimeoutMillis: 10_000 });
+    const passwordFile = options.passwordFile;
+    this.pool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: options.poolMax,
+      connectionTimeoutMillis: 10_000,
+      ...(passwordFile === undefined ? {} : { Client: passwordFileClient(passwordFile) }),
+    });
     // An idle client's error (the server restarted) must not kill the process.
     this.pool.on('error', () => undefined);
   }
@@ -118,6 +185,7 @@ export class PostgresSink implements Sink {
 /** Reads a table's live rows (for the verifier): key -> {value, ts}, and tombstones. */
 export async function readPostgresTable(options: PostgresSinkOptions, table: string): Promise<{ rows: Map<string, { value: string | undefined; ts: bigint }> }> {
   const client = new pg.Client({ connectionString: options.connectionString });
+  if (options.passwordFile !== undefined) usePasswordFile(client, options.passwordFile);
   await client.connect();
   try {
     const rows = new Map<string, { value: string | undefined; ts: bigint }>();

@@ -1,0 +1,41 @@
+/**
+ * `--file-sink-root` and `--allowed-endpoints` are wired like every other server option:
+ * flag, `SPANFEED_*` variable, config file key, default.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { endpointAllowed } from '../../src/pipeline/bounds.ts';
+import { ConfigError, parseServerConfig } from '../../src/server/server-config.ts';
+
+describe('server bounds options', () => {
+  it('defaults to ./spanfeed-data and any endpoint', () => {
+    const config = parseServerConfig([], {});
+    expect(config.fileSinkRoot).toBe(resolve('spanfeed-data'));
+    expect(config.allowedEndpoints).toBeUndefined();
+  });
+
+  it('takes a flag, a variable or a config key; the flag wins', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spanfeed-config-'));
+    try {
+      const file = join(dir, 'config.json');
+      writeFileSync(file, JSON.stringify({ fileSinkRoot: '/from/file', allowedEndpoints: 'db:5432' }));
+      const fromFile = parseServerConfig(['--config', file], {});
+      expect(fromFile.fileSinkRoot).toBe('/from/file');
+      expect(endpointAllowed(fromFile.allowedEndpoints!, 'db', 5432)).toBe(true);
+      expect(parseServerConfig(['--config', file], { SPANFEED_FILE_SINK_ROOT: '/from/env' }).fileSinkRoot).toBe('/from/env');
+      expect(parseServerConfig(['--config', file, '--file-sink-root', 'rel/dir'], { SPANFEED_FILE_SINK_ROOT: '/from/env' }).fileSinkRoot).toBe(resolve('rel/dir'));
+      const fromEnv = parseServerConfig([], { SPANFEED_ALLOWED_ENDPOINTS: '10.0.0.0/8' });
+      expect(endpointAllowed(fromEnv.allowedEndpoints!, '10.1.2.3', 1)).toBe(true);
+      expect(endpointAllowed(fromEnv.allowedEndpoints!, '11.1.2.3', 1)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a bad list with a message naming the option', () => {
+    expect(() => parseServerConfig(['--allowed-endpoints', 'a b'], {})).toThrow(ConfigError);
+    expect(() => parseServerConfig(['--allowed-endpoints', 'a b'], {})).toThrow(/--allowed-endpoints: allowed endpoint "a b"/);
+  });
+});
