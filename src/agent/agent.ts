@@ -132,8 +132,12 @@ export class Agent {
     return this.output([]);
   }
 
-  /** Handles one message from an owner. */
-  handleMessage(message: OwnerMessage): AgentOutput {
+  /**
+   * Handles one message from an owner. `refusedAdds`: spans of adds the shell refused
+   * (outside the changefeed's tables, or over the capture's bound); the answer names them
+   * (absent unless held) so the owner learns at once, and nothing starts for them.
+   */
+  handleMessage(message: OwnerMessage, refusedAdds: readonly Span[] = []): AgentOutput {
     const dropped = this.fence(message.header);
     if (dropped !== undefined) {
       this.events.push({ type: 'message-dropped', reason: dropped, header: message.header });
@@ -141,7 +145,7 @@ export class Agent {
     }
     switch (message.kind) {
       case 'dispatch':
-        return this.output(this.handleDispatch(message));
+        return this.output(this.handleDispatch(message, refusedAdds));
       case 'heartbeat':
         return this.output(this.handleHeartbeat(message));
       default:
@@ -236,6 +240,11 @@ export class Agent {
     return [...this.spans.keys()].map((key) => this.statusOf(key));
   }
 
+  /** Spans held (stopped ones until forgotten), for the capture's bound. */
+  get size(): number {
+    return this.spans.size;
+  }
+
   /** The state of one span; `absent` when not held. */
   spanState(key: string): AgentSpanState {
     return this.spans.get(key)?.state ?? 'absent';
@@ -281,10 +290,10 @@ export class Agent {
     this.events.push({ type: 'owner-adopted', owner, ownerRevision: revision });
   }
 
-  private handleDispatch(message: DispatchMessage): ReportMessage[] {
+  private handleDispatch(message: DispatchMessage, refusedAdds: readonly Span[]): ReportMessage[] {
     for (const span of message.removes) this.remove(spanKey(span));
     for (const add of message.adds) this.add(add, message.header.ackSeq);
-    return this.reports(this.answer([...message.removes, ...message.adds.map((add) => add.span)]));
+    return this.reports(this.answer([...message.removes, ...message.adds.map((add) => add.span), ...refusedAdds]));
   }
 
   private handleHeartbeat(message: HeartbeatMessage): ReportMessage[] {

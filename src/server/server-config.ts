@@ -10,6 +10,7 @@ import { logLevels } from '../log.ts';
 import { coordinatorDefaults } from '../core/coordinator.ts';
 import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
+import { captureRpcDefaults } from '../rpc/capture-server.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -53,6 +54,18 @@ export interface ServerConfig {
    * past it before its watermark says `stalled`; 0 turns that off.
    */
   readonly stallAfterMs: number;
+  /** gRPC: spans (adds + removes, or a heartbeat's) in one owner message; a bigger one is refused whole. */
+  readonly rpcSpansPerMessageMax: number;
+  /** gRPC: bytes of one received message. */
+  readonly rpcMessageBytesMax: number;
+  /** gRPC: concurrent streams on one connection. */
+  readonly rpcStreamsPerConnectionMax: number;
+  /** gRPC: concurrent streams from one peer host. */
+  readonly rpcStreamsPerPeerMax: number;
+  /** gRPC: open connections from one peer host. */
+  readonly rpcConnectionsPerPeerMax: number;
+  /** Spans this capture holds over every changefeed; adds past it are refused. */
+  readonly captureSpansMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -84,6 +97,12 @@ export const serverDefaults: ServerConfig = {
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
   stallAfterMs: coordinatorDefaults.stallAfterMs,
+  rpcSpansPerMessageMax: captureRpcDefaults.spansPerMessageMax,
+  rpcMessageBytesMax: captureRpcDefaults.messageBytesMax,
+  rpcStreamsPerConnectionMax: captureRpcDefaults.streamsPerConnectionMax,
+  rpcStreamsPerPeerMax: captureRpcDefaults.streamsPerPeerMax,
+  rpcConnectionsPerPeerMax: captureRpcDefaults.connectionsPerPeerMax,
+  captureSpansMax: 1_000_000,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -110,6 +129,12 @@ const options = {
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
   'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
+  'rpc-spans-per-message': ['SPANFEED_RPC_SPANS_PER_MESSAGE', 'rpcSpansPerMessage'],
+  'rpc-message-bytes': ['SPANFEED_RPC_MESSAGE_BYTES', 'rpcMessageBytes'],
+  'rpc-streams-per-connection': ['SPANFEED_RPC_STREAMS_PER_CONNECTION', 'rpcStreamsPerConnection'],
+  'rpc-streams-per-peer': ['SPANFEED_RPC_STREAMS_PER_PEER', 'rpcStreamsPerPeer'],
+  'rpc-connections-per-peer': ['SPANFEED_RPC_CONNECTIONS_PER_PEER', 'rpcConnectionsPerPeer'],
+  'capture-spans': ['SPANFEED_CAPTURE_SPANS', 'captureSpans'],
 } as const;
 
 type OptionName = keyof typeof options;
@@ -160,6 +185,20 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             its resolved-ts is past it before its watermark says "stalled"
                             (a hung or failing sink); 0 turns it off, else 100-86400000
                             (default 30000)
+  --rpc-spans-per-message <n>
+                            spans (adds + removes, or a heartbeat's) one owner message may carry;
+                            a bigger message is refused whole; at least the owner's 1024,
+                            1024-1000000 (default 1024)
+  --rpc-message-bytes <n>   bytes of one received gRPC message, 65536-268435456 (default 4194304)
+  --rpc-streams-per-connection <n>
+                            concurrent gRPC streams on one connection, 1-10000 (default 16)
+  --rpc-streams-per-peer <n>
+                            concurrent gRPC streams from one peer host, 1-100000 (default 64)
+  --rpc-connections-per-peer <n>
+                            open gRPC connections from one peer host, 1-100000 (default 64)
+  --capture-spans <n>       spans this capture may hold over every changefeed; adds past it are
+                            refused (counted in spanfeed_rpc_spans_refused_total),
+                            1-100000000 (default 1000000)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -246,6 +285,12 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
     heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
     stallAfterMs: stallAfterMs(get('stall-after-ms')),
+    rpcSpansPerMessageMax: intIn('--rpc-spans-per-message', get('rpc-spans-per-message') ?? String(serverDefaults.rpcSpansPerMessageMax), coordinatorDefaults.spansPerMessageMax, 1_000_000),
+    rpcMessageBytesMax: intIn('--rpc-message-bytes', get('rpc-message-bytes') ?? String(serverDefaults.rpcMessageBytesMax), 65_536, 268_435_456),
+    rpcStreamsPerConnectionMax: intIn('--rpc-streams-per-connection', get('rpc-streams-per-connection') ?? String(serverDefaults.rpcStreamsPerConnectionMax), 1, 10_000),
+    rpcStreamsPerPeerMax: intIn('--rpc-streams-per-peer', get('rpc-streams-per-peer') ?? String(serverDefaults.rpcStreamsPerPeerMax), 1, 100_000),
+    rpcConnectionsPerPeerMax: intIn('--rpc-connections-per-peer', get('rpc-connections-per-peer') ?? String(serverDefaults.rpcConnectionsPerPeerMax), 1, 100_000),
+    captureSpansMax: intIn('--capture-spans', get('capture-spans') ?? String(serverDefaults.captureSpansMax), 1, 100_000_000),
   };
 }
 
