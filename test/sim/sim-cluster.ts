@@ -576,7 +576,8 @@ export class SimCluster {
       if (capture === undefined || !this.canRun(capture) || capture.agent === undefined) continue;
       const check = capture.gate.check(message.header, this.step);
       if (check.kind === 'refuse') {
-        this.stats[`refused-${check.reason}`] = (this.stats[`refused-${check.reason}`] ?? 0) + 1;
+        const stat = { 'unverified-owner': 'refusedUnverifiedOwner', 'forged-owner': 'refusedForgedOwner', 'stale-owner': 'refusedStaleOwner' }[check.reason];
+        this.stats[stat] = (this.stats[stat] ?? 0) + 1;
         if (check.verify && capture.verifyAtStep < 0) capture.verifyAtStep = this.step + ownerVerifySteps;
         continue;
       }
