@@ -16,7 +16,7 @@
  * arrive before this capture's watch saw its election key is refused, the shell re-reads
  * the election, and the owner's level-triggered resend (every heartbeat) gets through.
  */
-import type { AddSpanRequest, CaptureId, MessageHeader } from '../core/messages.ts';
+import type { AddSpanRequest, AgentSpanState, CaptureId, MessageHeader } from '../core/messages.ts';
 import type { Span, TableRange } from '../core/span.ts';
 import { endBefore, spanKey } from '../core/span.ts';
 
@@ -74,6 +74,11 @@ export class OwnerGate {
   }
 }
 
+/** True for the agent states with a pipeline running (admitted before). */
+export function isRunning(state: AgentSpanState): boolean {
+  return state !== 'absent' && state !== 'stopped';
+}
+
 /** Why one add did not reach an agent. */
 export type SpanRefusal = 'outside-tables' | 'capture-full';
 
@@ -92,7 +97,9 @@ export function spanInsideTable(span: Span, table: TableRange): boolean {
 
 /**
  * Admits the adds whose span lies inside one of `tables` (by name) while the capture
- * holds fewer than `heldMax` spans; an add of a span already held costs nothing.
+ * holds fewer than `heldMax` spans. An add of a span `held` (its pipeline running: it was
+ * admitted before) is always admitted: it only promotes it, and refusing it would stall
+ * a move whose table was removed meanwhile (the owner promotes, then removes).
  */
 export function admitAdds(
   adds: readonly AddSpanRequest[],
@@ -104,13 +111,17 @@ export function admitAdds(
   const refused: { span: Span; reason: SpanRefusal }[] = [];
   const added = new Set<string>();
   for (const add of adds) {
+    const key = spanKey(add.span);
+    if (held.has(key)) {
+      admitted.push(add);
+      continue;
+    }
     const table = tables.get(add.span.table);
     if (table === undefined || !spanInsideTable(add.span, table)) {
       refused.push({ span: add.span, reason: 'outside-tables' });
       continue;
     }
-    const key = spanKey(add.span);
-    if (!held.has(key) && !added.has(key)) {
+    if (!added.has(key)) {
       if (held.count + added.size >= heldMax) {
         refused.push({ span: add.span, reason: 'capture-full' });
         continue;

@@ -6,7 +6,7 @@
 import { randomInt } from 'node:crypto';
 import { Agent, agentDefaults } from '../agent/agent.ts';
 import type { AgentOutput } from '../agent/agent.ts';
-import { OwnerGate, admitAdds } from '../agent/owner-gate.ts';
+import { OwnerGate, admitAdds, isRunning } from '../agent/owner-gate.ts';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
 import type { TableRange } from '../core/span.ts';
 import type { Logger } from '../log.ts';
@@ -121,7 +121,7 @@ export class AgentHost {
       const agent = hosted.agent;
       let count = 0;
       for (const other of this.hosted.values()) count += other.agent.size;
-      const admission = admitAdds(message.adds, tableRanges(info), { count, has: (key) => agent.spanState(key) !== 'absent' }, this.admission.spansHeldMax);
+      const admission = admitAdds(message.adds, tableRanges(info), { count, has: (key) => isRunning(agent.spanState(key)) }, this.admission.spansHeldMax);
       for (const { span, reason } of admission.refused) {
         this.metadata.metrics.rpcSpansRefused.inc({ reason });
         this.log.debug({ changefeed: id, span, reason }, 'span add refused');

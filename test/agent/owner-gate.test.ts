@@ -72,6 +72,13 @@ describe('owner gate: adds only inside the changefeed tables', () => {
     ]);
   });
 
+  it('admits an add of a span it runs even when its table is gone (a promotion), and refuses a restart', () => {
+    const gone: Span = { table: 'gone', start: 'a', end: 'b' };
+    const running = { count: 1, has: (key: string) => key === spanKey(gone) };
+    expect(admitAdds([add(gone)], tables, running, 10)).toEqual({ admitted: [add(gone)], refused: [] });
+    expect(admitAdds([add(gone)], tables, nothingHeld, 10).refused).toEqual([{ span: gone, reason: 'outside-tables' }]);
+  });
+
   it('bounds the spans a capture holds: new ones past the bound are refused, held ones cost nothing', () => {
     const held = { count: 2, has: (key: string) => key === keyA };
     const c1: Span = { table: 't', start: 'c', end: 'd' };
@@ -90,17 +97,26 @@ describe('owner gate: adds only inside the changefeed tables', () => {
 });
 
 describe('agent: refused adds', () => {
-  it('answers a refused add as absent and starts nothing for it', () => {
+  it('answers a refused add as stopped, so the owner aborts it instead of resending, and starts nothing for it', () => {
     const owner = new FakeOwner();
     const agent = new Agent({ captureId: 'cap', captureEpoch: 77n, changefeed: 'cf', changefeedEpoch: 1n, statusesPerMessageMax: 16 });
-    const forged: Span = { table: '../forged', start: 'a', end: 'b' };
-    const message = owner.dispatch([add(a)]);
-    const out = agent.handleMessage(message, [forged]);
+    const removed: Span = { table: 'gone', start: 'a', end: 'b' };
+    const out = agent.handleMessage(owner.dispatch([add(a)]), [removed]);
     expect(out.commands).toEqual([{ kind: 'prepare', span: a, key: keyA, checkpointTs: 1n }]);
     expect(out.outbox[0]?.statuses.map((s) => [s.span.table, s.state])).toEqual([
       ['t', 'preparing'],
-      ['../forged', 'absent'],
+      ['gone', 'stopped'],
     ]);
-    expect(agent.size).toBe(1);
+    owner.ack = out.outbox.at(-1)?.header.seq ?? 0;
+    // The owner's heartbeat asks again: still stopped (the set aborts the add).
+    const again = agent.handleMessage(owner.heartbeat([removed]));
+    expect(again.outbox[0]?.statuses.find((s) => s.span.table === 'gone')?.state).toBe('stopped');
+    owner.ack = again.outbox.at(-1)?.header.seq ?? 0;
+    // Once the capture admits it (its copy of the tables caught up), a newer add starts it.
+    const later = agent.handleMessage(owner.dispatch([add(removed)]));
+    expect(later.commands).toEqual([{ kind: 'prepare', span: removed, key: spanKey(removed), checkpointTs: 1n }]);
+    // A span held is left as it is; the owner removes it if unwanted.
+    const held = agent.handleMessage(owner.dispatch([add(b)]), [a]);
+    expect(held.outbox[0]?.statuses.find((s) => s.span.start === 'a')?.state).toBe('preparing');
   });
 });

@@ -17,7 +17,7 @@
  * advances within a bound.
  */
 import { Agent } from '../../src/agent/agent.ts';
-import { OwnerGate } from '../../src/agent/owner-gate.ts';
+import { OwnerGate, admitAdds, isRunning } from '../../src/agent/owner-gate.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
 import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
@@ -355,7 +355,12 @@ export class SimCluster {
       if (!this.canRun(capture) || (this.faultsOn && !this.rng.chance(0.3))) continue;
       capture.view.generations = new Map(this.generations);
       capture.view.since = new Map(this.backfillSince);
+      capture.view.tables = this.tableMap();
     }
+  }
+
+  private tableMap(): Map<string, TableRange> {
+    return new Map(this.tables.map((t) => [t.name, t] as const));
   }
 
   /**
@@ -385,7 +390,7 @@ export class SimCluster {
     const gate = new OwnerGate({ verifyIntervalMs: ownerVerifySteps });
     if (this.owner !== undefined) gate.observe(this.owner.id, this.owner.revision);
     const agent = this.metadata.info.state === 'normal' ? this.newAgent(id, gate) : undefined;
-    const view: CaptureInfoView = { generations: new Map(this.generations), since: new Map(this.backfillSince) };
+    const view: CaptureInfoView = { generations: new Map(this.generations), since: new Map(this.backfillSince), tables: this.tableMap() };
     this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world, view), alive: true, pausedUntil: -1, view, gate, verifyAtStep: -1 });
     this.membership.add(id);
   }
@@ -581,7 +586,17 @@ export class SimCluster {
         if (check.verify && capture.verifyAtStep < 0) capture.verifyAtStep = this.step + ownerVerifySteps;
         continue;
       }
-      const out = capture.agent.handleMessage(message as OwnerMessage);
+      const owned = message as OwnerMessage;
+      let out;
+      if (owned.kind === 'dispatch' && owned.adds.length > 0) {
+        // As the shell does: adds outside the capture's copy of the tables start nothing.
+        const agent = capture.agent;
+        const admission = admitAdds(owned.adds, capture.view.tables, { count: agent.size, has: (key) => isRunning(agent.spanState(key)) }, Number.POSITIVE_INFINITY);
+        if (admission.refused.length > 0) this.stats.addsRefused = (this.stats.addsRefused ?? 0) + admission.refused.length;
+        out = agent.handleMessage(admission.refused.length === 0 ? owned : { ...owned, adds: admission.admitted }, admission.refused.map((r) => r.span));
+      } else {
+        out = capture.agent.handleMessage(owned);
+      }
       if (this.options.trace !== undefined) {
         const m = message as OwnerMessage;
         const text = m.kind === 'dispatch'
