@@ -10,6 +10,7 @@
  * stopping ──add──► (waits: one request in flight per span) ──► preparing once stopped
  * stopping ──remove──► (drops the waiting add: the remove is the newer request)
  * any ──pipeline failed──► stopped
+ * absent ──add the shell refused (see owner-gate.ts)──► stopped (no pipeline: the owner aborts the add)
  * stopped ──heartbeat with spansComplete that no longer asks about it──► absent (forgotten)
  * any ──stopAll (lease lost)──► absent (forgotten, after a stop command)
  * ```
@@ -18,7 +19,8 @@
  * the watermark and in the next report that names the span, never on its own.
  *
  * Fencing: messages from a lower owner revision are dropped and a higher one is adopted
- * (also when the shell learns it from etcd through {@link Agent.observeOwner}); within
+ * (also when the shell learns it from etcd through {@link Agent.observeOwner}; the
+ * shell's `OwnerGate` (owner-gate.ts) lets through only the owner it saw in etcd); within
  * one revision a message whose `seq` is not above the last accepted one is dropped, so a
  * late or duplicated request can never undo a newer one.
  */
@@ -132,8 +134,13 @@ export class Agent {
     return this.output([]);
   }
 
-  /** Handles one message from an owner. */
-  handleMessage(message: OwnerMessage): AgentOutput {
+  /**
+   * Handles one message from an owner. `refusedAdds`: spans of adds the shell refused
+   * (outside the changefeed's tables, or over the capture's bound). Nothing starts for
+   * them; a span not held is reported `stopped` (not `absent`, which the owner answers by
+   * sending the add again), so the owner aborts the add and places it again later.
+   */
+  handleMessage(message: OwnerMessage, refusedAdds: readonly Span[] = []): AgentOutput {
     const dropped = this.fence(message.header);
     if (dropped !== undefined) {
       this.events.push({ type: 'message-dropped', reason: dropped, header: message.header });
@@ -141,7 +148,7 @@ export class Agent {
     }
     switch (message.kind) {
       case 'dispatch':
-        return this.output(this.handleDispatch(message));
+        return this.output(this.handleDispatch(message, refusedAdds));
       case 'heartbeat':
         return this.output(this.handleHeartbeat(message));
       default:
@@ -236,6 +243,11 @@ export class Agent {
     return [...this.spans.keys()].map((key) => this.statusOf(key));
   }
 
+  /** Spans held (stopped ones until forgotten), for the capture's bound. */
+  get size(): number {
+    return this.spans.size;
+  }
+
   /** The state of one span; `absent` when not held. */
   spanState(key: string): AgentSpanState {
     return this.spans.get(key)?.state ?? 'absent';
@@ -281,10 +293,11 @@ export class Agent {
     this.events.push({ type: 'owner-adopted', owner, ownerRevision: revision });
   }
 
-  private handleDispatch(message: DispatchMessage): ReportMessage[] {
+  private handleDispatch(message: DispatchMessage, refusedAdds: readonly Span[]): ReportMessage[] {
     for (const span of message.removes) this.remove(spanKey(span));
     for (const add of message.adds) this.add(add, message.header.ackSeq);
-    return this.reports(this.answer([...message.removes, ...message.adds.map((add) => add.span)]));
+    for (const span of refusedAdds) this.refuse(span);
+    return this.reports(this.answer([...message.removes, ...message.adds.map((add) => add.span), ...refusedAdds]));
   }
 
   private handleHeartbeat(message: HeartbeatMessage): ReportMessage[] {
@@ -392,6 +405,22 @@ export class Agent {
       default:
         assertNever(held.state, 'agent span state');
     }
+  }
+
+  /**
+   * An add the shell refused: a span not held becomes `stopped` without a pipeline (a
+   * table removed while its add was in flight must not be re-sent forever); a held one
+   * keeps its state, and the owner removes it if it is no longer wanted.
+   */
+  private refuse(span: Span): void {
+    const key = spanKey(span);
+    let held = this.spans.get(key);
+    if (held === undefined) {
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined };
+      this.spans.set(key, held);
+    }
+    if (held.state === 'absent') this.setState(held, 'stopped');
+    else if (held.state === 'stopped') this.changed.add(key);
   }
 
   private remove(key: string): void {

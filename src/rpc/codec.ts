@@ -14,10 +14,29 @@ import type {
 import type { Span } from '../core/span.ts';
 import type { SpanDigest } from '../core/span-digest.ts';
 
-/** A malformed message from the network. */
+/** A malformed message from the network, or one past a bound (`too-many-spans`). */
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
   readonly retryable = false;
+
+  constructor(
+    message: string,
+    readonly reason: 'malformed' | 'too-many-spans' = 'malformed',
+  ) {
+    super(message);
+  }
+}
+
+/** Bounds checked while decoding, before any list is walked. */
+export interface DecodeLimits {
+  /** Spans in one owner message: adds + removes of a dispatch, or a heartbeat's spans. */
+  readonly spansPerMessageMax: number;
+}
+
+const unbounded: DecodeLimits = { spansPerMessageMax: Number.POSITIVE_INFINITY };
+
+function bounded(count: number, limits: DecodeLimits, field: string): void {
+  if (count > limits.spansPerMessageMax) throw new ProtocolError(`${field} has ${count} spans, more than ${limits.spansPerMessageMax}`, 'too-many-spans');
 }
 
 const states: Record<AgentSpanState, string> = {
@@ -138,29 +157,34 @@ export function encodeOwnerMessage(message: OwnerMessage): Obj {
   };
 }
 
-/** Decodes and validates a proto `OwnerMessage`. */
-export function decodeOwnerMessage(value: unknown): OwnerMessage {
+/** Decodes and validates a proto `OwnerMessage`; a message past `limits` is refused whole. */
+export function decodeOwnerMessage(value: unknown, limits: DecodeLimits = unbounded): OwnerMessage {
   const o = obj(value, 'message');
   if (o.dispatch !== undefined && o.dispatch !== null) {
     const d = obj(o.dispatch, 'dispatch');
+    const adds = list(d.adds, 'dispatch.adds');
+    const removes = list(d.removes, 'dispatch.removes');
+    bounded(adds.length + removes.length, limits, 'dispatch');
     return {
       kind: 'dispatch',
       header: decodeHeader(d.header),
-      adds: list(d.adds, 'dispatch.adds').map((raw, i) => {
+      adds: adds.map((raw, i) => {
         const a = obj(raw, `adds[${i}]`);
         if (typeof a.secondary !== 'boolean') throw new ProtocolError(`adds[${i}].secondary is not a boolean`);
         return { span: decodeSpan(a.span, `adds[${i}].span`), secondary: a.secondary, checkpointTs: u64(a.checkpointTs, `adds[${i}].checkpointTs`) };
       }),
-      removes: list(d.removes, 'dispatch.removes').map((raw, i) => decodeSpan(raw, `removes[${i}]`)),
+      removes: removes.map((raw, i) => decodeSpan(raw, `removes[${i}]`)),
     };
   }
   if (o.heartbeat !== undefined && o.heartbeat !== null) {
     const h = obj(o.heartbeat, 'heartbeat');
     if (typeof h.spansComplete !== 'boolean' || typeof h.draining !== 'boolean') throw new ProtocolError('heartbeat flags are not booleans');
+    const spans = list(h.spans, 'heartbeat.spans');
+    bounded(spans.length, limits, 'heartbeat');
     return {
       kind: 'heartbeat',
       header: decodeHeader(h.header),
-      spans: list(h.spans, 'heartbeat.spans').map((raw, i) => decodeSpan(raw, `spans[${i}]`)),
+      spans: spans.map((raw, i) => decodeSpan(raw, `spans[${i}]`)),
       spansComplete: h.spansComplete,
       primaryDigest: decodeDigest(h.primaryDigest, 'heartbeat.primaryDigest'),
       draining: h.draining,

@@ -6,7 +6,9 @@
 import { randomInt } from 'node:crypto';
 import { Agent, agentDefaults } from '../agent/agent.ts';
 import type { AgentOutput } from '../agent/agent.ts';
+import { OwnerGate, admitAdds, isRunning } from '../agent/owner-gate.ts';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
+import type { TableRange } from '../core/span.ts';
 import type { Logger } from '../log.ts';
 import type { Etcd3 } from 'etcd3';
 import type { Metrics } from './metrics.ts';
@@ -18,6 +20,7 @@ import type { PipelineBounds } from '../pipeline/bounds.ts';
 import { openBoundedSink, openBoundedSource } from '../pipeline/registry.ts';
 import type { Sink } from '../pipeline/sink.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
+import { tableRange } from './changefeed-info.ts';
 
 interface HostedAgent {
   readonly agent: Agent;
@@ -52,11 +55,31 @@ function backfillRevisions(info: ChangefeedInfo): ReadonlyMap<string, bigint | n
   return revisions;
 }
 
+/** Every table range of a changefeed by name, computed once per info (every add asks). */
+const tableRangesByInfo = new WeakMap<ChangefeedInfo, ReadonlyMap<string, TableRange>>();
+
+function tableRanges(info: ChangefeedInfo): ReadonlyMap<string, TableRange> {
+  let ranges = tableRangesByInfo.get(info);
+  if (ranges === undefined) {
+    ranges = new Map(info.tables.map((t) => [t.name, tableRange(t)] as const));
+    tableRangesByInfo.set(info, ranges);
+  }
+  return ranges;
+}
+
+/** What the host lets through to its agents (see {@link OwnerGate}). */
+export interface AdmissionLimits {
+  /** Spans held on this capture over every changefeed; adds past it are refused. */
+  readonly spansHeldMax: number;
+  /** Fewest ms between two election re-reads asked for by messages of an unknown owner. */
+  readonly ownerVerifyIntervalMs: number;
+}
+
 export class AgentHost {
   private readonly hosted = new Map<string, HostedAgent>();
   private owner: { id: string; revision: bigint } | undefined;
   private flushScheduled = false;
-  droppedMessages = 0;
+  private readonly gate: OwnerGate;
 
   constructor(
     private readonly captureId: string,
@@ -66,24 +89,56 @@ export class AgentHost {
     private readonly metadata: { readonly client: Etcd3; readonly keys: ClusterKeys; readonly metrics: Metrics; readonly bounds: PipelineBounds },
     /** Every changefeed's persisted status, as the capture last read it. */
     private readonly statuses: () => ReadonlyMap<string, ChangefeedStatus>,
-  ) {}
+    private readonly admission: AdmissionLimits,
+    /** Re-reads the election from etcd now (a message named an owner not seen yet). */
+    private readonly verifyOwner: () => void,
+  ) {
+    this.gate = new OwnerGate({ verifyIntervalMs: admission.ownerVerifyIntervalMs });
+  }
 
-  /** A message from an owner, with the way back on its stream. */
+  /**
+   * A message from an owner, with the way back on its stream. Only the owner seen in
+   * etcd is heard, and only adds inside the changefeed's tables (as this capture last
+   * read them, at the message's epoch) reach the agent.
+   */
   handle(message: OwnerMessage, reply: (report: ReportMessage) => void): void {
+    const refused = (reason: string): void => this.metadata.metrics.rpcMessagesRefused.inc({ reason });
+    const check = this.gate.check(message.header, Date.now());
+    if (check.kind === 'refuse') {
+      refused(check.reason);
+      if (check.verify) this.verifyOwner();
+      if (check.reason !== 'stale-owner') this.log.debug({ header: message.header, reason: check.reason }, 'owner message refused');
+      return;
+    }
     const id = message.header.changefeed;
     const info = this.changefeeds().get(id);
     if (info === undefined || info.state !== 'normal' || BigInt(info.epoch) !== message.header.changefeedEpoch) {
-      this.droppedMessages++;
+      refused('unknown-changefeed');
       return;
     }
     const hosted = this.ensure(info);
-    const out = hosted.agent.handleMessage(message);
+    let out: AgentOutput;
+    if (message.kind === 'dispatch' && message.adds.length > 0) {
+      const agent = hosted.agent;
+      let count = 0;
+      for (const other of this.hosted.values()) count += other.agent.size;
+      const admission = admitAdds(message.adds, tableRanges(info), { count, has: (key) => isRunning(agent.spanState(key)) }, this.admission.spansHeldMax);
+      for (const { span, reason } of admission.refused) {
+        this.metadata.metrics.rpcSpansRefused.inc({ reason });
+        this.log.debug({ changefeed: id, span, reason }, 'span add refused');
+      }
+      const admitted = admission.refused.length === 0 ? message : { ...message, adds: admission.admitted };
+      out = agent.handleMessage(admitted, admission.refused.map((r) => r.span));
+    } else {
+      out = hosted.agent.handleMessage(message);
+    }
     if (out.outbox.length > 0 || message.header.ownerRevision >= (this.owner?.revision ?? 0n)) hosted.reply = reply;
     this.apply(id, hosted, out);
   }
 
-  /** The owner seen in etcd: agents drop anything older. */
+  /** The owner seen in etcd: the only one heard from now on; agents drop anything older. */
   observeOwner(ownerId: string, revision: bigint): void {
+    if (!this.gate.observe(ownerId, revision)) return;
     this.owner = { id: ownerId, revision };
     for (const [id, hosted] of this.hosted) this.apply(id, hosted, hosted.agent.observeOwner(ownerId, revision));
   }
@@ -195,6 +250,7 @@ export class AgentHost {
       // A state change is reported at once rather than at the next tick: every step of
       // an add or a move waits for it.
       if (event.type === 'span-state-changed') this.scheduleFlush();
+      if (event.type === 'message-dropped') this.metadata.metrics.rpcMessagesRefused.inc({ reason: event.reason });
       if (event.type === 'span-failed') this.log.warn({ changefeed: id, span: event.span, error: event.error }, 'span pipeline failed');
       else this.log.debug({ changefeed: id, event }, 'agent event');
     }

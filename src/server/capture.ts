@@ -31,6 +31,7 @@ import { metadataEtcd } from '../pipeline/bounds.ts';
 import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { Metrics } from './metrics.ts';
 import { AgentHost } from './agent-host.ts';
+import { ownerGateDefaults } from '../agent/owner-gate.ts';
 import { readCaptureRecords } from './capture-records.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
@@ -84,6 +85,8 @@ export class Capture {
   private rpc: CaptureRpcServer | undefined;
   private api: ApiServer | undefined;
   private watches: PrefixWatch[] = [];
+  /** The election watch, re-read on demand by messages of an owner not seen yet. */
+  private ownerWatch: PrefixWatch | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private restarting = false;
   private shuttingDown = false;
@@ -181,7 +184,17 @@ export class Capture {
   private async listen(): Promise<void> {
     // What is registered is what other captures dial.
     const advertised = (host: string): string => this.config.advertiseHost ?? host;
-    this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), { messagesQueuedMax: 10_000 });
+    const config = this.config;
+    this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), {
+      spansPerMessageMax: config.rpcSpansPerMessageMax,
+      messageBytesMax: config.rpcMessageBytesMax,
+      streamsPerConnectionMax: config.rpcStreamsPerConnectionMax,
+      streamsPerPeerMax: config.rpcStreamsPerPeerMax,
+      connectionsPerPeerMax: config.rpcConnectionsPerPeerMax,
+    }, {
+      messageRefused: (reason) => this.metrics.rpcMessagesRefused.inc({ reason }),
+      streamRefused: (reason) => this.metrics.rpcStreamsRefused.inc({ reason }),
+    });
     const [grpcHost, grpcPort] = splitHostPort(this.config.grpcAddr);
     let port: number;
     try {
@@ -250,17 +263,21 @@ export class Capture {
       keys: this.keys,
       metrics: this.metrics,
       bounds: this.bounds,
-    }, () => this.statuses);
+    }, () => this.statuses, { spansHeldMax: this.config.captureSpansMax, ownerVerifyIntervalMs: ownerGateDefaults.verifyIntervalMs },
+    // A message named an owner this capture has not seen in etcd: read the election now
+    // rather than at the next watch event or resync (the owner's resend then gets through).
+    () => this.ownerWatch?.trigger());
     const record: CaptureRecord = { id: this.id, grpcAddr: this.grpcAddr, httpAddr: this.httpAddr, version: this.version, startedAt: new Date().toISOString() };
     await this.client.put(this.keys.capture(this.id)).value(JSON.stringify(record)).lease(session.leaseId).exec();
     this.election = new Election(this.client, this.keys, session, this.id);
     const etcdError = (): void => this.metrics.etcdErrors.inc();
+    this.ownerWatch = new PrefixWatch(this.client, this.keys.ownerPrefix, (s) => this.onOwner(s), log, 500, etcdError);
     this.watches = [
       new PrefixWatch(this.client, this.keys.capturesPrefix, (s) => this.onCaptures(s), log, 1_000, etcdError),
       // Checkpoints change this prefix many times a second: read it at most every 200 ms
       // (the owner's own writes reach its cache at once, without a read).
       new PrefixWatch(this.client, this.keys.changefeedsPrefix, (s) => this.onChangefeeds(s), log, 1_000, etcdError, 200),
-      new PrefixWatch(this.client, this.keys.ownerPrefix, (s) => this.onOwner(s), log, 500, etcdError),
+      this.ownerWatch,
     ];
     for (const watch of this.watches) await watch.start();
     this.flushTimer = setInterval(() => this.agents?.flush(), this.config.tickIntervalMs);
@@ -380,8 +397,10 @@ export class Capture {
     const owner = ownerOf(snapshot.kvs);
     const previous = this.owner;
     this.owner = owner;
+    // Every snapshot, not only changes: agents of a capture that joined again start
+    // knowing no owner, and hear none until they are told (they ignore older ones).
+    if (owner !== undefined) this.agents?.observeOwner(owner.captureId, owner.revision);
     if (owner !== undefined && (previous === undefined || previous.revision !== owner.revision)) {
-      this.agents?.observeOwner(owner.captureId, owner.revision);
       this.log.info({ owner: owner.captureId, ownerRevision: owner.revision }, 'owner observed');
     }
     const election = this.election;

@@ -37,6 +37,12 @@ export class Metrics {
   readonly cannotProceedTicks: Counter<'changefeed' | 'reason'>;
   /** Event streams (SSE) this capture is serving; a client that leaves must bring it down. */
   readonly apiEventStreams: Gauge;
+  /** Owner messages this capture's gRPC server dropped, by why (see README, security). */
+  readonly rpcMessagesRefused: Counter<'reason'>;
+  /** Adds this capture refused: outside the changefeed's tables, or over --rpc-capture-spans. */
+  readonly rpcSpansRefused: Counter<'reason'>;
+  /** gRPC connections and streams refused by the per-peer bounds. */
+  readonly rpcStreamsRefused: Counter<'reason'>;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -68,6 +74,24 @@ export class Metrics {
       name: 'spanfeed_changefeed_cannot_proceed_ticks_total',
       help: 'Owner ticks in which the watermark could not proceed, by reason.',
       labelNames: ['changefeed', 'reason'],
+      registers,
+    });
+    this.rpcMessagesRefused = new Counter({
+      name: 'spanfeed_rpc_messages_refused_total',
+      help: 'Owner messages this capture dropped: not from the owner in etcd (unverified-owner, forged-owner, stale-owner), malformed, too-many-spans, unknown-changefeed, or dropped by the agent (stale-seq, wrong-epoch, ...).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.rpcSpansRefused = new Counter({
+      name: 'spanfeed_rpc_spans_refused_total',
+      help: 'Span adds this capture refused without starting a pipeline: outside-tables (not inside a table of the changefeed in etcd) or capture-full (--rpc-capture-spans).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.rpcStreamsRefused = new Counter({
+      name: 'spanfeed_rpc_streams_refused_total',
+      help: 'gRPC connections and streams this capture refused: connections-per-peer, streams-per-peer.',
+      labelNames: ['reason'],
       registers,
     });
     this.apiEventStreams = new Gauge({ name: 'spanfeed_api_event_streams', help: 'Server-sent event streams this capture is producing (forwarded ones count on the owner).', registers });

@@ -13,6 +13,7 @@ import { ownerDefaults } from './owner-role.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
+import { captureRpcDefaults } from '../rpc/capture-server.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -64,6 +65,18 @@ export interface ServerConfig {
   readonly fileSinkRoot: string;
   /** Hosts etcd and PostgreSQL sources and sinks may reach; undefined: any. */
   readonly allowedEndpoints: AllowedEndpoints | undefined;
+  /** gRPC: spans (adds + removes, or a heartbeat's) in one owner message; a bigger one is refused whole. */
+  readonly rpcSpansPerMessageMax: number;
+  /** gRPC: bytes of one received message. */
+  readonly rpcMessageBytesMax: number;
+  /** gRPC: concurrent streams on one connection. */
+  readonly rpcStreamsPerConnectionMax: number;
+  /** gRPC: concurrent streams from one peer host. */
+  readonly rpcStreamsPerPeerMax: number;
+  /** gRPC: open connections from one peer host. */
+  readonly rpcConnectionsPerPeerMax: number;
+  /** Spans this capture holds over every changefeed; adds past it are refused. */
+  readonly captureSpansMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -100,6 +113,12 @@ export const serverDefaults: ServerConfig = {
   /** Relative: resolved against the working directory when the config is parsed. */
   fileSinkRoot: 'spanfeed-data',
   allowedEndpoints: undefined,
+  rpcSpansPerMessageMax: captureRpcDefaults.spansPerMessageMax,
+  rpcMessageBytesMax: captureRpcDefaults.messageBytesMax,
+  rpcStreamsPerConnectionMax: captureRpcDefaults.streamsPerConnectionMax,
+  rpcStreamsPerPeerMax: captureRpcDefaults.streamsPerPeerMax,
+  rpcConnectionsPerPeerMax: captureRpcDefaults.connectionsPerPeerMax,
+  captureSpansMax: 1_000_000,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -130,6 +149,12 @@ const options = {
   insecure: ['SPANFEED_INSECURE', 'insecure'],
   'file-sink-root': ['SPANFEED_FILE_SINK_ROOT', 'fileSinkRoot'],
   'allowed-endpoints': ['SPANFEED_ALLOWED_ENDPOINTS', 'allowedEndpoints'],
+  'rpc-spans-per-message': ['SPANFEED_RPC_SPANS_PER_MESSAGE', 'rpcSpansPerMessage'],
+  'rpc-message-bytes': ['SPANFEED_RPC_MESSAGE_BYTES', 'rpcMessageBytes'],
+  'rpc-streams-per-connection': ['SPANFEED_RPC_STREAMS_PER_CONNECTION', 'rpcStreamsPerConnection'],
+  'rpc-streams-per-peer': ['SPANFEED_RPC_STREAMS_PER_PEER', 'rpcStreamsPerPeer'],
+  'rpc-connections-per-peer': ['SPANFEED_RPC_CONNECTIONS_PER_PEER', 'rpcConnectionsPerPeer'],
+  'capture-spans': ['SPANFEED_CAPTURE_SPANS', 'captureSpans'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -195,6 +220,20 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             etcd and PostgreSQL sources and sinks may reach only these:
                             host, host:port, *.domain or CIDR blocks, comma-separated; names
                             are compared as written (default: any)
+  --rpc-spans-per-message <n>
+                            spans (adds + removes, or a heartbeat's) one owner message may carry;
+                            a bigger message is refused whole; at least the owner's 1024,
+                            1024-1000000 (default 1024)
+  --rpc-message-bytes <n>   bytes of one received gRPC message, 65536-268435456 (default 4194304)
+  --rpc-streams-per-connection <n>
+                            concurrent gRPC streams on one connection, 1-10000 (default 16)
+  --rpc-streams-per-peer <n>
+                            concurrent gRPC streams from one peer host, 1-100000 (default 64)
+  --rpc-connections-per-peer <n>
+                            open gRPC connections from one peer host, 1-100000 (default 64)
+  --capture-spans <n>       spans this capture may hold over every changefeed; adds past it are
+                            refused (counted in spanfeed_rpc_spans_refused_total),
+                            1-100000000 (default 1000000)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -296,6 +335,12 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     insecure,
     fileSinkRoot: fileSinkRoot(get('file-sink-root')),
     allowedEndpoints: allowedEndpoints(get('allowed-endpoints')),
+    rpcSpansPerMessageMax: intIn('--rpc-spans-per-message', get('rpc-spans-per-message') ?? String(serverDefaults.rpcSpansPerMessageMax), coordinatorDefaults.spansPerMessageMax, 1_000_000),
+    rpcMessageBytesMax: intIn('--rpc-message-bytes', get('rpc-message-bytes') ?? String(serverDefaults.rpcMessageBytesMax), 65_536, 268_435_456),
+    rpcStreamsPerConnectionMax: intIn('--rpc-streams-per-connection', get('rpc-streams-per-connection') ?? String(serverDefaults.rpcStreamsPerConnectionMax), 1, 10_000),
+    rpcStreamsPerPeerMax: intIn('--rpc-streams-per-peer', get('rpc-streams-per-peer') ?? String(serverDefaults.rpcStreamsPerPeerMax), 1, 100_000),
+    rpcConnectionsPerPeerMax: intIn('--rpc-connections-per-peer', get('rpc-connections-per-peer') ?? String(serverDefaults.rpcConnectionsPerPeerMax), 1, 100_000),
+    captureSpansMax: intIn('--capture-spans', get('capture-spans') ?? String(serverDefaults.captureSpansMax), 1, 100_000_000),
   };
 }
 

@@ -1,7 +1,8 @@
+import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { DispatchMessage, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import type { Span } from '../../src/core/span.ts';
-import { CaptureRpcServer } from '../../src/rpc/capture-server.ts';
+import { CaptureRpcServer, peerHost } from '../../src/rpc/capture-server.ts';
 import { ProtocolError, decodeCaptureMessage, decodeOwnerMessage, encodeCaptureMessage, encodeOwnerMessage } from '../../src/rpc/codec.ts';
 import { CaptureConnection } from '../../src/rpc/owner-client.ts';
 import { captureServiceDefinition } from '../../src/rpc/proto.ts';
@@ -106,6 +107,38 @@ describe('codec', () => {
   });
 });
 
+describe('codec bounds', () => {
+  const manyAdds = (n: number): DispatchMessage => ({ ...dispatch, adds: Array.from({ length: n }, () => ({ span, secondary: false, checkpointTs: 1n })), removes: [] });
+
+  it('refuses a message with more spans than the bound, whole, before decoding them', () => {
+    const limits = { spansPerMessageMax: 1_024 };
+    expect(decodeOwnerMessage(ownerWire(manyAdds(1_024)), limits).kind).toBe('dispatch');
+    const refuse = (m: OwnerMessage): ProtocolError => {
+      try {
+        decodeOwnerMessage(ownerWire(m), limits);
+      } catch (error) {
+        return error as ProtocolError;
+      }
+      throw new Error('decoded');
+    };
+    const big = refuse(manyAdds(20_000));
+    expect(big).toBeInstanceOf(ProtocolError);
+    expect(big.reason).toBe('too-many-spans');
+    expect(big.message).toMatch(/20000 spans, more than 1024/);
+    // Adds and removes count together; so do a heartbeat's spans.
+    expect(refuse({ ...manyAdds(1_000), removes: Array.from({ length: 25 }, () => openSpan) }).reason).toBe('too-many-spans');
+    expect(refuse({ ...heartbeat(1), spans: Array.from({ length: 1_025 }, () => span) }).reason).toBe('too-many-spans');
+    expect(() => decodeOwnerMessage({})).toThrow(expect.objectContaining({ reason: 'malformed' }));
+  });
+
+  it('names the host of a gRPC peer', () => {
+    expect(peerHost('127.0.0.1:5000')).toBe('127.0.0.1');
+    expect(peerHost('ipv4:10.0.0.1:5000')).toBe('10.0.0.1');
+    expect(peerHost('[::1]:5000')).toBe('::1');
+    expect(peerHost('ipv6:[::1]:5000')).toBe('::1');
+  });
+});
+
 /** Resolves once `predicate` holds, polling every 10 ms. */
 async function until(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -156,5 +189,47 @@ describe('loopback', () => {
     });
     expect(connection.connected).toBe(true);
     expect(received[3]?.header.seq).toBeGreaterThanOrEqual(10);
+  });
+  it('bounds streams and connections per peer, and counts what it refuses', async () => {
+    const refused: string[] = [];
+    const handled: number[] = [];
+    const server = new CaptureRpcServer((message, reply) => {
+      handled.push(message.header.seq);
+      reply(report(message.header.seq));
+    }, { messagesQueuedMax: 100, streamsPerPeerMax: 1, connectionsPerPeerMax: 2, spansPerMessageMax: 1_024 }, {
+      messageRefused: (reason) => refused.push(reason),
+      streamRefused: (reason) => refused.push(reason),
+    });
+    cleanups.push(() => server.close());
+    const port = await server.listen('127.0.0.1', 0);
+    const options = { reconnectBackoffMinMs: 20, reconnectBackoffMaxMs: 200, sendQueueMax: 100 };
+    const received: ReportMessage[] = [];
+    const first = new CaptureConnection(`127.0.0.1:${port}`, (r) => received.push(r), options);
+    cleanups.push(() => first.close());
+    await until(() => {
+      first.send(heartbeat(1));
+      return received.length > 0;
+    });
+    // A second stream from the same host is refused while the first is open.
+    const second = new CaptureConnection(`127.0.0.1:${port}`, () => undefined, options);
+    cleanups.push(() => second.close());
+    await until(() => {
+      second.send(heartbeat(2));
+      return refused.includes('streams-per-peer');
+    });
+    // gRPC clients share one connection per target: raw sockets make the others. The
+    // bound is 2, so the second raw one (the third connection) is closed at once.
+    const sockets = [connect(port, '127.0.0.1'), connect(port, '127.0.0.1')];
+    cleanups.push(() => sockets.forEach((socket) => socket.destroy()));
+    let closed = false;
+    sockets[1]?.on('close', () => (closed = true));
+    await until(() => refused.includes('connections-per-peer') && closed);
+    expect(refused.filter((r) => r === 'connections-per-peer')).toHaveLength(1);
+    // 20,000 adds in one message never reach the handler.
+    const before = handled.length;
+    first.send({ ...dispatch, header: header(50), adds: Array.from({ length: 20_000 }, () => ({ span, secondary: false, checkpointTs: 1n })), removes: [] });
+    await until(() => refused.includes('too-many-spans'));
+    expect(handled.slice(before).includes(50)).toBe(false);
+    expect(handled.includes(2)).toBe(false);
   });
 });

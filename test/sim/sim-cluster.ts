@@ -17,6 +17,7 @@
  * advances within a bound.
  */
 import { Agent } from '../../src/agent/agent.ts';
+import { OwnerGate, admitAdds, isRunning } from '../../src/agent/owner-gate.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
 import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
@@ -74,7 +75,14 @@ interface SimCapture {
   pausedUntil: number;
   /** Its copy of the info's tables, read now and then (it lags the owner's updates). */
   readonly view: CaptureInfoView;
+  /** The owner it learned from etcd: the only one it hears (the shell's gate, in steps). */
+  readonly gate: OwnerGate;
+  /** The step its re-read of the election lands, asked for by a message of an unknown owner; -1: none. */
+  verifyAtStep: number;
 }
+
+/** Steps an on-demand read of the election takes, and the fewest between two. */
+const ownerVerifySteps = 2;
 
 interface SimOwner {
   readonly id: CaptureId;
@@ -238,6 +246,7 @@ export class SimCluster {
     this.expireLeases();
     this.refreshViews();
     this.elect();
+    this.landOwnerReads();
     this.deliver();
     for (const capture of this.captures.values()) {
       if (!this.canRun(capture)) continue;
@@ -348,7 +357,12 @@ export class SimCluster {
       if (!this.canRun(capture) || (this.faultsOn && !this.rng.chance(0.3))) continue;
       capture.view.generations = new Map(this.generations);
       capture.view.since = new Map(this.backfillSince);
+      capture.view.tables = this.tableMap();
     }
+  }
+
+  private tableMap(): Map<string, TableRange> {
+    return new Map(this.tables.map((t) => [t.name, t] as const));
   }
 
   /**
@@ -374,13 +388,16 @@ export class SimCluster {
 
   private startCapture(): void {
     const id = `c${this.nextCaptureNumber++}`;
-    const agent = this.metadata.info.state === 'normal' ? this.newAgent(id) : undefined;
-    const view: CaptureInfoView = { generations: new Map(this.generations), since: new Map(this.backfillSince) };
-    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world, view), alive: true, pausedUntil: -1, view });
+    // A joining capture reads the election before it serves.
+    const gate = new OwnerGate({ verifyIntervalMs: ownerVerifySteps });
+    if (this.owner !== undefined) gate.observe(this.owner.id, this.owner.revision);
+    const agent = this.metadata.info.state === 'normal' ? this.newAgent(id, gate) : undefined;
+    const view: CaptureInfoView = { generations: new Map(this.generations), since: new Map(this.backfillSince), tables: this.tableMap() };
+    this.captures.set(id, { id, agent, pipelines: new SimPipelines(this.rng, this.world, view), alive: true, pausedUntil: -1, view, gate, verifyAtStep: -1 });
     this.membership.add(id);
   }
 
-  private newAgent(id: CaptureId): Agent {
+  private newAgent(id: CaptureId, gate: OwnerGate): Agent {
     const agent = new Agent({
       captureId: id,
       captureEpoch: BigInt(1 + this.rng.int(1_000_000_000)),
@@ -388,7 +405,9 @@ export class SimCluster {
       changefeedEpoch: this.epoch,
       statusesPerMessageMax: 8,
     });
-    if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
+    // As the shell does: a new agent starts from the owner its capture saw in etcd.
+    const owner = gate.owner;
+    if (owner !== undefined) agent.observeOwner(owner.id, owner.revision);
     return agent;
   }
 
@@ -442,7 +461,7 @@ export class SimCluster {
       }
       this.metadata.resume(this.epoch);
       this.stats.resumes = (this.stats.resumes ?? 0) + 1;
-      for (const capture of this.captures.values()) if (capture.alive) capture.agent = this.newAgent(capture.id);
+      for (const capture of this.captures.values()) if (capture.alive) capture.agent = this.newAgent(capture.id, capture.gate);
     }
   }
 
@@ -529,7 +548,24 @@ export class SimCluster {
     this.owner = { id, revision: this.revision, coordinator: undefined, run: undefined, failures: undefined, epoch: 0n, ticks: 0, zombieUntil: -1, reports: [], drains: new OwnerDrains(id, drainsLimits), drainsApplied: -1, tablesVersion: -1 };
     // Captures learn the new owner from etcd, some sooner than others.
     for (const capture of this.captures.values()) {
-      if (this.canRun(capture) && this.rng.chance(0.5)) capture.agent?.observeOwner(id, this.revision);
+      if (this.canRun(capture) && this.rng.chance(0.5)) this.observeOwner(capture);
+    }
+  }
+
+  /** The capture reads the election from etcd: its gate and agent learn the owner there now. */
+  private observeOwner(capture: SimCapture): void {
+    const owner = this.owner;
+    if (owner === undefined) return;
+    capture.gate.observe(owner.id, owner.revision);
+    capture.agent?.observeOwner(owner.id, owner.revision);
+  }
+
+  /** On-demand election reads that land this step (the rest learn at an election, or never). */
+  private landOwnerReads(): void {
+    for (const capture of this.captures.values()) {
+      if (capture.verifyAtStep < 0 || capture.verifyAtStep > this.step) continue;
+      capture.verifyAtStep = -1;
+      if (this.canRun(capture)) this.observeOwner(capture);
     }
   }
 
@@ -545,7 +581,24 @@ export class SimCluster {
       }
       const capture = this.captures.get(message.header.to);
       if (capture === undefined || !this.canRun(capture) || capture.agent === undefined) continue;
-      const out = capture.agent.handleMessage(message as OwnerMessage);
+      const check = capture.gate.check(message.header, this.step);
+      if (check.kind === 'refuse') {
+        const stat = { 'unverified-owner': 'refusedUnverifiedOwner', 'forged-owner': 'refusedForgedOwner', 'stale-owner': 'refusedStaleOwner' }[check.reason];
+        this.stats[stat] = (this.stats[stat] ?? 0) + 1;
+        if (check.verify && capture.verifyAtStep < 0) capture.verifyAtStep = this.step + ownerVerifySteps;
+        continue;
+      }
+      const owned = message as OwnerMessage;
+      let out;
+      if (owned.kind === 'dispatch' && owned.adds.length > 0) {
+        // As the shell does: adds outside the capture's copy of the tables start nothing.
+        const agent = capture.agent;
+        const admission = admitAdds(owned.adds, capture.view.tables, { count: agent.size, has: (key) => isRunning(agent.spanState(key)) }, Number.POSITIVE_INFINITY);
+        if (admission.refused.length > 0) this.stats.addsRefused = (this.stats.addsRefused ?? 0) + admission.refused.length;
+        out = agent.handleMessage(admission.refused.length === 0 ? owned : { ...owned, adds: admission.admitted }, admission.refused.map((r) => r.span));
+      } else {
+        out = capture.agent.handleMessage(owned);
+      }
       if (this.options.trace !== undefined) {
         const m = message as OwnerMessage;
         const text = m.kind === 'dispatch'

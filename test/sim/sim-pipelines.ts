@@ -18,7 +18,7 @@ import type { BackfillGeneration, BackfillProgress, PipelineEffect, PipelineOutc
 import { SpanPipelines } from '../../src/agent/span-pipelines.ts';
 import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
-import type { Span } from '../../src/core/span.ts';
+import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
 
 /** One version of a key: a value, or undefined for a delete. */
@@ -211,6 +211,8 @@ export interface SimWorld {
 export interface CaptureInfoView {
   generations: ReadonlyMap<string, bigint>;
   since: ReadonlyMap<string, bigint>;
+  /** The changefeed's tables as this capture last read them: adds outside them are refused. */
+  tables: ReadonlyMap<string, TableRange>;
 }
 
 /** Step length in ms: the pure pipelines' clock. */
