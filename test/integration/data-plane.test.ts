@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SeededRandom } from '../../src/core/rng.ts';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
 import type { ChangefeedView, SpanView } from './harness.ts';
-import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
+import { TestCapture, TestEtcd, api, callAny, waitFor } from './harness.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `data${process.pid}`;
@@ -39,7 +39,9 @@ function call<T = any>(method: string, path: string, body?: unknown): Promise<{ 
 async function keysCopied(): Promise<number> {
   let total = 0;
   for (const capture of captures) {
-    const text = await (await fetch(`${capture.url}/metrics`)).text();
+    // Tried twice: the first fetch may reuse a pooled connection the capture closed while
+    // the verifier blocked this process (spawnSync), and fail with "other side closed".
+    const text = await api<string>(capture.url, 'GET', '/metrics').catch(() => api<string>(capture.url, 'GET', '/metrics')).then((a) => String(a.body));
     for (const match of text.matchAll(/^spanfeed_backfill_keys_copied_total\{[^}]*\} (\d+)$/gm)) total += Number(match[1]);
   }
   return total;
