@@ -364,9 +364,14 @@ export class HttpApi {
     const owner = this.owner();
     const status: ChangefeedStatus | undefined = this.capture.statuses.get(info.id);
     const managed = owner.managed.get(info.id);
-    // The persisted values: what survives any crash, so what a user may rely on.
-    const checkpointTs = status?.checkpointTs ?? info.startTs;
-    const resolvedTs = status?.resolvedTs ?? info.startTs;
+    // The persisted values: what survives any crash, so what a user may rely on. This
+    // capture's cache of the status may lag etcd just after it became owner (the previous
+    // owner's cache had its own writes at once), while its run read the status from etcd
+    // itself: the higher of the two is persisted too, so the API never shows a checkpoint
+    // going back across an owner change.
+    const persisted = managed?.run.persisted;
+    const checkpointTs = maxText(status?.checkpointTs ?? info.startTs, persisted?.checkpointTs);
+    const resolvedTs = maxText(status?.resolvedTs ?? info.startTs, persisted?.resolvedTs);
     const watermark = managed?.coordinator.lastWatermark;
     const lags = owner.lagsMs(info.id, BigInt(checkpointTs), BigInt(resolvedTs));
     return {
@@ -798,4 +803,9 @@ function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
     error.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'Request Timeout'] : [400, 'Bad Request'];
   const text = JSON.stringify({ error: { code: 'bad-request', message: `the request could not be parsed (${error.code ?? 'unknown'})` } });
   socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+}
+
+/** The higher of a decimal timestamp and an optional bigint one, as decimal text. */
+function maxText(text: string, other: bigint | undefined): string {
+  return other !== undefined && other > BigInt(text) ? other.toString() : text;
 }
