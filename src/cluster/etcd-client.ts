@@ -11,6 +11,24 @@ export interface EtcdClientOptions {
   readonly endpoints: readonly string[];
   /** Deadline of one unary call. */
   readonly callTimeoutMs: number;
+  /** TLS and user/password; without it, plain http and no auth. */
+  readonly security?: EtcdSecurity | undefined;
+}
+
+/**
+ * How to reach a secured etcd. With `tls` the endpoints are dialled over https (the CA
+ * verifies the server; a certificate and key, when given, are shown to it as a client
+ * certificate); with `auth` etcd3 signs in as the user and attaches its token.
+ */
+export interface EtcdSecurity {
+  readonly tls?: { readonly ca: Buffer; readonly cert?: Buffer | undefined; readonly key?: Buffer | undefined } | undefined;
+  readonly auth?: { readonly user: string; readonly password: string } | undefined;
+}
+
+/** `host:port` or `http(s)://host:port` as etcd3 wants it: with the scheme TLS calls for. */
+export function etcdHostUrl(endpoint: string, tls: boolean): string {
+  const bare = endpoint.replace(/^https?:\/\//, '');
+  return `${tls ? 'https' : 'http'}://${bare}`;
 }
 
 /**
@@ -27,7 +45,16 @@ export const hostFailuresToOpen = 5;
 /** Creates the client; endpoints are `host:port`. */
 export function createEtcdClient(options: EtcdClientOptions): Etcd3 {
   return new Etcd3({
-    hosts: options.endpoints.map((endpoint) => (endpoint.startsWith('http') ? endpoint : `http://${endpoint}`)),
+    hosts: options.endpoints.map((endpoint) => etcdHostUrl(endpoint, options.security?.tls !== undefined || endpoint.startsWith('https://'))),
+    ...(options.security?.tls === undefined
+      ? {}
+      : {
+          credentials: {
+            rootCertificate: options.security.tls.ca,
+            ...(options.security.tls.key === undefined || options.security.tls.cert === undefined ? {} : { privateKey: options.security.tls.key, certChain: options.security.tls.cert }),
+          },
+        }),
+    ...(options.security?.auth === undefined ? {} : { auth: { username: options.security.auth.user, password: options.security.auth.password } }),
     dialTimeout: options.callTimeoutMs,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + options.callTimeoutMs }),
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 },

@@ -14,6 +14,9 @@ import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
+import type { Role } from '../api/auth.ts';
+import type { TlsFiles } from '../security/tls-files.ts';
+import { TlsFileError, parseNameList } from '../security/tls-files.ts';
 
 export interface ServerConfig {
   readonly etcdEndpoints: readonly string[];
@@ -77,6 +80,23 @@ export interface ServerConfig {
   readonly rpcConnectionsPerPeerMax: number;
   /** Spans this capture holds over every changefeed; adds past it are refused. */
   readonly captureSpansMax: number;
+  /**
+   * TLS of this capture's HTTP and gRPC servers and of its gRPC clients (as owner): with
+   * it, gRPC between captures is mutual TLS. Undefined: plain text.
+   */
+  readonly tls: TlsFiles | undefined;
+  /** With `tls`: a gRPC peer's certificate must carry one of these names; undefined: any the CA signed. */
+  readonly tlsAllowedNames: ReadonlySet<string> | undefined;
+  /** With `tls`: HTTP clients showing a certificate (signed by the CA) with one of these names get its role. */
+  readonly tlsClientRoles: ReadonlyMap<string, Role> | undefined;
+  /** TLS to the metadata etcd: its CA, and a client certificate when etcd asks for one. */
+  readonly etcdTls: { readonly caFile: string; readonly certFile: string | undefined; readonly keyFile: string | undefined } | undefined;
+  /** etcd user (with `etcdPasswordFile`). */
+  readonly etcdUser: string | undefined;
+  /** A file holding the etcd user's password (its first line). */
+  readonly etcdPasswordFile: string | undefined;
+  /** Absolute: files a source or sink URI names (CA, certificate, key, password) must lie under it. */
+  readonly credentialsRoot: string;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -119,6 +139,14 @@ export const serverDefaults: ServerConfig = {
   rpcStreamsPerPeerMax: captureRpcDefaults.streamsPerPeerMax,
   rpcConnectionsPerPeerMax: captureRpcDefaults.connectionsPerPeerMax,
   captureSpansMax: 1_000_000,
+  tls: undefined,
+  tlsAllowedNames: undefined,
+  tlsClientRoles: undefined,
+  etcdTls: undefined,
+  etcdUser: undefined,
+  etcdPasswordFile: undefined,
+  /** Relative: resolved against the working directory when the config is parsed. */
+  credentialsRoot: 'spanfeed-credentials',
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -155,6 +183,17 @@ const options = {
   'rpc-streams-per-peer': ['SPANFEED_RPC_STREAMS_PER_PEER', 'rpcStreamsPerPeer'],
   'rpc-connections-per-peer': ['SPANFEED_RPC_CONNECTIONS_PER_PEER', 'rpcConnectionsPerPeer'],
   'capture-spans': ['SPANFEED_CAPTURE_SPANS', 'captureSpans'],
+  'tls-ca': ['SPANFEED_TLS_CA', 'tlsCa'],
+  'tls-cert': ['SPANFEED_TLS_CERT', 'tlsCert'],
+  'tls-key': ['SPANFEED_TLS_KEY', 'tlsKey'],
+  'tls-allowed-names': ['SPANFEED_TLS_ALLOWED_NAMES', 'tlsAllowedNames'],
+  'tls-client-roles': ['SPANFEED_TLS_CLIENT_ROLES', 'tlsClientRoles'],
+  'etcd-ca': ['SPANFEED_ETCD_CA', 'etcdCa'],
+  'etcd-cert': ['SPANFEED_ETCD_CERT', 'etcdCert'],
+  'etcd-key': ['SPANFEED_ETCD_KEY', 'etcdKey'],
+  'etcd-user': ['SPANFEED_ETCD_USER', 'etcdUser'],
+  'etcd-password-file': ['SPANFEED_ETCD_PASSWORD_FILE', 'etcdPasswordFile'],
+  'credentials-root': ['SPANFEED_CREDENTIALS_ROOT', 'credentialsRoot'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -165,7 +204,7 @@ type OptionName = keyof typeof options;
 export const serverUsage = `spanfeed server [flags]
 
 Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file):
-  --etcd <host:port,...>    etcd endpoints (default 127.0.0.1:2379)
+  --etcd <host:port,...>    etcd endpoints, host:port or https://host:port (default 127.0.0.1:2379)
   --cluster <id>            cluster id, the etcd key prefix /spanfeed/<id> (default "default")
   --grpc <host:port>        gRPC listen address; port 0 picks one (default 127.0.0.1:0)
   --http <host:port>        HTTP API listen address; port 0 picks one (default 127.0.0.1:0)
@@ -234,6 +273,25 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --capture-spans <n>       spans this capture may hold over every changefeed; adds past it are
                             refused (counted in spanfeed_rpc_spans_refused_total),
                             1-100000000 (default 1000000)
+  --tls-ca <file>           CA certificate (PEM) that signs every capture's certificate; with
+  --tls-cert <file>         --tls-cert and --tls-key (all three or none), the HTTP API is https
+  --tls-key <file>          and gRPC between captures is mutual TLS (both sides show a
+                            certificate the CA signed)
+  --tls-allowed-names <list>
+                            gRPC peers must show a certificate with one of these names (subject
+                            CN or DNS alt name), comma-separated (default: any the CA signed)
+  --tls-client-roles <list> HTTP clients showing a certificate the CA signed get a role by its
+                            name: name=read|admin, comma-separated; counts as auth configured
+  --etcd-ca <file>          CA of the metadata etcd's server certificate: etcd is dialled over
+                            https (also implied by https:// endpoints, which need it)
+  --etcd-cert <file>        client certificate for etcd (with --etcd-key and --etcd-ca)
+  --etcd-key <file>         its key
+  --etcd-user <name>        etcd user (with --etcd-password-file)
+  --etcd-password-file <file>
+                            file whose first line is the etcd user's password
+  --credentials-root <dir>  files a source or sink URI names (ca, cert, key, passwordFile
+                            parameters) must lie under this directory (symlinks resolved)
+                            (default ./spanfeed-credentials)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -305,13 +363,36 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const authTokenFile = get('auth-token-file');
   if (authTokenFile === '') throw new ConfigError('--auth-token-file must name a file');
   const insecure = booleanValue('--insecure', get('insecure'));
-  if (authTokenFile === undefined && !insecure && !isLoopbackAddress(httpAddr)) {
-    throw new ConfigError(`--http ${httpAddr} is not a loopback address and no --auth-token-file is set: anyone who reaches it could change the cluster; give --auth-token-file, or --insecure to serve it without tokens anyway`);
+  const tls = tlsFiles(get('tls-ca'), get('tls-cert'), get('tls-key'));
+  const tlsAllowedNames = withTls('--tls-allowed-names', get('tls-allowed-names'), tls, (raw) => nameList('--tls-allowed-names', raw));
+  const tlsClientRoles = withTls('--tls-client-roles', get('tls-client-roles'), tls, clientRoles);
+  if (authTokenFile === undefined && tlsClientRoles === undefined && !insecure && !isLoopbackAddress(httpAddr)) {
+    throw new ConfigError(`--http ${httpAddr} is not a loopback address and no --auth-token-file or --tls-client-roles is set: anyone who reaches it could change the cluster; give one, or --insecure to serve it without auth anyway`);
   }
+  const grpcAddr = address('--grpc', get('grpc') ?? serverDefaults.grpcAddr);
+  if (tls === undefined && !insecure && !isLoopbackAddress(grpcAddr)) {
+    throw new ConfigError(`--grpc ${grpcAddr} is not a loopback address and no --tls-ca/--tls-cert/--tls-key are set: anyone who reaches it could pose as a capture's owner; give them, or --insecure to serve gRPC in plain text anyway`);
+  }
+  const endpoints = etcd === undefined ? [...serverDefaults.etcdEndpoints] : etcd.split(',').map((e) => e.trim());
+  const https = endpoints.filter((e) => e.startsWith('https://')).length;
+  if (https > 0 && https < endpoints.length) throw new ConfigError('--etcd endpoints must be all https:// or none');
+  const etcdTls = etcdTlsFiles(get('etcd-ca'), get('etcd-cert'), get('etcd-key'));
+  if (https > 0 && etcdTls === undefined) throw new ConfigError('--etcd https:// endpoints need --etcd-ca (the CA of etcd\'s server certificate)');
+  const etcdUser = get('etcd-user');
+  const etcdPasswordFile = get('etcd-password-file');
+  if ((etcdUser === undefined) !== (etcdPasswordFile === undefined)) throw new ConfigError('--etcd-user and --etcd-password-file go together');
+  if (etcdUser !== undefined && !/^[\x21-\x7e]{1,128}$/.test(etcdUser)) throw new ConfigError('--etcd-user must be 1-128 printable characters without spaces');
   return {
-    etcdEndpoints: etcd === undefined ? serverDefaults.etcdEndpoints : etcd.split(',').map((e) => address('--etcd', e.trim())),
+    etcdEndpoints: endpoints.map((e) => address('--etcd', e.replace(/^https?:\/\//, ''))),
+    tls,
+    tlsAllowedNames,
+    tlsClientRoles,
+    etcdTls,
+    etcdUser,
+    etcdPasswordFile: etcdPasswordFile === undefined ? undefined : resolve(etcdPasswordFile),
+    credentialsRoot: directory('--credentials-root', get('credentials-root') ?? serverDefaults.credentialsRoot),
     clusterId: cluster,
-    grpcAddr: address('--grpc', get('grpc') ?? serverDefaults.grpcAddr),
+    grpcAddr,
     httpAddr,
     leaseTtlS: intIn('--lease-ttl-s', get('lease-ttl-s') ?? String(serverDefaults.leaseTtlS), 2, 3600),
     logLevel: logLevel as LogLevel,
@@ -372,9 +453,65 @@ function advertiseHost(raw: string | undefined): string | undefined {
 }
 
 function fileSinkRoot(raw: string | undefined): string {
-  const value = raw ?? serverDefaults.fileSinkRoot;
-  if (value === '' || value.includes('\u0000')) throw new ConfigError(`--file-sink-root must be a directory, got ${JSON.stringify(value)}`);
+  return directory('--file-sink-root', raw ?? serverDefaults.fileSinkRoot);
+}
+
+function directory(name: string, value: string): string {
+  if (value === '' || value.includes('\u0000')) throw new ConfigError(`${name} must be a directory, got ${JSON.stringify(value)}`);
   return resolve(value);
+}
+
+function file(name: string, value: string): string {
+  if (value === '' || value.includes('\u0000')) throw new ConfigError(`${name} must name a file, got ${JSON.stringify(value)}`);
+  return resolve(value);
+}
+
+function tlsFiles(ca: string | undefined, cert: string | undefined, key: string | undefined): TlsFiles | undefined {
+  const given = [ca, cert, key].filter((v) => v !== undefined).length;
+  if (given === 0) return undefined;
+  if (ca === undefined || cert === undefined || key === undefined) throw new ConfigError('--tls-ca, --tls-cert and --tls-key go together (all three or none)');
+  return { caFile: file('--tls-ca', ca), certFile: file('--tls-cert', cert), keyFile: file('--tls-key', key) };
+}
+
+function etcdTlsFiles(ca: string | undefined, cert: string | undefined, key: string | undefined): ServerConfig['etcdTls'] {
+  if ((cert === undefined) !== (key === undefined)) throw new ConfigError('--etcd-cert and --etcd-key go together');
+  if (ca === undefined) {
+    if (cert !== undefined) throw new ConfigError('--etcd-cert needs --etcd-ca');
+    return undefined;
+  }
+  return {
+    caFile: file('--etcd-ca', ca),
+    certFile: cert === undefined ? undefined : file('--etcd-cert', cert),
+    keyFile: key === undefined ? undefined : file('--etcd-key', key),
+  };
+}
+
+function withTls<T>(name: string, raw: string | undefined, tls: TlsFiles | undefined, parse: (raw: string) => T): T | undefined {
+  if (raw === undefined) return undefined;
+  if (tls === undefined) throw new ConfigError(`${name} needs --tls-ca, --tls-cert and --tls-key`);
+  return parse(raw);
+}
+
+function nameList(name: string, raw: string): ReadonlySet<string> {
+  try {
+    return parseNameList(name, raw);
+  } catch (error) {
+    if (error instanceof TlsFileError) throw new ConfigError(error.message);
+    throw error;
+  }
+}
+
+function clientRoles(raw: string): ReadonlyMap<string, Role> {
+  const roles = new Map<string, Role>();
+  for (const entry of raw.split(',').map((e) => e.trim()).filter((e) => e !== '')) {
+    const match = /^([^=]+)=(read|admin)$/.exec(entry);
+    if (match === null) throw new ConfigError(`--tls-client-roles entries are name=read or name=admin, got ${JSON.stringify(entry.slice(0, 80))}`);
+    const [name] = nameList('--tls-client-roles', match[1] as string);
+    if (roles.has(name as string)) throw new ConfigError(`--tls-client-roles names ${name} twice`);
+    roles.set(name as string, match[2] as Role);
+  }
+  if (roles.size === 0) throw new ConfigError('--tls-client-roles must map at least one name');
+  return roles;
 }
 
 function allowedEndpoints(raw: string | undefined): AllowedEndpoints | undefined {

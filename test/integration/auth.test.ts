@@ -242,7 +242,7 @@ describe('starting with tokens or without', () => {
     expect(run('--auth-token-file', join(dir, 'missing'))).toMatchObject({ status: 2, stderr: expect.stringContaining('cannot read') });
     const exposed = run('--http', '0.0.0.0:0');
     expect(exposed.status).toBe(2);
-    expect(exposed.stderr).toContain('--http 0.0.0.0:0 is not a loopback address and no --auth-token-file is set');
+    expect(exposed.stderr).toContain('--http 0.0.0.0:0 is not a loopback address and no --auth-token-file or --tls-client-roles is set');
   });
 
   it('serves a non-loopback address without tokens with --insecure, and warns', async () => {

@@ -24,7 +24,7 @@ describe('server config: API tokens', () => {
 
   it('refuses a non-loopback HTTP address without tokens unless --insecure', () => {
     expect(() => parseServerConfig(['--http', '0.0.0.0:8080'], {})).toThrow(ConfigError);
-    expect(() => parseServerConfig(['--http', '10.1.2.3:8080'], {})).toThrow(/--http 10\.1\.2\.3:8080 is not a loopback address and no --auth-token-file is set/);
+    expect(() => parseServerConfig(['--http', '10.1.2.3:8080'], {})).toThrow(/--http 10\.1\.2\.3:8080 is not a loopback address and no --auth-token-file or --tls-client-roles is set/);
     expect(parseServerConfig(['--http', '0.0.0.0:8080', '--insecure'], {}).insecure).toBe(true);
     expect(parseServerConfig(['--http', '0.0.0.0:8080'], { SPANFEED_INSECURE: 'true' }).insecure).toBe(true);
     expect(parseServerConfig(['--http', '0.0.0.0:8080', '--auth-token-file', '/t'], {}).httpAddr).toBe('0.0.0.0:8080');
