@@ -104,23 +104,44 @@ export function needsToken(path: string): boolean {
   return path === '/metrics' || path === '/api/v1' || path.startsWith('/api/v1/');
 }
 
+/** What vouches for a caller besides a bearer token. */
+export interface AuthOptions {
+  /**
+   * The caller's role from a verified client certificate (`--tls-client-roles`), or the
+   * role a capture passed on when it forwarded the request (it checked the caller).
+   */
+  readonly vouchedRole?: Role | undefined;
+  /** True when client certificates are configured: requests need credentials even without a token file. */
+  readonly certificatesConfigured?: boolean;
+}
+
 /**
  * Whether a request may go on: `authorization` is its `Authorization` header (undefined
- * when absent); `tokens` undefined means no token file, so everything is allowed. An
- * unknown or missing token is a 401; a `read` token on a mutating method is a 403.
+ * when absent); with no token file and no client certificates configured everything is
+ * allowed. A vouched role counts before a token. An unknown or missing credential is a
+ * 401; a `read` role on a mutating method is a 403.
  */
-export function authorize(method: string, path: string, authorization: string | undefined, tokens: TokenTable | undefined): AuthDecision {
-  if (tokens === undefined || !needsToken(path)) return { allow: true, role: undefined };
-  const token = bearerToken(authorization);
-  if (token === undefined) {
-    return { allow: false, status: 401, code: 'unauthorized', message: 'this endpoint needs "Authorization: Bearer <token>"' };
+export function authorize(method: string, path: string, authorization: string | undefined, tokens: TokenTable | undefined, options: AuthOptions = {}): AuthDecision {
+  if ((tokens === undefined && options.certificatesConfigured !== true) || !needsToken(path)) return { allow: true, role: undefined };
+  let role = options.vouchedRole;
+  if (role === undefined) {
+    const token = bearerToken(authorization);
+    if (token === undefined) {
+      const needs = tokens === undefined ? 'a client certificate with a role (--tls-client-roles)' : '"Authorization: Bearer <token>"';
+      return { allow: false, status: 401, code: 'unauthorized', message: `this endpoint needs ${needs}` };
+    }
+    role = tokens?.roleOf(token);
+    if (role === undefined) return { allow: false, status: 401, code: 'unauthorized', message: 'the bearer token is not known' };
   }
-  const role = tokens.roleOf(token);
-  if (role === undefined) return { allow: false, status: 401, code: 'unauthorized', message: 'the bearer token is not known' };
   if (role === 'read' && isMutating(method)) {
     return { allow: false, status: 403, code: 'forbidden', message: `a read token may not ${method.toUpperCase()}; this needs an admin token` };
   }
   return { allow: true, role };
+}
+
+/** Parses a role a capture passed on (the `x-spanfeed-caller-role` header); undefined for anything else. */
+export function parseRole(value: string | string[] | undefined): Role | undefined {
+  return typeof value === 'string' && (roles as readonly string[]).includes(value) ? (value as Role) : undefined;
 }
 
 /** The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive). */

@@ -12,6 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { GRPCCancelledError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { RequestResult } from '../core/coordinator.ts';
@@ -29,8 +30,11 @@ import { ValidationError } from '../server/changefeed-info.ts';
 import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
 import type { ServiceErrorKind } from '../server/changefeed-service.ts';
 import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
-import { authorize, crossSiteRefusal } from './auth.ts';
-import type { TokenFile } from './auth.ts';
+import { authorize, crossSiteRefusal, parseRole } from './auth.ts';
+import type { AuthOptions, Role, TokenFile } from './auth.ts';
+import { apiRequest } from './api-request.ts';
+import type { ApiAnswerStream } from './api-request.ts';
+import { verifiedPeerCertificate } from '../security/capture-tls.ts';
 import { compileRequestSchemas, operationKey } from './request-schemas.ts';
 import type { RequestSchema } from './request-schemas.ts';
 
@@ -60,6 +64,17 @@ export const bodyBytesMax = 1_048_576;
  */
 export const refusedBodyDrainBytesMax = 64 * 1_048_576;
 export const refusedBodyDrainMs = 10_000;
+
+/** How long a forwarded request waits for the owner's answer headers (an event stream then goes on). */
+export const forwardAnswerTimeoutMs = 10_000;
+
+/** The header a capture passes a caller's role on in, when it forwards a request to the owner over TLS. */
+export const callerRoleHeader = 'x-spanfeed-caller-role';
+
+/** A header's value as one string (the first of a repeated one). */
+function headerText(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
 
 /** An error answered with a status and a code. */
 export class ApiError extends Error {
@@ -164,13 +179,20 @@ export class HttpApi {
   }
 
   async listen(host: string, port: number): Promise<number> {
-    const server = createServer((req, res) => {
+    const tls = this.capture.tls;
+    const handle = (req: IncomingMessage, res: ServerResponse): void => {
       this.serve(req, res).catch((error: unknown) => {
         // Only sending an answer can get here; the answer is lost, the process is not.
         this.capture.log.error({ err: error }, 'api answer failed');
         res.destroy();
       });
-    });
+    };
+    // With TLS a client certificate is asked for but not required: operators may use
+    // tokens, and captures forwarding a request show theirs.
+    const server =
+      tls === undefined
+        ? createServer(handle)
+        : createHttpsServer({ ca: tls.material.ca, cert: tls.material.cert, key: tls.material.key, requestCert: true, rejectUnauthorized: false }, handle);
     server.requestTimeout = 30_000;
     server.headersTimeout = 10_000;
     // Requests Node cannot parse get a JSON answer too, instead of its bare 400.
@@ -198,7 +220,7 @@ export class HttpApi {
     try {
       const url = requestUrl(req.url);
       const method = req.method ?? 'GET';
-      const decision = authorize(method, url.pathname, req.headers.authorization, this.options.tokens?.table);
+      const decision = authorize(method, url.pathname, req.headers.authorization, this.options.tokens?.table, this.vouch(req));
       if (!decision.allow) {
         const challenge = decision.status === 401 ? { 'www-authenticate': 'Bearer realm="spanfeed"' } : {};
         throw new ApiError(decision.status, decision.code, decision.message, challenge);
@@ -212,7 +234,7 @@ export class HttpApi {
       const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodePathSegment);
       const raw = await readBody(req);
       if (!route.local && !this.capture.isOwner) {
-        await this.forward(req, res, url, raw);
+        await this.forward(req, res, url, raw, decision.role);
         return;
       }
       let body: unknown;
@@ -248,14 +270,33 @@ export class HttpApi {
     }
   }
 
-  /** Sends a request on to the owner and relays its answer. */
-  private async forward(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): Promise<void> {
+  /**
+   * Who vouches for the caller besides a token: its client certificate's role, or, from
+   * a capture (its certificate name allowed), the role it passed on when forwarding.
+   */
+  private vouch(req: IncomingMessage): AuthOptions {
+    const tls = this.capture.tls;
+    if (tls === undefined) return {};
+    const cert = verifiedPeerCertificate(req.socket);
+    const certificatesConfigured = tls.clientRoles !== undefined;
+    const role = tls.roleOf(cert);
+    if (role !== undefined) return { vouchedRole: role, certificatesConfigured };
+    if (tls.isCapture(cert)) return { vouchedRole: parseRole(req.headers[callerRoleHeader]), certificatesConfigured };
+    return { certificatesConfigured };
+  }
+
+  /**
+   * Sends a request on to the owner and relays its answer. The caller's role travels
+   * with it (the owner trusts it only over TLS, from a capture's certificate), and so
+   * does its token, for an owner without TLS to check again.
+   */
+  private async forward(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer, role: Role | undefined): Promise<void> {
     const owner = this.capture.owner;
     const record = owner === undefined ? undefined : this.capture.captures.get(owner.captureId);
     if (record === undefined || record.id === this.capture.id) throw new ApiError(503, 'no-owner', 'no owner is elected yet; retry shortly');
     // The timeout covers the answer's headers only: an event stream may then go on.
     const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), 10_000);
+    const timer = setTimeout(() => abort.abort(), forwardAnswerTimeoutMs);
     // The response closes when the client goes away (the request closed already, once its
     // body was read): the owner's side, an event stream above all, must stop with it.
     res.on('close', () => abort.abort());
@@ -263,12 +304,19 @@ export class HttpApi {
     // The owner checks the caller's token again (captures should share one token file).
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (req.headers.authorization !== undefined) headers.authorization = req.headers.authorization;
-    const init: RequestInit = { method, headers, signal: abort.signal };
-    // fetch refuses a body on GET and HEAD; the owner would ignore it anyway.
-    if (body.length > 0 && method !== 'GET' && method !== 'HEAD') init.body = body;
-    let answer: Response;
+    const tls = this.capture.tls;
+    if (tls !== undefined && role !== undefined) headers[callerRoleHeader] = role;
+    let answer: ApiAnswerStream;
     try {
-      answer = await fetch(`http://${record.httpAddr}${url.pathname}${url.search}`, init);
+      answer = await apiRequest(`${tls === undefined ? 'http' : 'https'}://${record.httpAddr}${url.pathname}${url.search}`, {
+        method,
+        headers,
+        // The owner would ignore a body on GET and HEAD.
+        body: body.length > 0 && method !== 'GET' && method !== 'HEAD' ? body : undefined,
+        tls: tls?.clientOptions(),
+        signal: abort.signal,
+        timeoutMs: forwardAnswerTimeoutMs,
+      });
     } catch (error) {
       throw new ApiError(503, 'owner-unreachable', `the owner ${record.id} at ${record.httpAddr} did not answer: ${(error as Error).message}`);
     } finally {
@@ -279,18 +327,16 @@ export class HttpApi {
       abort.abort();
       return;
     }
-    const relayed: Record<string, string> = { 'content-type': answer.headers.get('content-type') ?? 'application/json' };
+    const relayed: Record<string, string> = { 'content-type': headerText(answer.headers['content-type']) ?? 'application/json' };
     for (const name of ['cache-control', 'www-authenticate']) {
-      const value = answer.headers.get(name);
-      if (value !== null) relayed[name] = value;
+      const value = headerText(answer.headers[name]);
+      if (value !== undefined) relayed[name] = value;
     }
     res.writeHead(answer.status, relayed);
     try {
-      if (answer.body !== null) {
-        for await (const chunk of answer.body) {
-          if (res.destroyed) break;
-          res.write(chunk);
-        }
+      for await (const chunk of answer.body as AsyncIterable<Buffer>) {
+        if (res.destroyed) break;
+        res.write(chunk);
       }
     } catch {
       // The client or the owner went away mid-stream.

@@ -5,11 +5,17 @@
  */
 import { parseArgs } from 'node:util';
 import { redactSecrets } from '../pipeline/redact.ts';
+import { apiRequest, readText } from '../api/api-request.ts';
+import type { ApiClientTls } from '../api/api-request.ts';
+import { readCaFile, readTlsMaterial } from '../security/tls-files.ts';
 
-export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token <token>] [--json] <noun> <verb> [args]
+export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token <token>] [--ca <file>] [--json] <noun> <verb> [args]
 
   --server (or SPANFEED_SERVER) the capture to talk to; --token (or SPANFEED_TOKEN) the bearer
   token, when the servers run with --auth-token-file (read tokens: lists and gets only)
+  --ca (or SPANFEED_CA) the CA file that signs the captures' certificates, for an
+  https:// server; --cert and --key (or SPANFEED_CERT, SPANFEED_KEY) a client certificate,
+  when the servers give certificate names roles (--tls-client-roles)
 
   changefeed create --id <id> --source <uri> --sink <uri> --table <name>[:<prefix>][:<spans>] ...
                     [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill]
@@ -33,20 +39,26 @@ interface Context {
   readonly token: string | undefined;
   readonly json: boolean;
   readonly out: (text: string) => void;
+  /** For an https:// server: the CA to trust and a client certificate to show. */
+  readonly tls: ApiClientTls | undefined;
 }
 
+/** How long one API call may take, answer included. */
+const callTimeoutMs = 15_000;
+
 async function call(ctx: Context, method: string, path: string, body?: unknown): Promise<any> {
-  let response: Response;
+  let response: { status: number; ok: boolean };
+  let text: string;
   try {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (ctx.token !== undefined) headers.authorization = `Bearer ${ctx.token}`;
-    const init: RequestInit = { method, headers, signal: AbortSignal.timeout(15_000) };
-    if (body !== undefined) init.body = JSON.stringify(body);
-    response = await fetch(`${ctx.server}${path}`, init);
+    const signal = AbortSignal.timeout(callTimeoutMs);
+    const answer = await apiRequest(`${ctx.server}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), tls: ctx.tls, signal, timeoutMs: callTimeoutMs });
+    text = await readText(answer.body);
+    response = { status: answer.status, ok: answer.status >= 200 && answer.status < 300 };
   } catch (error) {
     throw new CliError(`cannot reach ${ctx.server}: ${(error as Error).message}`);
   }
-  const text = await response.text();
   let parsed: any;
   try {
     parsed = JSON.parse(text);
@@ -112,6 +124,23 @@ function tableSpec(text: string): Record<string, unknown> {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+function env(name: string): string | undefined {
+  const value = process.env[name];
+  return value === '' ? undefined : value;
+}
+
+/** The client side's TLS from --ca, --cert and --key; undefined when none is given. */
+function clientTls(caFile: string | undefined, certFile: string | undefined, keyFile: string | undefined): ApiClientTls | undefined {
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new CliError('--cert and --key go together');
+  if (caFile === undefined) {
+    if (certFile !== undefined) throw new CliError('--cert needs --ca');
+    return undefined;
+  }
+  if (certFile === undefined || keyFile === undefined) return { ca: readCaFile('--ca', caFile) };
+  const material = readTlsMaterial('-', { caFile, certFile, keyFile });
+  return { ca: material.ca, cert: material.cert, key: material.key };
+}
+
 function need(value: string | undefined, what: string): string {
   if (value === undefined || value === '') throw new CliError(`missing ${what}; run "spanfeed cli --help"`);
   return value;
@@ -128,6 +157,9 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
       options: {
         server: { type: 'string' },
         token: { type: 'string' },
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean' },
         id: { type: 'string' },
@@ -154,7 +186,14 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
     return values.help === true ? 0 : 2;
   }
   const token = values.token ?? (process.env.SPANFEED_TOKEN === '' ? undefined : process.env.SPANFEED_TOKEN);
-  const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json === true, out };
+  let tls: ApiClientTls | undefined;
+  try {
+    tls = clientTls(values.ca ?? env('SPANFEED_CA'), values.cert ?? env('SPANFEED_CERT'), values.key ?? env('SPANFEED_KEY'));
+  } catch (error) {
+    process.stderr.write(`spanfeed cli: ${(error as Error).message}\n`);
+    return 2;
+  }
+  const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json === true, out, tls };
   const [noun, verb, arg] = positionals;
   const print = (value: unknown, render: () => string): void => out(ctx.json ? `${JSON.stringify(value)}\n` : render());
   const intervalMs = Number(values['interval-ms'] ?? 500);

@@ -6,11 +6,13 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { apiRequest, readText } from '../api/api-request.ts';
+import type { ApiClientTls } from '../api/api-request.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -40,6 +42,8 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
     try {
       const value = await probe();
       if (value !== undefined) return value;
+      // An answer, though not the awaited one: an earlier error no longer says why.
+      lastError = undefined;
     } catch (error) {
       lastError = error;
     }
@@ -150,6 +154,8 @@ export interface ApiCallOptions {
   readonly body?: unknown;
   readonly raw?: string;
   readonly timeoutMs?: number;
+  /** For an https:// capture: the CA, and a client certificate to show. */
+  readonly tls?: ApiClientTls | undefined;
 }
 
 /** Calls the HTTP API of a capture with a token and headers of the caller's choosing. */
@@ -161,15 +167,25 @@ export async function apiWith<T = any>(options: ApiCallOptions, baseUrl: string,
   const { raw, body } = options;
   if (raw !== undefined) init.body = raw;
   else if (body !== undefined) init.body = JSON.stringify(body);
-  const response = await fetch(`${baseUrl}${path}`, init);
-  const text = await response.text();
+  let status: number;
+  let text: string;
+  if (options.tls !== undefined || baseUrl.startsWith('https:')) {
+    // fetch takes no private CA nor client certificate.
+    const answer = await apiRequest(`${baseUrl}${path}`, { method, headers, body: init.body as string | undefined, tls: options.tls, timeoutMs: options.timeoutMs ?? 10_000 });
+    status = answer.status;
+    text = await readText(answer.body);
+  } else {
+    const response = await fetch(`${baseUrl}${path}`, init);
+    status = response.status;
+    text = await response.text();
+  }
   let parsed: unknown = text;
   try {
     parsed = JSON.parse(text);
   } catch {
     // Not JSON: the test sees the text.
   }
-  return { status: response.status, body: parsed as T };
+  return { status, body: parsed as T };
 }
 
 /**
@@ -223,13 +239,18 @@ export class LocalCapture {
     readonly url: string,
     /** The bearer token this harness reads the capture's status with (started with a token file). */
     readonly token: string | undefined,
+    /** The TLS this harness calls an https capture with. */
+    readonly tls: ApiClientTls | undefined,
   ) {}
 
   /**
    * Starts a capture. Its file sinks may write under `fileSinkRoot`, by default the
    * system's temp dir, where the tests make their sink directories.
    */
-  static async start(etcd: LocalEtcd, options: { cluster: string; leaseTtlS?: number; fileSinkRoot?: string; extraArgs?: string[]; token?: string }): Promise<LocalCapture> {
+  static async start(
+    etcd: LocalEtcd,
+    options: { cluster: string; leaseTtlS?: number; fileSinkRoot?: string; extraArgs?: string[]; token?: string; tls?: { readonly files: { readonly ca: string; readonly cert: string; readonly key: string }; readonly client?: ApiClientTls } },
+  ): Promise<LocalCapture> {
     const httpPort = await freePort();
     const args = [
       join(root, 'bin/spanfeed'), 'server',
@@ -237,10 +258,12 @@ export class LocalCapture {
       '--http', `127.0.0.1:${httpPort}`, '--grpc', '127.0.0.1:0',
       '--lease-ttl-s', String(options.leaseTtlS ?? 3), '--log-level', 'info',
       '--file-sink-root', options.fileSinkRoot ?? tmpdir(),
+      ...(options.tls === undefined ? [] : ['--tls-ca', options.tls.files.ca, '--tls-cert', options.tls.files.cert, '--tls-key', options.tls.files.key]),
       ...(options.extraArgs ?? []),
     ];
     const proc = new Proc(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: root }));
-    const capture = new LocalCapture(proc, `http://127.0.0.1:${httpPort}`, options.token);
+    const tls = options.tls === undefined ? undefined : (options.tls.client ?? { ca: readFileSync(options.tls.files.ca) });
+    const capture = new LocalCapture(proc, `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${httpPort}`, options.token, tls);
     try {
       await capture.refreshId();
     } catch (error) {
@@ -257,14 +280,14 @@ export class LocalCapture {
   /** Reads this capture's current id (a self-fenced capture rejoins with a new one). */
   async refreshId(): Promise<string> {
     this.id = await waitFor('the capture to serve its status', async () => {
-      const answer = await apiWith<{ id: string }>({ token: this.token }, this.url, 'GET', '/api/v1/status');
+      const answer = await apiWith<{ id: string }>({ token: this.token, tls: this.tls }, this.url, 'GET', '/api/v1/status');
       return answer.status === 200 && answer.body.id !== '' ? answer.body.id : undefined;
     });
     return this.id;
   }
 
   async status(): Promise<{ id: string; isOwner: boolean }> {
-    return (await apiWith<{ id: string; isOwner: boolean }>({ token: this.token }, this.url, 'GET', '/api/v1/status')).body;
+    return (await apiWith<{ id: string; isOwner: boolean }>({ token: this.token, tls: this.tls }, this.url, 'GET', '/api/v1/status')).body;
   }
 
   async stop(): Promise<void> {

@@ -15,6 +15,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
 import { ProtocolError, decodeOwnerMessage, encodeCaptureMessage } from './codec.ts';
 import { captureServiceDefinition, keepaliveOptions } from './proto.ts';
+import type { CaptureTls } from '../security/capture-tls.ts';
 
 export type OwnerMessageHandler = (message: OwnerMessage, reply: (report: ReportMessage) => void) => void;
 
@@ -47,8 +48,8 @@ export const captureRpcDefaults: CaptureRpcLimits = {
 export interface CaptureRpcCounters {
   /** A message dropped whole: `malformed` or `too-many-spans`. */
   messageRefused(reason: 'malformed' | 'too-many-spans'): void;
-  /** A connection or stream refused by a per-peer bound. */
-  streamRefused(reason: 'connections-per-peer' | 'streams-per-peer'): void;
+  /** A connection or stream refused by a per-peer bound, or from a peer whose certificate name is not allowed. */
+  streamRefused(reason: 'connections-per-peer' | 'streams-per-peer' | 'peer-name'): void;
 }
 
 const noCounters: CaptureRpcCounters = { messageRefused: () => undefined, streamRefused: () => undefined };
@@ -75,6 +76,8 @@ export class CaptureRpcServer {
     private readonly handler: OwnerMessageHandler,
     limits: Partial<CaptureRpcLimits>,
     private readonly counters: CaptureRpcCounters = noCounters,
+    /** With it, mutual TLS: only peers with a CA-signed certificate (and an allowed name) are served. */
+    private readonly tls?: CaptureTls,
   ) {
     this.limits = { ...captureRpcDefaults, ...limits };
     this.server = new grpc.Server({
@@ -87,7 +90,7 @@ export class CaptureRpcServer {
 
   /** Binds `host:port` (0 picks a port); resolves with the port. */
   listen(host: string, port: number): Promise<number> {
-    const injector = this.server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const injector = this.server.createConnectionInjector(this.tls?.grpcServerCredentials() ?? grpc.ServerCredentials.createInsecure());
     this.injector = injector;
     const listener = createServer((socket) => this.accept(socket, injector));
     this.listener = listener;
@@ -142,6 +145,13 @@ export class CaptureRpcServer {
 
   private connect(stream: grpc.ServerDuplexStream<unknown, unknown>): void {
     const host = peerHost(stream.getPeer());
+    // The handshake checked the chain (a peer without a CA-signed certificate never gets
+    // here); the name is ours to check.
+    if (this.tls !== undefined && !this.tls.isCapture(stream.getAuthContext()?.sslPeerCertificate)) {
+      this.counters.streamRefused('peer-name');
+      stream.emit('error', { code: grpc.status.PERMISSION_DENIED, details: 'the peer certificate has no name in --tls-allowed-names' });
+      return;
+    }
     const peerStreams = this.streamsByPeer.get(host) ?? 0;
     if (peerStreams >= this.limits.streamsPerPeerMax) {
       this.counters.streamRefused('streams-per-peer');

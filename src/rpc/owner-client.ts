@@ -14,6 +14,8 @@ export interface ConnectionOptions {
   readonly reconnectBackoffMaxMs: number;
   /** Messages buffered by a stream that is not draining; more are dropped. */
   readonly sendQueueMax: number;
+  /** TLS (mutual: our certificate shown); undefined: plain text. */
+  readonly credentials?: grpc.ChannelCredentials | undefined;
 }
 
 export class CaptureConnection {
@@ -34,7 +36,7 @@ export class CaptureConnection {
     this.backoffMs = options.reconnectBackoffMinMs;
     // The channel's own reconnect backoff (default 1 s up to 120 s) would otherwise fail
     // our re-opened streams fast long after the capture is back; align it with ours.
-    this.client = new CaptureServiceClient(address, grpc.credentials.createInsecure(), {
+    this.client = new CaptureServiceClient(address, options.credentials ?? grpc.credentials.createInsecure(), {
       ...keepaliveOptions,
       'grpc.initial_reconnect_backoff_ms': options.reconnectBackoffMinMs,
       'grpc.max_reconnect_backoff_ms': options.reconnectBackoffMaxMs,

@@ -18,6 +18,7 @@ import type { Etcd3 } from 'etcd3';
 import { Election, ownerOf } from '../cluster/election.ts';
 import type { OwnerInfo } from '../cluster/election.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
+import { CaptureTls } from '../security/capture-tls.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { clusterKeys } from '../cluster/keys.ts';
 import { ChangefeedCache } from '../cluster/changefeed-cache.ts';
@@ -91,6 +92,8 @@ export class Capture {
   private restarting = false;
   private shuttingDown = false;
   private campaignTimer: NodeJS.Timeout | undefined;
+  /** The TLS of this capture's servers and clients, read at start; undefined: plain text. */
+  tls: CaptureTls | undefined;
   /** Aborts the backoff sleeps of a start that gave up. */
   private readonly startAbort = new AbortController();
   /** Keys under the captures prefix ignored (no lease, invalid), by the revision logged. */
@@ -185,6 +188,13 @@ export class Capture {
     // What is registered is what other captures dial.
     const advertised = (host: string): string => this.config.advertiseHost ?? host;
     const config = this.config;
+    if (config.tls !== undefined) {
+      try {
+        this.tls = CaptureTls.load(config.tls, config.tlsAllowedNames, config.tlsClientRoles);
+      } catch (error) {
+        throw new StartError((error as Error).message, false);
+      }
+    }
     this.rpc = new CaptureRpcServer((message, reply) => this.agents?.handle(message, reply), {
       spansPerMessageMax: config.rpcSpansPerMessageMax,
       messageBytesMax: config.rpcMessageBytesMax,
@@ -194,7 +204,7 @@ export class Capture {
     }, {
       messageRefused: (reason) => this.metrics.rpcMessagesRefused.inc({ reason }),
       streamRefused: (reason) => this.metrics.rpcStreamsRefused.inc({ reason }),
-    });
+    }, this.tls);
     const [grpcHost, grpcPort] = splitHostPort(this.config.grpcAddr);
     let port: number;
     try {
@@ -418,6 +428,7 @@ export class Capture {
         cache: this.changefeedCache,
         resign: () => this.resign(),
         limits: ownerLimits(this.config),
+        grpcCredentials: this.tls?.grpcChannelCredentials(),
         log: this.log.child({ captureId: this.id, component: 'owner' }),
         metrics: this.metrics,
         onStop: () => {

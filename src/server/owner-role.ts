@@ -21,6 +21,7 @@ import type { EtcdSession } from '../cluster/session.ts';
 import type { Metrics } from './metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
+import type * as grpc from '@grpc/grpc-js';
 import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';
 import type { RunCommand, RunOutcome } from '../core/changefeed-run.ts';
 import { describeValue } from '../core/assert.ts';
@@ -143,6 +144,8 @@ export interface OwnerContext {
   readonly resign: () => Promise<void>;
   /** Called once when the owner stops acting (deposed, fenced or resigned). */
   readonly onStop: (reason: string) => void;
+  /** Credentials of the streams to captures (mutual TLS); undefined: plain text. */
+  readonly grpcCredentials?: grpc.ChannelCredentials | undefined;
 }
 
 /**
@@ -326,6 +329,7 @@ export class OwnerRole {
         reconnectBackoffMinMs: limits.reconnectBackoffMinMs,
         reconnectBackoffMaxMs: limits.reconnectBackoffMaxMs,
         sendQueueMax: limits.sendQueueMax,
+        credentials: this.ctx.grpcCredentials,
       });
       this.connections.set(id, { address: record.grpcAddr, connection });
     }

@@ -366,6 +366,13 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
   const tls = tlsFiles(get('tls-ca'), get('tls-cert'), get('tls-key'));
   const tlsAllowedNames = withTls('--tls-allowed-names', get('tls-allowed-names'), tls, (raw) => nameList('--tls-allowed-names', raw));
   const tlsClientRoles = withTls('--tls-client-roles', get('tls-client-roles'), tls, clientRoles);
+  if (tlsClientRoles !== undefined) {
+    // A capture may pass a caller's role on to the owner: an operator's certificate must
+    // never pass for a capture's, so the two name lists must be set and apart.
+    if (tlsAllowedNames === undefined) throw new ConfigError('--tls-client-roles needs --tls-allowed-names (the captures\' names, to tell them from operators)');
+    const both = [...tlsClientRoles.keys()].filter((name) => tlsAllowedNames.has(name));
+    if (both.length > 0) throw new ConfigError(`${both.join(', ')} may not be both in --tls-allowed-names and in --tls-client-roles`);
+  }
   if (authTokenFile === undefined && tlsClientRoles === undefined && !insecure && !isLoopbackAddress(httpAddr)) {
     throw new ConfigError(`--http ${httpAddr} is not a loopback address and no --auth-token-file or --tls-client-roles is set: anyone who reaches it could change the cluster; give one, or --insecure to serve it without auth anyway`);
   }

@@ -6,14 +6,14 @@
  * serve a non-loopback address unasked.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCapture, TestEtcd, apiWith, freePort, waitFor } from './harness.ts';
 import type { ApiAnswer } from './harness.ts';
-import { checkAgainstOpenApi } from './openapi-check.ts';
+import { checkAgainstOpenApi, documentedOperations } from './openapi-check.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `auth${process.pid}`;
@@ -75,37 +75,11 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Every operation of the OpenAPI document, with a concrete path and a body an admin may send. */
-function operations(ownerId: string): { method: string; template: string; path: string; body?: unknown }[] {
-  const doc = JSON.parse(readFileSync(new URL('../../api/openapi.json', import.meta.url), 'utf8')) as { paths: Record<string, Record<string, unknown>> };
-  const bodies: Record<string, unknown> = {
-    'POST /api/v1/changefeeds': { id: 'cf2', source: { uri: 'datagen://?rate=5' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 2 }] },
-    'PUT /api/v1/changefeeds/{id}': { tables: [{ name: 't', spans: 4 }] },
-    'POST /api/v1/changefeeds/{id}/spans/move': { table: 't', start: '', captureId: 'nope' },
-  };
-  const list: { method: string; template: string; path: string; body?: unknown }[] = [];
-  for (const [template, item] of Object.entries(doc.paths)) {
-    for (const method of Object.keys(item)) {
-      if (!['get', 'post', 'put', 'delete'].includes(method)) continue;
-      const upper = method.toUpperCase();
-      // Removes and drains aim at things that do not exist: the answer is the normal 404.
-      const id = template.startsWith('/api/v1/captures') ? 'nope' : upper === 'DELETE' ? 'nope' : 'cf';
-      const path = template.replace('{id}', id);
-      const body = bodies[`${upper} ${template}`];
-      list.push({ method: upper, template, path, ...(body === undefined ? {} : { body }) });
-    }
-  }
-  // The resign goes last: it moves the owner.
-  list.sort((a, b) => Number(a.path === '/api/v1/owner/resign') - Number(b.path === '/api/v1/owner/resign'));
-  expect(ownerId).not.toBe('');
-  return list;
-}
-
 describe('the API with a token file', () => {
   it('answers 401 without a token, 403 to a read token on mutations and the normal answer to an admin, on every endpoint, through the owner and a non-owner', async () => {
     const owning = await owner();
     const other = captures.find((c) => c !== owning) as TestCapture;
-    const ops = operations(owning.id);
+    const ops = documentedOperations();
     expect(ops.length).toBeGreaterThanOrEqual(19);
     const seen: string[] = [];
     for (const capture of [other, owning]) {

@@ -70,3 +70,37 @@ export async function callChecked<T = any>(captures: readonly LocalCapture[], me
   if (last === undefined) throw new Error('no capture answered');
   return last;
 }
+
+/** One operation of the OpenAPI document with a concrete path, and a body an admin may send. */
+export interface DocumentedOperation {
+  readonly method: string;
+  readonly template: string;
+  readonly path: string;
+  readonly body?: unknown;
+}
+
+/**
+ * Every operation of the OpenAPI document, aimed at changefeed `cf` (removes and drains
+ * at things that do not exist, so their answer is the normal 404); the owner's resign
+ * goes last, as it moves the owner.
+ */
+export function documentedOperations(): DocumentedOperation[] {
+  const bodies: Record<string, unknown> = {
+    'POST /api/v1/changefeeds': { id: 'cf2', source: { uri: 'datagen://?rate=5' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 2 }] },
+    'PUT /api/v1/changefeeds/{id}': { tables: [{ name: 't', spans: 4 }] },
+    'POST /api/v1/changefeeds/{id}/spans/move': { table: 't', start: '', captureId: 'nope' },
+  };
+  const list: DocumentedOperation[] = [];
+  for (const [template, item] of Object.entries(doc.paths)) {
+    for (const method of Object.keys(item)) {
+      if (!['get', 'post', 'put', 'delete'].includes(method)) continue;
+      const upper = method.toUpperCase();
+      const id = template.startsWith('/api/v1/captures') ? 'nope' : upper === 'DELETE' ? 'nope' : 'cf';
+      const path = template.replace('{id}', id);
+      const body = bodies[`${upper} ${template}`];
+      list.push({ method: upper, template, path, ...(body === undefined ? {} : { body }) });
+    }
+  }
+  list.sort((a, b) => Number(a.path === '/api/v1/owner/resign') - Number(b.path === '/api/v1/owner/resign'));
+  return list;
+}
