@@ -1,6 +1,11 @@
 # spanfeed capture image: `docker build -t spanfeed .`; runs `spanfeed server` by default.
 FROM node:20-bookworm-slim
 WORKDIR /opt/spanfeed
+# openssl: `spanfeed certs create` (the compose file's certs service) runs it; the slim
+# base image has the library only.
+RUN apt-get update \
+  && apt-get install -y --no-install-recommends openssl \
+  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
 COPY bin ./bin

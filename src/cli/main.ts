@@ -16,6 +16,8 @@ Usage:
   spanfeed server [flags]   start a capture (spanfeed server --help for its flags)
   spanfeed verify [flags]   compare upstream and sink at the checkpoint (spanfeed verify --help)
   spanfeed cli [flags] <noun> <verb>   operate a cluster over its API (spanfeed cli --help)
+  spanfeed certs create --dir D --names a,b   a CA and TLS certificates, with openssl
+                            (spanfeed certs --help)
   spanfeed --help           show this help
   spanfeed --version        print the version
 
@@ -43,6 +45,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (first === 'cli') {
     const { runCli } = await import('./operator.ts');
     return runCli(argv.slice(1));
+  }
+  if (first === 'certs') {
+    const { runCerts } = await import('./certs.ts');
+    return runCerts(argv.slice(1));
   }
   if (first === 'verify') {
     const { runVerify } = await import('./verify.ts');

@@ -3,7 +3,7 @@
  * file's `writer` service.
  */
 import type { Etcd3 } from 'etcd3';
-import { apiWhenOwned } from './local-cluster.ts';
+import { apiWith, waitFor } from './local-cluster.ts';
 
 export const demoTables = ['orders', 'users', 'items'] as const;
 
@@ -20,13 +20,20 @@ export function startDemoWriter(client: Etcd3, perSecond = 20): () => void {
   return () => clearInterval(timer);
 }
 
-/** Creates the `demo` changefeed (etcd source, the given sink); 409 (exists) is fine. */
-export async function createDemoChangefeed(apiUrl: string, etcdEndpoint: string, sinkUri: string): Promise<void> {
-  const created = await apiWhenOwned(apiUrl, 'POST', '/api/v1/changefeeds', {
+/**
+ * Creates the `demo` changefeed (etcd source, the given sink), with `token` when the API
+ * asks for one; 409 (exists) is fine. Waits while no owner answers (503).
+ */
+export async function createDemoChangefeed(apiUrl: string, etcdEndpoint: string, sinkUri: string, token?: string): Promise<void> {
+  const body = {
     id: 'demo',
     source: { uri: `etcd://${etcdEndpoint}` },
     sink: { uri: sinkUri },
     tables: demoTables.map((name) => ({ name, prefix: `demo/${name}/`, spans: 4 })),
-  });
+  };
+  const created = await waitFor('POST /api/v1/changefeeds to be answered by an owner', async () => {
+    const answer = await apiWith({ token, body }, apiUrl, 'POST', '/api/v1/changefeeds');
+    return answer.status === 503 ? undefined : answer;
+  }, 30_000, 50);
   if (created.status !== 201 && created.status !== 409) throw new Error(`creating the demo changefeed failed: ${JSON.stringify(created.body)}`);
 }
