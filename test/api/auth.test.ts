@@ -3,7 +3,7 @@
  * functions: every line a file may hold, every (method, path, token) class.
  */
 import { describe, expect, it } from 'vitest';
-import { TokenFile, TokenFileError, TokenTable, authorize, crossSiteRefusal, isMutating, needsToken } from '../../src/api/auth.ts';
+import { TokenFile, TokenFileError, TokenTable, authorize, crossSiteRefusal, isMutating, needsToken, parseRole } from '../../src/api/auth.ts';
 import { isLoopbackAddress } from '../../src/server/server-config.ts';
 
 const admin = 'admin-token-0123456789';
@@ -84,6 +84,20 @@ describe('authorization', () => {
     }
     // The scheme is case-insensitive (RFC 9110).
     expect(authorize('POST', '/api/v1/owner/resign', `bearer ${admin}`, table)).toEqual({ allow: true, role: 'admin' });
+  });
+
+  it('takes a role vouched for by a client certificate (or a forwarding capture) before a token', () => {
+    const certs = { certificatesConfigured: true };
+    expect(authorize('POST', '/api/v1/changefeeds', undefined, undefined, { ...certs, vouchedRole: 'admin' })).toEqual({ allow: true, role: 'admin' });
+    expect(authorize('POST', '/api/v1/changefeeds', bearer(admin), table, { ...certs, vouchedRole: 'read' })).toMatchObject({ allow: false, status: 403 });
+    expect(authorize('GET', '/api/v1/changefeeds', undefined, undefined, { ...certs, vouchedRole: 'read' })).toEqual({ allow: true, role: 'read' });
+    // Certificates configured, none shown and no token file: 401 naming what is needed.
+    expect(authorize('GET', '/api/v1/changefeeds', undefined, undefined, certs)).toMatchObject({ allow: false, status: 401, message: expect.stringContaining('client certificate') });
+    expect(authorize('GET', '/api/v1/changefeeds', bearer(admin), undefined, certs)).toMatchObject({ allow: false, status: 401 });
+    // Both configured: a token still works without a certificate.
+    expect(authorize('DELETE', '/api/v1/changefeeds/x', bearer(admin), table, certs)).toEqual({ allow: true, role: 'admin' });
+    expect(parseRole('admin')).toBe('admin');
+    for (const odd of [undefined, 'root', ['admin'], 'Admin']) expect(parseRole(odd)).toBeUndefined();
   });
 
   it('leaves the liveness probe and the dashboard page open', () => {
