@@ -345,9 +345,13 @@ export function createCertificates(request: CertsRequest): string[] {
 /** `spanfeed certs <verb>`; returns the exit code. */
 export async function runCerts(argv: readonly string[]): Promise<number> {
   const [verb, ...rest] = argv;
-  if (verb === undefined || verb === '--help' || verb === '-h' || verb === 'help' || rest.includes('--help') || rest.includes('-h')) {
+  if (verb === undefined) {
+    process.stderr.write(certsUsage);
+    return 2;
+  }
+  if (verb === '--help' || verb === '-h' || verb === 'help' || rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(certsUsage);
-    return verb === undefined ? 2 : 0;
+    return 0;
   }
   if (verb !== 'create') {
     process.stderr.write(`spanfeed certs: unknown verb ${JSON.stringify(verb.slice(0, 40))}; run "spanfeed certs --help"\n`);

@@ -136,6 +136,25 @@ describe('spanfeed certs create', () => {
     expect(readdirSync(halfDir)).toEqual(['ca.pem']);
   });
 
+  it('refuses a CA in the directory that is no CA, or that expires before the new certificates would', () => {
+    const shortDir = join(tempRoot, 'short-ca');
+    mkdirSync(shortDir);
+    execFileSync('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', join(shortDir, 'ca-key.pem')], { stdio: 'ignore' });
+    const selfSigned = (days: string, basicConstraints: string): void => {
+      execFileSync('openssl', ['req', '-new', '-x509', '-key', join(shortDir, 'ca-key.pem'), '-subj', '/CN=short', '-days', days, '-addext', `basicConstraints=critical,${basicConstraints}`, '-out', join(shortDir, 'ca.pem')], { stdio: 'ignore' });
+    };
+    selfSigned('10', 'CA:TRUE');
+    const expiring = certs(['create', '--dir', shortDir, '--names', 'x1', '--days', '30']);
+    expect(expiring.status).toBe(1);
+    expect(expiring.stderr).toMatch(/expires on .*before certificates of 30 days would/);
+    expect(certs(['create', '--dir', shortDir, '--names', 'x1', '--days', '5']).status).toBe(0);
+    selfSigned('10', 'CA:FALSE');
+    const notCa = certs(['create', '--dir', shortDir, '--names', 'x2', '--days', '5']);
+    expect(notCa.status).toBe(1);
+    expect(notCa.stderr).toContain('is not a CA certificate');
+    expect(existsSync(join(shortDir, 'x2.pem'))).toBe(false);
+  });
+
   it('refuses bad names, hosts and days (exit 2) and writes nothing', () => {
     const bad: [string[], RegExp][] = [
       [['--names', 'a/b'], /not a certificate name/],
