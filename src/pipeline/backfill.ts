@@ -52,6 +52,19 @@ export interface BackfillLimits {
 export const backfillDefaults: BackfillLimits = { pageKeysMax: 1_000, spansInFlightMax: 4 };
 
 /**
+ * The key range one page of an incremental backfill retires: from just past the page's
+ * lower bound (`afterKey`, or the span's start on the first page) through its last key,
+ * or to the span's end on the last page. Keys in that range the snapshot no longer has
+ * were deleted upstream; the page's own keys are kept (unchanged ones were not copied).
+ * The one definition: the pipeline runner performs it and the simulator checks it.
+ */
+export function incrementalRetireRange(span: Span, afterKey: string | undefined, lastKey: string | undefined, lastPage: boolean): { start: string; end: string } {
+  const start = afterKey === undefined ? span.start : `${afterKey}\u0000`;
+  const end = lastPage || lastKey === undefined ? span.end : `${lastKey}\u0000`;
+  return { start, end };
+}
+
+/**
  * The backfill generation a record belongs to: the table's backfill revision when the
  * record was written (`generation`; records older than that field carry only their
  * `snapshotTs`, which was the generation then). A table backfilled again (resume with

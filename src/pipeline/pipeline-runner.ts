@@ -17,7 +17,7 @@ import { assertNever } from '../core/assert.ts';
 import type { Span } from '../core/span.ts';
 import type { Logger } from '../log.ts';
 import type { BackfillLimits, BackfillStore } from './backfill.ts';
-import { backfillDefaults, fromBackfillProgress, toBackfillProgress } from './backfill.ts';
+import { backfillDefaults, fromBackfillProgress, incrementalRetireRange, toBackfillProgress } from './backfill.ts';
 import type { Sink } from './sink.ts';
 import type { Source } from './source.ts';
 
@@ -236,10 +236,8 @@ export class PipelineRunner {
           // unchanged keys, not copied, stay.
           // Without the page's keys the range cannot be retired safely: fail, never guess.
           if (page.keys === undefined) throw Object.assign(new Error('the source cannot read incremental snapshots'), { retryable: false });
-          const lastKey = page.keys.at(-1);
-          const start = effect.afterKey === undefined ? span.start : `${effect.afterKey}\u0000`;
-          const end = page.nextAfterKey === undefined || lastKey === undefined ? span.end : `${lastKey}\u0000`;
-          await this.sink.retire(span, snapshotTs, { start, end, keep: new Set(page.keys) });
+          const range = incrementalRetireRange(span, effect.afterKey, page.keys.at(-1), page.nextAfterKey === undefined);
+          await this.sink.retire(span, snapshotTs, { ...range, keep: new Set(page.keys) });
         } else if (page.nextAfterKey === undefined) {
           await this.sink.retire(span, snapshotTs);
         }

@@ -20,6 +20,7 @@ import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
+import { incrementalRetireRange } from '../../src/pipeline/backfill.ts';
 
 /** One version of a key: a value, or undefined for a delete. */
 interface Version {
@@ -337,9 +338,8 @@ export class SimPipelines {
         if (since !== undefined) {
           const local = (key: string): string => key.slice(effect.span.table.length + 1);
           const lastKey = page.at(-1)?.[0];
-          const start = effect.afterKey === undefined ? effect.span.start : `${local(effect.afterKey)}\u0000`;
-          const end = last || lastKey === undefined ? effect.span.end : `${local(lastKey)}\u0000`;
-          sink.retire(effect.span, effect.snapshotTs, { start, end, keep: new Set(page.map(([key]) => key)) });
+          const range = incrementalRetireRange(effect.span, effect.afterKey === undefined ? undefined : local(effect.afterKey), lastKey === undefined ? undefined : local(lastKey), last);
+          sink.retire(effect.span, effect.snapshotTs, { ...range, keep: new Set(page.map(([key]) => key)) });
           stats.incrementalPages = (stats.incrementalPages ?? 0) + 1;
         } else if (last) {
           sink.retire(effect.span, effect.snapshotTs);
