@@ -183,7 +183,8 @@ export class ChangefeedService {
         backfill = value === true;
       }
     }
-    if (info.state === 'normal') throw notPaused(info.id);
+    // Asked before the source is (it may be slow): the lifecycle's refusal of a running changefeed.
+    decided(info.id, lifecycle.resume(info.id, viewOf(info), 0n));
     await this.inBounds(info.source.uri, info.sink.uri, info.tables);
     // Asked outside the queue: the source may be slow.
     const atTs = backfill ? await backfillRevision(info) : undefined;
@@ -231,10 +232,6 @@ export class ChangefeedService {
 
 function exists(id: string): ServiceError {
   return new ServiceError('conflict', 'changefeed-exists', `changefeed ${id} already exists`);
-}
-
-function notPaused(id: string): ServiceError {
-  return new ServiceError('conflict', 'not-paused', `changefeed ${id} is running`);
 }
 
 /** A write that did not land: someone changed the changefeed meanwhile, or ownership was lost. */
