@@ -90,7 +90,7 @@ export class Metrics {
     });
     this.rpcStreamsRefused = new Counter({
       name: 'spanfeed_rpc_streams_refused_total',
-      help: 'gRPC connections and streams this capture refused: connections-per-peer, streams-per-peer.',
+      help: 'gRPC connections and streams this capture refused: connections-per-peer, streams-per-peer, peer-name (a certificate without a name in --tls-allowed-names).',
       labelNames: ['reason'],
       registers,
     });
