@@ -127,9 +127,31 @@ export interface ReportMessage {
   readonly collect?: CollectPart;
   /** Spans of this capture retrying a failed step in place, and the latest error. */
   readonly failing?: PipelinesFailing;
+  /** Per-span progress; absent from reports that carry none (a collect part, an old capture). */
+  readonly progress?: ProgressReport;
 }
 
 /** What a capture says of its span pipelines that keep failing (an outage). */
+/** One span's progress, as a capture reports it for the spans it is primary for. */
+export interface SpanProgress {
+  readonly span: Span;
+  readonly checkpointTs: bigint;
+  readonly resolvedTs: bigint;
+  /** Events written a second, over the pipeline's recent past. */
+  readonly eventsPerSecond: number;
+}
+
+/**
+ * Per-span progress carried by a report (display only: the watermark does not use it):
+ * the capture's K slowest primaries and a round-robin slice of the others.
+ */
+export interface ProgressReport {
+  /** The capture's slowest primaries, lowest checkpoint first (at most its K). */
+  readonly slowest: readonly SpanProgress[];
+  /** A round-robin slice of its primaries. */
+  readonly slice: readonly SpanProgress[];
+}
+
 export interface PipelinesFailing {
   readonly spans: number;
   readonly error: string;

@@ -8,7 +8,9 @@ import type {
   MessageHeader,
   OwnerMessage,
   PipelinesFailing,
+  ProgressReport,
   ReportMessage,
+  SpanProgress,
   SpanStatus,
 } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
@@ -223,8 +225,40 @@ export function encodeCaptureMessage(report: ReportMessage): Obj {
       liveness: report.liveness === 'stopping' ? 'LIVENESS_STOPPING' : 'LIVENESS_ALIVE',
       ...(report.collect === undefined ? {} : { collect: { id: String(report.collect.id), part: report.collect.part, parts: report.collect.parts } }),
       ...(report.failing === undefined ? {} : { failingSpans: report.failing.spans, failingError: report.failing.error }),
+      ...(report.progress === undefined ? {} : { hasProgress: true, slowest: report.progress.slowest.map(encodeProgress), progressSlice: report.progress.slice.map(encodeProgress) }),
     },
   };
+}
+
+const encodeProgress = (p: SpanProgress): Obj => ({
+  span: encodeSpan(p.span),
+  checkpointTs: p.checkpointTs.toString(),
+  resolvedTs: p.resolvedTs.toString(),
+  eventsPerSecond: Math.max(0, Math.min(0xffffffff, Math.round(p.eventsPerSecond))),
+});
+
+/**
+ * Progress entries one report may carry; a report with more keeps its statuses and
+ * watermark but loses its progress (display only, so dropping it is safe).
+ */
+export const progressEntriesPerReportMax = 8_192;
+
+/** The report's per-span progress, absent when it has none or too much. */
+function decodeProgress(r: Obj): { progress?: ProgressReport } {
+  if (r.hasProgress !== true) return {};
+  const slowest = list(r.slowest ?? [], 'report.slowest');
+  const slice = list(r.progressSlice ?? [], 'report.progressSlice');
+  if (slowest.length + slice.length > progressEntriesPerReportMax) return {};
+  const one = (raw: unknown, field: string): SpanProgress => {
+    const o = obj(raw, field);
+    return {
+      span: decodeSpan(o.span, `${field}.span`),
+      checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`),
+      resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`),
+      eventsPerSecond: o.eventsPerSecond === undefined || o.eventsPerSecond === null ? 0 : num(o.eventsPerSecond, `${field}.eventsPerSecond`),
+    };
+  };
+  return { progress: { slowest: slowest.map((raw, i) => one(raw, `slowest[${i}]`)), slice: slice.map((raw, i) => one(raw, `progressSlice[${i}]`)) } };
 }
 
 /** The report's failing pipelines, absent when none. */
@@ -252,6 +286,7 @@ export function decodeCaptureMessage(value: unknown): ReportMessage {
     watermark,
     liveness: r.liveness === 'LIVENESS_STOPPING' ? ('stopping' as const) : ('alive' as const),
     ...decodeFailing(r),
+    ...decodeProgress(r),
   };
   if (r.collect === undefined || r.collect === null) return base;
   const c = obj(r.collect, 'report.collect');
