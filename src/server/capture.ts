@@ -18,6 +18,7 @@ import type { Etcd3 } from 'etcd3';
 import { Election, ownerOf } from '../cluster/election.ts';
 import type { OwnerInfo } from '../cluster/election.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
+import { metadataEtcdSecurity } from '../security/etcd-security.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { clusterKeys } from '../cluster/keys.ts';
 import { ChangefeedCache } from '../cluster/changefeed-cache.ts';
@@ -110,8 +111,14 @@ export class Capture {
       malformed.add(key);
       this.log.warn({ key }, 'ignoring a malformed changefeed key');
     });
-    this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000 });
-    this.bounds = { fileSinkRoot: config.fileSinkRoot, allowedEndpoints: config.allowedEndpoints, metadata: metadataEtcd(this.client, config.etcdEndpoints) };
+    // Reads the TLS and password files: a bad one throws an EtcdSecurityError naming its flag.
+    this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000, security: metadataEtcdSecurity(config) });
+    this.bounds = {
+      fileSinkRoot: config.fileSinkRoot,
+      allowedEndpoints: config.allowedEndpoints,
+      metadata: metadataEtcd(this.client, config.etcdEndpoints),
+      credentialsRoot: config.credentialsRoot,
+    };
     this.metrics = new Metrics({
       changefeeds: () =>
         [...(this.ownerRole?.managed.values() ?? [])].map((m) => ({
