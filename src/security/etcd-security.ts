@@ -9,6 +9,8 @@
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import type { EtcdSecurity } from '../cluster/etcd-client.ts';
 import { readPasswordFileSync } from './password-file.ts';
 import { readCaFile } from './tls-files.ts';
@@ -99,4 +101,33 @@ function clientCertificate(files: EtcdSecurityFiles, names: EtcdSecurityNames, n
   }
   if (!new X509Certificate(cert).checkPrivateKey(key)) throw new EtcdSecurityError(`${names.key} ${files.keyFile} is not the key of ${names.cert} ${files.certFile}`);
   return { cert, key: keyPem };
+}
+
+/**
+ * Why a TLS handshake with `endpoint` (`host:port`) fails with `tls`, or undefined when
+ * it succeeds (or does not finish within `timeoutMs`). gRPC reports a refused handshake
+ * only as "No connection established": this says which certificate check failed.
+ */
+export async function tlsHandshakeProblem(endpoint: string, tls: NonNullable<EtcdSecurity['tls']>, timeoutMs = 2_000): Promise<string | undefined> {
+  const match = /^(.*):(\d+)$/.exec(endpoint);
+  if (match === null) return undefined;
+  const host = (match[1] as string).replace(/^\[|\]$/g, '');
+  return new Promise((resolve) => {
+    const socket = connectTls({
+      host,
+      port: Number(match[2]),
+      ca: tls.ca,
+      ...(tls.cert === undefined || tls.key === undefined ? {} : { cert: tls.cert, key: tls.key }),
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ALPNProtocols: ['h2'],
+    });
+    const done = (problem: string | undefined): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(problem);
+    };
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    socket.once('secureConnect', () => done(undefined));
+    socket.once('error', (error: Error) => done(`TLS handshake with etcd ${endpoint} failed: ${error.message}`));
+  });
 }
