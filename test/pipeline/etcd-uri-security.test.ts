@@ -33,6 +33,10 @@ describe('etcd URI security parameters', () => {
     expect(parseEtcdSourceUri('etcd://127.0.0.1:2379?ca=/c/ca.pem').security).toEqual({ caFile: '/c/ca.pem', certFile: undefined, keyFile: undefined, user: undefined, passwordFile: undefined });
     expect(parseEtcdSourceUri('etcd://127.0.0.1:2379?user=u&passwordFile=/c/pw').security).toMatchObject({ caFile: undefined, user: 'u', passwordFile: '/c/pw' });
     expect(parseEtcdSourceUri('etcd://127.0.0.1:2379').security).toBeUndefined();
+    // Several hosts (which a WHATWG URL alone refuses), with parameters.
+    expect(parseEtcdSourceUri(`etcd://h1:2379,h2:2380,h3:2381?${params}`)).toMatchObject({ endpoints: ['h1:2379', 'h2:2380', 'h3:2381'], security });
+    expect(parseEtcdSinkUri(`etcd://h1:2379,h2:2380/mirror/?${params}`)).toMatchObject({ endpoints: ['h1:2379', 'h2:2380'], targetPrefix: 'mirror/', security });
+    expect(() => parseEtcdSourceUri('etcd://u:s3cret@h1:2379,h2:2379')).toThrow(/must not hold a user or password/);
     expect(parseEtcdSinkUri('etcd://127.0.0.1:2379/m/').security).toBeUndefined();
   });
 

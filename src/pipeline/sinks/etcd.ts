@@ -16,7 +16,7 @@ import type { EtcdUriSecurity } from '../etcd-uri-security.ts';
 import { LazyEtcdClient, etcdSecurityParams, parseEtcdUriSecurity } from '../etcd-uri-security.ts';
 import type { RetireScope, Sink, SinkContext } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
-import { BadUriError, intParam, parseUri, rejectUnknownParams } from '../uri.ts';
+import { BadUriError, intParam, parseMultiHostUri, rejectUnknownParams } from '../uri.ts';
 
 export const mirrorRevisionsPrefix = '/spanfeed-mirror-revisions/';
 
@@ -36,7 +36,7 @@ const sinkParams = ['txnsInFlightMax', ...etcdSecurityParams];
 
 /** Parses `etcd://host:port[,host:port...]/<target-prefix>[?param=value...]`. */
 export function parseEtcdSinkUri(uri: string): EtcdSinkOptions {
-  const url = parseUri(uri, ['etcd'], 'sink');
+  const { url } = parseMultiHostUri(uri, 'etcd', 'sink');
   const security = parseEtcdUriSecurity(url, 'sink');
   rejectUnknownParams(url, sinkParams, 'sink');
   const rest = uri.slice('etcd://'.length).split('?')[0] ?? '';

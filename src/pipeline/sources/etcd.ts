@@ -18,7 +18,7 @@ import { spanKey } from '../../core/span.ts';
 import type { EtcdUriSecurity } from '../etcd-uri-security.ts';
 import { LazyEtcdClient, etcdSecurityParams, parseEtcdUriSecurity } from '../etcd-uri-security.ts';
 import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceContext } from '../source.ts';
-import { BadUriError, intParam, parseUri, rejectUnknownParams } from '../uri.ts';
+import { BadUriError, intParam, parseMultiHostUri, rejectUnknownParams } from '../uri.ts';
 
 /** The history a read needs was compacted away. */
 export class CompactedError extends Error {
@@ -52,10 +52,9 @@ const sourceParams = ['bufferedEventsMax', 'progressIntervalMs', 'progress', 'ba
 
 /** Parses an `etcd://host:port[,host:port][?param=value...]` URI. */
 export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
-  const url = parseUri(uri, ['etcd'], 'source');
+  const { url, hosts } = parseMultiHostUri(uri, 'etcd', 'source');
   const security = parseEtcdUriSecurity(url, 'source');
   rejectUnknownParams(url, sourceParams, 'source');
-  const hosts = uri.slice('etcd://'.length).split(/[/?]/)[0] ?? '';
   const endpoints = hosts.split(',').filter((h) => h !== '');
   if (endpoints.length === 0 || !endpoints.every((e) => /^[a-zA-Z0-9.-]+:\d{1,5}$/.test(e))) {
     throw new BadUriError(`source uri ${JSON.stringify(uri)} must be etcd://host:port[,host:port...]`);
