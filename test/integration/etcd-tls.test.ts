@@ -13,6 +13,7 @@
  * - neither etcd password appears in a capture's output or an API answer.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +38,8 @@ let meta: TestEtcd | undefined;
 let up: TestEtcd | undefined;
 let upClient: Etcd3 | undefined;
 const captures: TestCapture[] = [];
+/** `spanfeed server` runs expected to exit; killed in afterAll if one did not. */
+const exiting = new Set<ChildProcess>();
 /** API answers' raw text, grepped for the passwords at the end. */
 const answers: string[] = [];
 
@@ -74,11 +77,13 @@ async function call<T = any>(method: string, path: string, body?: unknown): Prom
 function serverExit(args: string[], timeoutMs = 15_000): Promise<{ status: number | null; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [bin, 'server', '--cluster', cluster, '--http', '127.0.0.1:0', '--grpc', '127.0.0.1:0', '--log-level', 'warn', ...args]);
+    exiting.add(child);
     let output = '';
     child.stdout.on('data', (c: Buffer) => (output += c.toString()));
     child.stderr.on('data', (c: Buffer) => (output += c.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('exit', (status) => {
+      exiting.delete(child);
       clearTimeout(timer);
       resolve({ status, output });
     });
@@ -123,6 +128,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
+  for (const child of exiting) child.kill('SIGKILL');
   await Promise.all(captures.map((c) => c.stop()));
   upClient?.close();
   await Promise.all([meta?.stop(), up?.stop()]);
