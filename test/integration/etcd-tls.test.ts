@@ -9,7 +9,8 @@
  * - a capture with the wrong CA, a wrong password, an empty password file or no password
  *   file fails to start with a message that says why, and a non-zero exit code;
  * - URIs naming a file outside --credentials-root (absolute, `..`, a symlink out) or
- *   holding a password are refused with 400 at create, and nothing is created;
+ *   holding a password are refused with 400 at create, and nothing is created; one
+ *   written into etcd by hand fails the changefeed with the reason when it is opened;
  * - neither etcd password appears in a capture's output or an API answer.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -20,6 +21,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clusterKeys } from '../../src/cluster/keys.ts';
 import type { ChangefeedView } from './harness.ts';
 import { TestCapture, TestEtcd, api, waitFor } from './harness.ts';
 import type { TestCerts } from './test-certs.ts';
@@ -220,6 +222,23 @@ describe('etcd over TLS with client certificates and user/password', () => {
     }
     const list = await call<{ id: string }[]>('GET', '/api/v1/changefeeds');
     expect(list.body.map((c) => c.id).sort()).toEqual(['to-etcd', 'to-file']);
+  });
+
+  it('fails a hand-written changefeed whose URI names a file outside --credentials-root, reading nothing', async () => {
+    const metaClient = (meta as TestEtcd).connect();
+    try {
+      const source = `etcd://${(up as TestEtcd).endpoint}?${upParams({ passwordFile: join(base, 'meta-password') })}`;
+      const info = { id: 'by-hand', source: { uri: source }, sink: { uri: `file://${sinkRoot}/by-hand` }, tables: [{ name: 'h', prefix: 'up/h/' }], start: 'now', startTs: '1', state: 'normal', epoch: String(Date.now()), createdAt: new Date().toISOString() };
+      await metaClient.put(clusterKeys(cluster).changefeedInfo('by-hand')).value(JSON.stringify(info));
+      const error = await waitFor('changefeed by-hand to fail', async () => {
+        const answer = await call<{ state: string; error?: string }>('GET', '/api/v1/changefeeds/by-hand');
+        return answer.status === 200 && answer.body.state === 'failed' ? (answer.body.error ?? '') : undefined;
+      }, 30_000);
+      expect(error).toMatch(/parameter passwordFile .*meta-password is outside --credentials-root/);
+      expect((await call('DELETE', '/api/v1/changefeeds/by-hand')).status).toBe(200);
+    } finally {
+      metaClient.close();
+    }
   });
 
   it('no etcd password is in a capture log or an API answer', async () => {
