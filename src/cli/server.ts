@@ -7,6 +7,7 @@ import { createRootLogger } from '../log.ts';
 import { TokenFile, TokenFileError } from '../api/auth.ts';
 import { HttpApi } from '../api/http-api.ts';
 import { Capture } from '../server/capture.ts';
+import { EtcdSecurityError } from '../security/etcd-security.ts';
 import { ConfigError, isLoopbackAddress, parseServerConfig, serverUsage } from '../server/server-config.ts';
 
 /** What a shutdown may take beyond its drain wait before the process exits anyway. */
@@ -57,7 +58,18 @@ export async function runServer(argv: readonly string[], version: string): Promi
   } else if (!isLoopbackAddress(config.httpAddr)) {
     log.warn({ httpAddr: config.httpAddr }, 'http api serves without tokens on an address other than loopback (--insecure)');
   }
-  const capture = new Capture(config, version, log, (c) => new HttpApi(c, { tokens }));
+  let capture: Capture;
+  try {
+    capture = new Capture(config, version, log, (c) => new HttpApi(c, { tokens }));
+  } catch (error) {
+    // A metadata etcd TLS or password file that cannot be used: a bad config, like a bad flag.
+    if (error instanceof EtcdSecurityError) {
+      log.fatal({ err: error }, 'capture failed to start');
+      process.stderr.write(`spanfeed server: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
   try {
     await capture.start();
   } catch (error) {

@@ -6,6 +6,7 @@
  *   spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
  *   spanfeed verify --source <uri> --sink <uri> --tables '<json table list>' --at <ts>
  */
+import { resolve } from 'node:path';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
@@ -16,9 +17,18 @@ import { RetentionHorizonError, verify } from '../verify/verifier.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
 import { backfillKey, isOfGeneration } from '../pipeline/backfill.ts';
 import { redactSecrets } from '../pipeline/redact.ts';
+import type { EtcdSecurity } from '../cluster/etcd-client.ts';
+import { metadataEtcdSecurity } from '../security/etcd-security.ts';
+import { serverDefaults } from '../server/server-config.ts';
 
-export const verifyUsage = `spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>]
+export const verifyUsage = `spanfeed verify --changefeed <id> [--etcd host:port,...] [--cluster <id>] [etcd flags]
 spanfeed verify --source <uri> --sink <uri> --tables '<json>' --at <ts>
+
+The cluster's etcd takes the flags of spanfeed server: --etcd (host:port or
+https://host:port), --etcd-ca, --etcd-cert, --etcd-key, --etcd-user,
+--etcd-password-file. Files the source and sink URIs name (ca, cert, key,
+passwordFile) must lie under --credentials-root <dir> (default
+./spanfeed-credentials), as on a capture.
 
 Compares the upstream tables at the changefeed's persisted checkpoint (or --at) with
 what the sink holds at that ts, and prints {"atTs","tables","tablesPending",
@@ -65,8 +75,8 @@ type VerifyValues = Record<string, string | boolean | undefined>;
 async function readChangefeedTarget(values: VerifyValues): Promise<VerifyTarget> {
   const id = validateId(values.changefeed, '--changefeed');
   const keys = clusterKeys(typeof values.cluster === 'string' ? values.cluster : 'default');
-  const endpoints = (typeof values.etcd === 'string' ? values.etcd : '127.0.0.1:2379').split(',');
-  const client = createEtcdClient({ endpoints, callTimeoutMs: 10_000 });
+  const { endpoints, security } = metadataEtcdOf(values);
+  const client = createEtcdClient({ endpoints, callTimeoutMs: 10_000, security });
   try {
     const info = await client.get(keys.changefeedInfo(id)).string();
     const status = await client.get(keys.changefeedStatus(id)).string();
@@ -84,6 +94,31 @@ async function readChangefeedTarget(values: VerifyValues): Promise<VerifyTarget>
   } finally {
     client.close();
   }
+}
+
+function flag(values: VerifyValues, name: string): string | undefined {
+  const value = values[name];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value === '') throw new ValidationError(`--${name} needs a value`);
+  return value;
+}
+
+/** The cluster's etcd from `--etcd` and the `--etcd-*` flags, read as spanfeed server reads them. */
+function metadataEtcdOf(values: VerifyValues): { endpoints: string[]; security: EtcdSecurity | undefined } {
+  const endpoints = (flag(values, 'etcd') ?? '127.0.0.1:2379').split(',').map((e) => e.trim());
+  const https = endpoints.filter((e) => e.startsWith('https://')).length;
+  if (https > 0 && https < endpoints.length) throw new ValidationError('--etcd endpoints must be all https:// or none');
+  const ca = flag(values, 'etcd-ca');
+  if (https > 0 && ca === undefined) throw new ValidationError("--etcd https:// endpoints need --etcd-ca (the CA of etcd's server certificate)");
+  const cert = flag(values, 'etcd-cert');
+  const key = flag(values, 'etcd-key');
+  const passwordFile = flag(values, 'etcd-password-file');
+  const security = metadataEtcdSecurity({
+    etcdTls: ca === undefined ? undefined : { caFile: resolve(ca), certFile: cert === undefined ? undefined : resolve(cert), keyFile: key === undefined ? undefined : resolve(key) },
+    etcdUser: flag(values, 'etcd-user'),
+    etcdPasswordFile: passwordFile === undefined ? undefined : resolve(passwordFile),
+  });
+  return { endpoints: endpoints.map((e) => e.replace(/^https?:\/\//, '')), security };
 }
 
 /** `--source`, `--sink`, `--tables` and `--at` as given. */
@@ -108,6 +143,12 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
       options: {
         changefeed: { type: 'string' },
         etcd: { type: 'string' },
+        'etcd-ca': { type: 'string' },
+        'etcd-cert': { type: 'string' },
+        'etcd-key': { type: 'string' },
+        'etcd-user': { type: 'string' },
+        'etcd-password-file': { type: 'string' },
+        'credentials-root': { type: 'string' },
         cluster: { type: 'string' },
         source: { type: 'string' },
         sink: { type: 'string' },
@@ -126,6 +167,7 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
     return 0;
   }
   try {
+    const credentialsRoot = resolve(flag(values, 'credentials-root') ?? serverDefaults.credentialsRoot);
     // With retention, the file sink may retire files past the checkpoint read a moment
     // before (the checkpoint moved on meanwhile): read it again and verify there.
     for (let attempt = 1; ; attempt++) {
@@ -137,7 +179,7 @@ export async function runVerify(argv: readonly string[]): Promise<number> {
       const { tables } = changefeedSpans({ tables: target.tableSpecs.filter((t) => !pending.includes(t)) });
       let result;
       try {
-        result = await verify(target.sourceUri, target.sinkUri, tables, atTs);
+        result = await verify(target.sourceUri, target.sinkUri, tables, atTs, { credentialsRoot });
       } catch (error) {
         if (error instanceof RetentionHorizonError && typeof values.changefeed === 'string' && attempt < horizonAttemptsMax) {
           await sleepFor(horizonRetryMs);

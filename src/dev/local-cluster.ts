@@ -7,12 +7,17 @@
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { apiRequest, readText } from '../api/api-request.ts';
 import type { ApiClientTls } from '../api/api-request.ts';
+import type { Etcd3 } from 'etcd3';
+import { Range } from 'etcd3';
+import type { EtcdSecurity } from '../cluster/etcd-client.ts';
+import { createEtcdClient } from '../cluster/etcd-client.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -88,21 +93,68 @@ class Proc {
   }
 }
 
+/**
+ * How a {@link LocalEtcd} is secured. `tls`: clients dial https with `ca` trusted and
+ * `cert`/`key` as the server's certificate; with `clientCert`, etcd also asks every
+ * client for a certificate the CA signed (`--client-cert-auth`), and the LocalEtcd uses
+ * that one itself. `auth`: etcd's user/password auth is enabled with a root user and
+ * `user`, whose role may read and write every key.
+ */
+export interface LocalEtcdOptions {
+  readonly tls?: {
+    readonly caFile: string;
+    readonly certFile: string;
+    readonly keyFile: string;
+    readonly clientCert?: { readonly certFile: string; readonly keyFile: string };
+  };
+  readonly auth?: { readonly user: string; readonly password: string; readonly rootPassword: string };
+}
+
 /** A single-node etcd in a temp dir. */
 export class LocalEtcd {
   private constructor(
+    /** `host:port`, also over https. */
     readonly endpoint: string,
     private readonly proc: Proc,
     private readonly dataDir: string,
+    readonly options: LocalEtcdOptions,
   ) {}
 
-  static async start(): Promise<LocalEtcd> {
+  /** True when clients dial it over https. */
+  get https(): boolean {
+    return this.options.tls !== undefined;
+  }
+
+  /** True when it asks clients for a certificate. */
+  get clientCertAuth(): boolean {
+    return this.options.tls?.clientCert !== undefined;
+  }
+
+  /** True when user/password auth is enabled. */
+  get authEnabled(): boolean {
+    return this.options.auth !== undefined;
+  }
+
+  /** What its output said so far (warnings and errors). */
+  get output(): string {
+    return this.proc.output;
+  }
+
+  static async start(options: LocalEtcdOptions = {}): Promise<LocalEtcd> {
     ensureEtcd();
     const dataDir = mkdtempSync(join(tmpdir(), 'spanfeed-etcd-'));
     const clientPort = await freePort();
     const peerPort = await freePort();
-    const client = `http://127.0.0.1:${clientPort}`;
+    const tls = options.tls;
+    const client = `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${clientPort}`;
     const peer = `http://127.0.0.1:${peerPort}`;
+    const tlsArgs =
+      tls === undefined
+        ? []
+        : [
+            '--cert-file', tls.certFile, '--key-file', tls.keyFile,
+            ...(tls.clientCert === undefined ? [] : ['--client-cert-auth', '--trusted-ca-file', tls.caFile]),
+          ];
     const proc = new Proc(
       spawn(
         'etcd',
@@ -115,18 +167,75 @@ export class LocalEtcd {
           '--logger', 'zap', '--log-level', 'warn', '--heartbeat-interval=10', '--election-timeout=100',
           // Frequent per-watcher progress: the etcd source's resolved-ts for idle spans.
           '--experimental-watch-progress-notify-interval=100ms',
+          ...tlsArgs,
         ],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       ),
     );
-    const etcd = new LocalEtcd(`127.0.0.1:${clientPort}`, proc, dataDir);
+    const etcd = new LocalEtcd(`127.0.0.1:${clientPort}`, proc, dataDir, options);
     try {
-      await waitFor('etcd to answer', async () => ((await fetch(`${client}/health`)).ok ? true : undefined), 10_000);
+      await waitFor('etcd to answer', () => etcd.healthy(), 10_000);
+      if (options.auth !== undefined) await etcd.enableAuth(options.auth);
     } catch (error) {
       await etcd.stop();
       throw new Error(`${(error as Error).message}\n${proc.output}`);
     }
     return etcd;
+  }
+
+  /**
+   * The security a client of this etcd needs: its CA and client certificate, and the
+   * user's password (`withoutUser`: none, while auth is being set up).
+   */
+  security(withoutUser = false): EtcdSecurity | undefined {
+    const asUser = withoutUser ? undefined : this.options.auth;
+    const tls = this.options.tls;
+    const clientCert = tls?.clientCert;
+    const tlsPart =
+      tls === undefined
+        ? undefined
+        : { ca: readFileSync(tls.caFile), ...(clientCert === undefined ? {} : { cert: readFileSync(clientCert.certFile), key: readFileSync(clientCert.keyFile) }) };
+    if (tlsPart === undefined && asUser === undefined) return undefined;
+    return { ...(tlsPart === undefined ? {} : { tls: tlsPart }), ...(asUser === undefined ? {} : { auth: { user: asUser.user, password: asUser.password } }) };
+  }
+
+  /** A client of this etcd, as the auth user when auth is on. */
+  connect(): Etcd3 {
+    return createEtcdClient({ endpoints: [this.endpoint], callTimeoutMs: 5_000, security: this.security() });
+  }
+
+  /** `/health` answers ok (over https with the CA and client certificate when set). */
+  private async healthy(): Promise<true | undefined> {
+    const tls = this.options.tls;
+    if (tls === undefined) return (await fetch(`http://${this.endpoint}/health`)).ok ? true : undefined;
+    const options = { ca: readFileSync(tls.caFile), ...(tls.clientCert === undefined ? {} : { cert: readFileSync(tls.clientCert.certFile), key: readFileSync(tls.clientCert.keyFile) }) };
+    return new Promise((resolve, reject) => {
+      // servername: SNI takes no address; the certificate names localhost too.
+      const request = httpsGet(`https://${this.endpoint}/health`, { ...options, servername: 'localhost', timeout: 2_000 }, (response) => {
+        response.resume();
+        resolve(response.statusCode === 200 ? true : undefined);
+      });
+      request.on('timeout', () => request.destroy(new Error('no answer')));
+      request.on('error', reject);
+    });
+  }
+
+  /** Creates the root user and `auth.user` (read and write on every key), then enables auth. */
+  private async enableAuth(auth: NonNullable<LocalEtcdOptions['auth']>): Promise<void> {
+    const admin = createEtcdClient({ endpoints: [this.endpoint], callTimeoutMs: 5_000, security: this.security(true) });
+    try {
+      await admin.role('root').create();
+      await admin.user('root').create(auth.rootPassword);
+      await admin.user('root').addRole('root');
+      const role = await admin.role('spanfeed-readwrite').create();
+      // Key "\0" to range end "\0": every key.
+      await role.grant({ permission: 'Readwrite', range: new Range(Buffer.from([0]), Buffer.from([0])) });
+      await admin.user(auth.user).create(auth.password);
+      await admin.user(auth.user).addRole(role);
+      await admin.auth.authEnable();
+    } finally {
+      admin.close();
+    }
   }
 
   async stop(): Promise<void> {

@@ -11,17 +11,22 @@
  *   the same etcd cluster id) may not read or write keys under {@link metadataPrefix}.
  * - With `--allowed-endpoints`, etcd and PostgreSQL sources and sinks may reach only the
  *   hosts it lists.
+ * - Files a URI names (etcd `ca`, `cert`, `key`, `passwordFile`; postgres `passwordFile`)
+ *   must be regular files under `--credentials-root`, checked like the file sink's
+ *   directory ({@link checkCredentialFile}): a URI cannot make a capture read, and send
+ *   to a host of the URI's choosing, any other file it can read.
  *
  * The checks run when a changefeed is created or updated (a {@link BoundsError} is a 400
  * there) and again when a capture opens the changefeed's source and sink (see
  * `registry.ts`): a changefeed stored before, or written into etcd by hand, fails with
  * the reason instead of escaping.
  */
-import { lstat, mkdir, realpath } from 'node:fs/promises';
+import { lstat, mkdir, realpath, stat } from 'node:fs/promises';
 import { BlockList, isIP } from 'node:net';
 import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { prefixEnd } from '../core/span.ts';
+import type { EtcdSecurity } from '../cluster/etcd-client.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import { redactUri } from './redact.ts';
 
@@ -58,6 +63,8 @@ export interface PipelineBounds {
   /** Hosts etcd and PostgreSQL sources and sinks may reach; undefined: any. */
   readonly allowedEndpoints: AllowedEndpoints | undefined;
   readonly metadata: MetadataEtcd;
+  /** Absolute: files a source or sink URI names (`ca`, `cert`, `key`, `passwordFile`) lie under it. */
+  readonly credentialsRoot: string;
 }
 
 // ---- pure checks ----
@@ -208,6 +215,52 @@ export async function fileSinkRootReal(root: string): Promise<string> {
 }
 
 /**
+ * `target` (absolute, normalised) with every existing part resolved: the realpath of its
+ * deepest existing ancestor joined with the missing rest. Throws a {@link BoundsError}
+ * (`what` names the path in it) when it is reached through a dangling symlink.
+ */
+async function resolveExisting(target: string, what: string): Promise<string> {
+  const rest: string[] = [];
+  let existing = target;
+  for (;;) {
+    try {
+      return join(await realpath(existing), ...rest);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new BoundsError(`${what} ${target} cannot be checked: ${(error as Error).message}`, true, { cause: error });
+      // A symlink whose target is missing: mkdir would follow it wherever it points.
+      const isLink = await lstat(existing).then((s) => s.isSymbolicLink(), () => false);
+      if (isLink) throw new BoundsError(`${what} ${target} goes through the dangling symlink ${existing}`);
+      if (dirname(existing) === existing) throw new BoundsError(`${what} ${target} has no existing ancestor`);
+      rest.unshift(basename(existing));
+      existing = dirname(existing);
+    }
+  }
+}
+
+/**
+ * The realpath of `path` once it is known to stay under `rootReal` (a realpath): refuses
+ * (a {@link BoundsError}) a relative path, one under /proc, /sys or /dev as written or
+ * as resolved, one outside the root as resolved (a symlink inside the root pointing out
+ * of it does not escape) and a dangling symlink on the way. `what` names the path in the
+ * messages ("file sink directory"), `rootOption` the root ("--file-sink-root").
+ */
+export async function resolveUnderRoot(path: string, rootReal: string, what: string, rootOption: string): Promise<string> {
+  if (!isAbsolute(path)) throw new BoundsError(`${what} ${JSON.stringify(path)} must be absolute`);
+  const target = resolve(path);
+  const tree = forbiddenTreeOf(target);
+  if (tree !== undefined) throw new BoundsError(`${what} ${target} is under ${tree}, which is never allowed`);
+  const resolved = await resolveExisting(target, what);
+  const resolvedTree = forbiddenTreeOf(resolved);
+  if (resolvedTree !== undefined) throw new BoundsError(`${what} ${target} resolves to ${resolved}, under ${resolvedTree}, which is never allowed`);
+  if (!isUnder(resolved, rootReal)) {
+    const via = resolved === target ? '' : ` (it resolves to ${resolved})`;
+    throw new BoundsError(`${what} ${target} is outside ${rootOption} ${rootReal}${via}`);
+  }
+  return resolved;
+}
+
+/**
  * The directory the file sink at `dir` would write to, with every existing part
  * resolved; throws a {@link BoundsError} when it is not under `root` (after resolving
  * the root's own realpath), is under /proc, /sys or /dev, or is reached through a
@@ -215,47 +268,39 @@ export async function fileSinkRootReal(root: string): Promise<string> {
  */
 export async function checkFileSinkDir(dir: string, root: string): Promise<string> {
   if (!isAbsolute(dir)) throw new BoundsError(`file sink directory ${JSON.stringify(dir)} must be absolute`);
-  const target = resolve(dir);
-  const tree = forbiddenTreeOf(target);
-  if (tree !== undefined) throw new BoundsError(`file sink directory ${target} is under ${tree}, where no sink may write`);
-  const rootReal = await fileSinkRootReal(root);
-  const rest: string[] = [];
-  let existing = target;
-  let real: string;
-  for (;;) {
-    try {
-      real = await realpath(existing);
-      break;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new BoundsError(`file sink directory ${target} cannot be checked: ${(error as Error).message}`, true, { cause: error });
-      // A symlink whose target is missing: mkdir would follow it wherever it points.
-      const isLink = await lstat(existing).then((s) => s.isSymbolicLink(), () => false);
-      if (isLink) throw new BoundsError(`file sink directory ${target} goes through the dangling symlink ${existing}`);
-      if (dirname(existing) === existing) throw new BoundsError(`file sink directory ${target} has no existing ancestor`);
-      rest.unshift(basename(existing));
-      existing = dirname(existing);
-    }
+  return resolveUnderRoot(dir, await fileSinkRootReal(root), 'file sink directory', '--file-sink-root');
+}
+
+/**
+ * The realpath of a credential file a source or sink URI names (`ca`, `cert`, `key`,
+ * `passwordFile`), once it is known to be an existing regular file under
+ * `--credentials-root` (see {@link resolveUnderRoot}); throws a {@link BoundsError}
+ * naming the URI parameter. The root is not created: a missing root holds no file.
+ */
+export async function checkCredentialFile(path: string, root: string, parameter: string): Promise<string> {
+  let rootReal: string;
+  try {
+    rootReal = await realpath(root);
+  } catch (error) {
+    throw new BoundsError(`parameter ${parameter}=${path} cannot be used: --credentials-root ${root} cannot be resolved: ${(error as Error).message}`, false, { cause: error });
   }
-  const resolved = join(real, ...rest);
-  const resolvedTree = forbiddenTreeOf(resolved);
-  if (resolvedTree !== undefined) throw new BoundsError(`file sink directory ${target} resolves to ${resolved}, under ${resolvedTree}, where no sink may write`);
-  if (!isUnder(resolved, rootReal)) {
-    const via = resolved === target ? '' : ` (it resolves to ${resolved})`;
-    throw new BoundsError(`file sink directory ${target} is outside --file-sink-root ${rootReal}${via}`);
-  }
-  return resolved;
+  const real = await resolveUnderRoot(path, rootReal, `parameter ${parameter}`, '--credentials-root');
+  const stats = await stat(real).catch((error: unknown) => {
+    throw new BoundsError(`parameter ${parameter}=${path} cannot be read: ${(error as Error).message}`, false, { cause: error });
+  });
+  if (!stats.isFile()) throw new BoundsError(`parameter ${parameter}=${path} is not a regular file`);
+  return real;
 }
 
 /**
  * True when `endpoints` are the metadata etcd: an endpoint in common, or the same etcd
- * cluster id. Throws a retryable {@link BoundsError} when either cannot be asked.
+ * cluster id (asked with the source's or sink's own `security`). Throws a retryable {@link BoundsError} when either cannot be asked.
  */
-export async function isMetadataEtcd(endpoints: readonly string[], metadata: MetadataEtcd): Promise<boolean> {
+export async function isMetadataEtcd(endpoints: readonly string[], metadata: MetadataEtcd, security?: EtcdSecurity): Promise<boolean> {
   if (endpointsOverlap(endpoints, metadata.endpoints)) return true;
   let client: Etcd3 | undefined;
   try {
-    client = createEtcdClient({ endpoints, callTimeoutMs: 3_000 });
+    client = createEtcdClient({ endpoints, callTimeoutMs: 3_000, security });
     const [theirs, ours] = await Promise.all([client.maintenance.status().then((s) => s.header.cluster_id), metadata.clusterId()]);
     return theirs === ours;
   } catch (error) {

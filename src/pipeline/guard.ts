@@ -1,5 +1,6 @@
 /**
- * The bounds of `bounds.ts` applied to a changefeed's source and sink URIs: once when a
+ * The bounds of `bounds.ts` applied to a changefeed's source and sink URIs (endpoints, the
+ * metadata etcd, the file sink's root, credential files under `--credentials-root`): once when a
  * changefeed is created or updated ({@link checkChangefeedBounds}), and again by the
  * capture that opens them ({@link GuardedSource}, {@link GuardedSink}): before the first
  * call reaches the real source or sink, and for every span it is given. A URI outside
@@ -8,7 +9,9 @@
  */
 import type { Span } from '../core/span.ts';
 import type { PipelineBounds } from './bounds.ts';
-import { BoundsError, checkEndpointsAllowed, checkFileSinkDir, checkMirrorRange, checkSourceRange, isMetadataEtcd, splitEndpoint, tableNameProblem } from './bounds.ts';
+import { BoundsError, checkCredentialFile, checkEndpointsAllowed, checkFileSinkDir, checkMirrorRange, checkSourceRange, isMetadataEtcd, splitEndpoint, tableNameProblem } from './bounds.ts';
+import type { EtcdUriSecurity } from './etcd-uri-security.ts';
+import { loadEtcdUriSecurity } from './etcd-uri-security.ts';
 import type { RetireScope, Sink } from './sink.ts';
 import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source } from './source.ts';
 import { parseEtcdSinkUri } from './sinks/etcd.ts';
@@ -34,9 +37,11 @@ function schemeOf(uri: string): string {
  */
 export type Unreachable = 'fail' | 'allow';
 
-async function metadataOrUnknown(endpoints: readonly string[], bounds: PipelineBounds, unreachable: Unreachable): Promise<boolean> {
+async function metadataOrUnknown(endpoints: readonly string[], bounds: PipelineBounds, unreachable: Unreachable, security: EtcdUriSecurity): Promise<boolean> {
+  // Before anything is dialled: the credential files must be under --credentials-root.
+  const loaded = await loadEtcdUriSecurity(security, bounds.credentialsRoot);
   try {
-    return await isMetadataEtcd(endpoints, bounds.metadata);
+    return await isMetadataEtcd(endpoints, bounds.metadata, loaded);
   } catch (error) {
     if (unreachable === 'allow' && error instanceof BoundsError && error.retryable) return false;
     throw error;
@@ -52,9 +57,9 @@ export type RangeCheck = (range: KeyRange) => void;
  */
 export async function checkSourceUri(uri: string, bounds: PipelineBounds, unreachable: Unreachable = 'fail'): Promise<RangeCheck> {
   if (schemeOf(uri) !== 'etcd') return () => undefined;
-  const { endpoints } = parseEtcdSourceUri(uri);
+  const { endpoints, security } = parseEtcdSourceUri(uri);
   checkEndpointsAllowed(bounds.allowedEndpoints, endpoints.map((e) => splitEndpoint(e, 2379)), 'the source');
-  if (!(await metadataOrUnknown(endpoints, bounds, unreachable))) return () => undefined;
+  if (!(await metadataOrUnknown(endpoints, bounds, unreachable, security))) return () => undefined;
   return (range) => checkSourceRange(uri, range);
 }
 
@@ -71,16 +76,19 @@ export async function checkSinkUri(uri: string, bounds: PipelineBounds, unreacha
     case 'etcd': {
       const options = parseEtcdSinkUri(uri);
       checkEndpointsAllowed(bounds.allowedEndpoints, options.endpoints.map((e) => splitEndpoint(e, 2379)), 'the sink');
-      if (!(await metadataOrUnknown(options.endpoints, bounds, unreachable))) return tableNames;
+      if (!(await metadataOrUnknown(options.endpoints, bounds, unreachable, options.security))) return tableNames;
       return (range) => {
         tableNames(range);
         checkMirrorRange(uri, options.targetPrefix, range);
       };
     }
     case 'postgres':
-    case 'postgresql':
-      checkEndpointsAllowed(bounds.allowedEndpoints, [postgresEndpoint(parsePostgresSinkUri(uri))], 'the sink');
+    case 'postgresql': {
+      const options = parsePostgresSinkUri(uri);
+      checkEndpointsAllowed(bounds.allowedEndpoints, [postgresEndpoint(options)], 'the sink');
+      if (options.passwordFile !== undefined) await checkCredentialFile(options.passwordFile, bounds.credentialsRoot, 'passwordFile');
       return tableNames;
+    }
     default:
       return tableNames;
   }

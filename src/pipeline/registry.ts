@@ -6,7 +6,7 @@ import { BlackholeSink, parseBlackholeUri } from './sinks/blackhole.ts';
 import { EtcdSink, parseEtcdSinkUri } from './sinks/etcd.ts';
 import { FileSink, parseFileSinkUri } from './sinks/file.ts';
 import { PostgresSink, parsePostgresSinkUri } from './sinks/postgres.ts';
-import type { Source } from './source.ts';
+import type { Source, SourceContext } from './source.ts';
 import { DatagenSource, parseDatagenUri } from './sources/datagen.ts';
 import { EtcdSource, parseEtcdSourceUri } from './sources/etcd.ts';
 import { BadUriError } from './uri.ts';
@@ -15,15 +15,15 @@ import { FailedEndpoint, GuardedSink, GuardedSource } from './guard.ts';
 
 const sources = {
   datagen: (uri: string): Source => new DatagenSource(parseDatagenUri(uri)),
-  etcd: (uri: string): Source => new EtcdSource(parseEtcdSourceUri(uri)),
+  etcd: (uri: string, context?: SourceContext): Source => new EtcdSource(parseEtcdSourceUri(uri), context),
 } as const;
 
 const sinks = {
   blackhole: (uri: string): Sink => new BlackholeSink(parseBlackholeUri(uri)),
   file: (uri: string, context?: SinkContext): Sink => new FileSink(parseFileSinkUri(uri), context),
-  etcd: (uri: string): Sink => new EtcdSink(parseEtcdSinkUri(uri)),
-  postgres: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
-  postgresql: (uri: string): Sink => new PostgresSink(parsePostgresSinkUri(uri)),
+  etcd: (uri: string, context?: SinkContext): Sink => new EtcdSink(parseEtcdSinkUri(uri), context),
+  postgres: (uri: string, context?: SinkContext): Sink => new PostgresSink(parsePostgresSinkUri(uri), context),
+  postgresql: (uri: string, context?: SinkContext): Sink => new PostgresSink(parsePostgresSinkUri(uri), context),
 } as const;
 
 const sourceValidators: Record<string, (uri: string) => unknown> = { datagen: parseDatagenUri, etcd: parseEtcdSourceUri };
@@ -59,8 +59,12 @@ export function validateSinkUri(uri: string): void {
   sinkValidators[schemeOf(uri)]?.(uri);
 }
 
-export function openSource(uri: string): Source {
-  return pick(sources, uri, 'source')(uri);
+/**
+ * Opens a source; `context.credentialsRoot` bounds the files its URI names (without it
+ * the URI may name none).
+ */
+export function openSource(uri: string, context: SourceContext = {}): Source {
+  return pick<Source, SourceContext>(sources, uri, 'source')(uri, context);
 }
 
 export function openSink(uri: string, context: SinkContext = {}): Sink {
@@ -74,7 +78,7 @@ export function openSink(uri: string, context: SinkContext = {}): Sink {
  */
 export function openBoundedSource(uri: string, bounds: PipelineBounds): Source {
   try {
-    return new GuardedSource(openSource(uri), uri, bounds);
+    return new GuardedSource(openSource(uri, { credentialsRoot: bounds.credentialsRoot }), uri, bounds);
   } catch (error) {
     if (error instanceof BadUriError) return new FailedEndpoint(error);
     throw error;
@@ -84,7 +88,7 @@ export function openBoundedSource(uri: string, bounds: PipelineBounds): Source {
 /** Opens a changefeed's sink within `bounds`, as {@link openBoundedSource}. */
 export function openBoundedSink(uri: string, context: SinkContext, bounds: PipelineBounds): Sink {
   try {
-    return new GuardedSink(openSink(uri, { ...context, fileSinkRoot: bounds.fileSinkRoot }), uri, bounds);
+    return new GuardedSink(openSink(uri, { ...context, fileSinkRoot: bounds.fileSinkRoot, credentialsRoot: bounds.credentialsRoot }), uri, bounds);
   } catch (error) {
     if (error instanceof BadUriError) return new FailedEndpoint(error);
     throw error;

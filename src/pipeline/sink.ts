@@ -13,6 +13,8 @@ export interface SinkContext {
   readonly filesRetired?: (count: number) => void;
   /** The file sink's `--file-sink-root`: every table directory it makes is checked to be under it. */
   readonly fileSinkRoot?: string;
+  /** Files the URI names (`ca`, `cert`, `key`, `passwordFile`) must lie under it; undefined: the URI may name none. */
+  readonly credentialsRoot?: string | undefined;
 }
 
 /** Part of a span to retire: keys in [start, end) ('' end: the span's end), except `keep`. */

@@ -47,6 +47,12 @@ export interface SnapshotSource {
   countKeys(span: Span, atTs: bigint): Promise<number>;
 }
 
+/** What a source is opened with besides its URI. */
+export interface SourceContext {
+  /** Files the URI names (`ca`, `cert`, `key`, `passwordFile`) must lie under it; undefined: the URI may name none. */
+  readonly credentialsRoot?: string | undefined;
+}
+
 /** A source of changes for spans. */
 export interface Source {
   /** Present when the source can backfill. */

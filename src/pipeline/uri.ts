@@ -26,6 +26,19 @@ export function parseUri(uri: string, schemes: readonly string[], what: string):
   return url;
 }
 
+/**
+ * Parses a URI whose authority lists several hosts (`etcd://h1:2379,h2:2379/...`), which
+ * a WHATWG URL refuses (the port would run into the next host): the URL is parsed with
+ * the first host only, for its user info, path and parameters; `hosts` is the list as
+ * written.
+ */
+export function parseMultiHostUri(uri: string, scheme: string, what: string): { url: URL; hosts: string } {
+  const match = new RegExp(`^${scheme}://([^/?#]*)(.*)$`, 's').exec(uri);
+  if (match === null) return { url: parseUri(uri, [scheme], what), hosts: '' };
+  const hosts = match[1] as string;
+  return { url: parseUri(`${scheme}://${hosts.split(',')[0] ?? ''}${match[2] as string}`, [scheme], what), hosts };
+}
+
 /** An integer query parameter within [min, max], or the default. */
 export function intParam(url: URL, name: string, fallback: number, min: number, max: number): number {
   const raw = url.searchParams.get(name);

@@ -19,6 +19,8 @@ import { Election, ownerOf } from '../cluster/election.ts';
 import type { OwnerInfo } from '../cluster/election.ts';
 import { createEtcdClient } from '../cluster/etcd-client.ts';
 import { CaptureTls } from '../security/capture-tls.ts';
+import type { EtcdSecurity } from '../cluster/etcd-client.ts';
+import { metadataEtcdSecurity, tlsHandshakeProblem } from '../security/etcd-security.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { clusterKeys } from '../cluster/keys.ts';
 import { ChangefeedCache } from '../cluster/changefeed-cache.ts';
@@ -70,6 +72,8 @@ export class Capture {
   id = '';
   readonly keys: ClusterKeys;
   readonly client: Etcd3;
+  /** TLS and user/password of the metadata etcd, read from the config's files. */
+  private readonly etcdSecurity: EtcdSecurity | undefined;
   captures = new Map<string, CaptureRecord>();
   /** Every changefeed's info and status with their mod revisions (see {@link ChangefeedCache}). */
   readonly changefeedCache: ChangefeedCache;
@@ -113,8 +117,15 @@ export class Capture {
       malformed.add(key);
       this.log.warn({ key }, 'ignoring a malformed changefeed key');
     });
-    this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000 });
-    this.bounds = { fileSinkRoot: config.fileSinkRoot, allowedEndpoints: config.allowedEndpoints, metadata: metadataEtcd(this.client, config.etcdEndpoints) };
+    // Reads the TLS and password files: a bad one throws an EtcdSecurityError naming its flag.
+    this.etcdSecurity = metadataEtcdSecurity(config);
+    this.client = createEtcdClient({ endpoints: config.etcdEndpoints, callTimeoutMs: 5_000, security: this.etcdSecurity });
+    this.bounds = {
+      fileSinkRoot: config.fileSinkRoot,
+      allowedEndpoints: config.allowedEndpoints,
+      metadata: metadataEtcd(this.client, config.etcdEndpoints),
+      credentialsRoot: config.credentialsRoot,
+    };
     this.metrics = new Metrics({
       changefeeds: () =>
         [...(this.ownerRole?.managed.values() ?? [])].map((m) => ({
@@ -151,9 +162,11 @@ export class Capture {
     try {
       const outcome = await Promise.race([attempts.then(() => 'started' as const), timedOut]);
       if (outcome === 'started') return;
+      // gRPC says only "No connection established" when the TLS handshake is refused.
+      const tlsProblem = this.etcdSecurity?.tls === undefined ? undefined : await tlsHandshakeProblem(this.config.etcdEndpoints[0] as string, this.etcdSecurity.tls);
       // The cause's text is not repeated here: pino and the CLI append every cause's.
       throw new StartError(
-        `capture did not join the cluster at etcd ${this.config.etcdEndpoints.join(',')} within ${timeoutMs} ms (--start-timeout-ms)`,
+        `capture did not join the cluster at etcd ${this.config.etcdEndpoints.join(',')} within ${timeoutMs} ms (--start-timeout-ms)${tlsProblem === undefined ? '' : ` (${tlsProblem})`}`,
         true,
         // A join attempt that has not even failed yet (a slow connect) still gets a cause.
         { cause: lastJoinError ?? new Error(`no answer from etcd at ${this.config.etcdEndpoints.join(',')} yet`) },

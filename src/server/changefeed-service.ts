@@ -72,7 +72,7 @@ export class ChangefeedService {
     if (this.ctx.cache.info(request.id) !== undefined) throw exists(request.id);
     // Before the source is opened: a host outside --allowed-endpoints is never dialled.
     await this.inBounds(request.source.uri, request.sink.uri, request.tables);
-    const source = openSource(request.source.uri);
+    const source = openSource(request.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
     let startTs: bigint;
     const canSnapshot = source.snapshots !== undefined;
     try {
@@ -128,7 +128,7 @@ export class ChangefeedService {
     await this.inBounds(info.source.uri, info.sink.uri, asked);
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
     let backfillAtTs: bigint | undefined;
-    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info);
+    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info, this.ctx.bounds.credentialsRoot);
     return this.queued(async () => {
       const latest = this.find(id);
       const decision = lifecycle.updateTables(viewOf(latest.value), asked.map(tableView), backfillAtTs);
@@ -187,7 +187,7 @@ export class ChangefeedService {
     decided(info.id, lifecycle.resume(info.id, viewOf(info), 0n));
     await this.inBounds(info.source.uri, info.sink.uri, info.tables);
     // Asked outside the queue: the source may be slow.
-    const atTs = backfill ? await backfillRevision(info) : undefined;
+    const atTs = backfill ? await backfillRevision(info, this.ctx.bounds.credentialsRoot) : undefined;
     return this.queued(async () => {
       const latest = this.find(id);
       const checkpointTs = BigInt(this.ctx.cache.status(latest.value.id)?.value.checkpointTs ?? latest.value.startTs);
@@ -241,8 +241,8 @@ function refuseUnwritten(result: WriteResult, id: string): void {
 }
 
 /** The revision a backfill of the changefeed's tables would copy now: its source's current one. */
-async function backfillRevision(info: ChangefeedInfo): Promise<bigint> {
-  const source = openSource(info.source.uri);
+async function backfillRevision(info: ChangefeedInfo, credentialsRoot: string): Promise<bigint> {
+  const source = openSource(info.source.uri, { credentialsRoot });
   try {
     if (source.snapshots === undefined) throw new ServiceError('invalid', 'invalid', 'this source cannot backfill');
     return await source.currentTs();

@@ -26,6 +26,13 @@ import { parseFileSinkUri } from '../pipeline/sinks/file.ts';
 import { readRetentionHorizon } from '../pipeline/sinks/file-retention.ts';
 import { parsePostgresSinkUri, readPostgresTable } from '../pipeline/sinks/postgres.ts';
 import { parseEtcdSourceUri } from '../pipeline/sources/etcd.ts';
+import { loadEtcdUriSecurity } from '../pipeline/etcd-uri-security.ts';
+
+/** What the verifier may read besides the URIs. */
+export interface VerifyOptions {
+  /** Files the URIs name (`ca`, `cert`, `key`, `passwordFile`) must lie under it; undefined: they may name none. */
+  readonly credentialsRoot?: string | undefined;
+}
 
 /** What the verifier prints. */
 export interface VerifyResult {
@@ -176,9 +183,9 @@ export async function fileSinkState(dir: string, table: string, atTs: bigint): P
  * revision is past `atTs` changed after it: it is left out of the comparison (listed in
  * `newer`), on both sides.
  */
-async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint): Promise<{ state: Map<string, string>; newer: Set<string> }> {
+async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint, options: VerifyOptions): Promise<{ state: Map<string, string>; newer: Set<string> }> {
   const sink = parseEtcdSinkUri(sinkUri);
-  const client = createEtcdClient({ endpoints: sink.endpoints, callTimeoutMs: 30_000 });
+  const client = createEtcdClient({ endpoints: sink.endpoints, callTimeoutMs: 30_000, security: await loadEtcdUriSecurity(sink.security, options.credentialsRoot) });
   try {
     const prefix = sink.targetPrefix;
     const end = table.end === '' ? prefixEnd(prefix) : prefix + table.end;
@@ -195,9 +202,9 @@ async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint): 
 }
 
 /** Verifies an etcd-sourced changefeed against its file or etcd sink at `atTs`. */
-export async function verify(sourceUri: string, sinkUri: string, tables: readonly TableRange[], atTs: bigint): Promise<VerifyResult> {
+export async function verify(sourceUri: string, sinkUri: string, tables: readonly TableRange[], atTs: bigint, options: VerifyOptions = {}): Promise<VerifyResult> {
   const source = parseEtcdSourceUri(sourceUri);
-  const client = createEtcdClient({ endpoints: source.endpoints, callTimeoutMs: 30_000 });
+  const client = createEtcdClient({ endpoints: source.endpoints, callTimeoutMs: 30_000, security: await loadEtcdUriSecurity(source.security, options.credentialsRoot) });
   let keysChecked = 0;
   let missing = 0;
   let mismatched = 0;
@@ -226,10 +233,10 @@ export async function verify(sourceUri: string, sinkUri: string, tables: readonl
           newer = below;
         }
       } else if (sinkUri.startsWith('etcd:')) {
-        ({ state: copy, newer } = await etcdSinkState(sinkUri, table, atTs));
+        ({ state: copy, newer } = await etcdSinkState(sinkUri, table, atTs, options));
       } else if (sinkUri.startsWith('postgres')) {
         // Latest state per key with its revision: rows applied past atTs are left out.
-        const { rows } = await readPostgresTable(parsePostgresSinkUri(sinkUri), table.name);
+        const { rows } = await readPostgresTable(parsePostgresSinkUri(sinkUri), table.name, options.credentialsRoot);
         copy = new Map();
         for (const [key, row] of rows) {
           if (row.ts > atTs) newer.add(key);

@@ -161,6 +161,7 @@ describe('file sink paths', () => {
       fileSinkRoot: root,
       allowedEndpoints: parseAllowedEndpoints('127.0.0.1'),
       metadata: { endpoints: ['127.0.0.1:2379'], clusterId: async () => 'c1' },
+      credentialsRoot: root,
     };
     const orders = [{ table: 'orders', start: 'orders/', end: 'orders0' }];
     await checkChangefeedBounds('datagen://', `file://${root}/cf`, orders, bounds);

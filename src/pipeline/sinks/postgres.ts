@@ -14,14 +14,16 @@
  * Each write is one statement in its own transaction, durable once it returns, so
  * `flush` has nothing left to do. `retire` tombstones the span's older rows.
  */
-import { open } from 'node:fs/promises';
-import { isAbsolute, resolve } from 'node:path';
 import pg from 'pg';
 import type { Span } from '../../core/span.ts';
-import type { RetireScope, Sink } from '../sink.ts';
+import { readPasswordFile } from '../../security/password-file.ts';
+import type { RetireScope, Sink, SinkContext } from '../sink.ts';
 import type { ChangeEvent } from '../source.ts';
-import { forbiddenTreeOf } from '../bounds.ts';
+import { checkCredentialFile } from '../bounds.ts';
+import { credentialPathProblem } from '../etcd-uri-security.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
+
+export { readPasswordFile };
 
 export interface PostgresSinkOptions {
   readonly connectionString: string;
@@ -29,9 +31,6 @@ export interface PostgresSinkOptions {
   /** Where the password is read from at each connect, instead of the URI. */
   readonly passwordFile?: string;
 }
-
-/** The longest password file read. */
-const passwordFileBytesMax = 4096;
 
 export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   const url = parseUri(uri, ['postgres', 'postgresql'], 'sink');
@@ -47,9 +46,8 @@ export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   url.searchParams.delete('passwordFile');
   if (passwordFile === null) return { connectionString: url.toString(), poolMax };
   if (url.password !== '') throw new BadUriError('postgres sink uri: give either a password or passwordFile, not both');
-  if (!isAbsolute(passwordFile) || forbiddenTreeOf(resolve(passwordFile)) !== undefined) {
-    throw new BadUriError(`postgres sink uri parameter passwordFile=${JSON.stringify(passwordFile)} must be an absolute path outside /proc, /sys and /dev`);
-  }
+  const problem = credentialPathProblem(passwordFile);
+  if (problem !== undefined) throw new BadUriError(`postgres sink uri parameter passwordFile=${JSON.stringify(passwordFile.slice(0, 200))} ${problem}`);
   return { connectionString: url.toString(), poolMax, passwordFile };
 }
 
@@ -64,32 +62,27 @@ export function postgresEndpoint(options: PostgresSinkOptions): { host: string; 
  * function in its config, but a connection string's empty password replaces it there, so
  * it is set on the client itself, where pg looks for a function at connect.
  */
-function usePasswordFile(client: pg.Client, path: string): void {
-  Object.defineProperty(client, 'password', { value: () => readPasswordFile(path), writable: true, configurable: true, enumerable: false });
+function usePasswordFile(client: pg.Client, path: string, credentialsRoot: string | undefined): void {
+  Object.defineProperty(client, 'password', { value: () => readBoundedPasswordFile(path, credentialsRoot), writable: true, configurable: true, enumerable: false });
+}
+
+/**
+ * The password file's first line; with a credentials root (a capture's sink), only once
+ * the file is checked to lie under it, at every read (a symlink changed meanwhile does
+ * not escape).
+ */
+async function readBoundedPasswordFile(path: string, credentialsRoot: string | undefined): Promise<string> {
+  return readPasswordFile(credentialsRoot === undefined ? path : await checkCredentialFile(path, credentialsRoot, 'passwordFile'));
 }
 
 /** A client class whose clients read their password from `path`. */
-function passwordFileClient(path: string): typeof pg.Client {
+function passwordFileClient(path: string, credentialsRoot: string | undefined): typeof pg.Client {
   return class extends pg.Client {
     constructor(config?: pg.ClientConfig) {
       super(config);
-      usePasswordFile(this, path);
+      usePasswordFile(this, path, credentialsRoot);
     }
   };
-}
-
-/** The first line of a password file (at most 4 KiB of a regular file). */
-export async function readPasswordFile(path: string): Promise<string> {
-  const handle = await open(path, 'r');
-  try {
-    const stat = await handle.stat();
-    if (!stat.isFile()) throw new Error(`password file ${path} is not a regular file`);
-    const buffer = Buffer.alloc(Math.min(stat.size, passwordFileBytesMax));
-    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
-    return (buffer.subarray(0, bytesRead).toString('utf8').split(/\r?\n/)[0] ?? '');
-  } finally {
-    await handle.close();
-  }
 }
 
 /** A SQL identifier for a table name (names are letters, digits, ".", "_", "-"). */
@@ -104,13 +97,13 @@ export class PostgresSink implements Sink {
   private readonly pool: pg.Pool;
   private readonly created = new Map<string, Promise<void>>();
 
-  constructor(options: PostgresSinkOptions) {
+  constructor(options: PostgresSinkOptions, context: SinkContext = {}) {
     const passwordFile = options.passwordFile;
     this.pool = new pg.Pool({
       connectionString: options.connectionString,
       max: options.poolMax,
       connectionTimeoutMillis: 10_000,
-      ...(passwordFile === undefined ? {} : { Client: passwordFileClient(passwordFile) }),
+      ...(passwordFile === undefined ? {} : { Client: passwordFileClient(passwordFile, context.credentialsRoot) }),
     });
     // An idle client's error (the server restarted) must not kill the process.
     this.pool.on('error', () => undefined);
@@ -183,9 +176,9 @@ export class PostgresSink implements Sink {
 }
 
 /** Reads a table's live rows (for the verifier): key -> {value, ts}, and tombstones. */
-export async function readPostgresTable(options: PostgresSinkOptions, table: string): Promise<{ rows: Map<string, { value: string | undefined; ts: bigint }> }> {
+export async function readPostgresTable(options: PostgresSinkOptions, table: string, credentialsRoot?: string): Promise<{ rows: Map<string, { value: string | undefined; ts: bigint }> }> {
   const client = new pg.Client({ connectionString: options.connectionString });
-  if (options.passwordFile !== undefined) usePasswordFile(client, options.passwordFile);
+  if (options.passwordFile !== undefined) usePasswordFile(client, options.passwordFile, credentialsRoot);
   await client.connect();
   try {
     const rows = new Map<string, { value: string | undefined; ts: bigint }>();

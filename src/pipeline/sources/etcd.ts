@@ -15,9 +15,10 @@
 import type { Etcd3, IWatchRequest, IWatchResponse } from 'etcd3';
 import type { Span } from '../../core/span.ts';
 import { spanKey } from '../../core/span.ts';
-import { createEtcdClient } from '../../cluster/etcd-client.ts';
-import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source } from '../source.ts';
-import { BadUriError, intParam, parseUri } from '../uri.ts';
+import type { EtcdUriSecurity } from '../etcd-uri-security.ts';
+import { LazyEtcdClient, etcdSecurityParams, parseEtcdUriSecurity } from '../etcd-uri-security.ts';
+import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceContext } from '../source.ts';
+import { BadUriError, intParam, parseMultiHostUri, rejectUnknownParams } from '../uri.ts';
 
 /** The history a read needs was compacted away. */
 export class CompactedError extends Error {
@@ -42,12 +43,18 @@ export interface EtcdSourceOptions {
    * failed page retries like any pipeline step (the capture's pipeline retry flags).
    */
   readonly backfill: { readonly pageKeysMax: number; readonly spansInFlightMax: number };
+  /** TLS and user/password files (`ca`, `cert`, `key`, `user`, `passwordFile`); undefined: plain, no auth. */
+  readonly security: EtcdUriSecurity;
 }
 
-/** Parses an `etcd://host:port[,host:port]` URI. */
+/** The parameters an etcd source URI takes. */
+const sourceParams = ['bufferedEventsMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', ...etcdSecurityParams];
+
+/** Parses an `etcd://host:port[,host:port][?param=value...]` URI. */
 export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
-  const url = parseUri(uri, ['etcd'], 'source');
-  const hosts = uri.slice('etcd://'.length).split(/[/?]/)[0] ?? '';
+  const { url, hosts } = parseMultiHostUri(uri, 'etcd', 'source');
+  const security = parseEtcdUriSecurity(url, 'source');
+  rejectUnknownParams(url, sourceParams, 'source');
   const endpoints = hosts.split(',').filter((h) => h !== '');
   if (endpoints.length === 0 || !endpoints.every((e) => /^[a-zA-Z0-9.-]+:\d{1,5}$/.test(e))) {
     throw new BadUriError(`source uri ${JSON.stringify(uri)} must be etcd://host:port[,host:port...]`);
@@ -61,6 +68,7 @@ export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
       pageKeysMax: intParam(url, 'backfillPageKeys', 1_000, 1, 100_000),
       spansInFlightMax: intParam(url, 'backfillSpansInFlight', 4, 1, 1_000),
     },
+    security,
   };
 }
 
@@ -85,7 +93,7 @@ type WatchStream = Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
 export class EtcdSource implements Source, SnapshotSource {
   readonly snapshots: SnapshotSource = this;
   readonly backfillLimits: EtcdSourceOptions['backfill'];
-  private readonly client: Etcd3;
+  private readonly etcd: LazyEtcdClient;
   private stream: WatchStream | undefined;
   private opening: Promise<WatchStream> | undefined;
   private readonly watches = new Map<string, SpanWatch>();
@@ -94,14 +102,17 @@ export class EtcdSource implements Source, SnapshotSource {
   private readonly timer: NodeJS.Timeout;
   private closed = false;
 
-  constructor(private readonly options: EtcdSourceOptions) {
-    this.client = createEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000 });
+  constructor(
+    private readonly options: EtcdSourceOptions,
+    context: SourceContext = {},
+  ) {
+    this.etcd = new LazyEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000, security: options.security, credentialsRoot: context.credentialsRoot });
     this.backfillLimits = options.backfill;
     this.timer = setInterval(() => this.requestProgress(), options.progressIntervalMs);
   }
 
   async currentTs(): Promise<bigint> {
-    const response = await this.client.get('\u0000').exec();
+    const response = await (await this.etcd.get()).get('\u0000').exec();
     return BigInt(response.header.revision);
   }
 
@@ -112,13 +123,14 @@ export class EtcdSource implements Source, SnapshotSource {
   async earliestTs(): Promise<bigint> {
     // Revision 1 readable: nothing was ever compacted. Otherwise a watch from revision 1
     // is refused with the compact revision, which a plain read does not tell.
+    const client = await this.etcd.get();
     try {
-      await this.client.get('\u0000spanfeed-earliest-probe').revision('1').exec();
+      await client.get('\u0000spanfeed-earliest-probe').revision('1').exec();
       return 0n;
     } catch (error) {
       if (!/compacted/i.test((error as Error).message)) throw error;
     }
-    const stream = await this.client.watchClient.watch();
+    const stream = await client.watchClient.watch();
     try {
       return await new Promise<bigint>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('etcd did not answer a watch request')), 5_000);
@@ -146,7 +158,7 @@ export class EtcdSource implements Source, SnapshotSource {
     const start = afterKey === undefined ? Buffer.from(span.start, 'latin1') : Buffer.concat([Buffer.from(afterKey, 'latin1'), Buffer.from([0])]);
     const end = span.end === '' ? Buffer.from([0]) : Buffer.from(span.end, 'latin1');
     if (sinceTs !== undefined) return this.incrementalPage(span, atTs, start, end, limit, sinceTs);
-    const response = await this.client.getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit).exec();
+    const response = await (await this.etcd.get()).getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit).exec();
     const events: ChangeEvent[] = response.kvs.map((kv) => ({
       table: span.table,
       key: kv.key.toString('latin1'),
@@ -164,7 +176,8 @@ export class EtcdSource implements Source, SnapshotSource {
    * (`min_mod_revision`), so unchanged values are never sent.
    */
   private async incrementalPage(span: Span, atTs: bigint, start: Buffer, end: Buffer, limit: number, sinceTs: bigint): Promise<SnapshotPage> {
-    const keysOnly = this.client.getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit);
+    const client = await this.etcd.get();
+    const keysOnly = client.getAll().inRange({ start, end }).revision(atTs.toString()).limit(limit);
     (keysOnly as unknown as { request: { keys_only: boolean } }).request.keys_only = true;
     const listed = await keysOnly.exec();
     const keys = listed.kvs.map((kv) => kv.key.toString('latin1'));
@@ -174,7 +187,7 @@ export class EtcdSource implements Source, SnapshotSource {
     const first = changed[0];
     const lastChanged = changed.at(-1);
     if (first === undefined || lastChanged === undefined) return { events: [], nextAfterKey, keys };
-    const response = await this.client
+    const response = await client
       .getAll()
       .inRange({ start: first.key, end: Buffer.concat([lastChanged.key, Buffer.from([0])]) })
       .revision(atTs.toString())
@@ -186,7 +199,7 @@ export class EtcdSource implements Source, SnapshotSource {
 
   async countKeys(span: Span, atTs: bigint): Promise<number> {
     const end = span.end === '' ? Buffer.from([0]) : Buffer.from(span.end, 'latin1');
-    return this.client.getAll().inRange({ start: Buffer.from(span.start, 'latin1'), end }).revision(atTs.toString()).count();
+    return (await this.etcd.get()).getAll().inRange({ start: Buffer.from(span.start, 'latin1'), end }).revision(atTs.toString()).count();
   }
 
   async resolvedTs(span: Span, afterTs: bigint): Promise<bigint> {
@@ -232,7 +245,7 @@ export class EtcdSource implements Source, SnapshotSource {
     this.closed = true;
     clearInterval(this.timer);
     this.stream?.end();
-    this.client.close();
+    this.etcd.close();
   }
 
   // ---- watches ----
@@ -274,7 +287,7 @@ export class EtcdSource implements Source, SnapshotSource {
     if (this.closed) throw new Error('the etcd source is closed');
     if (this.stream !== undefined) return this.stream;
     if (this.opening !== undefined) return this.opening;
-    this.opening = this.client.watchClient.watch().then((stream) => {
+    this.opening = this.etcd.get().then((client) => client.watchClient.watch()).then((stream) => {
       this.stream = stream;
       this.opening = undefined;
       stream.on('data', (response: IWatchResponse) => this.onResponse(response));
@@ -289,6 +302,10 @@ export class EtcdSource implements Source, SnapshotSource {
       stream.on('error', () => broken());
       stream.on('end', () => broken());
       return stream;
+    }, (error: unknown) => {
+      // The next read tries again (a credential file fixed, etcd back).
+      this.opening = undefined;
+      throw error;
     });
     return this.opening;
   }
