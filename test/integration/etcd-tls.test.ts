@@ -145,6 +145,8 @@ describe('etcd over TLS with client certificates and user/password', () => {
       return ids.length === 1 ? ids : undefined;
     });
     expect(owners).toHaveLength(1);
+    // The capture the test calls forwards to the owner once its own watch has seen it.
+    await waitFor('the owner known to the capture the test calls', async () => ((await api(url(), 'GET', '/api/v1/captures')).status === 200 ? true : undefined));
     const upEtcd = up as TestEtcd;
     const client = upClient as Etcd3;
     for (let i = 0; i < 20; i++) await client.put(`up/t/before-${i}`).value(`v${i}`);

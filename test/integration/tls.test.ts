@@ -25,6 +25,7 @@ import { CaptureServiceClient } from '../../src/rpc/proto.ts';
 import type { ApiAnswer, ChangefeedView, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, apiWith, waitFor } from './harness.ts';
 import { checkAgainstOpenApi, documentedOperations } from './openapi-check.ts';
+import { makeTestCerts } from './test-certs.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `tls${process.pid}`;
@@ -42,10 +43,6 @@ const ca = (): Buffer => pem('ca.pem');
 const clientOf = (name: string, from = certs): ApiClientTls => ({ ca: ca(), cert: readFileSync(join(from, `${name}.pem`)), key: readFileSync(join(from, `${name}-key.pem`)) });
 const serverArgs = ['--tls-allowed-names', captureNames.join(','), '--tls-client-roles', 'admin=admin,viewer=read', '--auth-token-file', join(dir, 'tokens')];
 
-function certsCreate(into: string, names: string[]): void {
-  const run = spawnSync(process.execPath, [bin, 'certs', 'create', '--dir', into, '--names', names.join(',')], { encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(`certs create failed (${run.status}): ${run.stderr}`);
-}
 
 const as = <T = any>(tls: ApiClientTls, capture: TestCapture, method: string, path: string, body?: unknown, headers?: Record<string, string>, token?: string): Promise<ApiAnswer<T>> =>
   apiWith<T>({ tls, token, ...(body === undefined ? {} : { body }), ...(headers === undefined ? {} : { headers }) }, capture.url, method, path);
@@ -88,8 +85,8 @@ function cli(...args: string[]): Promise<{ status: number | null; stdout: string
 }
 
 beforeAll(async () => {
-  certsCreate(certs, [...captureNames, 'admin', 'viewer', 'rogue']);
-  certsCreate(otherCerts, ['c1']);
+  makeTestCerts(certs, [...captureNames, 'admin', 'viewer', 'rogue']);
+  makeTestCerts(otherCerts, ['c1']);
   writeFileSync(join(dir, 'tokens'), `${adminToken} admin\n`, { mode: 0o600 });
   etcd = await TestEtcd.start();
   for (const name of captureNames) {

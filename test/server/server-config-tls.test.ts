@@ -3,18 +3,16 @@
  * need which, and the refusal to serve gRPC in plain text off loopback unasked. Also the
  * TLS file checks (real certificates from `spanfeed certs create`).
  */
-import { spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseServerConfig } from '../../src/server/server-config.ts';
 import { CaptureTls } from '../../src/security/capture-tls.ts';
 import { TlsFileError, certificateNames, peerNameAllowed, readTlsMaterial } from '../../src/security/tls-files.ts';
+import { makeTestCerts } from '../integration/test-certs.ts';
 
-const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'spanfeed-config-tls-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const tls = ['--tls-ca', '/ca', '--tls-cert', '/cert', '--tls-key', '/key'];
@@ -64,10 +62,8 @@ describe('TLS files', () => {
   const certs = join(dir, 'certs');
   const other = join(dir, 'other');
   beforeAll(() => {
-    for (const [into, names] of [[certs, 'c1,c2,ops'], [other, 'c1']] as const) {
-      const run = spawnSync(process.execPath, [bin, 'certs', 'create', '--dir', into, '--names', names], { encoding: 'utf8' });
-      expect(run.status, run.stderr).toBe(0);
-    }
+    makeTestCerts(certs, ['c1', 'c2', 'ops']);
+    makeTestCerts(other, ['c1']);
   }, 60_000);
   const files = (name: string, from = certs, ca = certs) => ({ caFile: join(ca, 'ca.pem'), certFile: join(from, `${name}.pem`), keyFile: join(from, `${name}-key.pem`) });
 
