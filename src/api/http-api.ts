@@ -168,6 +168,7 @@ export class HttpApi {
       r('POST', '/api/v1/changefeeds/{}/pause', async (q) => ({ status: 202, body: this.describe(await this.service.pause(q.params[0], q.body)) })),
       r('POST', '/api/v1/changefeeds/{}/resume', async (q) => ({ status: 202, body: this.describe(await this.service.resume(q.params[0], q.body)) })),
       r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
+      r('GET', '/api/v1/changefeeds/{}/spans/slowest', async (q) => this.slowestSpans(q.params[0], q.query)),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => {
         // Looked up before the 200 is sent, so that an unknown changefeed is a 404.
         const info = this.findChangefeed(q.params[0]);
@@ -527,6 +528,39 @@ export class HttpApi {
       backfill: backfilled.has(set.span.table) ? backfillOf(records?.get(set.key)) : null,
     }));
     return { status: 200, body: spans };
+  }
+
+  /**
+   * The k spans with the lowest checkpoints over every capture: the exact merge of the
+   * captures' own lists of their slowest primaries (each sends its `--progress-slowest`),
+   * as last reported, with each value's age.
+   */
+  private slowestSpans(id: string | undefined, query: URLSearchParams): ApiResponse {
+    const info = this.findChangefeed(id);
+    const kMax = this.capture.config.progressSlowestMax;
+    const raw = query.get('k') ?? '10';
+    const k = Number(raw);
+    if (!/^\d+$/.test(raw) || k < 1 || k > kMax) throw new ValidationError(`k must be an integer from 1 to ${kMax} (each capture reports its ${kMax} slowest spans: --progress-slowest)`);
+    for (const name of query.keys()) if (name !== 'k') throw new ValidationError(`unknown query parameter ${JSON.stringify(name)}; slowest takes only k`);
+    const owner = this.owner();
+    const managed = owner.managed.get(info.id);
+    if (managed === undefined) throw new ApiError(409, 'not-running', `changefeed ${info.id} is not running`);
+    const now = Date.now();
+    const entries = managed.progress.slowest(k, (entry) => managed.coordinator.findSpan(entry.span.table, entry.span.start)?.primary === entry.captureId);
+    return {
+      status: 200,
+      body: entries.map((entry) => ({
+        table: entry.span.table,
+        start: entry.span.start,
+        end: entry.span.end,
+        captureId: entry.captureId,
+        checkpointTs: entry.checkpointTs.toString(),
+        resolvedTs: entry.resolvedTs.toString(),
+        checkpointLagMs: owner.lagsMs(info.id, entry.checkpointTs, entry.resolvedTs).checkpointLagMs,
+        eventsPerSecond: entry.eventsPerSecond,
+        ageMs: Math.max(0, now - entry.atMs),
+      })),
+    };
   }
 
   private moveSpan(id: string | undefined, body: unknown): ApiResponse {

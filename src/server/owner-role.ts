@@ -21,6 +21,8 @@ import type { EtcdSession } from '../cluster/session.ts';
 import type { Metrics } from './metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
+import { SpanProgressBook } from '../core/span-progress.ts';
+import { spanKey } from '../core/span.ts';
 import type * as grpc from '@grpc/grpc-js';
 import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';
 import type { RunCommand, RunOutcome } from '../core/changefeed-run.ts';
@@ -168,6 +170,8 @@ interface ManagedChangefeed {
   reports: ReportMessage[];
   /** The drains version whose cancels this coordinator has had (-1: none yet). */
   drainsVersion: number;
+  /** Per-span progress as the captures report it (display only; the watermark does not use it). */
+  readonly progress: SpanProgressBook;
 }
 
 export class OwnerRole {
@@ -228,7 +232,11 @@ export class OwnerRole {
   /** A report from a capture's stream. */
   onReport(report: ReportMessage): void {
     const managed = this.managed.get(report.header.changefeed);
-    if (managed === undefined || managed.reports.length >= this.ctx.limits.reportsQueuedMax) return;
+    if (managed === undefined) return;
+    // Progress is taken at once (bounded per report by the codec), even when the report
+    // queue is full: it decides nothing, and a report of another run is ignored.
+    if (report.progress !== undefined && String(report.header.changefeedEpoch) === managed.epoch) managed.progress.apply(report.header.from, report.progress, Date.now());
+    if (managed.reports.length >= this.ctx.limits.reportsQueuedMax) return;
     managed.reports.push(report);
   }
 
@@ -320,6 +328,7 @@ export class OwnerRole {
       if (record === undefined || record.grpcAddr !== entry.address) {
         entry.connection.close();
         this.connections.delete(id);
+        for (const managed of this.managed.values()) managed.progress.forgetCapture(id);
       }
     }
     for (const [id, record] of captures) {
@@ -353,6 +362,8 @@ export class OwnerRole {
         try {
           const { tables, spans } = changefeedSpans(info);
           managed.coordinator.setSpans(tables, spans);
+          const kept = new Set(spans.map(spanKey));
+          managed.progress.retain((span) => kept.has(spanKey(span)));
         } catch (error) {
           managed.run.fail(`cannot apply the tables: ${(error as Error).message}`);
         }
@@ -376,14 +387,14 @@ export class OwnerRole {
         });
         const { tables, spans } = changefeedSpans(info);
         coordinator.setSpans(tables, spans);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1 });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook() });
         this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
       } catch (error) {
         // A changefeed whose stored info cannot even start a coordinator fails, alone.
         this.ctx.log.error({ err: error, changefeed: id }, 'cannot coordinate changefeed');
         const coordinator = new Coordinator({ changefeed: id, changefeedEpoch: 0n, ownerId: this.ctx.owner.captureId, ownerRevision: this.ctx.owner.revision, checkpointTs: 0n, seed: 1, limits: this.ctx.limits.coordinator });
         run.fail(`cannot coordinate: ${(error as Error).message}`);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1 });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook() });
       }
     }
   }

@@ -97,6 +97,10 @@ export interface ServerConfig {
   readonly etcdPasswordFile: string | undefined;
   /** Absolute: files a source or sink URI names (CA, certificate, key, password) must lie under it. */
   readonly credentialsRoot: string;
+  /** Per-span progress: the slowest primaries each report names (and the most `GET .../spans/slowest` answers). */
+  readonly progressSlowestMax: number;
+  /** Per-span progress: the other primaries each report refreshes, round-robin. */
+  readonly progressSliceMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -147,6 +151,8 @@ export const serverDefaults: ServerConfig = {
   etcdPasswordFile: undefined,
   /** Relative: resolved against the working directory when the config is parsed. */
   credentialsRoot: 'spanfeed-credentials',
+  progressSlowestMax: 32,
+  progressSliceMax: 1_024,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -194,6 +200,8 @@ const options = {
   'etcd-user': ['SPANFEED_ETCD_USER', 'etcdUser'],
   'etcd-password-file': ['SPANFEED_ETCD_PASSWORD_FILE', 'etcdPasswordFile'],
   'credentials-root': ['SPANFEED_CREDENTIALS_ROOT', 'credentialsRoot'],
+  'progress-slowest': ['SPANFEED_PROGRESS_SLOWEST', 'progressSlowest'],
+  'progress-slice': ['SPANFEED_PROGRESS_SLICE', 'progressSlice'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -292,6 +300,12 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --credentials-root <dir>  files a source or sink URI names (ca, cert, key, passwordFile
                             parameters) must lie under this directory (symlinks resolved)
                             (default ./spanfeed-credentials)
+  --progress-slowest <n>    per-span progress: each report names the capture's n slowest spans
+                            (lowest checkpoint), the most GET .../spans/slowest?k= answers;
+                            give every capture the same, 1-1000 (default 32)
+  --progress-slice <n>      per-span progress: each report also refreshes n other spans,
+                            round-robin, so every span's shown checkpoint is at most
+                            spans/n reports old, 0-100000 (default 1024)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -428,6 +442,8 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     rpcStreamsPerConnectionMax: intIn('--rpc-streams-per-connection', get('rpc-streams-per-connection') ?? String(serverDefaults.rpcStreamsPerConnectionMax), 1, 10_000),
     rpcStreamsPerPeerMax: intIn('--rpc-streams-per-peer', get('rpc-streams-per-peer') ?? String(serverDefaults.rpcStreamsPerPeerMax), 1, 100_000),
     rpcConnectionsPerPeerMax: intIn('--rpc-connections-per-peer', get('rpc-connections-per-peer') ?? String(serverDefaults.rpcConnectionsPerPeerMax), 1, 100_000),
+    progressSlowestMax: intIn('--progress-slowest', get('progress-slowest') ?? String(serverDefaults.progressSlowestMax), 1, 1_000),
+    progressSliceMax: intIn('--progress-slice', get('progress-slice') ?? String(serverDefaults.progressSliceMax), 0, 100_000),
     captureSpansMax: intIn('--capture-spans', get('capture-spans') ?? String(serverDefaults.captureSpansMax), 1, 100_000_000),
   };
 }
