@@ -8,13 +8,17 @@ import { FileSink, parseFileSinkUri } from './sinks/file.ts';
 import { PostgresSink, parsePostgresSinkUri } from './sinks/postgres.ts';
 import type { Source } from './source.ts';
 import { DatagenSource, parseDatagenUri } from './sources/datagen.ts';
+import type { DatagenContext } from './sources/datagen.ts';
 import { EtcdSource, parseEtcdSourceUri } from './sources/etcd.ts';
 import { BadUriError } from './uri.ts';
 import type { PipelineBounds } from './bounds.ts';
 import { FailedEndpoint, GuardedSink, GuardedSource } from './guard.ts';
 
+/** What a capture knows about the changefeed when it opens its source. */
+export type SourceContext = DatagenContext;
+
 const sources = {
-  datagen: (uri: string): Source => new DatagenSource(parseDatagenUri(uri)),
+  datagen: (uri: string, context?: SourceContext): Source => new DatagenSource(parseDatagenUri(uri), context),
   etcd: (uri: string): Source => new EtcdSource(parseEtcdSourceUri(uri)),
 } as const;
 
@@ -59,8 +63,8 @@ export function validateSinkUri(uri: string): void {
   sinkValidators[schemeOf(uri)]?.(uri);
 }
 
-export function openSource(uri: string): Source {
-  return pick(sources, uri, 'source')(uri);
+export function openSource(uri: string, context: SourceContext = {}): Source {
+  return pick(sources, uri, 'source')(uri, context);
 }
 
 export function openSink(uri: string, context: SinkContext = {}): Sink {
@@ -72,9 +76,9 @@ export function openSink(uri: string, context: SinkContext = {}): Sink {
  * URI that cannot be parsed (a changefeed written into etcd by hand) does not throw: the
  * source fails every call with the reason, non-retryably, which fails the changefeed.
  */
-export function openBoundedSource(uri: string, bounds: PipelineBounds): Source {
+export function openBoundedSource(uri: string, bounds: PipelineBounds, context: SourceContext = {}): Source {
   try {
-    return new GuardedSource(openSource(uri), uri, bounds);
+    return new GuardedSource(openSource(uri, context), uri, bounds);
   } catch (error) {
     if (error instanceof BadUriError) return new FailedEndpoint(error);
     throw error;
