@@ -40,6 +40,7 @@ import type {
 } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
 import { spanKey } from '../core/span.ts';
+import { IndexedMinHeap } from '../core/indexed-heap.ts';
 import { MutableDigest } from '../core/span-digest.ts';
 import { tsMax } from '../core/ts.ts';
 import type { PipelineCommand, PipelineEvent } from './pipeline.ts';
@@ -94,6 +95,15 @@ interface AgentSpan {
   stoppedAfterSeq: number;
   /** Why its pipeline failed for good, reported until the span starts again. */
   fatalError: string | undefined;
+  /** Its slot in the agent's checkpoint heap, -1 when not replicating. */
+  checkpointSlot: number;
+  /** Its slot in the agent's resolved heap, -1 when not replicating. */
+  resolvedSlot: number;
+}
+
+/** What the resolved heap orders by: a span's resolved-ts is never reported below its checkpoint. */
+function effectiveResolvedTs(held: AgentSpan): bigint {
+  return tsMax(held.resolvedTs, held.checkpointTs);
 }
 
 /** The longest pipeline error a report carries. */
@@ -120,6 +130,23 @@ export class Agent {
   private stopping = false;
   private barrierTs: bigint | undefined;
   private cachedWatermark: CaptureWatermark | undefined;
+  /**
+   * The replicating spans by checkpoint and by max(resolved, checkpoint): the watermark is
+   * their two roots, kept in O(log n) per state change or progress event, so no event
+   * rescans every span held (issue 11).
+   */
+  private readonly byCheckpoint = new IndexedMinHeap<AgentSpan>((a, b) => a.checkpointTs < b.checkpointTs, {
+    get: (held) => held.checkpointSlot,
+    set: (held, slot) => {
+      held.checkpointSlot = slot;
+    },
+  });
+  private readonly byResolved = new IndexedMinHeap<AgentSpan>((a, b) => effectiveResolvedTs(a) < effectiveResolvedTs(b), {
+    get: (held) => held.resolvedSlot,
+    set: (held, slot) => {
+      held.resolvedSlot = slot;
+    },
+  });
   private commands: PipelineCommand[] = [];
   private events: AgentEvent[] = [];
 
@@ -177,9 +204,19 @@ export class Agent {
         break;
       case 'progress':
         if (held.state === 'replicating' || held.state === 'stopping') {
-          held.checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
-          held.resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
-          this.cachedWatermark = undefined;
+          const checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
+          const resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
+          if (checkpointTs === held.checkpointTs && resolvedTs === held.resolvedTs) break;
+          const checkpointMoved = checkpointTs !== held.checkpointTs;
+          const resolvedBefore = effectiveResolvedTs(held);
+          held.checkpointTs = checkpointTs;
+          held.resolvedTs = resolvedTs;
+          // Only a replicating span is in the heaps (a stopping one left them); keys only grow.
+          if (held.state === 'replicating') {
+            if (checkpointMoved) this.byCheckpoint.update(held);
+            if (effectiveResolvedTs(held) !== resolvedBefore) this.byResolved.update(held);
+            this.cachedWatermark = undefined;
+          }
         } else if (held.state === 'preparing' || held.state === 'prepared') {
           held.resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
         }
@@ -231,6 +268,8 @@ export class Agent {
       if (held.state !== 'stopped') this.commands.push({ kind: 'stop', span: held.span, key: held.key });
       if (held.state === 'replicating') this.digest.remove(held.key);
     }
+    this.byCheckpoint.clear();
+    this.byResolved.clear();
     this.spans.clear();
     this.changed.clear();
     this.stoppedKeys.clear();
@@ -256,16 +295,43 @@ export class Agent {
   /** Min checkpoint and resolved over the spans replicated as primary, with their digest. */
   watermark(): CaptureWatermark {
     if (this.cachedWatermark !== undefined) return this.cachedWatermark;
+    const slowest = this.byCheckpoint.peek();
+    const leastResolved = this.byResolved.peek();
+    this.cachedWatermark = {
+      checkpointTs: slowest?.checkpointTs ?? 0n,
+      resolvedTs: leastResolved === undefined ? 0n : effectiveResolvedTs(leastResolved),
+      digest: this.digest.snapshot(),
+    };
+    return this.cachedWatermark;
+  }
+
+  /**
+   * Checks that the heaps hold exactly the replicating spans and that their roots are the
+   * minima. O(spans): for tests and the simulator, never on the shell's path.
+   */
+  checkInvariants(): void {
+    let replicating = 0;
     let checkpointTs: bigint | undefined;
     let resolvedTs: bigint | undefined;
     for (const held of this.spans.values()) {
+      const inHeaps = this.byCheckpoint.has(held) && this.byResolved.has(held);
+      assert(inHeaps === (held.state === 'replicating'), 'a span is in the watermark heaps exactly while replicating', { key: held.key, state: held.state, inHeaps });
       if (held.state !== 'replicating') continue;
+      replicating++;
       if (checkpointTs === undefined || held.checkpointTs < checkpointTs) checkpointTs = held.checkpointTs;
-      const resolved = tsMax(held.resolvedTs, held.checkpointTs);
+      const resolved = effectiveResolvedTs(held);
       if (resolvedTs === undefined || resolved < resolvedTs) resolvedTs = resolved;
     }
-    this.cachedWatermark = { checkpointTs: checkpointTs ?? 0n, resolvedTs: resolvedTs ?? 0n, digest: this.digest.snapshot() };
-    return this.cachedWatermark;
+    assert(this.byCheckpoint.size === replicating && this.byResolved.size === replicating, 'the watermark heaps hold only held spans', {
+      replicating,
+      byCheckpoint: this.byCheckpoint.size,
+      byResolved: this.byResolved.size,
+    });
+    const mark = this.watermark();
+    assert(mark.checkpointTs === (checkpointTs ?? 0n) && mark.resolvedTs === (resolvedTs ?? 0n), 'the watermark is the min over replicating spans', {
+      watermark: { checkpointTs: mark.checkpointTs, resolvedTs: mark.resolvedTs },
+      rescan: { checkpointTs, resolvedTs },
+    });
   }
 
   // ---- message handling ----
@@ -370,6 +436,8 @@ export class Agent {
         pending: undefined,
         stoppedAfterSeq: 0,
         fatalError: undefined,
+        checkpointSlot: -1,
+        resolvedSlot: -1,
       };
       this.spans.set(key, held);
     }
@@ -416,7 +484,7 @@ export class Agent {
     const key = spanKey(span);
     let held = this.spans.get(key);
     if (held === undefined) {
-      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined };
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1 };
       this.spans.set(key, held);
     }
     if (held.state === 'absent') this.setState(held, 'stopped');
@@ -461,8 +529,16 @@ export class Agent {
   private setState(held: AgentSpan, to: AgentSpanState): void {
     const from = held.state;
     if (from === to) return;
-    if (from === 'replicating') this.digest.remove(held.key);
-    if (to === 'replicating') this.digest.add(held.key);
+    if (from === 'replicating') {
+      this.digest.remove(held.key);
+      this.byCheckpoint.remove(held);
+      this.byResolved.remove(held);
+    }
+    if (to === 'replicating') {
+      this.digest.add(held.key);
+      this.byCheckpoint.push(held);
+      this.byResolved.push(held);
+    }
     held.state = to;
     if (from === 'stopped') this.stoppedKeys.delete(held.key);
     if (to === 'stopped') {

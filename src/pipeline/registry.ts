@@ -14,7 +14,7 @@ import type { PipelineBounds } from './bounds.ts';
 import { FailedEndpoint, GuardedSink, GuardedSource } from './guard.ts';
 
 const sources = {
-  datagen: (uri: string): Source => new DatagenSource(parseDatagenUri(uri)),
+  datagen: (uri: string, context?: SourceContext): Source => new DatagenSource(parseDatagenUri(uri), context),
   etcd: (uri: string, context?: SourceContext): Source => new EtcdSource(parseEtcdSourceUri(uri), context),
 } as const;
 
@@ -61,7 +61,8 @@ export function validateSinkUri(uri: string): void {
 
 /**
  * Opens a source; `context.credentialsRoot` bounds the files its URI names (without it
- * the URI may name none).
+ * the URI may name none), `context.spanCount` is the changefeed's span count (datagen's
+ * totalRate is spread over it).
  */
 export function openSource(uri: string, context: SourceContext = {}): Source {
   return pick<Source, SourceContext>(sources, uri, 'source')(uri, context);
@@ -76,9 +77,9 @@ export function openSink(uri: string, context: SinkContext = {}): Sink {
  * URI that cannot be parsed (a changefeed written into etcd by hand) does not throw: the
  * source fails every call with the reason, non-retryably, which fails the changefeed.
  */
-export function openBoundedSource(uri: string, bounds: PipelineBounds): Source {
+export function openBoundedSource(uri: string, bounds: PipelineBounds, context: SourceContext = {}): Source {
   try {
-    return new GuardedSource(openSource(uri, { credentialsRoot: bounds.credentialsRoot }), uri, bounds);
+    return new GuardedSource(openSource(uri, { ...context, credentialsRoot: bounds.credentialsRoot }), uri, bounds);
   } catch (error) {
     if (error instanceof BadUriError) return new FailedEndpoint(error);
     throw error;

@@ -51,6 +51,8 @@ export interface SnapshotSource {
 export interface SourceContext {
   /** Files the URI names (`ca`, `cert`, `key`, `passwordFile`) must lie under it; undefined: the URI may name none. */
   readonly credentialsRoot?: string | undefined;
+  /** The changefeed's span count, when the opener knows it (datagen spreads `totalRate` over it). */
+  readonly spanCount?: number | undefined;
 }
 
 /** A source of changes for spans. */

@@ -202,7 +202,11 @@ export class AgentHost {
     const log = this.log.child({ changefeed: info.id });
     let hosted: HostedAgent | undefined;
     // Within the capture's bounds: a stored changefeed outside them fails, with the reason.
-    const source = openBoundedSource(info.source.uri, this.metadata.bounds);
+    // The span count is what `datagen://?totalRate=` divides by; it is fixed for the life of
+    // this agent (a new epoch opens the source again), so every read of a span's history
+    // on this capture sees the same events.
+    const spanCount = info.tables.reduce((n, table) => n + (table.spans ?? 1), 0);
+    const source = openBoundedSource(info.source.uri, this.metadata.bounds, { spanCount });
     const sink = openBoundedSink(info.sink.uri, {
       log: log.child({ component: 'sink' }),
       filesRetired: (count) => this.metadata.metrics.sinkFilesRetired.inc({ changefeed: info.id }, count),

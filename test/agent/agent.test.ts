@@ -22,6 +22,7 @@ import type { Span } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
 import { MutableDigest, emptyDigest } from '../../src/core/span-digest.ts';
 import { maxTs } from '../../src/core/ts.ts';
+import { SeededRandom } from '../../src/core/rng.ts';
 
 
 const captureEpoch = 77n;
@@ -735,5 +736,63 @@ describe('agent: stopAll', () => {
     expect(agent.flush()).toEqual(empty);
     // The stops finishing later concern spans the agent no longer holds.
     expect(agent.pipeline({ kind: 'stopped', key: keyA, checkpointTs: 12n })).toEqual(empty);
+  });
+});
+
+describe('watermark without a rescan', () => {
+  /** The old O(spans) watermark, computed from the statuses. */
+  function rescan(agent: Agent): { checkpointTs: bigint; resolvedTs: bigint } {
+    let checkpointTs: bigint | undefined;
+    let resolvedTs: bigint | undefined;
+    for (const s of agent.statuses()) {
+      if (s.state !== 'replicating') continue;
+      if (checkpointTs === undefined || s.checkpointTs < checkpointTs) checkpointTs = s.checkpointTs;
+      if (resolvedTs === undefined || s.resolvedTs < resolvedTs) resolvedTs = s.resolvedTs;
+    }
+    return { checkpointTs: checkpointTs ?? 0n, resolvedTs: resolvedTs ?? 0n };
+  }
+
+  it('equals the rescan under random adds, progress, removes, stops, failures and self-fences', () => {
+    const spans: Span[] = Array.from({ length: 12 }, (_, i) => ({ table: 't', start: String.fromCharCode(97 + i), end: String.fromCharCode(98 + i) }));
+    for (let seed = 1; seed <= 15; seed++) {
+      const rng = new SeededRandom(seed);
+      const agent = new Agent({ captureId: 'cap', captureEpoch, changefeed: 'cf', changefeedEpoch: 1n, statusesPerMessageMax: 8 });
+      const owner = new FakeOwner();
+      let mostReplicating = 0;
+      for (let step = 0; step < 800; step++) {
+        const span = rng.pick(spans);
+        const key = spanKey(span);
+        const ts = BigInt(rng.int(1_000));
+        const out = ((): AgentOutput => {
+          switch (rng.int(12)) {
+            case 0:
+            case 1:
+            case 2:
+              return agent.handleMessage(owner.dispatch([add(span, ts, rng.chance(0.2))]));
+            case 3:
+              return agent.handleMessage(owner.dispatch([], [span]));
+            case 4:
+            case 5:
+              return agent.handlePipelineEvent({ kind: 'prepared', key, resolvedTs: ts });
+            case 6:
+              return agent.handlePipelineEvent({ kind: 'stopped', key, checkpointTs: ts });
+            case 7:
+              return rng.chance(0.3) ? agent.handlePipelineEvent({ kind: 'failed', key, error: 'x', retryable: true }) : agent.flush();
+            case 8:
+              return step % 200 === 0 ? agent.stopAll() : agent.flush();
+            default:
+              // Progress, the most frequent input; resolved may trail the checkpoint.
+              return agent.handlePipelineEvent({ kind: 'progress', key, checkpointTs: ts, resolvedTs: BigInt(rng.int(1_000)) });
+          }
+        })();
+        owner.saw(out.outbox);
+        const mark = agent.watermark();
+        expect({ checkpointTs: mark.checkpointTs, resolvedTs: mark.resolvedTs }).toEqual(rescan(agent));
+        agent.checkInvariants();
+        mostReplicating = Math.max(mostReplicating, agent.statuses().filter((s) => s.state === 'replicating').length);
+      }
+      // The run must exercise the heaps with several spans at once, not only an empty one.
+      expect(mostReplicating).toBeGreaterThanOrEqual(4);
+    }
   });
 });

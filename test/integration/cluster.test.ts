@@ -315,7 +315,7 @@ describe('a three-capture cluster', () => {
       ['POST', '/api/v1/changefeeds', { id: 'x' }, 400],
       ['POST', '/api/v1/changefeeds', { id: 'bad id!', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
       ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'nope://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
-      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://?rate=0' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
+      ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://?rate=1001' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }] }, 400],
       ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [] }, 400],
       ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 0 }] }, 400],
       ['POST', '/api/v1/changefeeds', { id: 'x', source: { uri: 'datagen://' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't' }], extra: 1 }, 400],

@@ -948,6 +948,14 @@ export class SimCluster {
       this.violations.push(`step ${step}: owner ${this.owner.id} runs the ${this.metadata.info.state} changefeed`);
     }
     this.checkSinkState();
+    // Each agent's heap watermark equals a rescan of its spans (issue 11).
+    for (const capture of this.captures.values()) {
+      try {
+        capture.agent?.checkInvariants();
+      } catch (error) {
+        this.violations.push(`step ${step}: capture ${capture.id}: ${(error as Error).message}`);
+      }
+    }
     const coordinator = this.owner?.coordinator;
     if (coordinator !== undefined) {
       try {

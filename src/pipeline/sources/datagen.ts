@@ -1,6 +1,9 @@
 /**
  * The `datagen` source: a deterministic synthetic change log, for benchmarks and tests at
- * scale. `datagen://?rate=<events/s per span>&keys=<keys per span>&seed=<n>`.
+ * scale. `datagen://?rate=<events/s per span>&keys=<keys per span>&seed=<n>`, or
+ * `totalRate=<events/s over the whole changefeed>[&spans=<n>]` instead of `rate`; a rate
+ * of 0 makes idle spans (no events; the resolved-ts still advances with the clock), so a
+ * million mostly idle spans is expressible (issue 11).
  *
  * Timestamps are wall-clock milliseconds. A span's events fall every 1000/rate ms at an
  * offset derived from the span; the key and value of the event at ts t are hashes of
@@ -9,30 +12,72 @@
  */
 import type { Span } from '../../core/span.ts';
 import { spanKeyHashes } from '../../core/span-digest.ts';
-import type { ChangeEvent, ReadResult, Source } from '../source.ts';
-import { intParam, parseUri } from '../uri.ts';
+import type { ChangeEvent, ReadResult, Source, SourceContext } from '../source.ts';
+import { BadUriError, intParam, optionalIntParam, parseUri, rejectUnknownParams } from '../uri.ts';
+
+/** The most events per second one datagen span makes (one per ms). */
+export const datagenSpanRateMax = 1_000;
+/** The most events per second `totalRate` may ask of a whole changefeed. */
+export const datagenTotalRateMax = 10_000_000;
+/** The largest `spans` hint: a changefeed's own bound on spans (`changefeedLimits.spansMax`). */
+export const datagenSpansHintMax = 1_000_000;
 
 export interface DatagenOptions {
+  /** Events/s per span; 0 makes idle spans. Ignored when `totalRate` is set. */
   readonly rate: number;
+  /** Events/s over the whole changefeed, spread over its spans; 0 makes idle spans. */
+  readonly totalRate?: number;
+  /** What `totalRate` is divided by, instead of the changefeed's span count. */
+  readonly spans?: number;
   readonly keys: number;
   readonly seed: number;
 }
 
+/** What the capture knows when it opens the source: the changefeed's span count, for `totalRate`. */
+/** What datagen takes from where it is opened: the changefeed's span count. */
+export type DatagenContext = Pick<SourceContext, 'spanCount'>;
+
 /** Parses a `datagen://` URI. */
 export function parseDatagenUri(uri: string): DatagenOptions {
   const url = parseUri(uri, ['datagen'], 'source');
+  rejectUnknownParams(url, ['rate', 'totalRate', 'spans', 'keys', 'seed'], 'source');
+  const total = optionalIntParam(url, 'totalRate', 0, datagenTotalRateMax);
+  if (total !== undefined && url.searchParams.has('rate')) throw new BadUriError('source uri: give rate (events/s per span) or totalRate (events/s over the changefeed), not both');
+  if (total === undefined && url.searchParams.has('spans')) throw new BadUriError('source uri: spans is the divisor of totalRate; give it only with totalRate');
+  const spans = optionalIntParam(url, 'spans', 1, datagenSpansHintMax);
   return {
-    rate: intParam(url, 'rate', 1, 1, 1000),
+    rate: intParam(url, 'rate', 1, 0, datagenSpanRateMax),
+    ...(total === undefined ? {} : { totalRate: total }),
+    ...(spans === undefined ? {} : { spans }),
     keys: intParam(url, 'keys', 100, 1, 1_000_000),
     seed: intParam(url, 'seed', 1, 0, 2 ** 31),
   };
 }
 
-export class DatagenSource implements Source {
-  private readonly periodMs: bigint;
+/**
+ * The ms between two events of one span, or undefined for idle spans. `totalRate` is
+ * spread evenly: each of the n spans makes totalRate/n events/s, so one event every
+ * 1000*n/totalRate ms (rounded down, at least 1 ms: a share above 1000/s is capped).
+ * n is the `spans` hint, else the changefeed's span count when the capture opened the
+ * source; without either it is 1 (the whole rate on every span).
+ */
+export function datagenPeriodMs(options: DatagenOptions, context: DatagenContext = {}): bigint | undefined {
+  if (options.totalRate === undefined) return options.rate === 0 ? undefined : BigInt(Math.max(1, Math.floor(1000 / options.rate)));
+  if (options.totalRate === 0) return undefined;
+  const spans = BigInt(options.spans ?? Math.max(1, context.spanCount ?? 1));
+  const period = (1000n * spans) / BigInt(options.totalRate);
+  return period < 1n ? 1n : period;
+}
 
-  constructor(private readonly options: DatagenOptions) {
-    this.periodMs = BigInt(Math.max(1, Math.floor(1000 / options.rate)));
+export class DatagenSource implements Source {
+  /** Undefined: idle spans, no events, the resolved-ts still follows the clock. */
+  private readonly periodMs: bigint | undefined;
+
+  constructor(
+    private readonly options: DatagenOptions,
+    context: DatagenContext = {},
+  ) {
+    this.periodMs = datagenPeriodMs(options, context);
   }
 
   async resolvedTs(): Promise<bigint> {
@@ -46,13 +91,15 @@ export class DatagenSource implements Source {
   async read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult> {
     const events: ChangeEvent[] = [];
     if (uptoTs <= afterTs) return { events, readUpToTs: afterTs };
+    const periodMs = this.periodMs;
+    if (periodMs === undefined) return { events, readUpToTs: uptoTs };
     const identity = `${this.options.seed}\u0000${span.table}\u0000${span.start}\u0000${span.end}`;
-    const offset = BigInt(spanKeyHashes(identity)[0]) % this.periodMs;
+    const offset = BigInt(spanKeyHashes(identity)[0]) % periodMs;
     // The first event time strictly after afterTs.
     let ts = afterTs + 1n;
-    const rem = (((ts - offset) % this.periodMs) + this.periodMs) % this.periodMs;
-    if (rem !== 0n) ts += this.periodMs - rem;
-    for (; ts <= uptoTs; ts += this.periodMs) {
+    const rem = (((ts - offset) % periodMs) + periodMs) % periodMs;
+    if (rem !== 0n) ts += periodMs - rem;
+    for (; ts <= uptoTs; ts += periodMs) {
       if (events.length >= limit) return { events, readUpToTs: ts - 1n };
       const [a, b] = spanKeyHashes(`${identity}\u0000${ts}`);
       const index = a % this.options.keys;

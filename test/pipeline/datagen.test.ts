@@ -1,0 +1,75 @@
+/**
+ * The datagen source's rates: per span, over the whole changefeed (spread over its
+ * spans, by the `spans` hint or the span count the capture opens it with), and idle.
+ */
+import { describe, expect, it } from 'vitest';
+import { DatagenSource, datagenPeriodMs, parseDatagenUri } from '../../src/pipeline/sources/datagen.ts';
+import { BadUriError } from '../../src/pipeline/uri.ts';
+import type { Span } from '../../src/core/span.ts';
+
+const span: Span = { table: 't', start: 'a', end: 'b' };
+
+async function count(source: DatagenSource, windowMs: bigint, limit = 1_000_000): Promise<number> {
+  return (await source.read(span, 1_000_000n, 1_000_000n + windowMs, limit)).events.length;
+}
+
+describe('datagen rates', () => {
+  it('parses rate, totalRate and spans, and refuses what makes no sense', () => {
+    expect(parseDatagenUri('datagen://')).toEqual({ rate: 1, keys: 100, seed: 1 });
+    expect(parseDatagenUri('datagen://?rate=0')).toEqual({ rate: 0, keys: 100, seed: 1 });
+    expect(parseDatagenUri('datagen://?totalRate=10000&spans=1000000')).toEqual({ rate: 1, totalRate: 10_000, spans: 1_000_000, keys: 100, seed: 1 });
+    const bad: [string, RegExp][] = [
+      ['datagen://?rate=1001', /rate="1001" must be an integer from 0 to 1000/],
+      ['datagen://?rate=-1', /must be an integer/],
+      ['datagen://?totalRate=1.5', /totalRate="1.5" must be an integer from 0 to 10000000/],
+      ['datagen://?totalRate=10&rate=1', /not both/],
+      ['datagen://?spans=10', /only with totalRate/],
+      ['datagen://?totalRate=10&spans=0', /spans="0" must be an integer from 1 to 1000000/],
+      ['datagen://?totalrate=10', /parameter "totalrate" is not known/],
+    ];
+    for (const [uri, message] of bad) {
+      expect(() => parseDatagenUri(uri), uri).toThrow(BadUriError);
+      expect(() => parseDatagenUri(uri), uri).toThrow(message);
+    }
+  });
+
+  it('spreads totalRate over the spans: the hint first, else the changefeed span count', () => {
+    // 10,000 events/s over 1,000,000 spans: one event per span every 100 s.
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=10000&spans=1000000'))).toBe(100_000n);
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=10000'), { spanCount: 1_000_000 })).toBe(100_000n);
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=10000&spans=10'), { spanCount: 1_000_000 })).toBe(1n);
+    // A share above 1000 events/s is capped at one per ms.
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=100000'), { spanCount: 2 })).toBe(1n);
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=100'))).toBe(10n);
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?rate=20'))).toBe(50n);
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?totalRate=0'), { spanCount: 5 })).toBeUndefined();
+    expect(datagenPeriodMs(parseDatagenUri('datagen://?rate=0'))).toBeUndefined();
+  });
+
+  it('makes the share of events per span, and the total over all spans is totalRate', async () => {
+    const spans = 40;
+    const source = new DatagenSource(parseDatagenUri('datagen://?totalRate=400'), { spanCount: spans });
+    // 10 events/s per span: 100 in 10 s, and 4,000 over all spans.
+    expect(await count(source, 10_000n)).toBe(100);
+    let total = 0;
+    for (let i = 0; i < spans; i++) total += (await source.read({ table: 't', start: `k${i}`, end: `k${i + 1}` }, 1_000_000n, 1_010_000n, 1_000_000)).events.length;
+    expect(total).toBe(4_000);
+  });
+
+  it('idle spans make no events but read up to the bound, and the resolved-ts follows the clock', async () => {
+    for (const uri of ['datagen://?rate=0', 'datagen://?totalRate=0']) {
+      const source = new DatagenSource(parseDatagenUri(uri), { spanCount: 3 });
+      expect(await source.read(span, 10n, 1_000_000n, 5)).toEqual({ events: [], readUpToTs: 1_000_000n });
+      const before = BigInt(Date.now());
+      expect(await source.resolvedTs()).toBeGreaterThanOrEqual(before - 1n);
+    }
+  });
+
+  it('is the same history for a span whichever window reads it', async () => {
+    const source = new DatagenSource(parseDatagenUri('datagen://?totalRate=30&spans=3&seed=4'));
+    const whole = (await source.read(span, 0n, 20_000n, 1_000_000)).events;
+    const parts = [...(await source.read(span, 0n, 7_777n, 1_000_000)).events, ...(await source.read(span, 7_777n, 20_000n, 1_000_000)).events];
+    expect(parts).toEqual(whole);
+    expect(whole.length).toBe(200);
+  });
+});
