@@ -35,7 +35,9 @@ import type {
   MessageHeader,
   OwnerMessage,
   PipelinesFailing,
+  ProgressReport,
   ReportMessage,
+  SpanProgress,
   SpanStatus,
 } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
@@ -54,10 +56,18 @@ export interface AgentConfig {
   readonly changefeedEpoch: bigint;
   /** Bound on statuses in one report. */
   readonly statusesPerMessageMax: number;
+  /** Per-span progress in each report: the K slowest replicating spans (0 or absent: no progress sent). */
+  readonly progressSlowestMax?: number;
+  /** Per-span progress in each report: a round-robin slice of the other replicating spans. */
+  readonly progressSliceMax?: number;
 }
 
 /** Defaults for the limits in {@link AgentConfig}. */
-export const agentDefaults: { readonly statusesPerMessageMax: number } = { statusesPerMessageMax: 1_024 };
+export const agentDefaults: { readonly statusesPerMessageMax: number; readonly progressSlowestMax: number; readonly progressSliceMax: number } = {
+  statusesPerMessageMax: 1_024,
+  progressSlowestMax: 32,
+  progressSliceMax: 1_024,
+};
 
 /** What happened inside the agent, for the shell to log; the agent itself never logs. */
 export type AgentEvent =
@@ -99,6 +109,13 @@ interface AgentSpan {
   checkpointSlot: number;
   /** Its slot in the agent's resolved heap, -1 when not replicating. */
   resolvedSlot: number;
+  /** Events written a second, as its pipeline last said (display only). */
+  eventsPerSecond: number;
+}
+
+/** A held span's progress as a report carries it. */
+function progressOf(held: AgentSpan): SpanProgress {
+  return { span: held.span, checkpointTs: held.checkpointTs, resolvedTs: effectiveResolvedTs(held), eventsPerSecond: held.eventsPerSecond };
 }
 
 /** What the resolved heap orders by: a span's resolved-ts is never reported below its checkpoint. */
@@ -123,6 +140,8 @@ export class Agent {
    */
   private readonly retrying = new Map<string, string>();
   private readonly digest = new MutableDigest();
+  /** Where the round-robin slice of per-span progress goes on. */
+  private progressCursor: IterableIterator<AgentSpan> | undefined;
   private ownerId: CaptureId | undefined;
   private ownerRevision = 0n;
   private lastSeqIn = 0;
@@ -203,6 +222,7 @@ export class Agent {
         if (held.promoteTs !== undefined) this.promote(held, held.promoteTs);
         break;
       case 'progress':
+        if (event.eventsPerSecond !== undefined) held.eventsPerSecond = event.eventsPerSecond;
         if (held.state === 'replicating' || held.state === 'stopping') {
           const checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
           const resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
@@ -438,6 +458,7 @@ export class Agent {
         fatalError: undefined,
         checkpointSlot: -1,
         resolvedSlot: -1,
+        eventsPerSecond: 0,
       };
       this.spans.set(key, held);
     }
@@ -484,7 +505,7 @@ export class Agent {
     const key = spanKey(span);
     let held = this.spans.get(key);
     if (held === undefined) {
-      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1 };
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1, eventsPerSecond: 0 };
       this.spans.set(key, held);
     }
     if (held.state === 'absent') this.setState(held, 'stopped');
@@ -582,7 +603,34 @@ export class Agent {
     const base = { kind: 'report', header, statuses, watermark: this.watermark(), liveness: this.stopping ? 'stopping' : 'alive' } as const;
     const failing = this.failing();
     const withFailing = failing === undefined ? base : { ...base, failing };
-    return collect === undefined ? withFailing : { ...withFailing, collect };
+    if (collect !== undefined) return { ...withFailing, collect };
+    const progress = this.progress();
+    return progress === undefined ? withFailing : { ...withFailing, progress };
+  }
+
+  /**
+   * Per-span progress for one report (display only): the K slowest replicating spans,
+   * from the checkpoint heap in O(K log K), and the next slice of the others, round-robin
+   * over the held spans (a Map iterator survives adds and removes), so every span is
+   * refreshed within spans / slice reports without any report walking them all.
+   */
+  private progress(): ProgressReport | undefined {
+    const slowestMax = this.config.progressSlowestMax ?? 0;
+    if (slowestMax <= 0) return undefined;
+    const slowest = this.byCheckpoint.smallest(slowestMax).map(progressOf);
+    const sliceMax = this.config.progressSliceMax ?? agentDefaults.progressSliceMax;
+    const slice: SpanProgress[] = [];
+    // Bounded however few of the held spans replicate: at most 2 slices' worth looked at.
+    for (let looked = 0; slice.length < sliceMax && looked < 2 * sliceMax && this.spans.size > 0; looked++) {
+      let next = this.progressCursor?.next();
+      if (next === undefined || next.done === true) {
+        this.progressCursor = this.spans.values();
+        next = this.progressCursor.next();
+        if (next.done === true) break;
+      }
+      if (next.value.state === 'replicating') slice.push(progressOf(next.value));
+    }
+    return { slowest, slice };
   }
 
   /** The spans still held whose pipeline is retrying, or undefined when none is. */

@@ -20,7 +20,7 @@ export type PipelineEvent =
   /** The source has a resolved-ts for the span: it can be promoted. */
   | { readonly kind: 'prepared'; readonly key: string; readonly resolvedTs: bigint }
   /** Flushed (checkpoint) and received (resolved) positions moved. */
-  | { readonly kind: 'progress'; readonly key: string; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
+  | { readonly kind: 'progress'; readonly key: string; readonly checkpointTs: bigint; readonly resolvedTs: bigint; readonly eventsPerSecond?: number }
   /** A stop finished; `checkpointTs` is durable in the sink. */
   | { readonly kind: 'stopped'; readonly key: string; readonly checkpointTs: bigint }
   /** A step failed and is retried in place (a sink or source outage); the span stays. */

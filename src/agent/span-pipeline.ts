@@ -29,6 +29,9 @@ import { tsMin } from '../core/ts.ts';
 import { assertNever } from '../core/assert.ts';
 import type { PipelineEvent } from './pipeline.ts';
 
+/** The shortest window a span's events-a-second figure is measured over. */
+const rateWindowMs = 1_000;
+
 /** A backfill's resume record as the pipeline reads and writes it (keys are binary strings). */
 export interface BackfillProgress {
   /** The table's backfill revision this backfill belongs to. */
@@ -177,6 +180,12 @@ export class SpanPipeline {
   /** The position everything up to which is durable in the sink (when writing). */
   private position: bigint;
   private resolved: bigint;
+  /** Events written over the current rate window, which started at `rateWindowStartMs`. */
+  private rateWindowEvents = 0;
+  private rateWindowStartMs: number | undefined;
+  /** Events written a second over the last whole window: shown, never decided on. */
+  private eventsPerSecond = 0;
+  private rateMeasured = false;
   private backfill: BackfillState = { kind: 'unknown' };
   /** The table's backfill generation the backfill decision was made for. */
   private decidedFor: BackfillGeneration | undefined;
@@ -390,6 +399,7 @@ export class SpanPipeline {
         return;
       }
       case 'streamed':
+        this.countEvents(ctx.nowMs, outcome.events);
         // Only now is everything up to readUpToTs durable.
         if (outcome.readUpToTs > this.position) {
           this.position = outcome.readUpToTs;
@@ -517,7 +527,25 @@ export class SpanPipeline {
   private endStep(out: PipelineOutput): void {
     this.stage = 'idle';
     if (!this.prepared) return;
-    out.events.push({ kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved });
+    out.events.push(this.progressEvent());
+  }
+
+  /** Where the span is; the rate only once one was measured. */
+  private progressEvent(): PipelineEvent {
+    const event = { kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved } as const;
+    return this.rateMeasured ? { ...event, eventsPerSecond: this.eventsPerSecond } : event;
+  }
+
+  /** Counts written events into the rate, over windows of at least `rateWindowMs`. */
+  private countEvents(nowMs: number, events: number): void {
+    if (this.rateWindowStartMs === undefined) this.rateWindowStartMs = nowMs;
+    this.rateWindowEvents += events;
+    const elapsed = nowMs - this.rateWindowStartMs;
+    if (elapsed < rateWindowMs) return;
+    this.eventsPerSecond = (this.rateWindowEvents * 1_000) / elapsed;
+    this.rateMeasured = true;
+    this.rateWindowEvents = 0;
+    this.rateWindowStartMs = nowMs;
   }
 
   /** A step did what failed before: the outage is over for this pipeline. */
@@ -548,7 +576,7 @@ export class SpanPipeline {
       // Where the span is, the resolved-ts too: a sink that keeps failing or hangs must
       // not hide how far the source got, or the owner could not tell a stalled
       // checkpoint from a quiet source.
-      if (this.prepared) out.events.push({ kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved });
+      if (this.prepared) out.events.push(this.progressEvent());
       return;
     }
     this.phase = 'gone';

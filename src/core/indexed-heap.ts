@@ -69,6 +69,24 @@ export class IndexedMinHeap<T> {
     if (!this.up(slot)) this.down(slot);
   }
 
+  /**
+   * The `k` least items, least first, without changing the heap: a walk down from the
+   * root that only ever looks at the children of items already taken, O(k log k).
+   */
+  smallest(k: number): T[] {
+    const taken: T[] = [];
+    if (k <= 0 || this.items.length === 0) return taken;
+    // A small heap of slots to look at next, ordered by their items.
+    const frontier: number[] = [0];
+    const before = (a: number, b: number): boolean => this.less(this.items[a] as T, this.items[b] as T);
+    while (taken.length < k && frontier.length > 0) {
+      const slot = popSlot(frontier, before);
+      taken.push(this.items[slot] as T);
+      for (const child of [2 * slot + 1, 2 * slot + 2]) if (child < this.items.length) pushSlot(frontier, child, before);
+    }
+    return taken;
+  }
+
   /** Empties the heap, marking every item as in none. */
   clear(): void {
     for (const item of this.items) this.slot.set(item, -1);
@@ -117,5 +135,34 @@ export class IndexedMinHeap<T> {
     if (at === slot) return;
     this.items[at] = item;
     this.slot.set(item, at);
+  }
+}
+
+function pushSlot(heap: number[], slot: number, before: (a: number, b: number) => boolean): void {
+  heap.push(slot);
+  let i = heap.length - 1;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (!before(heap[i] as number, heap[parent] as number)) break;
+    [heap[i], heap[parent]] = [heap[parent] as number, heap[i] as number];
+    i = parent;
+  }
+}
+
+function popSlot(heap: number[], before: (a: number, b: number) => boolean): number {
+  const top = heap[0] as number;
+  const last = heap.pop() as number;
+  if (heap.length === 0) return top;
+  heap[0] = last;
+  let i = 0;
+  for (;;) {
+    const left = 2 * i + 1;
+    const right = left + 1;
+    let least = i;
+    if (left < heap.length && before(heap[left] as number, heap[least] as number)) least = left;
+    if (right < heap.length && before(heap[right] as number, heap[least] as number)) least = right;
+    if (least === i) return top;
+    [heap[i], heap[least]] = [heap[least] as number, heap[i] as number];
+    i = least;
   }
 }

@@ -67,12 +67,15 @@ function tableRanges(info: ChangefeedInfo): ReadonlyMap<string, TableRange> {
   return ranges;
 }
 
-/** What the host lets through to its agents (see {@link OwnerGate}). */
+/** What the host lets through to its agents (see {@link OwnerGate}), and the progress it has them report. */
 export interface AdmissionLimits {
   /** Spans held on this capture over every changefeed; adds past it are refused. */
   readonly spansHeldMax: number;
   /** Fewest ms between two election re-reads asked for by messages of an unknown owner. */
   readonly ownerVerifyIntervalMs: number;
+  /** Per-span progress in each report: the slowest spans named, and the round-robin slice. */
+  readonly progressSlowestMax?: number;
+  readonly progressSliceMax?: number;
 }
 
 export class AgentHost {
@@ -197,6 +200,8 @@ export class AgentHost {
       changefeed: info.id,
       changefeedEpoch: BigInt(info.epoch),
       statusesPerMessageMax: agentDefaults.statusesPerMessageMax,
+      progressSlowestMax: this.admission.progressSlowestMax ?? agentDefaults.progressSlowestMax,
+      progressSliceMax: this.admission.progressSliceMax ?? agentDefaults.progressSliceMax,
     });
     if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
     const log = this.log.child({ changefeed: info.id });

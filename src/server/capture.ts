@@ -286,7 +286,12 @@ export class Capture {
       keys: this.keys,
       metrics: this.metrics,
       bounds: this.bounds,
-    }, () => this.statuses, { spansHeldMax: this.config.captureSpansMax, ownerVerifyIntervalMs: ownerGateDefaults.verifyIntervalMs },
+    }, () => this.statuses, {
+      spansHeldMax: this.config.captureSpansMax,
+      ownerVerifyIntervalMs: ownerGateDefaults.verifyIntervalMs,
+      progressSlowestMax: this.config.progressSlowestMax,
+      progressSliceMax: this.config.progressSliceMax,
+    },
     // A message named an owner this capture has not seen in etcd: read the election now
     // rather than at the next watch event or resync (the owner's resend then gets through).
     () => this.ownerWatch?.trigger());

@@ -796,3 +796,47 @@ describe('watermark without a rescan', () => {
     }
   });
 });
+
+describe('agent: per-span progress', () => {
+  it('reports its K slowest replicating spans and a round-robin slice that covers every span in turn', () => {
+    const owner = new FakeOwner('owner', 5n, false);
+    const agent = new Agent({ captureId: 'cap', captureEpoch, changefeed: 'cf', changefeedEpoch: 1n, statusesPerMessageMax: 64, progressSlowestMax: 2, progressSliceMax: 3 });
+    const spans: Span[] = Array.from({ length: 7 }, (_, i) => ({ table: 't', start: `k${i}`, end: `k${i}~` }));
+    for (const [i, span] of spans.entries()) {
+      owner.saw(agent.handleMessage(owner.dispatch([add(span, 10n)])).outbox);
+      agent.handlePipelineEvent({ kind: 'prepared', key: spanKey(span), resolvedTs: 10n });
+      // Checkpoints 100, 90, ..., 40: the last spans are the slowest; span 3 writes 12 events a second.
+      agent.handlePipelineEvent({ kind: 'progress', key: spanKey(span), checkpointTs: BigInt(100 - 10 * i), resolvedTs: 200n, ...(i === 3 ? { eventsPerSecond: 12 } : {}) });
+    }
+    // One more span that is only preparing: never in the progress.
+    const preparing: Span = { table: 't', start: 'z', end: 'z~' };
+    owner.saw(agent.handleMessage(owner.dispatch([add(preparing, 10n)])).outbox);
+    const seen = new Map<string, bigint>();
+    const rates = new Map<string, number>();
+    for (let round = 0; round < 3; round++) {
+      const out = agent.handleMessage(owner.heartbeat());
+      const progress = out.outbox[0]?.progress;
+      expect(progress?.slowest.map((p) => [p.span.start, p.checkpointTs])).toEqual([['k6', 40n], ['k5', 50n]]);
+      expect(progress?.slice.length).toBeLessThanOrEqual(3);
+      for (const p of progress?.slice ?? []) {
+        expect(p.span.start).not.toBe('z');
+        expect(p.resolvedTs).toBe(200n);
+        seen.set(p.span.start, p.checkpointTs);
+        rates.set(p.span.start, p.eventsPerSecond);
+      }
+      owner.saw(out.outbox);
+    }
+    // Three reports of three: all seven spans were refreshed.
+    expect([...seen.keys()].sort()).toEqual(spans.map((s) => s.start).sort());
+    expect(seen.get('k3')).toBe(70n);
+    expect(rates.get('k3')).toBe(12);
+    expect(rates.get('k4')).toBe(0);
+  });
+
+  it('sends no progress unless asked to', () => {
+    const owner = new FakeOwner('owner', 5n, false);
+    const agent = new Checked();
+    replicating(agent, owner, a, 10n);
+    expect(agent.message(owner.heartbeat()).outbox[0]?.progress).toBeUndefined();
+  });
+});

@@ -78,3 +78,19 @@ describe('IndexedMinHeap', () => {
     expect(heap.peek()).toBeUndefined();
   });
 });
+
+describe('IndexedMinHeap.smallest', () => {
+  it('gives the k least items, least first, without changing the heap', () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const rng = new SeededRandom(seed);
+      const heap = newHeap();
+      const items: Item[] = Array.from({ length: 1 + rng.int(80) }, (_, id) => ({ id, key: rng.int(50), slot: -1 }));
+      for (const item of items) heap.push(item);
+      const sorted = [...items].sort((x, y) => x.key - y.key).map((item) => item.key);
+      for (const k of [0, 1, 3, 10, items.length, items.length + 5]) {
+        expect(heap.smallest(k).map((item) => item.key), `seed ${seed} k ${k}`).toEqual(sorted.slice(0, k));
+      }
+      check(heap, new Set(items));
+    }
+  });
+});
