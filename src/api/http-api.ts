@@ -68,6 +68,9 @@ export const refusedBodyDrainMs = 10_000;
 /** How long a forwarded request waits for the owner's answer headers (an event stream then goes on). */
 export const forwardAnswerTimeoutMs = 10_000;
 
+/** How many of the slowest spans a changefeed's view names. */
+export const slowestSpansInView = 3;
+
 /** The header a capture passes a caller's role on in, when it forwards a request to the owner over TLS. */
 export const callerRoleHeader = 'x-spanfeed-caller-role';
 
@@ -444,7 +447,26 @@ export class HttpApi {
         queued: managed?.coordinator.movesQueued ?? 0,
         refused: (managed?.coordinator.moveRefusals ?? []).map((r) => ({ table: r.span.table, start: r.span.start, captureId: r.capture, reason: r.reason })),
       },
+      // The spans holding the checkpoint back, as the captures last reported them.
+      slowestSpans: managed === undefined ? [] : this.slowestOf(info.id, slowestSpansInView),
     };
+  }
+
+  /** The `k` slowest spans of a running changefeed, each as the API shows it. */
+  private slowestOf(id: string, k: number): Record<string, unknown>[] {
+    const owner = this.owner();
+    const now = Date.now();
+    return owner.slowestSpans(id, k).map((entry) => ({
+      table: entry.span.table,
+      start: entry.span.start,
+      end: entry.span.end,
+      captureId: entry.captureId,
+      checkpointTs: entry.checkpointTs.toString(),
+      resolvedTs: entry.resolvedTs.toString(),
+      checkpointLagMs: owner.lagsMs(id, entry.checkpointTs, entry.resolvedTs).checkpointLagMs,
+      eventsPerSecond: entry.eventsPerSecond,
+      ageMs: Math.max(0, now - entry.atMs),
+    }));
   }
 
   /**
@@ -542,25 +564,8 @@ export class HttpApi {
     const k = Number(raw);
     if (!/^\d+$/.test(raw) || k < 1 || k > kMax) throw new ValidationError(`k must be an integer from 1 to ${kMax} (each capture reports its ${kMax} slowest spans: --progress-slowest)`);
     for (const name of query.keys()) if (name !== 'k') throw new ValidationError(`unknown query parameter ${JSON.stringify(name)}; slowest takes only k`);
-    const owner = this.owner();
-    const managed = owner.managed.get(info.id);
-    if (managed === undefined) throw new ApiError(409, 'not-running', `changefeed ${info.id} is not running`);
-    const now = Date.now();
-    const entries = managed.progress.slowest(k, (entry) => managed.coordinator.findSpan(entry.span.table, entry.span.start)?.primary === entry.captureId);
-    return {
-      status: 200,
-      body: entries.map((entry) => ({
-        table: entry.span.table,
-        start: entry.span.start,
-        end: entry.span.end,
-        captureId: entry.captureId,
-        checkpointTs: entry.checkpointTs.toString(),
-        resolvedTs: entry.resolvedTs.toString(),
-        checkpointLagMs: owner.lagsMs(info.id, entry.checkpointTs, entry.resolvedTs).checkpointLagMs,
-        eventsPerSecond: entry.eventsPerSecond,
-        ageMs: Math.max(0, now - entry.atMs),
-      })),
-    };
+    if (this.owner().managed.get(info.id) === undefined) throw new ApiError(409, 'not-running', `changefeed ${info.id} is not running`);
+    return { status: 200, body: this.slowestOf(info.id, k) };
   }
 
   private moveSpan(id: string | undefined, body: unknown): ApiResponse {

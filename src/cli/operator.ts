@@ -25,6 +25,7 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token 
   capture list | drain <id>         drain shows a progress bar until 0 spans remain
   capture undrain <id>              cancels a drain (rebalance to give spans back)
   span list <changefeed> | move <changefeed> --table <t> --start <key> --capture <id>
+  span slowest <changefeed> [--count K]   the K spans with the lowest checkpoints (default 10)
   rebalance <changefeed>
   owner resign
   watermark watch <changefeed>      a live line: checkpoint, resolved, lag, state; a stalled
@@ -303,6 +304,18 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
       case 'span list': {
         const list = await call(ctx, 'GET', `/api/v1/changefeeds/${encodeURIComponent(need(verb === 'list' ? arg : undefined, 'a changefeed id'))}/spans`);
         print(list, () => table(list.map((s: any) => ({ ...s, start: JSON.stringify(s.start), end: JSON.stringify(s.end) })), ['table', 'start', 'end', 'state', 'primary', 'checkpointTs']));
+        return 0;
+      }
+      case 'span slowest': {
+        const k = values.count === undefined ? 10 : Number(values.count);
+        const id = encodeURIComponent(need(arg, 'a changefeed id'));
+        const list = await call(ctx, 'GET', `/api/v1/changefeeds/${id}/spans/slowest?k=${encodeURIComponent(String(k))}`);
+        print(list, () =>
+          table(
+            list.map((s: any) => ({ ...s, start: JSON.stringify(s.start), end: JSON.stringify(s.end), lag: s.checkpointLagMs === null ? null : seconds(s.checkpointLagMs), age: seconds(s.ageMs) })),
+            ['table', 'start', 'end', 'captureId', 'checkpointTs', 'lag', 'eventsPerSecond', 'age'],
+          ),
+        );
         return 0;
       }
       case 'span move': {

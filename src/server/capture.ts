@@ -137,9 +137,17 @@ export class Capture {
           movesInFlight: m.coordinator.manager.tasksInFlight.move,
           failingSpans: m.coordinator.failing().spans,
           stalledForMs: m.coordinator.lastWatermark.state === 'stalled' ? m.coordinator.lastWatermark.stalledForMs : 0,
+          slowestSpanLagMs: this.slowestSpanLagMs(m.info.id),
         })),
       spansHeld: () => this.agents?.spansHeld() ?? new Map(),
     });
+  }
+
+  /** The checkpoint lag of a coordinated changefeed's slowest span (its current primary's report). */
+  private slowestSpanLagMs(id: string): number | null {
+    const [slowest] = this.ownerRole?.slowestSpans(id, 1) ?? [];
+    if (slowest === undefined || this.ownerRole === undefined) return null;
+    return this.ownerRole.lagsMs(id, slowest.checkpointTs, slowest.resolvedTs).checkpointLagMs;
   }
 
   /**

@@ -19,6 +19,8 @@ export interface MetricsSources {
     readonly failingSpans: number;
     /** How long the watermark has been `stalled`; 0 when it is not. */
     readonly stalledForMs: number;
+    /** The checkpoint lag of the slowest span as its capture last reported it; null while none is known. */
+    readonly slowestSpanLagMs: number | null;
   }>;
   /** Spans held by this capture, per changefeed. */
   spansHeld(): ReadonlyMap<string, number>;
@@ -123,6 +125,9 @@ export class Metrics {
       c.stalledForMs > 0 ? 1 : 0,
     );
     changefeedGauge('spanfeed_changefeed_stalled_seconds', 'How long the watermark has been stalled (the checkpoint behind the resolved-ts without moving); 0 when it is not.', (c) => c.stalledForMs / 1000);
+    changefeedGauge('spanfeed_changefeed_slowest_span_lag_seconds', 'The checkpoint lag of the changefeed\'s slowest span, as its capture last reported it (GET .../spans/slowest).', (c) =>
+      c.slowestSpanLagMs === null ? undefined : c.slowestSpanLagMs / 1000,
+    );
     changefeedGauge('spanfeed_changefeed_failing_spans', 'Spans whose pipelines retry a failed step in place (a sink or source outage).', (c) => c.failingSpans);
     new Gauge({
       name: 'spanfeed_changefeed_spans',

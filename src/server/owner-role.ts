@@ -22,6 +22,7 @@ import type { Metrics } from './metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
 import { SpanProgressBook } from '../core/span-progress.ts';
+import type { SpanProgressEntry } from '../core/span-progress.ts';
 import { spanKey } from '../core/span.ts';
 import type * as grpc from '@grpc/grpc-js';
 import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';
@@ -574,6 +575,16 @@ export class OwnerRole {
    * Checkpoint and resolved lag in ms: for wall-clock timestamps (datagen) now minus the
    * timestamp; otherwise from when the resolved-ts reached them. Null when unknown.
    */
+  /**
+   * The `k` slowest spans of a coordinated changefeed as their captures last reported
+   * them, each from the capture that holds it now ([] when not coordinated here).
+   */
+  slowestSpans(id: string, k: number): SpanProgressEntry[] {
+    const managed = this.managed.get(id);
+    if (managed === undefined) return [];
+    return managed.progress.slowest(k, (entry) => managed.coordinator.findSpan(entry.span.table, entry.span.start)?.primary === entry.captureId);
+  }
+
   lagsMs(id: string, checkpointTs: bigint, resolvedTs: bigint): { checkpointLagMs: number | null; resolvedLagMs: number | null } {
     const managed = this.managed.get(id);
     const now = Date.now();
