@@ -3,7 +3,7 @@
  * and histograms are updated where things happen; gauges of changefeeds and spans are
  * computed when Prometheus scrapes, from the owner's coordinators and the agents.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
@@ -48,6 +48,8 @@ export class Metrics {
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
+    // The process's own figures (heap, RSS, CPU, GC, handles), as prom-client names them.
+    collectDefaultMetrics({ register: this.registry });
     this.sourceEvents = new Counter({ name: 'spanfeed_source_events_total', help: 'Change events read from sources and written to sinks by this capture.', labelNames: ['changefeed'], registers });
     this.backfillKeysCopied = new Counter({ name: 'spanfeed_backfill_keys_copied_total', help: 'Keys this capture copied into sinks by backfills (rate() is the backfill speed).', labelNames: ['changefeed'], registers });
     this.sinkFlushSeconds = new Histogram({
