@@ -13,10 +13,10 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 
-/** What a token may do. */
-export type Role = 'read' | 'admin';
+import type { Role } from '../security/role.ts';
+import { roles } from '../security/role.ts';
 
-const roles: readonly Role[] = ['read', 'admin'];
+export type { Role };
 
 /** The shortest token accepted: shorter ones can be guessed. */
 export const tokenLengthMin = 16;

@@ -12,7 +12,7 @@
 import { checkServerIdentity } from 'node:tls';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import type { Role } from '../api/auth.ts';
+import type { Role } from './role.ts';
 import type { TlsFiles, TlsMaterial } from './tls-files.ts';
 import { certificateNames, peerNameAllowed, readTlsMaterial } from './tls-files.ts';
 

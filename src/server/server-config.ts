@@ -14,7 +14,7 @@ import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
-import type { Role } from '../api/auth.ts';
+import type { Role } from '../security/role.ts';
 import type { TlsFiles } from '../security/tls-files.ts';
 import { TlsFileError, parseNameList } from '../security/tls-files.ts';
 
