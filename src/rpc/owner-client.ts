@@ -16,6 +16,8 @@ export interface ConnectionOptions {
   readonly sendQueueMax: number;
   /** TLS (mutual: our certificate shown); undefined: plain text. */
   readonly credentials?: grpc.ChannelCredentials | undefined;
+  /** More channel options (the TLS server name). */
+  readonly channelOptions?: Readonly<Record<string, string>> | undefined;
 }
 
 export class CaptureConnection {
@@ -40,6 +42,7 @@ export class CaptureConnection {
       ...keepaliveOptions,
       'grpc.initial_reconnect_backoff_ms': options.reconnectBackoffMinMs,
       'grpc.max_reconnect_backoff_ms': options.reconnectBackoffMaxMs,
+      ...options.channelOptions,
     });
     this.open();
   }

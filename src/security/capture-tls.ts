@@ -51,6 +51,17 @@ export class CaptureTls {
     return grpc.credentials.createSsl(this.material.ca, this.material.key, this.material.cert, { checkServerIdentity: this.serverIdentityCheck });
   }
 
+  /**
+   * Channel options of the owner's streams. With allowed names the server's certificate
+   * is checked by name, not by the address dialled, so the TLS server name sent can be
+   * one of them: grpc-js would otherwise send the IP address it dials, which Node warns
+   * about (DEP0123, an IP is not a valid SNI name).
+   */
+  grpcChannelOptions(): Record<string, string> {
+    const [name] = [...(this.allowedNames ?? [])].sort();
+    return name === undefined ? {} : { 'grpc.ssl_target_name_override': name };
+  }
+
   /** node:https / node:tls client options, for requests to another capture. */
   clientOptions(): TlsClientOptions {
     return { ca: this.material.ca, cert: this.material.cert, key: this.material.key, checkServerIdentity: this.serverIdentityCheck };

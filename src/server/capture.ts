@@ -455,6 +455,7 @@ export class Capture {
         resign: () => this.resign(),
         limits: ownerLimits(this.config),
         grpcCredentials: this.tls?.grpcChannelCredentials(),
+        grpcChannelOptions: this.tls?.grpcChannelOptions(),
         log: this.log.child({ captureId: this.id, component: 'owner' }),
         metrics: this.metrics,
         onStop: () => {

@@ -149,6 +149,8 @@ export interface OwnerContext {
   readonly onStop: (reason: string) => void;
   /** Credentials of the streams to captures (mutual TLS); undefined: plain text. */
   readonly grpcCredentials?: grpc.ChannelCredentials | undefined;
+  /** Their channel options (the TLS server name). */
+  readonly grpcChannelOptions?: Readonly<Record<string, string>> | undefined;
 }
 
 /**
@@ -340,6 +342,7 @@ export class OwnerRole {
         reconnectBackoffMaxMs: limits.reconnectBackoffMaxMs,
         sendQueueMax: limits.sendQueueMax,
         credentials: this.ctx.grpcCredentials,
+        channelOptions: this.ctx.grpcChannelOptions,
       });
       this.connections.set(id, { address: record.grpcAddr, connection });
     }
