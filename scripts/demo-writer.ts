@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
-import { createDemoChangefeed, startDemoWriter } from '../src/dev/demo-writer.ts';
+import { createDemoChangefeed, seedDemoKeys, startDemoWriter } from '../src/dev/demo-writer.ts';
 import { waitFor } from '../src/dev/local-cluster.ts';
 
 const { values } = parseArgs({ options: { etcd: { type: 'string' }, api: { type: 'string' }, 'token-file': { type: 'string' } }, strict: true });
@@ -26,6 +26,7 @@ function firstToken(path: string): string {
 }
 const client = new Etcd3({ hosts: `http://${etcd}` });
 await waitFor('the spanfeed API', async () => ((await fetch(`${apiUrl}/api/v1/health`)).ok ? true : undefined), 120_000, 500);
+await seedDemoKeys(client);
 await createDemoChangefeed(apiUrl, etcd, 'file:///tmp/demo-out', token);
 const stop = startDemoWriter(client);
 process.stdout.write(`demo writer: writing under demo/ on ${etcd}; changefeed "demo" created through ${apiUrl}\n`);

@@ -8,7 +8,7 @@
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Etcd3 } from 'etcd3';
-import { createDemoChangefeed, startDemoWriter } from '../src/dev/demo-writer.ts';
+import { createDemoChangefeed, seedDemoKeys, startDemoWriter } from '../src/dev/demo-writer.ts';
 import type { ChangefeedView } from '../src/dev/local-cluster.ts';
 import { LocalCapture, LocalEtcd, api, waitFor } from '../src/dev/local-cluster.ts';
 
@@ -41,6 +41,7 @@ async function main(): Promise<number> {
     await waitFor('an owner', async () => ((await api(url, 'GET', '/api/v1/health')).status === 200 ? true : undefined));
     const outDir = resolve('demo-out');
     mkdirSync(outDir, { recursive: true });
+    await seedDemoKeys(upstream);
     await createDemoChangefeed(url, etcd.endpoint, `file://${outDir}`);
     stopWriter = startDemoWriter(upstream);
     process.stdout.write(

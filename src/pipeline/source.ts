@@ -1,7 +1,7 @@
 /**
  * Sources: where span pipelines read changes from (DESIGN.md §7).
  */
-import type { Span } from '../core/span.ts';
+import type { Span, TableRange } from '../core/span.ts';
 import type { BackfillLimits } from './backfill.ts';
 
 /** One change of one key. Keys and values are binary strings (one byte per code unit). */
@@ -73,5 +73,11 @@ export interface Source {
   currentTs(): Promise<bigint>;
   /** Where a changefeed that starts `earliest` begins (default: `currentTs`). */
   earliestTs?(): Promise<bigint>;
+  /**
+   * Up to `count - 1` keys that cut the table's range into spans holding about as many of
+   * its keys each, as of `atTs` (fewer for a table with few keys). Absent for a source
+   * whose keys spread evenly over the raw bytes anyway (datagen).
+   */
+  sampleBoundaries?(range: TableRange, count: number, atTs: bigint): Promise<string[]>;
   close(): Promise<void>;
 }

@@ -4,7 +4,8 @@
  * split into spans.
  */
 import type { Span, TableRange } from '../core/span.ts';
-import { prefixEnd, splitTable } from '../core/span.ts';
+import { prefixEnd } from '../core/span.ts';
+import { boundariesProblem, splitAtBoundaries, splitRange } from '../core/split.ts';
 import { validateSinkUri, validateSourceUri } from '../pipeline/registry.ts';
 import { BadUriError } from '../pipeline/uri.ts';
 
@@ -15,6 +16,13 @@ export interface TableSpec {
   readonly start?: string;
   readonly end?: string;
   readonly spans?: number;
+  /**
+   * Where the spans start after the first: `spans - 1` keys, strictly increasing, inside
+   * the table's range. Given by the user, or chosen at create from a sample of the
+   * table's keys (each span then holds about as many keys); without them the range is
+   * cut at evenly spaced raw bytes.
+   */
+  readonly boundaries?: readonly string[];
   /** Set by the owner when the table is backfilled: the snapshot revision. */
   readonly backfillTs?: string;
   /**
@@ -114,7 +122,7 @@ export function parseTables(value: unknown): TableSpec[] {
   const tables = value.map((raw, i): TableSpec => {
     const where = `tables[${i}]`;
     if (!isObject(raw)) throw new ValidationError(`${where} must be an object`);
-    rejectUnknown(raw, ['name', 'prefix', 'start', 'end', 'spans'], where);
+    rejectUnknown(raw, ['name', 'prefix', 'start', 'end', 'spans', 'boundaries'], where);
     const name = validateId(raw.name, `${where}.name`);
     if (names.has(name)) throw new ValidationError(`table "${name}" appears twice`);
     names.add(name);
@@ -127,19 +135,39 @@ export function parseTables(value: unknown): TableSpec[] {
     if (raw.start !== undefined && raw.end !== undefined && raw.end !== '' && !((raw.start as string) < (raw.end as string))) {
       throw new ValidationError(`${where}: start must sort before end`);
     }
-    const count = raw.spans ?? 1;
+    const boundaries = parseBoundaries(raw.boundaries, `${where}.boundaries`);
+    const count = raw.spans ?? (boundaries === undefined ? 1 : boundaries.length + 1);
     if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 1 || count > changefeedLimits.spansPerTableMax) {
       throw new ValidationError(`${where}.spans must be an integer from 1 to ${changefeedLimits.spansPerTableMax}`);
+    }
+    if (boundaries !== undefined && boundaries.length !== count - 1) {
+      throw new ValidationError(`${where}: ${count} spans need ${count - 1} boundaries, got ${boundaries.length}`);
     }
     spans += count;
     const spec: { -readonly [K in keyof TableSpec]: TableSpec[K] } = { name, spans: count };
     if (raw.prefix !== undefined) spec.prefix = raw.prefix as string;
     if (raw.start !== undefined) spec.start = raw.start as string;
     if (raw.end !== undefined) spec.end = raw.end as string;
+    if (boundaries !== undefined) {
+      const problem = boundariesProblem(tableRange(spec), boundaries);
+      if (problem !== undefined) throw new ValidationError(`${where}.boundaries: ${problem}`);
+      spec.boundaries = boundaries;
+    }
     return spec;
   });
   if (spans > changefeedLimits.spansMax) throw new ValidationError(`at most ${changefeedLimits.spansMax} spans in all`);
   return tables;
+}
+
+/** A table's explicit boundaries: at most `spansPerTableMax - 1` keys of at most 1024 characters. */
+function parseBoundaries(value: unknown, where: string): string[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) throw new ValidationError(`${where} must be an array of keys`);
+  if (value.length > changefeedLimits.spansPerTableMax - 1) throw new ValidationError(`${where} may hold at most ${changefeedLimits.spansPerTableMax - 1} keys`);
+  for (const [i, key] of value.entries()) {
+    if (typeof key !== 'string' || key.length === 0 || key.length > 1024) throw new ValidationError(`${where}[${i}] must be a non-empty string of at most 1024 characters`);
+  }
+  return value as string[];
 }
 
 /** The validated body of `POST /api/v1/changefeeds`. */
@@ -182,38 +210,6 @@ export function tableRange(spec: TableSpec): TableRange {
   return { name: spec.name, start: prefix, end: prefixEnd(prefix) };
 }
 
-/**
- * Splits [start, end) into `count` spans at evenly spaced keys, treating keys as
- * base-256 fractions; boundaries are strictly increasing and inside the range.
- */
-export function splitRange(range: TableRange, count: number): Span[] {
-  if (count <= 1) return splitTable(range, []);
-  const width = Math.max(range.start.length, range.end.length, 1) + 4;
-  const toInt = (key: string, fill: number): bigint => {
-    let n = 0n;
-    for (let i = 0; i < width; i++) n = n * 256n + BigInt(i < key.length ? key.charCodeAt(i) & 0xff : fill);
-    return n;
-  };
-  const low = toInt(range.start, 0);
-  const high = range.end === '' ? toInt('', 0xff) : toInt(range.end, 0);
-  const boundaries: string[] = [];
-  let last = range.start;
-  for (let i = 1; i < count; i++) {
-    let n = low + ((high - low) * BigInt(i)) / BigInt(count);
-    let key = '';
-    for (let j = 0; j < width; j++) {
-      key = String.fromCharCode(Number(n & 0xffn)) + key;
-      n >>= 8n;
-    }
-    key = key.replace(/\u0000+$/, '');
-    if (key > last && (range.end === '' || key < range.end)) {
-      boundaries.push(key);
-      last = key;
-    }
-  }
-  return splitTable(range, boundaries);
-}
-
 /** Every table range and span of a changefeed. */
 export function changefeedSpans(info: Pick<ChangefeedInfo, 'tables'>): { tables: TableRange[]; spans: Span[] } {
   const tables: TableRange[] = [];
@@ -221,7 +217,7 @@ export function changefeedSpans(info: Pick<ChangefeedInfo, 'tables'>): { tables:
   for (const spec of info.tables) {
     const range = tableRange(spec);
     tables.push(range);
-    spans.push(...splitRange(range, spec.spans ?? 1));
+    spans.push(...(spec.boundaries === undefined ? splitRange(range, spec.spans ?? 1) : splitAtBoundaries(range, spec.boundaries)));
   }
   return { tables, spans };
 }

@@ -16,6 +16,8 @@ import type { Etcd3 } from 'etcd3';
 import type { ChangefeedCache, Versioned } from '../cluster/changefeed-cache.ts';
 import type { ClusterKeys } from '../cluster/keys.ts';
 import { openSource } from '../pipeline/registry.ts';
+import type { Source } from '../pipeline/source.ts';
+import type { TableRange } from '../core/span.ts';
 import type { PipelineBounds } from '../pipeline/bounds.ts';
 import { BoundsError } from '../pipeline/bounds.ts';
 import { checkChangefeedBounds } from '../pipeline/guard.ts';
@@ -74,6 +76,7 @@ export class ChangefeedService {
     await this.inBounds(request.source.uri, request.sink.uri, request.tables);
     const source = openSource(request.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
     let startTs: bigint;
+    let tables: TableSpec[];
     const canSnapshot = source.snapshots !== undefined;
     try {
       if (request.start === 'now') startTs = await source.currentTs();
@@ -86,6 +89,7 @@ export class ChangefeedService {
           if (startTs > current) throw new ServiceError('invalid', 'invalid', `a backfill cannot start at revision ${startTs}: the source is at ${current}`);
         }
       }
+      tables = await withSampledBoundaries(source, request.tables, [], startTs);
     } finally {
       await source.close();
     }
@@ -99,7 +103,7 @@ export class ChangefeedService {
         source: request.source,
         sink: request.sink,
         // A backfilled table is first copied as it stands at the start revision.
-        tables: request.backfill ? request.tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : request.tables,
+        tables: request.backfill ? tables.map((t) => ({ ...t, backfillTs: startTs.toString() })) : tables,
         start: request.start,
         startTs: startTs.toString(),
         ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
@@ -124,8 +128,16 @@ export class ChangefeedService {
     for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") can be updated`);
     const backfill = (body as { backfill?: unknown }).backfill;
     if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
-    const asked = parseTables((body as { tables?: unknown }).tables);
-    await this.inBounds(info.source.uri, info.sink.uri, asked);
+    const parsed = parseTables((body as { tables?: unknown }).tables);
+    await this.inBounds(info.source.uri, info.sink.uri, parsed);
+    // Kept tables keep their split; added or re-split ones are sampled now.
+    const source = openSource(info.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
+    let asked: TableSpec[];
+    try {
+      asked = await withSampledBoundaries(source, parsed, info.tables, source.sampleBoundaries === undefined ? 0n : await source.currentTs());
+    } finally {
+      await source.close();
+    }
     // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
     let backfillAtTs: bigint | undefined;
     if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info, this.ctx.bounds.credentialsRoot);
@@ -261,6 +273,42 @@ function parseSinceTs(value: object): bigint {
 }
 
 /** The lifecycle's view of a stored info (revisions as bigints). */
+/**
+ * The tables with their boundaries: given ones as they are; a table kept as it was (same
+ * range and span count) keeps its stored split, so an update never moves its spans;
+ * any other table of more than one span is cut where the source's keys say, as of
+ * `atTs`, when the source can tell (else at evenly spaced raw bytes, with no boundaries
+ * stored). A sample that finds too few keys for every boundary stores none either.
+ */
+async function withSampledBoundaries(source: Source, tables: readonly TableSpec[], previous: readonly TableSpec[], atTs: bigint): Promise<TableSpec[]> {
+  const out: TableSpec[] = [];
+  for (const table of tables) {
+    const spans = table.spans ?? 1;
+    if (table.boundaries !== undefined || spans <= 1) {
+      out.push(table);
+      continue;
+    }
+    const old = previous.find((p) => p.name === table.name);
+    const range = tableRange(table);
+    if (old !== undefined && (old.spans ?? 1) === spans && sameRange(tableRange(old), range)) {
+      out.push(old.boundaries === undefined ? table : { ...table, boundaries: old.boundaries });
+      continue;
+    }
+    let boundaries: string[] | undefined;
+    try {
+      boundaries = await source.sampleBoundaries?.(range, spans, atTs);
+    } catch (error) {
+      throw new ServiceError('unavailable', 'source-unavailable', `cannot sample the keys of table ${table.name} to split it: ${(error as Error).message}`);
+    }
+    out.push(boundaries !== undefined && boundaries.length === spans - 1 ? { ...table, boundaries } : table);
+  }
+  return out;
+}
+
+function sameRange(a: TableRange, b: TableRange): boolean {
+  return a.start === b.start && a.end === b.end;
+}
+
 function viewOf(info: ChangefeedInfo): LifecycleView {
   return { state: info.state, epoch: BigInt(info.epoch), ...(info.targetTs === undefined ? {} : { targetTs: BigInt(info.targetTs) }), tables: info.tables.map(tableView) };
 }

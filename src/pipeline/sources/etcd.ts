@@ -13,7 +13,8 @@
  * {@link CompactedError} naming the revision.
  */
 import type { Etcd3, IWatchRequest, IWatchResponse } from 'etcd3';
-import type { Span } from '../../core/span.ts';
+import type { Span, TableRange } from '../../core/span.ts';
+import { sampleEtcdBoundaries } from './etcd-sample.ts';
 import { spanKey } from '../../core/span.ts';
 import type { EtcdUriSecurity } from '../etcd-uri-security.ts';
 import { LazyEtcdClient, etcdSecurityParams, parseEtcdUriSecurity } from '../etcd-uri-security.ts';
@@ -114,6 +115,11 @@ export class EtcdSource implements Source, SnapshotSource {
   async currentTs(): Promise<bigint> {
     const response = await (await this.etcd.get()).get('\u0000').exec();
     return BigInt(response.header.revision);
+  }
+
+  /** Split points from the table's keys at `atTs` (see etcd-sample.ts). */
+  async sampleBoundaries(range: TableRange, count: number, atTs: bigint): Promise<string[]> {
+    return sampleEtcdBoundaries(await this.etcd.get(), range, count, atTs);
   }
 
   /**
