@@ -10,7 +10,7 @@ import type { Span } from '../core/span.ts';
 import type { PipelineBounds } from './bounds.ts';
 import { BoundsError, checkEndpointsAllowed, checkFileSinkDir, checkMirrorRange, checkSourceRange, isMetadataEtcd, splitEndpoint, tableNameProblem } from './bounds.ts';
 import type { RetireScope, Sink } from './sink.ts';
-import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source } from './source.ts';
+import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceStats } from './source.ts';
 import { parseEtcdSinkUri } from './sinks/etcd.ts';
 import { parseFileSinkUri } from './sinks/file.ts';
 import { parsePostgresSinkUri, postgresEndpoint } from './sinks/postgres.ts';
@@ -130,6 +130,7 @@ export class GuardedSource implements Source {
   readonly snapshots?: SnapshotSource;
   readonly release?: (span: Span) => void;
   readonly earliestTs?: () => Promise<bigint>;
+  readonly stats?: () => SourceStats;
   private readonly gate: Gate;
 
   constructor(
@@ -154,6 +155,8 @@ export class GuardedSource implements Source {
       };
     }
     if (inner.release !== undefined) this.release = (span) => inner.release?.(span);
+    const stats = inner.stats;
+    if (stats !== undefined) this.stats = () => stats.call(inner);
     const earliest = inner.earliestTs;
     if (earliest !== undefined) {
       this.earliestTs = async () => {
