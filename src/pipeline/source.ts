@@ -53,6 +53,10 @@ export interface SourceStats {
   readonly watchers: { readonly group: number; readonly catchUp: number };
   /** Watchers created since the source opened (re-creations included). */
   readonly watchersCreated: number;
+  /** Times a span's buffer filled and it left its watcher, since the source opened. */
+  readonly overflows: number;
+  /** Times a span caught up on a private watcher moved into its table's group. */
+  readonly handOvers: number;
   /** Spans read. */
   readonly spans: number;
   /** Spans waiting for a catch-up watcher. */

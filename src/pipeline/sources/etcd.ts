@@ -29,9 +29,11 @@
  * the group's later events are all > G, those <= P are filtered, so nothing is lost or
  * delivered twice. Private watchers are bounded (`catchUpWatchersMax`; further spans wait
  * in order), and so are all watchers of the source (`watchersMax`). A private watcher
- * whose table has no group becomes its group. A member whose buffer overflows
- * (`bufferedEventsMax`) leaves its group and catches up again from its reader's position
- * when it is next read: a group never waits for one slow span. Two spans of one table
+ * whose table has no group becomes its group. A span whose buffer overflows
+ * (`bufferedEventsMax`) keeps the revisions it buffered whole, leaves its group (or its
+ * private watcher), and once its reader drained them catches up again privately from
+ * there: a group never waits for one slow span, and a backlog larger than the buffer
+ * still moves, one buffer at a time. Two spans of one table
  * that overlap (a table rebuilt while old spans are still held) are never members at
  * once: the later one stays on its private watcher until the other leaves.
  *
@@ -145,7 +147,12 @@ interface Watcher {
   group: Group | undefined;
 }
 
-type SpanMode = 'queued' | 'catching-up' | 'joining' | 'member' | 'overflowed' | 'failed';
+/**
+ * `idle`: nothing serves it; the next call starts it from the reader's position.
+ * `overflowed`: its buffer filled; it serves what it holds (up to `resolved`) and starts
+ * again from there once its reader got that far.
+ */
+type SpanMode = 'idle' | 'queued' | 'catching-up' | 'joining' | 'member' | 'overflowed' | 'failed';
 
 /** What reading one span holds. */
 interface SpanRead {
@@ -211,6 +218,8 @@ export class EtcdSource implements Source, SnapshotSource {
   private readonly timer: NodeJS.Timeout;
   private closed = false;
   private created = 0;
+  private overflowCount = 0;
+  private handOverCount = 0;
 
   constructor(private readonly options: EtcdSourceOptions) {
     this.client = createEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000 });
@@ -355,6 +364,8 @@ export class EtcdSource implements Source, SnapshotSource {
     return {
       watchers: { group, catchUp: this.live.size - group },
       watchersCreated: this.created,
+      overflows: this.overflowCount,
+      handOvers: this.handOverCount,
       spans: this.spans.size,
       spansQueued: this.queue.size,
       groups: this.groups.size,
@@ -364,7 +375,12 @@ export class EtcdSource implements Source, SnapshotSource {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    this.stream?.end();
+    // Cancel, not only end: a half-closed stream keeps its watchers on etcd, and closing
+    // the client does not end calls in flight.
+    const stream = this.stream;
+    this.stream = undefined;
+    this.reset();
+    stream?.cancel();
     this.client.close();
   }
 
@@ -389,10 +405,11 @@ export class EtcdSource implements Source, SnapshotSource {
       read = undefined;
     }
     if (read === undefined) {
-      read = { span, key, base: afterTs, filterTs: afterTs, events: [], resolved: afterTs, mode: 'overflowed', error: undefined, watcher: undefined, group: undefined };
+      read = { span, key, base: afterTs, filterTs: afterTs, events: [], resolved: afterTs, mode: 'idle', error: undefined, watcher: undefined, group: undefined };
       this.spans.set(key, read);
     }
-    if (read.mode === 'overflowed') {
+    if (read.mode === 'idle' || (read.mode === 'overflowed' && afterTs >= read.resolved)) {
+      // New, or its reader consumed what an overflow left: (re)start from the reader.
       read.base = afterTs;
       read.filterTs = afterTs;
       read.resolved = afterTs;
@@ -472,6 +489,7 @@ export class EtcdSource implements Source, SnapshotSource {
       case 'queued':
         this.queue.delete(read);
         break;
+      case 'idle':
       case 'overflowed':
       case 'failed':
         break;
@@ -480,10 +498,35 @@ export class EtcdSource implements Source, SnapshotSource {
         throw new Error(`unknown span mode ${String(never)}`);
       }
     }
-    read.mode = 'overflowed';
+    read.mode = 'idle';
     read.events = [];
     read.watcher = undefined;
     read.group = undefined;
+  }
+
+  /**
+   * Over the bound with an event at `ts`, and an earlier revision to cut at: one
+   * revision (a transaction) larger than the bound is kept whole rather than never
+   * delivered.
+   */
+  private overflows(read: SpanRead, ts: bigint): boolean {
+    return read.events.length > this.options.bufferedEventsMax && (read.events[0] as ChangeEvent).ts < ts;
+  }
+
+  /**
+   * A span's buffer passed `bufferedEventsMax` with an event at revision `ts`: it keeps
+   * the events before `ts` (all of them arrived: a watcher delivers in revision order),
+   * leaves its watcher, and goes on from `ts - 1` once its reader got there. Never
+   * splitting a revision keeps a transaction whole.
+   */
+  private overflow(read: SpanRead, ts: bigint): void {
+    this.overflowCount++;
+    const events = read.events;
+    while (events.length > 0 && (events[events.length - 1] as ChangeEvent).ts >= ts) events.pop();
+    this.detach(read);
+    read.mode = 'overflowed';
+    read.events = events;
+    read.resolved = ts - 1n;
   }
 
   private dropIfEmpty(group: Group): void {
@@ -614,6 +657,7 @@ export class EtcdSource implements Source, SnapshotSource {
       this.retire(watcher);
       this.catchingUp.delete(read);
       read.watcher = undefined;
+      this.handOverCount++;
       this.addMember(group, read, read.resolved);
       if (!this.covers(group, read)) this.grow(group, read.span.start < group.start ? read.span.start : group.start, maxEnd(group.end, read.span.end));
       this.pump();
@@ -694,7 +738,7 @@ export class EtcdSource implements Source, SnapshotSource {
   private reset(): void {
     for (const read of this.spans.values()) {
       if (read.mode === 'failed') continue;
-      read.mode = 'overflowed';
+      read.mode = 'idle';
       read.events = [];
       read.watcher = undefined;
       read.group = undefined;
@@ -759,7 +803,7 @@ export class EtcdSource implements Source, SnapshotSource {
   /** Hands each event to the member holding its key; members that overflow leave. Returns the last revision. */
   private deliverToGroup(group: Group, response: IWatchResponse): bigint {
     let last = group.delivered;
-    let overflowed: Set<SpanRead> | undefined;
+    let overflowed: Map<SpanRead, bigint> | undefined;
     for (const event of response.events) {
       const ts = BigInt(event.kv.mod_revision);
       last = ts;
@@ -768,10 +812,10 @@ export class EtcdSource implements Source, SnapshotSource {
       if (member === undefined || !beforeEnd(key, member.span.end) || ts <= member.filterTs || overflowed?.has(member) === true) continue;
       member.events.push(this.toEvent(group.table, event, ts));
       // Too far ahead of its reader: it leaves (after this response, so the search
-      // above stays valid); its next read catches up privately.
-      if (member.events.length > this.options.bufferedEventsMax) (overflowed ??= new Set()).add(member);
+      // above stays valid) and catches up privately once its reader drained it.
+      if (this.overflows(member, ts)) (overflowed ??= new Map()).set(member, ts);
     }
-    for (const member of overflowed ?? []) this.detach(member);
+    for (const [member, ts] of overflowed ?? []) this.overflow(member, ts);
     if (overflowed !== undefined) this.pump();
     return last;
   }
@@ -781,11 +825,13 @@ export class EtcdSource implements Source, SnapshotSource {
     for (const event of response.events) {
       const ts = BigInt(event.kv.mod_revision);
       last = ts;
-      if (ts > read.filterTs) read.events.push(this.toEvent(read.span.table, event, ts));
-    }
-    if (read.events.length > this.options.bufferedEventsMax) {
-      this.detach(read);
-      this.pump();
+      if (ts <= read.filterTs) continue;
+      read.events.push(this.toEvent(read.span.table, event, ts));
+      if (this.overflows(read, ts)) {
+        this.overflow(read, ts);
+        this.pump();
+        break;
+      }
     }
     return last;
   }
@@ -814,11 +860,21 @@ export class EtcdSource implements Source, SnapshotSource {
     this.retire(watcher);
     if (group !== undefined && group.watcher === watcher) {
       const error = this.compactedOrFailed(watcher, group.table, response);
+      const compact = BigInt(response.compact_revision || '0');
       group.watcher = undefined;
       for (const member of group.members) {
+        const resolved = this.resolvedOf(member);
+        member.group = undefined;
+        if (compact > 0n && resolved + 1n >= compact) {
+          // This member needs nothing that was compacted (the group started lower for
+          // another): it serves what it holds and starts again from there, as after an
+          // overflow.
+          member.mode = 'overflowed';
+          member.resolved = resolved;
+          continue;
+        }
         member.mode = 'failed';
         member.error = error;
-        member.group = undefined;
         member.events = [];
       }
       group.members.length = 0;
