@@ -629,13 +629,21 @@ export class EtcdSource implements Source, SnapshotSource {
         this.place(read);
         continue;
       }
-      if (this.catchingUp.size >= this.options.catchUpWatchersMax || this.live.size >= this.options.watchersMax) break;
+      // Tables waiting for their group's watcher go first: catch-ups must not starve them.
+      if (this.catchingUp.size >= this.options.catchUpWatchersMax || this.live.size + this.groupsWaiting() >= this.options.watchersMax) break;
       this.queue.delete(read);
       read.mode = 'catching-up';
       this.catchingUp.add(read);
       read.watcher = this.createWatcher('catch-up', read.span.start, read.span.end, read.base + 1n, read, undefined);
     }
     if (this.live.size < this.options.watchersMax) for (const group of this.dirtyGroups) if (group.watcher === undefined) this.scheduleSync();
+  }
+
+  /** Groups that wait for a watcher slot. */
+  private groupsWaiting(): number {
+    let waiting = 0;
+    for (const group of this.dirtyGroups) if (group.watcher === undefined) waiting++;
+    return waiting;
   }
 
   /** A catching-up span at or after its group's G moves into it; with no group its watcher becomes one. */
@@ -859,7 +867,6 @@ export class EtcdSource implements Source, SnapshotSource {
     const read = watcher.span;
     this.retire(watcher);
     if (group !== undefined && group.watcher === watcher) {
-      const error = this.compactedOrFailed(watcher, group.table, response);
       const compact = BigInt(response.compact_revision || '0');
       group.watcher = undefined;
       for (const member of group.members) {
@@ -874,7 +881,7 @@ export class EtcdSource implements Source, SnapshotSource {
           continue;
         }
         member.mode = 'failed';
-        member.error = error;
+        member.error = this.compactedOrFailed(resolved + 1n, group.table, response);
         member.events = [];
       }
       group.members.length = 0;
@@ -888,16 +895,16 @@ export class EtcdSource implements Source, SnapshotSource {
       read.watcher = undefined;
       read.mode = 'failed';
       read.events = [];
-      read.error = this.compactedOrFailed(watcher, read.span.table, response);
+      read.error = this.compactedOrFailed(watcher.startRevision, read.span.table, response);
     }
     this.pump();
   }
 
-  private compactedOrFailed(watcher: Watcher, table: string, response: IWatchResponse): Error {
+  private compactedOrFailed(revision: bigint, table: string, response: IWatchResponse): Error {
     const compact = BigInt(response.compact_revision || '0');
     if (compact > 0n) {
       return new CompactedError(
-        `revision ${watcher.startRevision} of table ${table} was compacted by etcd (oldest kept: ${compact}); resume the changefeed with backfill`,
+        `revision ${revision} of table ${table} was compacted by etcd (oldest kept: ${compact}); resume the changefeed with backfill`,
       );
     }
     return new Error(`etcd canceled the watch of table ${table}: ${response.cancel_reason || 'no reason given'}`);
