@@ -78,6 +78,7 @@ class Reader {
     this.events.push(...result.events);
     expect(result.readUpToTs).toBeGreaterThanOrEqual(this.pos);
     this.pos = result.readUpToTs;
+    this.source.checkInvariants();
   }
 
   async until(revision: bigint): Promise<void> {
@@ -237,12 +238,13 @@ describe('the etcd source shares watchers', () => {
     }
   });
 
-  it('bounds private catch-ups and queues the rest in order', async () => {
-    const source = openSource('?catchUpWatchersMax=1&watchersMax=2');
+  it('bounds private catch-ups and queues the rest in order; tables beyond the group slots wait', async () => {
+    // One catch-up at once; 3 - 1 = 2 tables with a group watcher.
+    const source = openSource('?catchUpWatchersMax=1&watchersMax=3');
     try {
       const spans: Span[] = ['0', '1', '2', '3', '4'].map((d) => ({ table: 't4', start: `t4/${d}`, end: `t4/${d}~` }));
       const from = await source.currentTs();
-      const history = await recordHistory('t4/', from);
+      const history = await recordHistory('t4', from);
       const first = new Reader(source, spans[0] as Span, from);
       await first.step();
       let last = from;
@@ -251,17 +253,30 @@ describe('the etcd source shares watchers', () => {
       const behind = spans.slice(1).map((span) => new Reader(source, span, from));
       await Promise.all(behind.map((r) => r.step()));
       expect(source.stats()).toMatchObject({ watchers: { group: 1, catchUp: 1 }, spansQueued: 3 });
-      // A second table cannot get a watcher while both are taken.
-      const other = new Reader(source, { table: 't4b', start: 't4b/', end: 't4b0' }, from);
-      await other.step();
-      expect(source.stats().watchers.group + source.stats().watchers.catchUp).toBeLessThanOrEqual(2);
+      // A second table gets the other group slot; a third waits for one.
+      const second = new Reader(source, { table: 't4b', start: 't4b/', end: 't4b0' }, from);
+      await second.step();
       await Promise.all([first, ...behind].map((r) => r.until(last)));
-      await waitFor('every span to reach the group', async () => {
-        await Promise.all([first, ...behind, other].map((r) => r.step()));
+      await waitFor('every span of t4 to reach the group, and t4b its own', async () => {
+        await Promise.all([first, ...behind, second].map((r) => r.step()));
         const stats = source.stats();
-        return stats.spansQueued === 0 && stats.watchers.catchUp === 0 && stats.groups === 2 ? true : undefined;
+        return stats.spansQueued === 0 && stats.watchers.catchUp === 0 && stats.watchers.group === 2 ? true : undefined;
       });
-      await waitFor('the plain watch to see everything', () => (history.events.at(-1)?.ts === last ? true : undefined));
+      const third = new Reader(source, { table: 't4c', start: 't4c/', end: 't4c0' }, await source.currentTs());
+      await third.step();
+      const written = await put('t4c/k');
+      await waitFor('the second table to see its write', async () => {
+        await second.step();
+        return second.pos >= written ? true : undefined;
+      });
+      await third.step();
+      expect(third.pos).toBeLessThan(written);
+      expect(source.stats().watchers).toEqual({ group: 2, catchUp: 0 });
+      source.release(second.span);
+      await third.until(written);
+      expect(third.events.map((e) => e.key)).toEqual(['t4c/k']);
+      expect(source.stats().watchers).toEqual({ group: 2, catchUp: 0 });
+      await waitFor('the plain watch to see everything', () => (history.events.some((e) => e.ts === written) ? true : undefined));
       for (const reader of [first, ...behind]) expect(reader.events.map(show)).toEqual(expected(history.events, reader.span, from));
       await history.stop();
     } finally {
@@ -309,6 +324,7 @@ describe('the etcd source shares watchers', () => {
           // Leaves; when it comes back it reads from where it stood, like a moved span
           // from its checkpoint.
           source.release(reader.span);
+          source.checkInvariants();
           active.delete(reader);
         } else if (random() < (speed.get(reader) as number)) await reader.step(1 + Math.floor(random() * 40));
         // Reads are answered from buffers: let the writer and the watch stream run.

@@ -28,7 +28,9 @@
  * position + 1 and is handed over once its own delivered position P >= G at that moment:
  * the group's later events are all > G, those <= P are filtered, so nothing is lost or
  * delivered twice. Private watchers are bounded (`catchUpWatchersMax`; further spans wait
- * in order), and so are all watchers of the source (`watchersMax`). A private watcher
+ * in order), and so are all watchers of the source (`watchersMax`): groups get the slots
+ * the catch-ups cannot take, so neither starves the other, and a table beyond them waits
+ * for another table to leave. A private watcher
  * whose table has no group becomes its group. A span whose buffer overflows
  * (`bufferedEventsMax`) keeps the revisions it buffered whole, leaves its group (or its
  * private watcher), and once its reader drained them catches up again privately from
@@ -38,18 +40,21 @@
  * once: the later one stays on its private watcher until the other leaves.
  *
  * ```
- *   new/overflowed --(behind the group)--> queued --(slot)--> catching-up --(P >= G)--> member
- *        |                                                          |                    |
- *        +--(at or after G; uncovered: joining, next turn)----------+-(no group)---------+
- *   member --(buffer full)--> overflowed;  any --(compacted / canceled)--> failed
+ *   idle --(behind G)--> queued --(slot)--> catching-up --(P >= G)--> member
+ *     |                                        |    \--(no group: its watcher becomes it)--> member
+ *     +--(at or after G, covered)--> member     +--(buffer full)--> overflowed
+ *     +--(at or after G, not covered; new group)--> joining --(next turn)--> member | queued
+ *   member --(buffer full)--> overflowed --(reader drained it)--> idle (placed again)
+ *   catching-up | member --(compacted, canceled)--> failed;   any --(released)--> gone
  * ```
  *
  * A start revision that etcd has compacted is never a silent gap: reads fail with a
- * {@link CompactedError} naming the revision, for every span the watcher served.
+ * {@link CompactedError} naming the revision, for the spans that need that history.
  */
 import type { Etcd3, IWatchRequest, IWatchResponse } from 'etcd3';
 import type { Span } from '../../core/span.ts';
 import { spanKey } from '../../core/span.ts';
+import { assert } from '../../core/assert.ts';
 import { createEtcdClient } from '../../cluster/etcd-client.ts';
 import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceStats } from '../source.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
@@ -66,7 +71,10 @@ export interface EtcdSourceOptions {
   readonly bufferedEventsMax: number;
   /** Private watchers at once that bring spans behind their group up to it (`catchUpWatchersMax`). */
   readonly catchUpWatchersMax: number;
-  /** Watchers at once, group and private (`watchersMax`): further tables and catch-ups wait. */
+  /**
+   * Watchers at once, group and private (`watchersMax`): at most `watchersMax -
+   * catchUpWatchersMax` tables have a group watcher; further tables wait for one to leave.
+   */
   readonly watchersMax: number;
   readonly progressIntervalMs: number;
   /**
@@ -372,6 +380,52 @@ export class EtcdSource implements Source, SnapshotSource {
     };
   }
 
+  /**
+   * Throws an `InvariantError` with the broken rule when the bookkeeping is inconsistent;
+   * the tests call it after every step.
+   */
+  checkInvariants(): void {
+    let catchUpWatchers = 0;
+    for (const watcher of this.live) {
+      assert(watcher.live, 'a retired watcher is counted live');
+      if (watcher.kind === 'catch-up') {
+        catchUpWatchers++;
+        assert(watcher.span !== undefined && watcher.span.watcher === watcher && watcher.span.mode === 'catching-up', 'a catch-up watcher serves no catching-up span', watcher.start);
+      } else {
+        assert(watcher.group !== undefined && watcher.group.watcher === watcher, 'a group watcher is not its group\'s', watcher.start);
+      }
+    }
+    assert(catchUpWatchers === this.catchingUp.size, 'catch-up watchers and catching-up spans differ', { catchUpWatchers, catchingUp: this.catchingUp.size });
+    assert(this.catchingUp.size <= this.options.catchUpWatchersMax, 'more catch-ups than catchUpWatchersMax', this.catchingUp.size);
+    assert(this.live.size <= this.options.watchersMax, 'more watchers than watchersMax', this.live.size);
+    for (const [table, group] of this.groups) {
+      assert(group.table === table, 'a group is filed under another table', table);
+      assert(group.watcher !== undefined || group.members.length === 0, 'a group without a watcher has members', table);
+      if (group.watcher !== undefined) assert(group.delivered >= group.watcher.startRevision - 1n, 'a group is behind its watcher\'s start', table);
+      let previous: SpanRead | undefined;
+      for (const member of group.members) {
+        assert(member.mode === 'member' && member.group === group && this.spans.get(member.key) === member, 'a member is not held as one', member.key);
+        assert(this.covers(group, member), 'a member lies outside its group\'s range', member.key);
+        assert(previous === undefined || !beforeEnd(member.span.start, previous.span.end), 'members overlap or are out of order', member.key);
+        previous = member;
+      }
+      for (const joiner of group.joining) assert(joiner.mode === 'joining' && joiner.group === group, 'a joiner is not held as one', joiner.key);
+    }
+    for (const read of this.queue) assert(read.mode === 'queued' && this.spans.get(read.key) === read, 'a queued span is not held as one', read.key);
+    for (const read of this.spans.values()) {
+      const resolved = this.resolvedOf(read);
+      assert(read.filterTs >= read.base, 'a span takes events from before its reader', read.key);
+      let last = read.base;
+      for (const event of read.events) {
+        assert(event.ts >= last && event.ts <= resolved, 'a span\'s buffer is out of order or past its resolved-ts', read.key);
+        last = event.ts;
+      }
+      if (read.mode === 'member') assert(read.group !== undefined && read.group.members.includes(read), 'a member is missing from its group', read.key);
+      if (read.mode === 'catching-up') assert(this.catchingUp.has(read), 'a catching-up span is not counted', read.key);
+      if (read.mode === 'queued') assert(this.queue.has(read), 'a queued span is not in the queue', read.key);
+    }
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
@@ -561,7 +615,7 @@ export class EtcdSource implements Source, SnapshotSource {
           this.dropIfEmpty(group);
           continue;
         }
-        if (this.live.size >= this.options.watchersMax) {
+        if (!this.groupSlotFree()) {
           // Needs a slot: a freed one syncs again.
           this.dirtyGroups.add(group);
           continue;
@@ -629,21 +683,18 @@ export class EtcdSource implements Source, SnapshotSource {
         this.place(read);
         continue;
       }
-      // Tables waiting for their group's watcher go first: catch-ups must not starve them.
-      if (this.catchingUp.size >= this.options.catchUpWatchersMax || this.live.size + this.groupsWaiting() >= this.options.watchersMax) break;
+      if (this.catchingUp.size >= this.options.catchUpWatchersMax) break;
       this.queue.delete(read);
       read.mode = 'catching-up';
       this.catchingUp.add(read);
       read.watcher = this.createWatcher('catch-up', read.span.start, read.span.end, read.base + 1n, read, undefined);
     }
-    if (this.live.size < this.options.watchersMax) for (const group of this.dirtyGroups) if (group.watcher === undefined) this.scheduleSync();
+    if (this.groupSlotFree()) for (const group of this.dirtyGroups) if (group.watcher === undefined) this.scheduleSync();
   }
 
-  /** Groups that wait for a watcher slot. */
-  private groupsWaiting(): number {
-    let waiting = 0;
-    for (const group of this.dirtyGroups) if (group.watcher === undefined) waiting++;
-    return waiting;
+  /** Group watchers take the slots catch-ups cannot: neither kind starves the other. */
+  private groupSlotFree(): boolean {
+    return this.live.size - this.catchingUp.size < this.options.watchersMax - this.options.catchUpWatchersMax;
   }
 
   /** A catching-up span at or after its group's G moves into it; with no group its watcher becomes one. */
@@ -651,6 +702,8 @@ export class EtcdSource implements Source, SnapshotSource {
     const watcher = read.watcher;
     if (read.mode !== 'catching-up' || watcher === undefined) return;
     let group = this.groups.get(read.span.table);
+    // No group watcher to hand over to, and no slot to make this one it: read on privately.
+    if ((group === undefined || group.watcher === undefined) && !this.groupSlotFree()) return;
     if (group !== undefined && group.watcher === undefined && group.members.length === 0) {
       // Only joiners waiting for a slot: this watcher serves them instead.
       group.watcher = watcher;
