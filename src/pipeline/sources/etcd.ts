@@ -54,7 +54,7 @@
 import type { Etcd3, IWatchRequest, IWatchResponse } from 'etcd3';
 import type { Span } from '../../core/span.ts';
 import { spanKey } from '../../core/span.ts';
-import { assert } from '../../core/assert.ts';
+import { assert, assertNever } from '../../core/assert.ts';
 import { createEtcdClient } from '../../cluster/etcd-client.ts';
 import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceStats } from '../source.ts';
 import { BadUriError, intParam, parseUri } from '../uri.ts';
@@ -547,10 +547,8 @@ export class EtcdSource implements Source, SnapshotSource {
       case 'overflowed':
       case 'failed':
         break;
-      default: {
-        const never: never = read.mode;
-        throw new Error(`unknown span mode ${String(never)}`);
-      }
+      default:
+        assertNever(read.mode, 'span mode');
     }
     read.mode = 'idle';
     read.events = [];
