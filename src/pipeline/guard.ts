@@ -13,7 +13,7 @@ import { BoundsError, checkCredentialFile, checkEndpointsAllowed, checkFileSinkD
 import type { EtcdUriSecurity } from './etcd-uri-security.ts';
 import { loadEtcdUriSecurity } from './etcd-uri-security.ts';
 import type { RetireScope, Sink } from './sink.ts';
-import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source } from './source.ts';
+import type { ChangeEvent, ReadResult, SnapshotPage, SnapshotSource, Source, SourceStats } from './source.ts';
 import { parseEtcdSinkUri } from './sinks/etcd.ts';
 import { parseFileSinkUri } from './sinks/file.ts';
 import { parsePostgresSinkUri, postgresEndpoint } from './sinks/postgres.ts';
@@ -138,6 +138,7 @@ export class GuardedSource implements Source {
   readonly snapshots?: SnapshotSource;
   readonly release?: (span: Span) => void;
   readonly earliestTs?: () => Promise<bigint>;
+  readonly stats?: () => SourceStats;
   private readonly gate: Gate;
 
   constructor(
@@ -162,6 +163,8 @@ export class GuardedSource implements Source {
       };
     }
     if (inner.release !== undefined) this.release = (span) => inner.release?.(span);
+    const stats = inner.stats;
+    if (stats !== undefined) this.stats = () => stats.call(inner);
     const earliest = inner.earliestTs;
     if (earliest !== undefined) {
       this.earliestTs = async () => {

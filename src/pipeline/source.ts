@@ -55,6 +55,24 @@ export interface SourceContext {
   readonly spanCount?: number | undefined;
 }
 
+/** How a source reads upstream, for metrics (the etcd source: its watchers). */
+export interface SourceStats {
+  /** Upstream watchers open: shared by a table's spans, and private catch-ups. */
+  readonly watchers: { readonly group: number; readonly catchUp: number };
+  /** Watchers created since the source opened (re-creations included). */
+  readonly watchersCreated: number;
+  /** Times a span's buffer filled and it left its watcher, since the source opened. */
+  readonly overflows: number;
+  /** Times a span caught up on a private watcher moved into its table's group. */
+  readonly handOvers: number;
+  /** Spans read. */
+  readonly spans: number;
+  /** Spans waiting for a catch-up watcher. */
+  readonly spansQueued: number;
+  /** Groups (tables) read. */
+  readonly groups: number;
+}
+
 /** A source of changes for spans. */
 export interface Source {
   /** Present when the source can backfill. */
@@ -69,6 +87,8 @@ export interface Source {
   read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult>;
   /** The span is no longer read here (or is read again from its position): free what reading it holds. */
   release?(span: Span): void;
+  /** How the source reads upstream now, when it can tell. */
+  stats?(): SourceStats;
   /** Where a changefeed that starts `now` begins. */
   currentTs(): Promise<bigint>;
   /** Where a changefeed that starts `earliest` begins (default: `currentTs`). */

@@ -19,6 +19,7 @@ import { PipelineRunner } from '../pipeline/pipeline-runner.ts';
 import type { PipelineBounds } from '../pipeline/bounds.ts';
 import { openBoundedSink, openBoundedSource } from '../pipeline/registry.ts';
 import type { Sink } from '../pipeline/sink.ts';
+import type { Source, SourceStats } from '../pipeline/source.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import { tableRange } from './changefeed-info.ts';
 
@@ -28,6 +29,8 @@ interface HostedAgent {
   readonly runner: PipelineRunner;
   /** The runner's sink, told the persisted checkpoint (file retention). */
   readonly sink: Sink;
+  /** The runner's source, asked for its watchers (metrics). */
+  readonly source: Source;
   reply: ((report: ReportMessage) => void) | undefined;
 }
 
@@ -183,6 +186,16 @@ export class AgentHost {
     await Promise.all([...this.hosted.keys()].map((id) => this.drop(id, reason)));
   }
 
+  /** How each changefeed's source reads upstream (sources that can tell), for metrics. */
+  sourceStats(): Map<string, SourceStats> {
+    const stats = new Map<string, SourceStats>();
+    for (const [id, hosted] of this.hosted) {
+      const current = hosted.source.stats?.();
+      if (current !== undefined) stats.set(id, current);
+    }
+    return stats;
+  }
+
   /** Spans held per changefeed, for the API and metrics. */
   spansHeld(): Map<string, number> {
     const held = new Map<string, number>();
@@ -244,7 +257,7 @@ export class AgentHost {
         keysCopied: (count) => this.metadata.metrics.backfillKeysCopied.inc({ changefeed: info.id }, count),
       },
     );
-    hosted = { agent, epoch: info.epoch, runner, sink, reply: undefined };
+    hosted = { agent, epoch: info.epoch, runner, sink, source, reply: undefined };
     this.hosted.set(info.id, hosted);
     this.observeCheckpoint(info.id, hosted);
     runner.start();

@@ -31,6 +31,7 @@ import type { Logger } from '../log.ts';
 import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { PipelineBounds } from '../pipeline/bounds.ts';
 import { metadataEtcd } from '../pipeline/bounds.ts';
+import type { SourceStats } from '../pipeline/source.ts';
 import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { Metrics } from './metrics.ts';
 import { AgentHost } from './agent-host.ts';
@@ -140,6 +141,7 @@ export class Capture {
           slowestSpanLagMs: this.slowestSpanLagMs(m.info.id),
         })),
       spansHeld: () => this.agents?.spansHeld() ?? new Map(),
+      sourceWatchers: () => new Map([...(this.agents?.sourceStats() ?? new Map<string, SourceStats>())].map(([id, stats]) => [id, stats.watchers])),
     });
   }
 

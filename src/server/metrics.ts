@@ -24,6 +24,8 @@ export interface MetricsSources {
   }>;
   /** Spans held by this capture, per changefeed. */
   spansHeld(): ReadonlyMap<string, number>;
+  /** Upstream watchers of this capture's sources, per changefeed (sources that tell). */
+  sourceWatchers?(): ReadonlyMap<string, { readonly group: number; readonly catchUp: number }>;
 }
 
 export class Metrics {
@@ -149,6 +151,19 @@ export class Metrics {
       collect() {
         this.reset();
         for (const [changefeed, n] of sources.spansHeld()) this.set({ changefeed }, n);
+      },
+    });
+    new Gauge({
+      name: 'spanfeed_source_watchers',
+      help: 'Upstream watchers this capture\'s sources hold (the etcd source): group, one shared by the spans of a table held here; catch-up, a private one bringing a span up to its group.',
+      labelNames: ['changefeed', 'kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [changefeed, watchers] of sources.sourceWatchers?.() ?? []) {
+          this.set({ changefeed, kind: 'group' }, watchers.group);
+          this.set({ changefeed, kind: 'catch-up' }, watchers.catchUp);
+        }
       },
     });
   }
