@@ -96,7 +96,7 @@ export interface EtcdSourceOptions {
 }
 
 /** The parameters an etcd source URI takes. */
-const sourceParams = ['bufferedEventsMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', ...etcdSecurityParams];
+const sourceParams = ['bufferedEventsMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', 'watchersMax', 'catchUpWatchersMax', ...etcdSecurityParams];
 
 /** Parses an `etcd://host:port[,host:port][?param=value...]` URI. */
 export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
