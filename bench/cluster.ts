@@ -15,7 +15,7 @@
 import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { clusterKeys } from '../src/cluster/keys.ts';
-import type { ChangefeedView, SpanView } from '../src/dev/local-cluster.ts';
+import type { ChangefeedView, SpanPage, SpanView } from '../src/dev/local-cluster.ts';
 import { LocalCapture, LocalEtcd, api, apiWhenOwned, waitFor } from '../src/dev/local-cluster.ts';
 
 function positive(name: string, value: string | undefined, fallback: number): number {
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
     lags.sort((a, b) => a - b);
 
     // One move, and how long the watermark is withheld by it.
-    const spans = (await api<SpanView[]>(owner.url, 'GET', '/api/v1/changefeeds/bench/spans')).body;
+    const spans = (await api<SpanPage>(owner.url, 'GET', '/api/v1/changefeeds/bench/spans?limit=1')).body.spans;
     const span = spans[0] as SpanView;
     const target = captures.find((c) => c.id !== span.primary) as LocalCapture;
     const moveStarted = Date.now();
@@ -90,7 +90,7 @@ async function main(): Promise<void> {
       if (v.watermark.state === 'cannot-proceed' && stallStarted === 0) stallStarted = now;
       if (v.watermark.state === 'advancing' && stallStarted !== 0 && stallMs === 0) stallMs = now - stallStarted;
       if (stallMs === 0) return undefined;
-      const moved = (await api<SpanView[]>(owner.url, 'GET', '/api/v1/changefeeds/bench/spans')).body.find((s) => s.table === span.table && s.start === span.start);
+      const moved = (await api<SpanPage>(owner.url, 'GET', '/api/v1/changefeeds/bench/spans?limit=1')).body.spans.find((s) => s.table === span.table && s.start === span.start);
       return moved?.primary === target.id && moved.state === 'replicating' ? true : undefined;
     }, 60_000, 5);
     const moveMs = Date.now() - moveStarted;

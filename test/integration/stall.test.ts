@@ -13,7 +13,7 @@ import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
-import type { ChangefeedView, CliRun, SpanView } from './harness.ts';
+import type { ChangefeedView, CliRun, SpanPage } from './harness.ts';
 import { TestCapture, TestEtcd, api, ownerAmong, runCli, waitFor } from './harness.ts';
 import { checkAgainstOpenApi } from './openapi-check.ts';
 
@@ -111,7 +111,7 @@ describe('a stalled checkpoint', () => {
     expect(held.spanCount).toBeGreaterThanOrEqual(1);
     expect(held.spans).toHaveLength(held.spanCount);
     expect(held.captureCount).toBe(held.captures.length);
-    const spans = (await api<SpanView[]>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/cf/spans')).body;
+    const spans = (await api<SpanPage>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     const ids = captures.map((c) => c.id);
     for (const holder of held.spans) {
       const span = spans.find((s) => s.table === holder.table && s.start === holder.start);
