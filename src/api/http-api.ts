@@ -376,7 +376,14 @@ export class HttpApi {
   private status(): ApiResponse {
     return {
       status: 200,
-      body: { id: this.capture.id, isOwner: this.capture.isOwner, version: this.capture.version, grpcAddr: this.capture.grpcAddr, httpAddr: this.capture.httpAddr },
+      body: {
+        id: this.capture.id,
+        isOwner: this.capture.isOwner,
+        version: this.capture.version,
+        grpcAddr: this.capture.grpcAddr,
+        httpAddr: this.capture.httpAddr,
+        eventLoopDelay: this.capture.eventLoopDelay.current(),
+      },
     };
   }
 
