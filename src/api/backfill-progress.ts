@@ -26,6 +26,12 @@ export interface BackfillProgressLimits {
 
 export const backfillProgressDefaults: BackfillProgressLimits = { maxAgeMs: 2_000, pageKeysMax: 5_000 };
 
+/**
+ * A read nobody asked about for this many `maxAgeMs` is dropped: at a million spans one
+ * changefeed's records are a large map, and a removed changefeed must not keep its own.
+ */
+export const backfillProgressKeptAges = 30;
+
 /** One read: the records of each table's current snapshot, by span key. */
 export interface BackfillSnapshot {
   readonly records: ReadonlyMap<string, BackfillRecord>;
@@ -51,6 +57,7 @@ export class BackfillProgressCache {
 
   /** The records of a changefeed (undefined when it backfills nothing), at most `maxAgeMs` old. */
   async get(info: ChangefeedInfo, nowMs = Date.now()): Promise<BackfillSnapshot | undefined> {
+    this.evict(nowMs);
     if (!info.tables.some((t) => t.backfillTs !== undefined)) {
       this.entries.delete(info.id);
       return undefined;
@@ -82,6 +89,19 @@ export class BackfillProgressCache {
   /** Forgets a changefeed (removed). */
   forget(id: string): void {
     this.entries.delete(id);
+  }
+
+  /** Changefeeds read into memory, for tests. */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Drops reads older than {@link backfillProgressKeptAges} ages: O(changefeeds read). */
+  private evict(nowMs: number): void {
+    const keptMs = this.limits.maxAgeMs * backfillProgressKeptAges;
+    for (const [id, entry] of this.entries) {
+      if (entry.reading === undefined && entry.snapshot !== undefined && nowMs - entry.snapshot.readAtMs > keptMs) this.entries.delete(id);
+    }
   }
 
   private async read(info: ChangefeedInfo): Promise<BackfillSnapshot> {

@@ -70,6 +70,10 @@ describe('BackfillProgressCache', () => {
     const other = await cache.get(info('7'), now + 60_000);
     expect([...(other?.records.keys() ?? [])]).toEqual(['t\u00009']);
     expect(etcd.requests).toBe(9);
+    // A read nobody asks about for 30 ages is dropped with the next request of any changefeed.
+    expect(cache.size).toBe(1);
+    expect(await cache.get({ ...info('1'), id: 'other', tables: [{ name: 'u' }] } as ChangefeedInfo, Date.now() + 31_000)).toBeUndefined();
+    expect(cache.size).toBe(0);
   });
 
   it('answers undefined without a read for a changefeed that backfills nothing', async () => {
