@@ -138,6 +138,9 @@ describe('a stalled checkpoint', () => {
     await page.goto(`${(captures[0] as TestCapture).url}/`);
     await page.waitForSelector('[data-changefeed="cf"] .state-stalled', { timeout: 10_000 });
     expect(await page.locator('[data-changefeed="cf"] .reason').first().textContent()).toContain('held back by');
+    // The table holding it back is marked in the summary; opened, its held spans are haloed.
+    await page.waitForSelector(`[data-map="cf"] tr.holding[data-table="${first.table}"]`, { timeout: 10_000 });
+    await page.locator(`[data-map="cf"] [data-table="${first.table}"] button`, { hasText: 'Show spans' }).click();
     await page.waitForSelector('[data-map="cf"] .cell.held', { timeout: 10_000 });
     await page.close();
 
