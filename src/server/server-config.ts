@@ -3,7 +3,6 @@
  * then environment variables (`SPANFEED_*`), then flags. Every value is validated with a
  * message that names it.
  */
-import { eventLoopDelayDefaults } from './event-loop-delay.ts';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,6 +14,7 @@ import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
+import { eventLoopDelayDefaults } from './event-loop-delay.ts';
 import type { Role } from '../api/auth.ts';
 import type { TlsFiles } from '../security/tls-files.ts';
 import { TlsFileError, parseNameList } from '../security/tls-files.ts';
