@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { EventLoopDelayMonitor } from '../../src/server/event-loop-delay.ts';
 import { Metrics } from '../../src/server/metrics.ts';
+import { parseServerConfig } from '../../src/server/server-config.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -42,5 +43,12 @@ describe('EventLoopDelayMonitor', () => {
     expect(text).toContain('spanfeed_event_loop_delay_seconds{quantile="0.5"} 0.0015');
     expect(text).toContain('spanfeed_event_loop_delay_seconds{quantile="0.99"} 0.02');
     expect(text).toContain('spanfeed_event_loop_delay_seconds{quantile="1"} 0.25');
+  });
+
+  it('takes its window from --event-loop-delay-window-ms (or SPANFEED_EVENT_LOOP_DELAY_WINDOW_MS), 1000-600000, default 10000', () => {
+    expect(parseServerConfig([], {}).eventLoopDelayWindowMs).toBe(10_000);
+    expect(parseServerConfig(['--event-loop-delay-window-ms', '2000'], {}).eventLoopDelayWindowMs).toBe(2_000);
+    expect(parseServerConfig([], { SPANFEED_EVENT_LOOP_DELAY_WINDOW_MS: '3000' }).eventLoopDelayWindowMs).toBe(3_000);
+    expect(() => parseServerConfig(['--event-loop-delay-window-ms', '5'], {})).toThrow('--event-loop-delay-window-ms must be an integer from 1000 to 600000, got "5"');
   });
 });
