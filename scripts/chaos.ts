@@ -849,9 +849,9 @@ async function faultDrain(): Promise<void> {
 
 async function faultMove(): Promise<void> {
   const id = faultRng.pick(feedIds);
-  const spans = await callAny<{ table: string; start: string; state: string; primary: string | null }[]>('GET', `/api/v1/changefeeds/${id}/spans`);
-  if (spans.status !== 200 || !Array.isArray(spans.body) || spans.body.length === 0) return;
-  const span = faultRng.pick(spans.body);
+  const spans = await callAny<{ spans: { table: string; start: string; state: string; primary: string | null }[] }>('GET', `/api/v1/changefeeds/${id}/spans`);
+  if (spans.status !== 200 || !Array.isArray(spans.body.spans) || spans.body.spans.length === 0) return;
+  const span = faultRng.pick(spans.body.spans);
   await refreshCaptures();
   const targets = live().filter((c) => c.id !== '' && c.id !== span.primary);
   if (targets.length === 0) return;

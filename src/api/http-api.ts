@@ -22,7 +22,13 @@ import { describeStall } from '../core/stall-detector.ts';
 import { describeReason } from '../core/watermark.ts';
 import type { Watermark } from '../core/watermark.ts';
 import type { BackfillRecord } from '../pipeline/backfill.ts';
-import { backfillTiming, isOfGeneration, spanKeyOfBackfillKey, tableOfSpanKey } from '../pipeline/backfill.ts';
+import { backfillTiming } from '../pipeline/backfill.ts';
+import { BackfillProgressCache, backfillProgressDefaults } from './backfill-progress.ts';
+import type { BackfillProgressLimits } from './backfill-progress.ts';
+import { encodeSpanCursor, parseSpansPageQuery, spansPageDefaults } from './span-pages.ts';
+import type { SpansPageLimits } from './span-pages.ts';
+import { noPrimary } from '../core/span-summary.ts';
+import type { ReplicationSet } from '../core/replication-set.ts';
 import type { Capture } from '../server/capture.ts';
 import { redactSecrets } from '../pipeline/redact.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
@@ -97,6 +103,10 @@ export class ApiError extends Error {
 export interface HttpApiOptions {
   /** The token file; undefined: no tokens are asked for. */
   readonly tokens?: TokenFile | undefined;
+  /** Bounds of `GET /spans` pages. */
+  readonly spansPage?: SpansPageLimits;
+  /** How old the backfill progress shown may be, and the etcd page size reading it. */
+  readonly backfillProgress?: BackfillProgressLimits;
 }
 
 type Handler = (request: ApiRequest) => Promise<ApiResponse>;
@@ -138,11 +148,13 @@ export class HttpApi {
   private readonly routes: Route[];
 
   private readonly service: ChangefeedService;
+  private readonly backfill: BackfillProgressCache;
 
   constructor(
     private readonly capture: Capture,
     private readonly options: HttpApiOptions = {},
   ) {
+    this.backfill = new BackfillProgressCache(() => capture.client, (id) => capture.keys.backfillPrefix(id), options.backfillProgress ?? backfillProgressDefaults);
     this.service = new ChangefeedService({ cache: capture.changefeedCache, client: capture.client, keys: capture.keys, owner: () => this.owner(), bounds: capture.bounds });
     // Compiled once here: a document without a schema for a body fails the start, not a request.
     const schemas = compileRequestSchemas(openApiDocument());
@@ -170,7 +182,8 @@ export class HttpApi {
       r('DELETE', '/api/v1/changefeeds/{}', async (q) => ({ status: 200, body: { removed: await this.service.remove(q.params[0]) } })),
       r('POST', '/api/v1/changefeeds/{}/pause', async (q) => ({ status: 202, body: this.describe(await this.service.pause(q.params[0], q.body)) })),
       r('POST', '/api/v1/changefeeds/{}/resume', async (q) => ({ status: 202, body: this.describe(await this.service.resume(q.params[0], q.body)) })),
-      r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0])),
+      r('GET', '/api/v1/changefeeds/{}/spans', async (q) => this.listSpans(q.params[0], q.query)),
+      r('GET', '/api/v1/changefeeds/{}/spans/summary', async (q) => this.spansSummary(q.params[0])),
       r('GET', '/api/v1/changefeeds/{}/spans/slowest', async (q) => this.slowestSpans(q.params[0], q.query)),
       r('GET', '/api/v1/changefeeds/{}/watermark/stream', async (q) => {
         // Looked up before the 200 is sent, so that an unknown changefeed is a 404.
@@ -367,7 +380,14 @@ export class HttpApi {
   private status(): ApiResponse {
     return {
       status: 200,
-      body: { id: this.capture.id, isOwner: this.capture.isOwner, version: this.capture.version, grpcAddr: this.capture.grpcAddr, httpAddr: this.capture.httpAddr },
+      body: {
+        id: this.capture.id,
+        isOwner: this.capture.isOwner,
+        version: this.capture.version,
+        grpcAddr: this.capture.grpcAddr,
+        httpAddr: this.capture.httpAddr,
+        eventLoopDelay: this.capture.eventLoopDelay.current(),
+      },
     };
   }
 
@@ -496,8 +516,9 @@ export class HttpApi {
   private async getChangefeed(id: string | undefined): Promise<ApiResponse> {
     const info = this.findChangefeed(id);
     const body = this.describe(info);
-    const progress = await this.backfillRecords(info);
-    if (progress === undefined) return { status: 200, body: { ...body, backfill: null } };
+    const snapshot = await this.backfill.get(info);
+    if (snapshot === undefined) return { status: 200, body: { ...body, backfill: null } };
+    const progress = snapshot.records;
     let keysDone = 0;
     let keysTotal = 0;
     let done = 0;
@@ -510,35 +531,28 @@ export class HttpApi {
     const spans = info.tables.filter((t) => t.backfillTs !== undefined).reduce((n, t) => n + (t.spans ?? 1), 0);
     const state = done >= spans ? 'done' : progress.size === 0 ? 'pending' : 'running';
     const timing = backfillTiming(progress.values(), keysDone, keysTotal, state === 'done', Date.now());
-    return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled, ...timing } } };
+    const readAgeMs = Math.max(0, Date.now() - snapshot.readAtMs);
+    return { status: 200, body: { ...body, backfill: { state, keysDone, keysTotal, spansDone: done, spans, spansTracked: backfilled, ...timing, readAgeMs } } };
   }
 
   /**
-   * The backfill records of a changefeed by span key, or undefined when it backfills
-   * nothing. Only records of each table's current snapshot count (a resume with backfill
-   * starts a new one).
+   * One page of a changefeed's spans in span order (table, start, end), from the
+   * replication manager's incremental order: finding the cursor is O(log n), a page
+   * O(limit), or O(scanMax) with a capture or state filter. The backfill progress comes
+   * from {@link BackfillProgressCache} (at most its `maxAgeMs` old).
    */
-  private async backfillRecords(info: ChangefeedInfo): Promise<Map<string, BackfillRecord> | undefined> {
-    if (!info.tables.some((t) => t.backfillTs !== undefined)) return undefined;
-    const snapshots = new Map(info.tables.map((t) => [t.name, t.backfillTs]));
-    const prefix = this.capture.keys.backfillPrefix(info.id);
-    const all = await this.capture.client.getAll().prefix(prefix).strings();
-    const records = new Map<string, BackfillRecord>();
-    for (const [key, value] of Object.entries(all)) {
-      const span = spanKeyOfBackfillKey(prefix, key);
-      const record = JSON.parse(value) as BackfillRecord;
-      if (isOfGeneration(record, snapshots.get(tableOfSpanKey(span)))) records.set(span, record);
-    }
-    return records;
-  }
-
-  private async listSpans(id: string | undefined): Promise<ApiResponse> {
+  private async listSpans(id: string | undefined, query: URLSearchParams): Promise<ApiResponse> {
     const info = this.findChangefeed(id);
+    const limits = this.options.spansPage ?? spansPageDefaults;
+    const page = parseSpansPageQuery(query, limits);
     const managed = this.owner().managed.get(info.id);
-    if (managed === undefined) return { status: 200, body: [] };
-    const records = await this.backfillRecords(info);
+    if (managed === undefined) return { status: 200, body: { spans: [], nextCursor: null } };
+    const { capture, state } = page;
+    const keep = capture === undefined && state === undefined ? undefined : (set: ReplicationSet): boolean => (capture === undefined || set.primary === capture) && (state === undefined || set.state === state);
+    const found = managed.coordinator.manager.ordered.page({ after: page.after, table: page.table, keep, limit: page.limit, scanMax: limits.scanMax });
     const backfilled = new Set(info.tables.filter((t) => t.backfillTs !== undefined).map((t) => t.name));
-    const spans = [...managed.coordinator.manager.sets.values()].map((set) => ({
+    const records = found.items.some((set) => backfilled.has(set.span.table)) ? (await this.backfill.get(info))?.records : undefined;
+    const spans = found.items.map((set) => ({
       table: set.span.table,
       start: set.span.start,
       end: set.span.end,
@@ -549,7 +563,23 @@ export class HttpApi {
       resolvedTs: set.resolvedTs.toString(),
       backfill: backfilled.has(set.span.table) ? backfillOf(records?.get(set.key)) : null,
     }));
-    return { status: 200, body: spans };
+    return { status: 200, body: { spans, nextCursor: found.next === undefined ? null : encodeSpanCursor(found.next) } };
+  }
+
+  /**
+   * Counts of a changefeed's spans by table × state and by primary capture × state, kept
+   * by the replication manager as sets change: O(tables + captures) per request.
+   */
+  private spansSummary(id: string | undefined): ApiResponse {
+    const info = this.findChangefeed(id);
+    const manager = this.owner().managed.get(info.id)?.coordinator.manager;
+    if (manager === undefined) return { status: 200, body: { spans: 0, byState: null, tables: [], captures: [] } };
+    const byName = <T extends string>(a: T, b: T): number => (a < b ? -1 : a > b ? 1 : 0);
+    const tables = [...manager.summary.byTable].sort(([a], [b]) => byName(a, b)).map(([table, counts]) => ({ table, spans: total(counts), byState: { ...counts } }));
+    const captures = [...manager.summary.byCapture]
+      .sort(([a], [b]) => byName(a, b))
+      .map(([capture, counts]) => ({ captureId: capture === noPrimary ? null : capture, spans: total(counts), byState: { ...counts } }));
+    return { status: 200, body: { spans: manager.sets.size, byState: { ...manager.stateCounts }, tables, captures } };
   }
 
   /**
@@ -593,6 +623,11 @@ export class HttpApi {
     if (!result.ok) throw refusal(result);
     return { status: 202, body: { rebalancing: info.id } };
   }
+}
+
+/** Sets over all states. */
+function total(counts: Readonly<Record<string, number>>): number {
+  return Object.values(counts).reduce((n, c) => n + c, 0);
 }
 
 /** One span's backfill progress for the API. */

@@ -24,7 +24,9 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token 
   changefeed backfill <id>          progress bar until the backfill is done
   capture list | drain <id>         drain shows a progress bar until 0 spans remain
   capture undrain <id>              cancels a drain (rebalance to give spans back)
-  span list <changefeed> | move <changefeed> --table <t> --start <key> --capture <id>
+  span list <changefeed> [--table <t>] [--capture <id>] [--state <state>] [--page-size <n>]
+                                    every span in span order, fetched page by page
+  span move <changefeed> --table <t> --start <key> --capture <id>
   span slowest <changefeed> [--count K]   the K spans with the lowest checkpoints (default 10)
   rebalance <changefeed>
   owner resign
@@ -46,6 +48,9 @@ interface Context {
 
 /** How long one API call may take, answer included. */
 const callTimeoutMs = 15_000;
+
+/** `span list` stops after this many pages: 10,000 pages of the default 1,000 spans is 10 million. */
+const spanListPagesMax = 10_000;
 
 async function call(ctx: Context, method: string, path: string, body?: unknown): Promise<any> {
   let response: { status: number; ok: boolean };
@@ -172,6 +177,8 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         backfill: { type: 'boolean' },
         'since-ts': { type: 'string' },
         capture: { type: 'string' },
+        state: { type: 'string' },
+        'page-size': { type: 'string' },
         'interval-ms': { type: 'string' },
         count: { type: 'string' },
       },
@@ -302,7 +309,25 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         return 0;
       }
       case 'span list': {
-        const list = await call(ctx, 'GET', `/api/v1/changefeeds/${encodeURIComponent(need(verb === 'list' ? arg : undefined, 'a changefeed id'))}/spans`);
+        const id = encodeURIComponent(need(verb === 'list' ? arg : undefined, 'a changefeed id'));
+        const filters = new URLSearchParams();
+        if (values['page-size'] !== undefined) filters.set('limit', values['page-size']);
+        if (values.table?.[0] !== undefined) filters.set('table', values.table[0]);
+        if (values.capture !== undefined) filters.set('capture', values.capture);
+        if (values.state !== undefined) filters.set('state', values.state);
+        // The API answers pages (issue 11): follow nextCursor to the end.
+        const list: any[] = [];
+        let cursor: string | null = null;
+        for (let pages = 0; ; pages++) {
+          if (pages >= spanListPagesMax) throw new CliError(`span list: stopped after ${spanListPagesMax} pages`);
+          const query = new URLSearchParams(filters);
+          if (cursor !== null) query.set('cursor', cursor);
+          const text = query.toString();
+          const page = await call(ctx, 'GET', `/api/v1/changefeeds/${id}/spans${text === '' ? '' : `?${text}`}`);
+          list.push(...(page.spans as any[]));
+          cursor = page.nextCursor as string | null;
+          if (cursor === null) break;
+        }
         print(list, () => table(list.map((s: any) => ({ ...s, start: JSON.stringify(s.start), end: JSON.stringify(s.end) })), ['table', 'start', 'end', 'state', 'primary', 'checkpointTs']));
         return 0;
       }

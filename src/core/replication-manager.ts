@@ -25,6 +25,8 @@ import { ReplicationSet, replicationStates } from './replication-set.ts';
 import type { CoverageProblem, Span, TableRange } from './span.ts';
 import { findCoverageProblem, formatSpan, spanKey } from './span.ts';
 import { MutableDigest } from './span-digest.ts';
+import { SpanOrder } from './span-order.ts';
+import { SpanSummary } from './span-summary.ts';
 import type { Task, TaskKind } from './task.ts';
 import { tsMax } from './ts.ts';
 
@@ -80,6 +82,10 @@ export type StateCounts = Record<ReplicationState, number>;
 /** Owns the replication sets of one changefeed and everything indexed on them. */
 export class ReplicationManager implements SetEffects {
   readonly sets = new Map<string, ReplicationSet>();
+  /** The same sets in span order, for the API's pages (kept on create and delete). */
+  readonly ordered = new SpanOrder<ReplicationSet>();
+  /** Sets by table × state and by primary × state, for the API's summary. */
+  readonly summary = new SpanSummary();
   readonly stateCounts: StateCounts = { absent: 0, prepare: 0, commit: 0, replicating: 0, removing: 0 };
   readonly tasksInFlight: Record<TaskKind, number> = { add: 0, move: 0, remove: 0 };
   /** Absent sets that should exist: the basic scheduler adds them. */
@@ -365,6 +371,14 @@ export class ReplicationManager implements SetEffects {
       if (set.secondary !== undefined && set.primary !== undefined) movingOut.set(set.primary, (movingOut.get(set.primary) ?? 0) + 1);
       assert(this.absentSets.has(set) === (set.state === 'absent' && this.isWanted(set)), 'absent index out of date', set.describe());
     }
+    assert(this.ordered.size === this.sets.size, `span order holds ${this.ordered.size} sets, the manager ${this.sets.size}`);
+    const summary = new SpanSummary();
+    for (const set of this.sets.values()) summary.count(set.span.table, set.primary, set.state, 1);
+    for (const [what, want, have] of [['table', summary.byTable, this.summary.byTable], ['capture', summary.byCapture, this.summary.byCapture]] as const) {
+      const a = JSON.stringify([...want].sort(([x], [y]) => (x < y ? -1 : 1)));
+      const b = JSON.stringify([...have].sort(([x], [y]) => (x < y ? -1 : 1)));
+      assert(a === b, `span summary by ${what} out of date`, { sets: a, summary: b });
+    }
     for (const state of replicationStates) {
       assert(counts[state] === this.stateCounts[state], `state counter ${state} is ${this.stateCounts[state]}, sets say ${counts[state]}`);
     }
@@ -403,6 +417,7 @@ export class ReplicationManager implements SetEffects {
 
   private createSet(set: ReplicationSet): void {
     this.sets.set(set.key, set);
+    this.ordered.add(set);
     this.coverageDirty = true;
     this.reindex(set, { state: 'absent', primary: undefined, secondary: undefined, undetermined: undefined }, true);
   }
@@ -421,6 +436,12 @@ export class ReplicationManager implements SetEffects {
 
   private reindex(set: ReplicationSet, before: SetSnapshot, created = false): void {
     const { state } = set;
+    // Only the set the manager tracks for its key is counted (a set deleted before is not).
+    if (created) this.summary.count(set.span.table, set.primary, state, 1);
+    else if ((before.state !== state || before.primary !== set.primary) && this.sets.get(set.key) === set) {
+      this.summary.count(set.span.table, before.primary, before.state, -1);
+      this.summary.count(set.span.table, set.primary, state, 1);
+    }
     if (created) {
       this.stateCounts[state]++;
     } else if (before.state !== state) {
@@ -489,6 +510,8 @@ export class ReplicationManager implements SetEffects {
       const current = this.sets.get(set.key) === set;
       if (current) {
         this.sets.delete(set.key);
+        this.ordered.remove(set);
+        this.summary.count(set.span.table, set.primary, state, -1);
         this.stateCounts[state]--;
         this.coverageDirty = true;
         this.unwanted.delete(set.key);

@@ -433,6 +433,28 @@ export interface ChangefeedView {
 }
 
 /** A span as the API lists it. */
+/** One page of `GET /api/v1/changefeeds/{id}/spans`. */
+export interface SpanPage<T = SpanView> {
+  readonly spans: T[];
+  readonly nextCursor: string | null;
+}
+
+/**
+ * Every span of a changefeed, following the pages' cursors; `get` calls the API with a
+ * path (through whichever capture the caller likes). Throws on an answer other than 200.
+ */
+export async function allSpans<T = SpanView>(get: (path: string) => Promise<ApiAnswer<SpanPage<T>>>, changefeedId: string, limit = 10_000): Promise<T[]> {
+  const spans: T[] = [];
+  let cursor: string | null = null;
+  for (;;) {
+    const answer = await get(`/api/v1/changefeeds/${encodeURIComponent(changefeedId)}/spans?limit=${limit}${cursor === null ? '' : `&cursor=${cursor}`}`);
+    if (answer.status !== 200) throw new Error(`GET spans of ${changefeedId}: ${answer.status} ${JSON.stringify(answer.body)}`);
+    spans.push(...answer.body.spans);
+    cursor = answer.body.nextCursor;
+    if (cursor === null) return spans;
+  }
+}
+
 export interface SpanView {
   readonly table: string;
   readonly start: string;

@@ -34,6 +34,7 @@ import { metadataEtcd } from '../pipeline/bounds.ts';
 import type { SourceStats } from '../pipeline/source.ts';
 import { CaptureRpcServer } from '../rpc/capture-server.ts';
 import { Metrics } from './metrics.ts';
+import { EventLoopDelayMonitor } from './event-loop-delay.ts';
 import { AgentHost } from './agent-host.ts';
 import { ownerGateDefaults } from '../agent/owner-gate.ts';
 import { readCaptureRecords } from './capture-records.ts';
@@ -83,6 +84,8 @@ export class Capture {
   grpcAddr = '';
   httpAddr = '';
   readonly metrics: Metrics;
+  /** How late this process's event loop runs (lease keepalives run on it). */
+  readonly eventLoopDelay: EventLoopDelayMonitor;
   /** Where this capture's sources and sinks may reach (checked at create/update and at open). */
   readonly bounds: PipelineBounds;
   private session: EtcdSession | undefined;
@@ -127,7 +130,9 @@ export class Capture {
       metadata: metadataEtcd(this.client, config.etcdEndpoints),
       credentialsRoot: config.credentialsRoot,
     };
+    this.eventLoopDelay = new EventLoopDelayMonitor(config.eventLoopDelayWindowMs);
     this.metrics = new Metrics({
+      eventLoopDelay: () => this.eventLoopDelay.current(),
       changefeeds: () =>
         [...(this.ownerRole?.managed.values() ?? [])].map((m) => ({
           id: m.info.id,
@@ -367,6 +372,7 @@ export class Capture {
     await this.api?.close();
     await this.rpc?.close();
     this.client.close();
+    this.eventLoopDelay.stop();
   }
 
   /** Stops what a join started; safe to call again, or after a join that failed part way. */

@@ -4,6 +4,7 @@
  * computed when Prometheus scrapes, from the owner's coordinators and the agents.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { EventLoopDelay } from './event-loop-delay.ts';
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
@@ -26,6 +27,8 @@ export interface MetricsSources {
   spansHeld(): ReadonlyMap<string, number>;
   /** Upstream watchers of this capture's sources, per changefeed (sources that tell). */
   sourceWatchers?(): ReadonlyMap<string, { readonly group: number; readonly catchUp: number }>;
+  /** The event-loop delay over the last closed window (see event-loop-delay.ts). */
+  eventLoopDelay?(): EventLoopDelay;
 }
 
 export class Metrics {
@@ -143,6 +146,21 @@ export class Metrics {
         for (const c of sources.changefeeds()) for (const [state, n] of Object.entries(c.spansByState)) this.set({ changefeed: c.id, state }, n);
       },
     });
+    const eventLoopDelay = sources.eventLoopDelay?.bind(sources);
+    if (eventLoopDelay !== undefined) {
+      new Gauge({
+        name: 'spanfeed_event_loop_delay_seconds',
+        help: 'How late the event loop ran (perf_hooks.monitorEventLoopDelay) over the last closed window (--event-loop-delay-window-ms, 10 s): quantile 0.5, 0.99 and 1 (the max). Lease keepalives run on this loop.',
+        labelNames: ['quantile'],
+        registers,
+        collect() {
+          const delay = eventLoopDelay();
+          this.set({ quantile: '0.5' }, delay.p50Ms / 1000);
+          this.set({ quantile: '0.99' }, delay.p99Ms / 1000);
+          this.set({ quantile: '1' }, delay.maxMs / 1000);
+        },
+      });
+    }
     new Gauge({
       name: 'spanfeed_capture_spans_held',
       help: 'Span pipelines running on this capture.',

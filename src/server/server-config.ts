@@ -15,6 +15,7 @@ import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
 import type { Role } from '../security/role.ts';
+import { eventLoopDelayDefaults } from './event-loop-delay.ts';
 import type { TlsFiles } from '../security/tls-files.ts';
 import { TlsFileError, parseNameList } from '../security/tls-files.ts';
 
@@ -60,6 +61,8 @@ export interface ServerConfig {
    * past it before its watermark says `stalled`; 0 turns that off.
    */
   readonly stallAfterMs: number;
+  /** The window of the event-loop delay figures (metrics, status): the last closed one is shown. */
+  readonly eventLoopDelayWindowMs: number;
   /** The HTTP API's bearer token file (`<token> <role>` a line); undefined: no tokens asked for. */
   readonly authTokenFile: string | undefined;
   /** Allows serving HTTP without a token file on an address other than loopback. */
@@ -132,6 +135,7 @@ export const serverDefaults: ServerConfig = {
   statusWritesPerSecondMax: ownerDefaults.statusWritesPerSecondMax,
   heartbeatsPerSecondMax: ownerDefaults.heartbeatsPerSecondMax,
   stallAfterMs: coordinatorDefaults.stallAfterMs,
+  eventLoopDelayWindowMs: eventLoopDelayDefaults.windowMs,
   authTokenFile: undefined,
   insecure: false,
   /** Relative: resolved against the working directory when the config is parsed. */
@@ -179,6 +183,7 @@ const options = {
   'status-writes-per-s': ['SPANFEED_STATUS_WRITES_PER_S', 'statusWritesPerSecondMax'],
   'heartbeats-per-s': ['SPANFEED_HEARTBEATS_PER_S', 'heartbeatsPerSecondMax'],
   'stall-after-ms': ['SPANFEED_STALL_AFTER_MS', 'stallAfterMs'],
+  'event-loop-delay-window-ms': ['SPANFEED_EVENT_LOOP_DELAY_WINDOW_MS', 'eventLoopDelayWindowMs'],
   'auth-token-file': ['SPANFEED_AUTH_TOKEN_FILE', 'authTokenFile'],
   insecure: ['SPANFEED_INSECURE', 'insecure'],
   'file-sink-root': ['SPANFEED_FILE_SINK_ROOT', 'fileSinkRoot'],
@@ -255,6 +260,10 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             its resolved-ts is past it before its watermark says "stalled"
                             (a hung or failing sink); 0 turns it off, else 100-86400000
                             (default 30000)
+  --event-loop-delay-window-ms <n>
+                            the window of spanfeed_event_loop_delay_seconds and of the status's
+                            eventLoopDelay: figures of the last closed window, 1000-600000
+                            (default 10000)
   --auth-token-file <file>  bearer tokens for the HTTP API, one "<token> <role>" a line (roles
                             read and admin, # comments); every /api/v1/* request but health,
                             and /metrics, then needs "Authorization: Bearer <token>". Read
@@ -433,6 +442,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     statusWritesPerSecondMax: intIn('--status-writes-per-s', get('status-writes-per-s') ?? String(serverDefaults.statusWritesPerSecondMax), 1, 100_000),
     heartbeatsPerSecondMax: intIn('--heartbeats-per-s', get('heartbeats-per-s') ?? String(serverDefaults.heartbeatsPerSecondMax), 1, 1_000_000),
     stallAfterMs: stallAfterMs(get('stall-after-ms')),
+    eventLoopDelayWindowMs: intIn('--event-loop-delay-window-ms', get('event-loop-delay-window-ms') ?? String(serverDefaults.eventLoopDelayWindowMs), 1_000, 600_000),
     authTokenFile,
     insecure,
     fileSinkRoot: fileSinkRoot(get('file-sink-root')),

@@ -76,7 +76,7 @@ function brokenCreate(rng: SeededRandom): unknown {
   const field = rng.pick(['id', 'source', 'sink', 'tables', 'start', 'targetTs', 'backfill', 'extra']);
   const bad: Record<string, unknown> = {
     id: rng.pick([5, '', 'a b', '-x', 'x'.repeat(200), null]),
-    source: rng.pick([{ uri: 'nope://' }, { uri: 5 }, 'datagen://', { uri: 'datagen://?rate=0' }, { uri: 'datagen://', x: 1 }]),
+    source: rng.pick([{ uri: 'nope://' }, { uri: 5 }, 'datagen://', { uri: 'datagen://?rate=1001' }, { uri: 'datagen://?totalRate=5&rate=1' }, { uri: 'datagen://', x: 1 }]),
     sink: rng.pick([{ uri: 'nope://' }, {}, { uri: 'file://rel' }, { uri: 'blackhole://?flushMs=-1' }]),
     tables: rng.pick([[], {}, [{}], [{ name: 't', spans: 0 }], [{ name: 't' }, { name: 't' }], [{ name: 't', prefix: 'a', start: 'b' }], [{ name: 't', start: 'z', end: 'a' }]]),
     start: rng.pick(['yesterday', '-5', 5, '99999999999999999999999']),

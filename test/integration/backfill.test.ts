@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
 import type { BackfillRecord } from '../../src/pipeline/backfill.ts';
 import { backfillTablePrefix } from '../../src/pipeline/backfill.ts';
-import type { ChangefeedView, SpanView } from './harness.ts';
+import type { ChangefeedView, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
@@ -109,7 +109,7 @@ describe('backfill', () => {
       expect(midway.keysTotal).toBeLessThanOrEqual(50_000);
 
       // Kill a non-owner capture that holds spans still backfilling.
-      const spans = (await call<(SpanView & { backfill: { state: string; keysDone: number } })[]>('GET', '/api/v1/changefeeds/bf/spans')).body;
+      const spans = (await call<SpanPage<SpanView & { backfill: { state: string; keysDone: number } }>>('GET', '/api/v1/changefeeds/bf/spans')).body.spans;
       let victim: TestCapture | undefined;
       for (const capture of captures) {
         if ((await capture.status()).isOwner) continue;
@@ -164,7 +164,7 @@ describe('backfill', () => {
     const last = await putAll('bf/c/', 500, (i) => `c-changed${i}`);
     await waitFor('table c to be backfilled and b removed', async () => {
       const view = await call<ChangefeedView & { backfill: { state: string } }>('GET', '/api/v1/changefeeds/bf');
-      const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/bf/spans')).body;
+      const spans = (await call<SpanPage>('GET', '/api/v1/changefeeds/bf/spans')).body.spans;
       const tables = new Set(spans.map((s) => s.table));
       return view.body.backfill.state === 'done' && BigInt(view.body.checkpointTs) >= last && !tables.has('b') && tables.has('c') && spans.length === 6 ? true : undefined;
     }, 60_000, 100);
@@ -195,7 +195,7 @@ describe('backfill', () => {
     expect(updated.status).toBe(200);
     await waitFor('table d to be backfilled', async () => {
       const view = await call<ChangefeedView & { backfill: { state: string } }>('GET', '/api/v1/changefeeds/bf');
-      const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/bf/spans')).body;
+      const spans = (await call<SpanPage>('GET', '/api/v1/changefeeds/bf/spans')).body.spans;
       return view.body.backfill.state === 'done' && spans.length === 8 ? true : undefined;
     }, 60_000, 100);
     const verified = await waitFor('the verifier to check all three tables', async () => {

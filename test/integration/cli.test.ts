@@ -39,6 +39,15 @@ describe('spanfeed cli', () => {
     expect(captureList).toHaveLength(2);
     const spans = JSON.parse((await cli('--json', 'span', 'list', 'c1')).stdout) as { table: string; start: string; primary: string }[];
     expect(spans).toHaveLength(12);
+    // Pages of 5 are followed to the end; filters pass through to the API.
+    const paged = JSON.parse((await cli('--json', 'span', 'list', 'c1', '--page-size', '5')).stdout) as { table: string; start: string }[];
+    expect(paged.map((s) => [s.table, s.start])).toEqual(spans.map((s) => [s.table, s.start]));
+    const users = JSON.parse((await cli('--json', 'span', 'list', 'c1', '--table', 'users', '--state', 'replicating', '--page-size', '4')).stdout) as { table: string }[];
+    expect(users).toHaveLength(6);
+    expect(users.every((s) => s.table === 'users')).toBe(true);
+    const badState = await cli('span', 'list', 'c1', '--state', 'running');
+    expect(badState.status).not.toBe(0);
+    expect(badState.stderr).toContain('state="running" must be one of');
 
     const target = captureList.find((c) => c.id !== spans[0]?.primary) as { id: string };
     const moved = await cli('span', 'move', 'c1', '--table', (spans[0] as { table: string }).table, '--start', (spans[0] as { start: string }).start, '--capture', target.id);

@@ -8,7 +8,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Election } from '../../src/cluster/election.ts';
 import { clusterKeys } from '../../src/cluster/keys.ts';
-import type { ApiAnswer, ChangefeedView, SpanView } from './harness.ts';
+import type { ApiAnswer, ChangefeedView, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
 import { callChecked } from './openapi-check.ts';
 
@@ -35,9 +35,9 @@ async function changefeed(): Promise<ChangefeedView> {
 }
 
 async function spans(): Promise<SpanView[]> {
-  const answer = await call<SpanView[]>('GET', `/api/v1/changefeeds/${changefeedId}/spans`);
+  const answer = await call<SpanPage>('GET', `/api/v1/changefeeds/${changefeedId}/spans`);
   if (answer.status !== 200) throw new Error(`GET spans: ${answer.status}`);
-  return answer.body;
+  return answer.body.spans;
 }
 
 /** Waits until every span replicates and the persisted checkpoint passes `after`. */
@@ -331,6 +331,14 @@ describe('a three-capture cluster', () => {
       ['PUT', `/api/v1/changefeeds/${changefeedId}`, { tables: 'no' }, 400],
       ['GET', '/api/v1/nothing-here', undefined, 404],
       ['PATCH', '/api/v1/changefeeds', undefined, 405],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?limit=0`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?limit=10001`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?limit=x`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?state=running`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?cursor=!!`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?cursor=bm90LWpzb24`, undefined, 400],
+      ['GET', `/api/v1/changefeeds/${changefeedId}/spans?sort=desc`, undefined, 400],
+      ['GET', '/api/v1/changefeeds/nope/spans/summary', undefined, 404],
     ];
     for (const [method, path, body, status] of bad) {
       const answer = await call<{ error: { code: string; message: string } }>(method, path, body);
@@ -345,6 +353,44 @@ describe('a three-capture cluster', () => {
     expect(notReady.status).toBe(409);
     const infoAfter = await client.getAll().prefix(keys.changefeedsPrefix).strings();
     expect(infoKeys(infoAfter)).toEqual(infoKeys(infoBefore));
+  });
+
+  it('pages GET /spans in span order with a cursor and filters, and sums them up', async () => {
+    const all = await spans();
+    expect(all).toHaveLength(300);
+    const order = (a: SpanView, b: SpanView): number => (a.table !== b.table ? (a.table < b.table ? -1 : 1) : a.start < b.start ? -1 : a.start > b.start ? 1 : 0);
+    expect([...all].sort(order)).toEqual(all);
+    // Pages of 7 (the last one short), each span once, the same order.
+    const paged: SpanView[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const answer: ApiAnswer<SpanPage> = await call<SpanPage>('GET', `/api/v1/changefeeds/${changefeedId}/spans?limit=7${cursor === null ? '' : `&cursor=${cursor}`}`);
+      expect(answer.status).toBe(200);
+      expect(answer.body.spans.length).toBeLessThanOrEqual(7);
+      paged.push(...answer.body.spans);
+      cursor = answer.body.nextCursor;
+      pages++;
+    } while (cursor !== null);
+    expect(pages).toBe(Math.ceil(300 / 7));
+    expect(paged.map((s) => [s.table, s.start])).toEqual(all.map((s) => [s.table, s.start]));
+    // Filters: by table, by primary, by state; and the summary agrees with the list.
+    const table = (all[0] as SpanView).table;
+    const holder = (all[0] as SpanView).primary as string;
+    const ofTable = await call<SpanPage>('GET', `/api/v1/changefeeds/${changefeedId}/spans?table=${encodeURIComponent(table)}&limit=10000`);
+    expect(ofTable.body.spans.every((s) => s.table === table)).toBe(true);
+    expect(ofTable.body.spans.length).toBe(all.filter((s) => s.table === table).length);
+    const ofCapture = await call<SpanPage>('GET', `/api/v1/changefeeds/${changefeedId}/spans?capture=${encodeURIComponent(holder)}&state=replicating&limit=10000`);
+    expect(ofCapture.body.spans.length).toBeGreaterThan(0);
+    expect(ofCapture.body.spans.every((s) => s.primary === holder && s.state === 'replicating')).toBe(true);
+    const summary = await call<{ spans: number; byState: Record<string, number>; tables: { table: string; spans: number }[]; captures: { captureId: string | null; spans: number }[] }>(
+      'GET',
+      `/api/v1/changefeeds/${changefeedId}/spans/summary`,
+    );
+    expect(summary.status).toBe(200);
+    expect(summary.body.spans).toBe(300);
+    expect(summary.body.tables.find((t) => t.table === table)?.spans).toBe(ofTable.body.spans.length);
+    expect(summary.body.captures.reduce((n, c) => n + c.spans, 0)).toBe(300);
   });
 
   it('SIGTERM moves the capture spans away, deregisters it and exits 0', async () => {

@@ -1,6 +1,7 @@
 /**
  * The dashboard in headless Chromium (Debian's, driven by playwright-core) against a real
- * three-capture cluster: its content, one action, and a screenshot in docs/. Then one
+ * three-capture cluster: its content (span counts by table and capture; a table's spans
+ * only once opened), its actions, and a screenshot in docs/. Then one
  * capture with a token file: the page asks for a token once and sends it.
  */
 import { execFileSync } from 'node:child_process';
@@ -61,6 +62,11 @@ describe('dashboard', () => {
       return undefined;
     });
     const other = captures.find((c) => c !== owner) as TestCapture;
+    // Span pages are fetched only when a table is opened; the poll reads the summary.
+    const spanPages: string[] = [];
+    page.on('request', (request) => {
+      if (new URL(request.url()).pathname.endsWith('/spans')) spanPages.push(request.url());
+    });
     await page.goto(`${other.url}/`);
     await page.waitForSelector('#captures tbody tr:nth-child(3)');
     expect(await page.locator('#captures tbody tr').count()).toBe(3);
@@ -68,8 +74,22 @@ describe('dashboard', () => {
     await expect.poll(async () => page.locator(`[data-capture="${owner.id}"] .owner`).count()).toBe(1);
     await page.waitForSelector('[data-changefeed="orders-feed"]');
     expect(await page.locator('[data-changefeed="orders-feed"] td').first().textContent()).toBe('orders-feed');
-    await page.waitForSelector('[data-map="orders-feed"] .cell');
-    expect(await page.locator('[data-map="orders-feed"] .cell').count()).toBe(60);
+    await page.waitForSelector('[data-map="orders-feed"] [data-table="orders"]');
+    const ordersRow = page.locator('[data-map="orders-feed"] [data-table="orders"] td');
+    await expect.poll(async () => (await ordersRow.allTextContents()).slice(0, 3)).toEqual(['orders', '40', '40']);
+    expect((await page.locator('[data-map="orders-feed"] [data-table="users"] td').allTextContents()).slice(0, 2)).toEqual(['users', '20']);
+    await expect.poll(async () => page.locator('[data-map="orders-feed"] [data-summary="captures"] tbody tr').count()).toBe(3);
+    expect(await page.locator('[data-map="orders-feed"] .cell').count()).toBe(0);
+    await page.waitForTimeout(1_500);
+    expect(spanPages).toEqual([]);
+    // Opening a table draws its spans (one page), and only its spans.
+    await page.locator('[data-map="orders-feed"] [data-table="orders"] button', { hasText: 'Show spans' }).click();
+    await expect.poll(async () => page.locator('[data-map="orders-feed"] [data-table-map="orders"] .cell').count(), { timeout: 10_000 }).toBe(40);
+    expect(spanPages.length).toBeGreaterThan(0);
+    expect(spanPages.every((url) => new URL(url).searchParams.get('table') === 'orders')).toBe(true);
+    await page.locator('[data-map="orders-feed"] [data-table="users"] button', { hasText: 'Show spans' }).click();
+    await expect.poll(async () => page.locator('[data-map="orders-feed"] [data-table-map="users"] .cell').count(), { timeout: 10_000 }).toBe(20);
+    expect(await page.locator('[data-map="orders-feed"] [data-table-map="orders"]').count()).toBe(0);
     await expect.poll(async () => page.locator('[data-changefeed="orders-feed"] .state-advancing').count(), { timeout: 10_000 }).toBe(1);
 
     // Drain a capture, then cancel the drain, then rebalance, through the buttons.

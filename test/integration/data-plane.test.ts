@@ -16,7 +16,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SeededRandom } from '../../src/core/rng.ts';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
-import type { ChangefeedView, SpanView } from './harness.ts';
+import type { ChangefeedView, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, api, callAny, waitFor } from './harness.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
@@ -137,7 +137,7 @@ describe('etcd source to file sink', () => {
     victim?.proc.signal('SIGKILL');
     await write(5_000, 2);
     // Move a few spans while writes go on.
-    const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/cf/spans')).body;
+    const spans = (await call<SpanPage>('GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     const live = captures.filter((c) => c !== victim);
     for (const span of spans.slice(0, 4)) {
       const target = live.find((c) => c.id !== span.primary);
@@ -306,7 +306,7 @@ describe('etcd source to file sink', () => {
   it('rides out a PostgreSQL outage: spans stay where they are, retry in place, and nothing is lost', async () => {
     await waitCheckpointPast(lastRevision, 60_000, 'cf-pg');
     const where = (s: SpanView): string => `${s.table}\u0000${s.start}`;
-    const placed = new Map((await call<SpanView[]>('GET', '/api/v1/changefeeds/cf-pg/spans')).body.map((s) => [where(s), s.primary]));
+    const placed = new Map((await call<SpanPage>('GET', '/api/v1/changefeeds/cf-pg/spans')).body.spans.map((s) => [where(s), s.primary]));
     const admin = new pg.Client({ connectionString: postgres.url.replace(/\/spanfeed$/, '/postgres') });
     await admin.connect();
     try {
@@ -321,7 +321,7 @@ describe('etcd source to file sink', () => {
       expect(during.warning?.failingSpans).toBeGreaterThan(0);
       expect(during.warning?.error).toMatch(/connection|terminat|accepting/i);
       expect(BigInt(during.checkpointTs) < lastRevision).toBe(true);
-      const spans = (await call<SpanView[]>('GET', '/api/v1/changefeeds/cf-pg/spans')).body;
+      const spans = (await call<SpanPage>('GET', '/api/v1/changefeeds/cf-pg/spans')).body.spans;
       expect(spans.filter((s) => s.state !== 'replicating' || placed.get(where(s)) !== s.primary)).toEqual([]);
     } finally {
       await admin.query('alter database spanfeed allow_connections true');

@@ -17,7 +17,7 @@ import type { DispatchMessage, MessageHeader } from '../../src/core/messages.ts'
 import type { Span } from '../../src/core/span.ts';
 import { encodeOwnerMessage } from '../../src/rpc/codec.ts';
 import { CaptureServiceClient } from '../../src/rpc/proto.ts';
-import type { ChangefeedView, SpanView } from './harness.ts';
+import type { ChangefeedView, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
 
 const cluster = `forge${process.pid}`;
@@ -78,7 +78,7 @@ describe('a forged owner', () => {
     const spans = await waitFor('every span replicating', async () => {
       const view = (await call<ChangefeedView>('GET', '/api/v1/changefeeds/cf')).body;
       if (view.watermark?.state !== 'advancing') return undefined;
-      const list = (await call<SpanView[]>('GET', '/api/v1/changefeeds/cf/spans')).body;
+      const list = (await call<SpanPage>('GET', '/api/v1/changefeeds/cf/spans')).body.spans;
       return list.length === 4 && list.every((s) => s.state === 'replicating' && s.primary !== null) ? list : undefined;
     }, 30_000, 100);
 
@@ -151,7 +151,7 @@ describe('a forged owner', () => {
       last = now;
       return moves >= 3 ? true : undefined;
     }, 20_000, 200);
-    const after = (await call<SpanView[]>('GET', '/api/v1/changefeeds/cf/spans')).body;
+    const after = (await call<SpanPage>('GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     const same = after.find((s) => s.table === real.table && s.start === real.start && s.end === real.end);
     expect(same?.state).toBe('replicating');
     expect(same?.primary).toBe(victimId);

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export { LocalCapture as TestCapture, LocalEtcd as TestEtcd, api, apiWith, callAny, freePort, ownerAmong, waitFor } from '../../src/dev/local-cluster.ts';
-export type { ApiAnswer, ApiCallOptions, ChangefeedView, SpanView } from '../../src/dev/local-cluster.ts';
+export type { ApiAnswer, ApiCallOptions, ChangefeedView, SpanPage, SpanView } from '../../src/dev/local-cluster.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 

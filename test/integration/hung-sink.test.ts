@@ -18,7 +18,7 @@
  * etcd session while holding a call that hangs for ever stops its pipelines and rejoins.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ChangefeedView, SpanView } from './harness.ts';
+import type { ChangefeedView, SpanPage } from './harness.ts';
 import { TestCapture, TestEtcd, api, callAny, waitFor } from './harness.ts';
 import { HangingServer } from './hanging-server.ts';
 
@@ -71,9 +71,9 @@ function samplePlacements(id: string): { history: Map<string, string[]>; stop: (
   const done = (async () => {
     while (sampling) {
       try {
-        const answer = await call<SpanView[]>('GET', `/api/v1/changefeeds/${id}/spans`);
+        const answer = await call<SpanPage>('GET', `/api/v1/changefeeds/${id}/spans`);
         if (answer.status === 200) {
-          for (const span of answer.body) {
+          for (const span of answer.body.spans) {
             const key = JSON.stringify([span.table, span.start]);
             const seen = history.get(key) ?? [];
             const now = `${span.state}@${span.primary ?? '-'}`;

@@ -7,7 +7,7 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clusterKeys } from '../../src/cluster/keys.ts';
-import type { ApiAnswer, ChangefeedView } from './harness.ts';
+import type { ApiAnswer, ChangefeedView, SpanPage } from './harness.ts';
 import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
 import { callChecked } from './openapi-check.ts';
 
@@ -166,8 +166,8 @@ describe('the owner shell', () => {
       const answer = await call<{ remainingSpans: number | null }>('POST', `/api/v1/captures/${target.id}/drain`);
       return answer.body.remainingSpans === 0 ? true : undefined;
     }, 30_000, 200);
-    const spans = await call<{ primary: string | null; secondaries: string[] }[]>('GET', '/api/v1/changefeeds/healthy/spans');
-    expect(spans.body.filter((s) => s.primary === target.id || s.secondaries.includes(target.id))).toEqual([]);
+    const spans = await call<SpanPage<{ primary: string | null; secondaries: string[] }>>('GET', '/api/v1/changefeeds/healthy/spans');
+    expect(spans.body.spans.filter((s) => s.primary === target.id || s.secondaries.includes(target.id))).toEqual([]);
     expect((await call('DELETE', `/api/v1/captures/${target.id}/drain`)).status).toBe(200);
     captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: ttlS }));
   });
@@ -183,8 +183,8 @@ describe('the owner shell', () => {
       return current.id !== old.id ? current : undefined;
     }, 30_000, 200);
     expect(next.id).not.toBe(old.id);
-    const spans = await call<{ primary: string | null }[]>('GET', '/api/v1/changefeeds/healthy/spans');
-    expect(spans.body.filter((s) => s.primary === old.id)).toEqual([]);
+    const spans = await call<SpanPage<{ primary: string | null }>>('GET', '/api/v1/changefeeds/healthy/spans');
+    expect(spans.body.spans.filter((s) => s.primary === old.id)).toEqual([]);
     // The next owner keeps the drain: it is persisted.
     const list = await call<{ id: string; draining: boolean }[]>('GET', '/api/v1/captures');
     expect(list.body.find((c) => c.id === old.id)?.draining).toBe(true);

@@ -13,7 +13,7 @@ import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalPostgres } from '../../src/dev/local-postgres.ts';
-import type { ChangefeedView, CliRun, SpanView } from './harness.ts';
+import type { ChangefeedView, CliRun, SpanPage } from './harness.ts';
 import { TestCapture, TestEtcd, api, ownerAmong, runCli, waitFor } from './harness.ts';
 import { checkAgainstOpenApi } from './openapi-check.ts';
 
@@ -111,7 +111,7 @@ describe('a stalled checkpoint', () => {
     expect(held.spanCount).toBeGreaterThanOrEqual(1);
     expect(held.spans).toHaveLength(held.spanCount);
     expect(held.captureCount).toBe(held.captures.length);
-    const spans = (await api<SpanView[]>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/cf/spans')).body;
+    const spans = (await api<SpanPage>((captures[0] as TestCapture).url, 'GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     const ids = captures.map((c) => c.id);
     for (const holder of held.spans) {
       const span = spans.find((s) => s.table === holder.table && s.start === holder.start);
@@ -138,6 +138,9 @@ describe('a stalled checkpoint', () => {
     await page.goto(`${(captures[0] as TestCapture).url}/`);
     await page.waitForSelector('[data-changefeed="cf"] .state-stalled', { timeout: 10_000 });
     expect(await page.locator('[data-changefeed="cf"] .reason').first().textContent()).toContain('held back by');
+    // The table holding it back is marked in the summary; opened, its held spans are haloed.
+    await page.waitForSelector(`[data-map="cf"] tr.holding[data-table="${first.table}"]`, { timeout: 10_000 });
+    await page.locator(`[data-map="cf"] [data-table="${first.table}"] button`, { hasText: 'Show spans' }).click();
     await page.waitForSelector('[data-map="cf"] .cell.held', { timeout: 10_000 });
     await page.close();
 

@@ -22,7 +22,7 @@ import type { ApiClientTls } from '../../src/api/api-request.ts';
 import type { DispatchMessage } from '../../src/core/messages.ts';
 import { encodeOwnerMessage } from '../../src/rpc/codec.ts';
 import { CaptureServiceClient } from '../../src/rpc/proto.ts';
-import type { ApiAnswer, ChangefeedView, SpanView } from './harness.ts';
+import type { ApiAnswer, ChangefeedView, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, apiWith, waitFor } from './harness.ts';
 import { checkAgainstOpenApi, documentedOperations } from './openapi-check.ts';
 import { makeTestCerts } from './test-certs.ts';
@@ -109,7 +109,7 @@ describe('a TLS cluster', () => {
     const spans = await waitFor('every span replicating, on all three captures', async () => {
       const view = (await as<ChangefeedView>(clientOf('admin'), captures[0] as TestCapture, 'GET', '/api/v1/changefeeds/cf')).body;
       if (view.watermark?.state !== 'advancing') return undefined;
-      const list = (await as<SpanView[]>(clientOf('admin'), captures[0] as TestCapture, 'GET', '/api/v1/changefeeds/cf/spans')).body;
+      const list = (await as<SpanPage>(clientOf('admin'), captures[0] as TestCapture, 'GET', '/api/v1/changefeeds/cf/spans')).body.spans;
       const holders = new Set(list.map((s) => s.primary));
       return list.length === 6 && list.every((s) => s.state === 'replicating') && holders.size === 3 ? list : undefined;
     }, 40_000, 200);
@@ -167,7 +167,7 @@ describe('a TLS cluster', () => {
   }, 120_000);
 
   it('refuses gRPC peers without a certificate, from another CA or with a name not allowed, and starts nothing for a capture certificate without the owner revision', async () => {
-    const view = (await as<SpanView[]>(clientOf('admin'), captures[0] as TestCapture, 'GET', '/api/v1/changefeeds/cf/spans')).body;
+    const view = (await as<SpanPage>(clientOf('admin'), captures[0] as TestCapture, 'GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     const victimId = (view[0] as SpanView).primary as string;
     const victim = await waitFor('the victim', async () => {
       for (const c of captures) if ((await c.status()).id === victimId) return c;
@@ -209,7 +209,7 @@ describe('a TLS cluster', () => {
     expect(await forge(grpc.credentials.createSsl(ca(), ...key('c2')))).toBe('open');
     await waitFor('the forged message counted', async () => ((await metric(victim, 'spanfeed_rpc_messages_refused_total', 'reason="unverified-owner"')) > unverified ? true : undefined), 10_000, 100);
     expect(await metric(victim, 'spanfeed_capture_spans_held', 'changefeed="cf"')).toBe(held);
-    const after = (await as<SpanView[]>(clientOf('admin'), victim, 'GET', '/api/v1/changefeeds/cf/spans')).body;
+    const after = (await as<SpanPage>(clientOf('admin'), victim, 'GET', '/api/v1/changefeeds/cf/spans')).body.spans;
     expect(after.every((s) => s.state === 'replicating')).toBe(true);
   }, 60_000);
 
