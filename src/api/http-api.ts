@@ -552,17 +552,23 @@ export class HttpApi {
     const found = managed.coordinator.manager.ordered.page({ after: page.after, table: page.table, keep, limit: page.limit, scanMax: limits.scanMax });
     const backfilled = new Set(info.tables.filter((t) => t.backfillTs !== undefined).map((t) => t.name));
     const records = found.items.some((set) => backfilled.has(set.span.table)) ? (await this.backfill.get(info))?.records : undefined;
-    const spans = found.items.map((set) => ({
-      table: set.span.table,
-      start: set.span.start,
-      end: set.span.end,
-      state: set.state,
-      primary: set.primary ?? null,
-      secondaries: set.secondary === undefined ? [] : [set.secondary],
-      checkpointTs: set.checkpointTs.toString(),
-      resolvedTs: set.resolvedTs.toString(),
-      backfill: backfilled.has(set.span.table) ? backfillOf(records?.get(set.key)) : null,
-    }));
+    const now = Date.now();
+    const spans = found.items.map((set) => {
+      // What its primary last reported (slice or slowest list), when newer than the set's own.
+      const progress = managed.progress.get(set.span, set.primary);
+      return {
+        table: set.span.table,
+        start: set.span.start,
+        end: set.span.end,
+        state: set.state,
+        primary: set.primary ?? null,
+        secondaries: set.secondary === undefined ? [] : [set.secondary],
+        checkpointTs: (progress !== undefined && progress.checkpointTs > set.checkpointTs ? progress.checkpointTs : set.checkpointTs).toString(),
+        resolvedTs: (progress !== undefined && progress.resolvedTs > set.resolvedTs ? progress.resolvedTs : set.resolvedTs).toString(),
+        progress: progress === undefined ? null : { checkpointTs: progress.checkpointTs.toString(), resolvedTs: progress.resolvedTs.toString(), eventsPerSecond: progress.eventsPerSecond, ageMs: Math.max(0, now - progress.atMs) },
+        backfill: backfilled.has(set.span.table) ? backfillOf(records?.get(set.key)) : null,
+      };
+    });
     return { status: 200, body: { spans, nextCursor: found.next === undefined ? null : encodeSpanCursor(found.next) } };
   }
 

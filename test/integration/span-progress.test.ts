@@ -75,6 +75,12 @@ describe('per-span progress', () => {
       return again.body.some((s) => s.eventsPerSecond > 0) ? true : undefined;
     }, 15_000, 200);
 
+    // Every span's own progress, refreshed round-robin (2 a report): all 12 within seconds.
+    await waitFor('every span with a recent progress', async () => {
+      const page = await call<{ spans: { progress: { ageMs: number; checkpointTs: string } | null; checkpointTs: string }[] }>('GET', '/api/v1/changefeeds/cf/spans');
+      checkAgainstOpenApi('GET', '/api/v1/changefeeds/cf/spans', 200, page.body);
+      return page.body.spans.length === 12 && page.body.spans.every((s) => s.progress !== null && s.progress.ageMs < 5_000 && BigInt(s.checkpointTs) >= BigInt(s.progress.checkpointTs)) ? true : undefined;
+    }, 20_000, 200);
     const view = (await call<ChangefeedView & { slowestSpans: SlowSpan[] }>('GET', '/api/v1/changefeeds/cf')).body;
     expect(view.slowestSpans.length).toBe(3);
     for (const bad of ['k=0', 'k=5', 'k=x', 'k=2&x=1']) {
