@@ -53,6 +53,8 @@ export interface SourceContext {
   readonly credentialsRoot?: string | undefined;
   /** The changefeed's span count, when the opener knows it (datagen spreads `totalRate` over it). */
   readonly spanCount?: number | undefined;
+  /** The changefeed's tables, when the opener knows them (the etcd source watches whole tables). */
+  readonly tables?: readonly TableRange[] | undefined;
 }
 
 /** How a source reads upstream, for metrics (the etcd source: its watchers). */

@@ -224,7 +224,7 @@ export class AgentHost {
     // this agent (a new epoch opens the source again), so every read of a span's history
     // on this capture sees the same events.
     const spanCount = info.tables.reduce((n, table) => n + (table.spans ?? 1), 0);
-    const source = openBoundedSource(info.source.uri, this.metadata.bounds, { spanCount });
+    const source = openBoundedSource(info.source.uri, this.metadata.bounds, { spanCount, tables: [...tableRanges(info).values()] });
     const sink = openBoundedSink(info.sink.uri, {
       log: log.child({ component: 'sink' }),
       filesRetired: (count) => this.metadata.metrics.sinkFilesRetired.inc({ changefeed: info.id }, count),

@@ -11,12 +11,12 @@
  * every member, idle or not. A capture with a million spans of ten tables has about ten
  * watchers, not a million.
  *
- * The range a group watches is the smallest one covering its members, grown (the watcher
- * re-created from G + 1 over the union) when a span outside it joins; it never shrinks
- * while the group lives. Why not the table's range, or a watcher per contiguous run of
- * held spans: the source is not told the tables' ranges (a span only names its table),
- * and once a capture holds spans spread over a table the covering range is the table's
- * range anyway; runs would make the watcher count follow the placement (spans scattered
+ * The range a group watches is its table's range when the opener gave the tables
+ * (`SourceContext.tables`, as the capture does), else the smallest one covering its
+ * members, grown (the watcher re-created from G + 1 over the union) when a span outside it
+ * joins; it never shrinks while the group lives. Why not a watcher per contiguous run of
+ * held spans: once a capture holds spans spread over a table the covering range is the
+ * table's range anyway; runs would make the watcher count follow the placement (spans scattered
  * over three captures are runs of one or two), which is unbounded. The price: a capture
  * holding every third span of a table receives the whole table's events and drops two
  * thirds of them. Joins that arrive together (a pipeline's start-up, a move) are applied
@@ -238,11 +238,15 @@ export class EtcdSource implements Source, SnapshotSource {
   private overflowCount = 0;
   private handOverCount = 0;
 
+  /** The changefeed's tables when the opener told them: a new group watches its whole table at once. */
+  private readonly tableRanges: ReadonlyMap<string, TableRange>;
+
   constructor(
     private readonly options: EtcdSourceOptions,
     context: SourceContext = {},
   ) {
     this.etcd = new LazyEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000, security: options.security, credentialsRoot: context.credentialsRoot });
+    this.tableRanges = new Map((context.tables ?? []).map((t) => [t.name, t]));
     this.backfillLimits = options.backfill;
     this.timer = setInterval(() => this.requestProgress(), options.progressIntervalMs);
   }
@@ -496,7 +500,11 @@ export class EtcdSource implements Source, SnapshotSource {
   private place(read: SpanRead): void {
     let group = this.groups.get(read.span.table);
     if (group === undefined) {
-      group = { table: read.span.table, members: [], joining: [], watcher: undefined, start: read.span.start, end: read.span.end, delivered: read.base };
+      // The table's whole range when known (and holding the span): spans joining later
+      // then never make the watcher re-created over a wider range.
+      const table = this.tableRanges.get(read.span.table);
+      const whole = table !== undefined && table.start <= read.span.start && (table.end === '' || (read.span.end !== '' && read.span.end <= table.end));
+      group = { table: read.span.table, members: [], joining: [], watcher: undefined, start: whole ? table.start : read.span.start, end: whole ? table.end : read.span.end, delivered: read.base };
       this.groups.set(group.table, group);
     }
     // A span overlapping a member (a table rebuilt while old spans are held) reads on
