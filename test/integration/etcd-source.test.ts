@@ -139,6 +139,26 @@ describe('the etcd source shares watchers', () => {
     await etcdWatchersBecome(0);
   });
 
+  it('watches a told table whole from the first span on: spans joining later create no watcher', async () => {
+    const source = new EtcdSource(parseEtcdSourceUri(`etcd://${etcd.endpoint}`), { tables: [{ name: 'tw', start: 'tw/', end: 'tw0' }] });
+    try {
+      const spans: Span[] = ['0', '5', '9'].map((d) => ({ table: 'tw', start: `tw/${d}`, end: `tw/${d}~` }));
+      const from = await source.currentTs();
+      const first = new Reader(source, spans[0] as Span, from);
+      await first.step();
+      await waitFor('the group watcher', async () => (source.stats().watchersCreated === 1 ? true : undefined), 10_000);
+      // Later spans at or after the group's position join it without a new watcher.
+      const later = spans.slice(1).map((span) => new Reader(source, span, from));
+      await Promise.all(later.map((r) => r.step()));
+      const last = await put('tw/9/k');
+      await Promise.all([first, ...later].map((r) => r.until(last)));
+      expect(source.stats()).toMatchObject({ watchersCreated: 1 });
+      expect(later.at(-1)?.events.map(show)).toEqual(expected([{ table: 'tw', key: 'tw/9/k', op: 'put', ts: last }], spans[2] as Span, from));
+    } finally {
+      await source.close();
+    }
+  });
+
   it('takes spans into a running group ahead of it and, after a private catch-up, behind it; leaving drops them', async () => {
     const source = openSource();
     try {

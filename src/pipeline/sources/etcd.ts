@@ -500,11 +500,7 @@ export class EtcdSource implements Source, SnapshotSource {
   private place(read: SpanRead): void {
     let group = this.groups.get(read.span.table);
     if (group === undefined) {
-      // The table's whole range when known (and holding the span): spans joining later
-      // then never make the watcher re-created over a wider range.
-      const table = this.tableRanges.get(read.span.table);
-      const whole = table !== undefined && table.start <= read.span.start && (table.end === '' || (read.span.end !== '' && read.span.end <= table.end));
-      group = { table: read.span.table, members: [], joining: [], watcher: undefined, start: whole ? table.start : read.span.start, end: whole ? table.end : read.span.end, delivered: read.base };
+      group = { table: read.span.table, members: [], joining: [], watcher: undefined, start: read.span.start, end: read.span.end, delivered: read.base };
       this.groups.set(group.table, group);
     }
     // A span overlapping a member (a table rebuilt while old spans are held) reads on
@@ -650,8 +646,11 @@ export class EtcdSource implements Source, SnapshotSource {
         let from = first.base;
         for (const read of joining) if (read.base < from) from = read.base;
         group.delivered = from;
-        let start = first.span.start;
-        let end = first.span.end;
+        // The whole table when told (see place()), else the first joiner's range, grown.
+        const table = this.tableRanges.get(group.table);
+        const whole = table !== undefined && joining.every((read) => table.start <= read.span.start && (table.end === '' || (read.span.end !== '' && read.span.end <= table.end)));
+        let start = whole ? table.start : first.span.start;
+        let end = whole ? table.end : first.span.end;
         for (const read of joining) {
           if (this.joinOrQueue(group, read)) {
             if (read.span.start < start) start = read.span.start;
