@@ -21,7 +21,9 @@
  *   healthMsP99, eventLoopDelayMsP99   per phase (placement, steady, drain, failover), worst capture
  *   captureRssMiB                 the largest RSS any capture reached
  *   ownerHeapBytesPerSpan         (owner heap growth - the mean growth of the other captures) / spans,
- *                                 from nodejs_heap_size_used_bytes before create and after placement
+ *                                 from nodejs_heap_size_used_bytes before create and after the steady
+ *                                 phase (no forced GC: noise below ~100,000 spans); heapGrowthBytesPerSpan
+ *                                 gives each capture's growth
  *   checkpointLagMsP50/P99        steady: the changefeed's checkpoint lag, sampled every 100 ms
  *   moveMs / moveStallMs          one explicit move: until done / how long the watermark was withheld
  *   drainSpansPerSec              spans moved off a drained capture per second
@@ -206,7 +208,10 @@ async function main(): Promise<void> {
     const growth = heapAfter.map((after, i) => after - (heapBefore[i] as number));
     const ownerIndex = captures.indexOf(owner);
     const others = growth.filter((_, i) => i !== ownerIndex);
+    // Without a forced GC the used heap includes garbage: at small span counts the
+    // difference is noise (even negative); it means something from ~100,000 spans on.
     const ownerHeapBytesPerSpan = Math.round(((growth[ownerIndex] as number) - others.reduce((a, b) => a + b, 0) / others.length) / spanCount);
+    const heapGrowthBytesPerSpan = { owner: Math.round((growth[ownerIndex] as number) / spanCount), others: others.map((g) => Math.round(g / spanCount)) };
 
     // One move, and how long the watermark is withheld by it.
     const [slow] = (await api<{ table: string; start: string; captureId: string }[]>(owner.url, 'GET', '/api/v1/changefeeds/bench/spans/slowest?k=1')).body;
@@ -275,6 +280,7 @@ async function main(): Promise<void> {
         eventLoopDelayMsP99: byPhase(sampler.loopDelayMs),
         captureRssMiB: Math.round(sampler.rssMiBMax),
         ownerHeapBytesPerSpan,
+        heapGrowthBytesPerSpan,
         checkpointLagMsP50: percentile(lags, 50),
         checkpointLagMsP99: percentile(lags, 99),
         moveMs,
