@@ -392,7 +392,10 @@ export class Agent {
       this.commands.push({ kind: 'barrier', barrierTs: message.barrierTs });
     }
     if (message.collectId !== 0) return this.collection(message.collectId);
-    const reports = this.reports(this.answer(message.spans));
+    // Per-span progress rides on heartbeat answers only (one a heartbeat interval), never on
+    // dispatch answers or flushes: during a placement those are many a second, and each
+    // would carry K + slice entries.
+    const reports = this.reports(this.answer(message.spans), true);
     if (message.spansComplete && this.stoppedKeys.size > 0) {
       const keep = new Set(message.spans.map(spanKey));
       for (const key of [...this.stoppedKeys]) {
@@ -580,16 +583,16 @@ export class Agent {
     return held.fatalError === undefined ? status : { ...status, fatalError: held.fatalError };
   }
 
-  /** Reports carrying `statuses`, at most statusesPerMessageMax each (at least one). */
-  private reports(statuses: readonly SpanStatus[]): ReportMessage[] {
+  /** Reports carrying `statuses`, at most statusesPerMessageMax each (at least one); the first with per-span progress when asked. */
+  private reports(statuses: readonly SpanStatus[], withProgress = false): ReportMessage[] {
     if (this.ownerId === undefined) return [];
     const max = this.config.statusesPerMessageMax;
     const reports: ReportMessage[] = [];
-    for (let i = 0; i === 0 || i < statuses.length; i += max) reports.push(this.report(statuses.slice(i, i + max)));
+    for (let i = 0; i === 0 || i < statuses.length; i += max) reports.push(this.report(statuses.slice(i, i + max), undefined, withProgress && i === 0));
     return reports;
   }
 
-  private report(statuses: readonly SpanStatus[], collect?: ReportMessage['collect']): ReportMessage {
+  private report(statuses: readonly SpanStatus[], collect?: ReportMessage['collect'], withProgress = false): ReportMessage {
     const header: MessageHeader = {
       changefeed: this.config.changefeed,
       ownerRevision: this.ownerRevision,
@@ -604,7 +607,7 @@ export class Agent {
     const failing = this.failing();
     const withFailing = failing === undefined ? base : { ...base, failing };
     if (collect !== undefined) return { ...withFailing, collect };
-    const progress = this.progress();
+    const progress = withProgress ? this.progress() : undefined;
     return progress === undefined ? withFailing : { ...withFailing, progress };
   }
 
