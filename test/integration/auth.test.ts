@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCapture, TestEtcd, apiWith, freePort, waitFor } from './harness.ts';
+import { TestCapture, TestEtcd, apiWith, freePort, runCliWith, waitFor } from './harness.ts';
+import type { CliRun } from './harness.ts';
 import type { ApiAnswer } from './harness.ts';
 import { checkAgainstOpenApi, documentedOperations } from './openapi-check.ts';
 
@@ -48,15 +49,8 @@ async function owner(): Promise<TestCapture> {
   });
 }
 
-function cli(env: Record<string, string>, ...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, 'cli', '--server', (captures[1] as TestCapture).url, ...args], { env: { ...process.env, SPANFEED_TOKEN: '', ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
+function cli(env: Record<string, string>, ...args: string[]): Promise<CliRun> {
+  return runCliWith({ SPANFEED_TOKEN: '', ...env }, (captures[1] as TestCapture).url, ...args);
 }
 
 beforeAll(async () => {

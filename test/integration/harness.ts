@@ -19,8 +19,13 @@ export interface CliRun {
 
 /** Runs `spanfeed cli --server <serverUrl> ...args` as its own process, to its exit. */
 export function runCli(serverUrl: string, ...args: string[]): Promise<CliRun> {
+  return runCliWith({}, serverUrl, ...args);
+}
+
+/** {@link runCli} with variables set over the test's environment (`SPANFEED_TOKEN`, `SPANFEED_CA`, ...). */
+export function runCliWith(env: Record<string, string>, serverUrl: string, ...args: string[]): Promise<CliRun> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, 'cli', '--server', serverUrl, ...args]);
+    const child = spawn(process.execPath, [bin, 'cli', '--server', serverUrl, ...args], { env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

@@ -10,7 +10,7 @@
  * capture whose certificate is not in the allowed names does not start; the CLI works
  * with --ca and a client certificate and says why without --ca.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +23,8 @@ import type { DispatchMessage } from '../../src/core/messages.ts';
 import { encodeOwnerMessage } from '../../src/rpc/codec.ts';
 import { CaptureServiceClient } from '../../src/rpc/proto.ts';
 import type { ApiAnswer, ChangefeedView, SpanPage, SpanView } from './harness.ts';
-import { TestCapture, TestEtcd, apiWith, waitFor } from './harness.ts';
+import { TestCapture, TestEtcd, apiWith, runCliWith, waitFor } from './harness.ts';
+import type { CliRun } from './harness.ts';
 import { checkAgainstOpenApi, documentedOperations } from './openapi-check.ts';
 import { makeTestCerts } from './test-certs.ts';
 
@@ -73,15 +74,8 @@ async function owner(): Promise<TestCapture> {
   });
 }
 
-function cli(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [bin, 'cli', '--server', (captures[1] as TestCapture).url, ...args], { env: { ...process.env, SPANFEED_TOKEN: '', SPANFEED_CA: '' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('exit', (status) => resolve({ status, stdout, stderr }));
-  });
+function cli(...args: string[]): Promise<CliRun> {
+  return runCliWith({ SPANFEED_TOKEN: '', SPANFEED_CA: '' }, (captures[1] as TestCapture).url, ...args);
 }
 
 beforeAll(async () => {
