@@ -89,7 +89,8 @@ export class ChangefeedService {
           if (startTs > current) throw new ServiceError('invalid', 'invalid', `a backfill cannot start at revision ${startTs}: the source is at ${current}`);
         }
       }
-      tables = await withSampledBoundaries(source, request.tables, [], startTs);
+      const sampledAt = startTs;
+      tables = await withSampledBoundaries(source, request.tables, [], async () => sampledAt);
     } finally {
       await source.close();
     }
@@ -134,7 +135,7 @@ export class ChangefeedService {
     const source = openSource(info.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
     let asked: TableSpec[];
     try {
-      asked = await withSampledBoundaries(source, parsed, info.tables, source.sampleBoundaries === undefined ? 0n : await source.currentTs());
+      asked = await withSampledBoundaries(source, parsed, info.tables, () => source.currentTs());
     } finally {
       await source.close();
     }
@@ -277,11 +278,13 @@ function parseSinceTs(value: object): bigint {
  * The tables with their boundaries: given ones as they are; a table kept as it was (same
  * range and span count) keeps its stored split, so an update never moves its spans;
  * any other table of more than one span is cut where the source's keys say, as of
- * `atTs`, when the source can tell (else at evenly spaced raw bytes, with no boundaries
- * stored). A sample that finds too few keys for every boundary stores none either.
+ * `atTs()` (asked once, and only when a table needs sampling), when the source can tell
+ * (else at evenly spaced raw bytes, with no boundaries stored). A sample that finds too
+ * few keys for every boundary stores none either.
  */
-async function withSampledBoundaries(source: Source, tables: readonly TableSpec[], previous: readonly TableSpec[], atTs: bigint): Promise<TableSpec[]> {
+async function withSampledBoundaries(source: Source, tables: readonly TableSpec[], previous: readonly TableSpec[], atTs: () => Promise<bigint>): Promise<TableSpec[]> {
   const out: TableSpec[] = [];
+  let sampledAt: Promise<bigint> | undefined;
   for (const table of tables) {
     const spans = table.spans ?? 1;
     if (table.boundaries !== undefined || spans <= 1) {
@@ -296,7 +299,10 @@ async function withSampledBoundaries(source: Source, tables: readonly TableSpec[
     }
     let boundaries: string[] | undefined;
     try {
-      boundaries = await source.sampleBoundaries?.(range, spans, atTs);
+      if (source.sampleBoundaries !== undefined) {
+        sampledAt ??= atTs();
+        boundaries = await source.sampleBoundaries(range, spans, await sampledAt);
+      }
     } catch (error) {
       throw new ServiceError('unavailable', 'source-unavailable', `cannot sample the keys of table ${table.name} to split it: ${(error as Error).message}`);
     }

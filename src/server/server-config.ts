@@ -14,6 +14,7 @@ import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
+import { agentDefaults } from '../agent/agent.ts';
 import type { Role } from '../security/role.ts';
 import { eventLoopDelayDefaults } from './event-loop-delay.ts';
 import type { TlsFiles } from '../security/tls-files.ts';
@@ -155,8 +156,8 @@ export const serverDefaults: ServerConfig = {
   etcdPasswordFile: undefined,
   /** Relative: resolved against the working directory when the config is parsed. */
   credentialsRoot: 'spanfeed-credentials',
-  progressSlowestMax: 32,
-  progressSliceMax: 1_024,
+  progressSlowestMax: agentDefaults.progressSlowestMax,
+  progressSliceMax: agentDefaults.progressSliceMax,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
