@@ -22,12 +22,20 @@ export interface CaptureTiming {
   readonly collectIntervalTicks: number;
   /** Ticks a capture's aggregate may disagree with the owner before a collection reconciles. */
   readonly digestMismatchCollectTicks: number;
+  /**
+   * Ticks without a part of the collection in flight (since it was last asked for)
+   * before a heartbeat asks for it again: a lost part or a lost request costs this.
+   */
+  readonly collectRetryTicks: number;
 }
 
 /** A full-status collection being assembled. */
 interface Collection {
   readonly id: number;
   readonly startedTick: number;
+  /** When a heartbeat last asked for it, and when its last part arrived. */
+  askedTick: number;
+  lastPartTick: number;
   base: number | undefined;
   parts: (readonly SpanStatus[] | undefined)[];
   received: number;
@@ -136,22 +144,31 @@ export class CaptureManager {
   }
 
   /**
-   * The collection id a heartbeat to `capture` should carry now, starting one if due. A
-   * collection keeps its id until it completes: every heartbeat asks for it again, and
-   * each answer is a whole snapshot (parts of another snapshot restart the assembly), so
-   * lost parts cost one heartbeat. Giving up on an id after a timeout, as this did, made
-   * every answer stale once answers took longer than the timeout (a loaded owner with
-   * hundreds of changefeeds): the capture was never initialized, for good.
+   * The collection id a heartbeat to `capture` should carry now (0: none), starting one
+   * if due. A collection keeps its id until it completes, and each answer is a whole
+   * snapshot (parts of another snapshot restart the assembly). Giving up on an id after
+   * a timeout, as this once did, made every answer stale once answers took longer than
+   * the timeout (a loaded owner with hundreds of changefeeds): the capture was never
+   * initialized, for good. Asking again on every heartbeat, as it did next, made a
+   * capture holding 33,000 spans send a new 33-part snapshot every 100 ms while the
+   * owner was still decoding the first: the owner drowned in snapshots and every report
+   * queued behind them (seen at 100,000 spans). So a collection is asked for again only
+   * after `collectRetryTicks` in which no part of it arrived since the last ask: parts
+   * that keep coming are never multiplied, and a lost request or part costs that long.
    */
   collectIdFor(capture: CaptureState, tick: number): number {
     const current = capture.collection;
-    if (current !== undefined) return current.id;
+    if (current !== undefined) {
+      if (tick - Math.max(current.askedTick, current.lastPartTick) < this.timing.collectRetryTicks) return 0;
+      current.askedTick = tick;
+      return current.id;
+    }
     const due =
       !capture.initialized ||
       tick >= capture.nextCollectTick ||
       (capture.mismatchSinceTick >= 0 && tick - capture.mismatchSinceTick >= this.timing.digestMismatchCollectTicks);
     if (!due) return 0;
-    capture.collection = { id: this.nextCollectId++, startedTick: tick, base: undefined, parts: [], received: 0 };
+    capture.collection = { id: this.nextCollectId++, startedTick: tick, askedTick: tick, lastPartTick: tick, base: undefined, parts: [], received: 0 };
     return capture.collection.id;
   }
 
@@ -165,6 +182,7 @@ export class CaptureManager {
     if (part === undefined || collection === undefined || part.id !== collection.id) return 'stale-collect';
     if (part.parts < 1 || part.part < 0 || part.part >= part.parts) return 'stale-collect';
     const base = message.header.seq - part.part;
+    collection.lastPartTick = tick;
     if (collection.base !== base || collection.parts.length !== part.parts) {
       // A new snapshot of the same collection: start over with it.
       collection.base = base;

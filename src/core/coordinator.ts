@@ -72,6 +72,7 @@ export const coordinatorDefaults: CoordinatorLimits = {
   heartbeatIntervalTicks: 2,
   collectIntervalTicks: 600,
   digestMismatchCollectTicks: 40,
+  collectRetryTicks: 20,
   spansPerMessageMax: 1_024,
   messagesPerTickMax: 10_000,
   moveRequestsQueuedMax: 1_000,

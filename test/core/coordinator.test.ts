@@ -224,6 +224,41 @@ describe('Coordinator: bootstrapping and rebuild', () => {
   });
 });
 
+describe('Coordinator: collections are not multiplied', () => {
+  it('asks for a collection again only after collectRetryTicks without a part, never while parts keep coming', () => {
+    const co = newCoordinator({ collectRetryTicks: 5 });
+    const A = new FakeCapture('A', 11n);
+    A.hold(s0, 'replicating', 150n, 160n);
+    A.hold(s1, 'replicating', 150n, 160n);
+    A.hold(s2, 'replicating', 150n, 160n);
+    let out = step(co, { captures: ['A'], reports: [] });
+    const id = heartbeatTo(out, 'A').collectId;
+    expect(id).not.toBe(0);
+    A.receive(out.outbox);
+    // The answer is slow: the next heartbeats do not ask again until 5 ticks have passed.
+    const asked: number[] = [];
+    for (let tick = 2; tick <= 7; tick++) {
+      out = step(co, { reports: [] });
+      asked.push(heartbeatTo(out, 'A').collectId);
+      A.receive(out.outbox);
+    }
+    expect(asked).toEqual([0, 0, 0, 0, id, 0]);
+    // Parts arriving one a tick keep it from being asked again, however long it takes.
+    const parts = A.collect(id, 3);
+    for (const part of parts.slice(0, 2)) {
+      for (let i = 0; i < 4; i++) {
+        out = step(co, { reports: i === 0 ? [part] : [] });
+        expect(heartbeatTo(out, 'A').collectId).toBe(0);
+        A.receive(out.outbox);
+      }
+    }
+    expect(co.phase).toBe('bootstrapping');
+    out = step(co, { reports: [parts[2] as ReportMessage] });
+    expect(co.phase).toBe('running');
+    expect(ofType(out, 'capture-initialized')).toEqual([{ type: 'capture-initialized', capture: 'A', spans: 3 }]);
+  });
+});
+
 describe('Coordinator: placement and the watermark', () => {
   it('cannot proceed while an add is in flight, then advances to the min of the aggregates', () => {
     const co = newCoordinator();

@@ -125,7 +125,7 @@ export function newCoordinator(limits: Partial<CoordinatorLimits> = {}, checkpoi
     ownerRevision: REVISION,
     checkpointTs,
     seed,
-    limits: { heartbeatIntervalTicks: 1, balanceIntervalTicks: 0, ...limits },
+    limits: { heartbeatIntervalTicks: 1, balanceIntervalTicks: 0, collectRetryTicks: 1, ...limits },
   });
   coordinator.setSpans([table], spans);
   return coordinator;
