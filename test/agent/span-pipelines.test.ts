@@ -162,20 +162,36 @@ describe('span pipelines: effects in flight', () => {
     expect(s.tick()).toEqual(out([resolve(5, b, 10n), resolve(6, c, 10n)]));
   });
 
-  it('checks the deadlines of busy pipelines even when the bound is full', () => {
+  it('checks the deadlines of busy pipelines even when the bound is full, and the freed place goes to the next in line', () => {
     const s = new Shell({ stepsInFlightMax: 1 });
     s.apply(prepare(a, 10n), prepare(b, 10n));
     expect(s.tick(0)).toEqual(out([resolve(1, a, 10n)]));
     expect(s.tick(999)).toEqual(nothing);
-    // a's call is abandoned and no longer counts; b, cut off earlier in this round, gets the slot at the next.
-    expect(s.tick(1_000)).toEqual(out([release(2, a)], [retrying(a, 'resolve did not return within 1000 ms')]));
-    expect(s.tick(1_001)).toEqual(out([resolve(3, b, 10n)]));
+    // a's call is abandoned and no longer counts: b, waiting in line, gets the place in the same tick.
+    expect(s.tick(1_000)).toEqual(out([release(2, a), resolve(3, b, 10n)], [retrying(a, 'resolve did not return within 1000 ms')]));
     // a's retry waits for b's call (the bound), and then goes first.
     expect(s.tick(1_100)).toEqual(nothing);
     expect(s.answer(resolved(3, 20n))).toEqual(out([], [prepared(b, 20n), progress(b, 10n, 20n)]));
     expect(s.tick(1_100)).toEqual(
       out([release(4, a), resolve(5, b, 10n)], [retrying(a, 'a step that failed with: resolve did not return within 1000 ms has not returned')]),
     );
+  });
+
+  it('a tick visits the busy pipelines and the front of the line, not every pipeline', () => {
+    const s = new Shell({ stepsInFlightMax: 2 });
+    const many = Array.from({ length: 1_000 }, (_, i) => ({ table: 't', start: `k${String(i).padStart(4, '0')}`, end: `k${String(i).padStart(4, '0')}~` }));
+    s.apply(...many.map((span) => prepare(span, 10n)));
+    let visited = 0;
+    const generation = () => {
+      visited++;
+      return 'none' as const;
+    };
+    s.pipelines.tick(0, generation);
+    expect(visited).toBe(2);
+    visited = 0;
+    s.pipelines.tick(1, generation);
+    // Two busy (deadline checks), and none started: the bound is full.
+    expect(visited).toBe(2);
   });
 
   it('a step of several effects stays one effect in flight', () => {
