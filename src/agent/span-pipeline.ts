@@ -221,6 +221,11 @@ export class SpanPipeline {
     return this.resolved;
   }
 
+  /** True once the source answered (it reported `prepared`). */
+  get everPrepared(): boolean {
+    return this.prepared;
+  }
+
   /** True while it is promoted and not gone: it writes to the sink. */
   get writes(): boolean {
     return this.writing && this.phase !== 'gone';

@@ -41,6 +41,12 @@ export class SpanPipelines {
    * spans a capture walked them all 20 times a second.
    */
   private readonly ready = new Set<SpanPipeline>();
+  /**
+   * New pipelines until their first step: served before `ready`, because the owner
+   * waits for their `prepared` to go on with an add or a move (behind 33,000 spans in
+   * line, a new span waited a whole round of steps for its first).
+   */
+  private readonly fresh = new Set<SpanPipeline>();
   /** Which pipeline an effect belongs to, until its outcome comes. */
   private readonly owners = new Map<number, SpanPipeline>();
   private barrierTs = maxTs;
@@ -72,7 +78,7 @@ export class SpanPipelines {
           if (old !== undefined) this.forget(old);
           const pipeline = new SpanPipeline(command.span, command.key, command.checkpointTs, this.limits);
           this.pipelines.set(command.key, pipeline);
-          this.ready.add(pipeline);
+          this.fresh.add(pipeline);
           break;
         }
         case 'promote':
@@ -106,10 +112,12 @@ export class SpanPipelines {
     }
     // Each waiting pipeline is visited at most once: one that does not start a step
     // (backing off, waiting for its table) goes to the back and waits for the next tick.
-    for (let visits = this.ready.size; visits > 0 && this.busy.size < this.limits.stepsInFlightMax; visits--) {
-      const pipeline = this.ready.values().next().value as SpanPipeline;
-      this.ready.delete(pipeline);
-      this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+    for (const line of [this.fresh, this.ready]) {
+      for (let visits = line.size; visits > 0 && this.busy.size < this.limits.stepsInFlightMax; visits--) {
+        const pipeline = line.values().next().value as SpanPipeline;
+        line.delete(pipeline);
+        this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+      }
     }
     return out;
   }
@@ -146,13 +154,16 @@ export class SpanPipelines {
     if (pipeline.phase === 'gone') {
       this.busy.delete(pipeline);
       this.ready.delete(pipeline);
+      this.fresh.delete(pipeline);
       if (this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
     } else if (pipeline.busy) {
       this.busy.add(pipeline);
       this.ready.delete(pipeline);
-    } else if (this.busy.delete(pipeline) || !this.ready.has(pipeline)) {
-      // Its step ended (or it did not start one): to the back of the queue.
-      this.ready.add(pipeline);
+      this.fresh.delete(pipeline);
+    } else if (this.busy.delete(pipeline) || !(this.ready.has(pipeline) || this.fresh.has(pipeline))) {
+      // Its step ended (or it did not start one): to the back of its line. One that has
+      // not been prepared yet (its first step failed) stays in the first line.
+      (pipeline.everPrepared ? this.ready : this.fresh).add(pipeline);
     }
   }
 

@@ -177,6 +177,20 @@ describe('span pipelines: effects in flight', () => {
     );
   });
 
+  it('serves pipelines not prepared yet before the others', () => {
+    const s = new Shell({ stepsInFlightMax: 1 });
+    s.apply(prepare(a, 10n));
+    expect(s.tick()).toEqual(out([resolve(1, a, 10n)]));
+    expect(s.answer(resolved(1, 20n))).toEqual(out([], [prepared(a, 20n), progress(a, 10n, 20n)]));
+    s.apply(prepare(b, 10n), prepare(c, 10n));
+    // a waits in line behind b and c, which the owner waits for.
+    expect(s.tick()).toEqual(out([resolve(2, b, 10n)]));
+    expect(s.answer(resolved(2, 20n))).toEqual(out([], [prepared(b, 20n), progress(b, 10n, 20n)]));
+    expect(s.tick()).toEqual(out([resolve(3, c, 10n)]));
+    expect(s.answer(resolved(3, 20n))).toEqual(out([], [prepared(c, 20n), progress(c, 10n, 20n)]));
+    expect(s.tick()).toEqual(out([resolve(4, a, 10n)]));
+  });
+
   it('a tick visits the busy pipelines and the front of the line, not every pipeline', () => {
     const s = new Shell({ stepsInFlightMax: 2 });
     const many = Array.from({ length: 1_000 }, (_, i) => ({ table: 't', start: `k${String(i).padStart(4, '0')}`, end: `k${String(i).padStart(4, '0')}~` }));
@@ -265,9 +279,9 @@ describe('span pipelines: backfill pages in flight', () => {
     expect(s.pipelines.backfillsInFlight).toBe(0);
     expect(s.answer({ kind: 'page-copied', id: 9, keys: 2, nextAfterKey: 'x' })).toEqual(nothing);
     expect(s.pipelines.backfillsInFlight).toBe(0);
-    // The order is now b, a (the new one).
-    expect(s.tick()).toEqual(out([resolve(10, b, 49n), resolve(11, a, 49n)]));
-    expect(s.answer(resolved(10, 60n))).toEqual(out([copyPage(12, b, 50n, undefined)]));
+    // The new a goes first: a pipeline not prepared yet is served before the others.
+    expect(s.tick()).toEqual(out([resolve(10, a, 49n), resolve(11, b, 49n)]));
+    expect(s.answer(resolved(11, 60n))).toEqual(out([copyPage(12, b, 50n, undefined)]));
     expect(s.pipelines.backfillsInFlight).toBe(1);
   });
 
