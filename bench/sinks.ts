@@ -68,7 +68,7 @@ import { LocalPostgres } from '../src/dev/local-postgres.ts';
 import { eventLine, parseFileSinkUri } from '../src/pipeline/sinks/file.ts';
 import { parsePostgresSinkUri, readPostgresTable, tableIdentifier } from '../src/pipeline/sinks/postgres.ts';
 import type { ChangeEvent } from '../src/pipeline/source.ts';
-import { DatagenSource, parseDatagenUri } from '../src/pipeline/sources/datagen.ts';
+import { DatagenSource, datagenPeriodMs, parseDatagenUri } from '../src/pipeline/sources/datagen.ts';
 import { EtcdSource, parseEtcdSourceUri } from '../src/pipeline/sources/etcd.ts';
 import { etcdSinkState, fileSinkView } from '../src/verify/verifier.ts';
 
@@ -221,13 +221,18 @@ async function measureLimit(env: Env, sink: SinkKind, pool: readonly ChangeEvent
       const source = new DatagenSource(parseDatagenUri(`datagen://?rate=${fullSpeedSpanRate}&keys=${keysPerSpan}&seed=1`));
       const spans = Array.from({ length: spanCount }, (_, i): Span => ({ table: 'lim', start: `lim/${String(i).padStart(4, '0')}`, end: `lim/${String(i + 1).padStart(4, '0')}` }));
       const positions = spans.map(() => BigInt(Date.now() - backlogSeconds * 1000));
+      const cpuStarted = process.cpuUsage();
+      let events = 0;
       const eventsPerSec = await runFor(ms, 1, async (_w, r) => {
         const i = r % spans.length;
         const result = await source.read(spans[i] as Span, positions[i] as bigint, BigInt(Date.now() - 1), batchEvents);
         positions[i] = result.readUpToTs;
+        events += result.events.length;
         return result.events.length;
       });
-      return { eventsPerSec, how: `datagen read in-process, ${batchEvents} events a read, ${spanCount} spans` };
+      const cpu = process.cpuUsage(cpuStarted);
+      const cpuPerThousand = Math.round(((cpu.user + cpu.system) / 1000 / events) * 1000 * 100) / 100;
+      return { eventsPerSec, how: `datagen read in-process on one thread, ${batchEvents} events a read, ${spanCount} spans (${cpuPerThousand} CPU ms per 1000 events)` };
     }
     case 'file': {
       const dir = join(env.root, `limit-file-${env.runs++}`);
@@ -460,6 +465,8 @@ async function startCluster(env: Env, count: number): Promise<{ cluster: string;
 
 interface RunFigures {
   readonly eventsPerSec: number;
+  /** The checkpoint's progress over the window, in datagen events (every span at least this far). */
+  readonly checkpointEventsPerSec: number;
   readonly sideEventsPerSec: number | null;
   readonly cpuPerThousandEvents: number | null;
   readonly rssMiB: number;
@@ -498,9 +505,9 @@ async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode:
     }, placementTimeoutMs, 100);
     await sleep(warmupSeconds * 1000);
 
-    const snapshot = async (): Promise<{ at: number; flushed: number; side: number; cpu: number }> => {
-      const [flushed, side] = await Promise.all([Promise.all(captures.map((c) => eventsFlushed(c, 'bench'))), target.side()]);
-      return { at: performance.now(), flushed: flushed.reduce((a, b) => a + b, 0), side, cpu: captures.reduce((sum, c) => sum + cpuMs(c.pid), 0) };
+    const snapshot = async (): Promise<{ at: number; flushed: number; side: number; cpu: number; checkpointTs: bigint }> => {
+      const [flushed, side, v] = await Promise.all([Promise.all(captures.map((c) => eventsFlushed(c, 'bench'))), target.side(), view()]);
+      return { at: performance.now(), flushed: flushed.reduce((a, b) => a + b, 0), side, cpu: captures.reduce((sum, c) => sum + cpuMs(c.pid), 0), checkpointTs: BigInt(v.checkpointTs) };
     };
     const lags: number[] = [];
     const t0 = await snapshot();
@@ -527,8 +534,11 @@ async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode:
       const atTs = await persistedCheckpoint(env.metaClient, cluster, 'bench');
       verify = await verifyDatagen(sourceUri, target.uri, table, spanList, BigInt(first.startTs), atTs);
     }
+    // Datagen makes one event per span every periodMs: the checkpoint's progress in events.
+    const periodMs = Number(datagenPeriodMs(parseDatagenUri(sourceUri), { spanCount: spans }) ?? 1n);
     return {
       eventsPerSec: flushed / elapsedS,
+      checkpointEventsPerSec: (Number(t1.checkpointTs - t0.checkpointTs) * spans) / periodMs / elapsedS,
       sideEventsPerSec: target.sideKind === null ? null : (t1.side - t0.side) / elapsedS,
       cpuPerThousandEvents: flushed === 0 ? null : ((t1.cpu - t0.cpu) / flushed) * 1000,
       rssMiB,
@@ -542,7 +552,13 @@ async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode:
   }
 }
 
+/** The machine's 1-minute load average: other work on these 2 shared cores moves every figure. */
+function loadAverage(): number {
+  return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
+}
+
 async function benchSink(env: Env, sink: SinkKind, pool: readonly ChangeEvent[]): Promise<Record<string, unknown>> {
+  const loadAtStart = loadAverage();
   log(`${sink}: limit`);
   const limit = await measureLimit(env, sink, pool);
   const out: Record<string, unknown> = { sink, limitEventsPerSec: round(limit.eventsPerSec), limit: limit.how };
@@ -569,12 +585,14 @@ async function benchSink(env: Env, sink: SinkKind, pool: readonly ChangeEvent[])
     out[`captureCpuPerThousandEvents${count}`] = round(run.cpuPerThousandEvents, 1);
     out[`captureRssMiB${count}`] = round(run.rssMiB);
   }
+  out.checkpointEventsPerSec = Object.fromEntries([...runs].map(([count, run]) => [`spanfeed${count}`, round(run.checkpointEventsPerSec)]));
   const side: Record<string, unknown> = {};
   for (const [count, run] of runs) if (run.sideEventsPerSec !== null) side[`spanfeed${count}PerSec`] = round(run.sideEventsPerSec);
   if (Object.keys(side).length > 0) out.sinkSide = { kind: runSink(env, sink, 'x').sideKind, ...side };
   out.backlogLeftMs = Object.fromEntries([...runs].map(([count, run]) => [`spanfeed${count}`, run.backlogLeftMs]));
   const verify = Object.fromEntries([...runs].filter(([, run]) => run.verify !== null).map(([count, run]) => [`spanfeed${count}`, run.verify]));
   out.verify = Object.keys(verify).length === 0 ? null : verify;
+  out.loadAverage = { start: loadAtStart, end: loadAverage() };
   return out;
 }
 
