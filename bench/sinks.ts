@@ -30,8 +30,9 @@
  * - `ratioN` = spanfeedN / limit; `captureCpuPerThousandEvents` (utime + stime of the
  *   capture process from /proc/<pid>/stat over the window, per 1,000 events; with more
  *   captures, their sum), `captureRssMiB` (VmHWM: the largest RSS the capture reached).
- * - `checkpointLagMsP99`: one capture, datagen `totalRate` = limit / 2 starting now (over
- *   enough spans that each makes at most 500 events/s, so the rate is exact), the
+ * - `checkpointLagMsP99`: one capture, datagen at half the limit in total starting now
+ *   (`rate` per span over about `--spans` spans, more when each would need over 500
+ *   events/s; `lagRun.totalRate` is what datagen makes), the
  *   changefeed's `checkpointLagMs` sampled every 100 ms over `--seconds` after warm-up.
  * - `verify`: after each full-speed run on a file, etcd or postgres sink, the state of the
  *   sink at the persisted checkpoint against the state datagen made up to it (datagen is
@@ -84,13 +85,13 @@ const pgLimitConnections = 4;
 const limitEventPoolSize = 100_000;
 /** The datagen rate per span at full speed: one event per ms, datagen's most. */
 const fullSpeedSpanRate = 1_000;
-/** The most events/s per span in the lag run: a period of 2 ms or more, so totalRate is met exactly. */
+/** The most events/s per span in the lag run (a period of 2 ms or more). */
 const lagSpanRateMax = 500;
 const lagSampleEveryMs = 100;
 /** The captures' lease: the server's default (LocalCapture's 3 s is for failover tests). */
 const captureLeaseTtlS = 10;
 /** How long placement (every span replicating) may take. */
-const placementTimeoutMs = 120_000;
+const placementTimeoutMs = 60_000;
 /** Events per datagen read when the verification replays a span. */
 const verifyReadEventsMax = 100_000;
 /** The source side's writer: puts per transaction and transactions in flight. */
@@ -287,10 +288,13 @@ async function measureLimit(env: Env, sink: SinkKind, pool: readonly ChangeEvent
         const batchesPerPool = Math.floor(pool.length / batchEvents);
         let ts = 0;
         const eventsPerSec = await runFor(ms, pgLimitConnections, async (w, r) => {
-          const at = ((r * pgLimitConnections + w) % batchesPerPool) * batchEvents;
+          const index = r * pgLimitConnections + w;
+          const at = (index % batchesPerPool) * batchEvents;
+          // Each pass over the pool writes new keys: mostly inserts, as in the spanfeed runs (a key space far larger than the window).
+          const pass = `/${Math.floor(index / batchesPerPool)}`;
           const params: unknown[] = [];
           for (const event of pool.slice(at, at + batchEvents)) {
-            params.push(Buffer.from(event.key, 'latin1'), event.op === 'put' ? Buffer.from(event.value ?? '', 'latin1') : null, String(++ts), event.op === 'delete');
+            params.push(Buffer.from(event.key + pass, 'latin1'), event.op === 'put' ? Buffer.from(event.value ?? '', 'latin1') : null, String(++ts), event.op === 'delete');
           }
           await poolClient.query(sql, params);
           return batchEvents;
@@ -481,15 +485,15 @@ interface RunFigures {
 }
 
 /**
- * One spanfeed run: `full` from a backlog at full speed, or `lag` at `totalRate` from now.
+ * One spanfeed run: `full` from a backlog at full speed, or `lag` at `ratePerSpan` from now.
  */
-async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode: { kind: 'full' } | { kind: 'lag'; totalRate: number; spans: number }): Promise<RunFigures> {
+async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode: { kind: 'full' } | { kind: 'lag'; ratePerSpan: number; spans: number }): Promise<RunFigures> {
   const { cluster, captures, stop } = await startCluster(env, captureCount);
   try {
     const table = `t${env.runs++}`;
     const spans = mode.kind === 'full' ? spanCount : mode.spans;
     const target = runSink(env, sink, table);
-    const sourceUri = mode.kind === 'full' ? `datagen://?rate=${fullSpeedSpanRate}&keys=${keysPerSpan}&seed=1` : `datagen://?totalRate=${mode.totalRate}&keys=${keysPerSpan}&seed=1`;
+    const sourceUri = mode.kind === 'full' ? `datagen://?rate=${fullSpeedSpanRate}&keys=${keysPerSpan}&seed=1` : `datagen://?rate=${mode.ratePerSpan}&keys=${keysPerSpan}&seed=1`;
     const url = (captures[0] as LocalCapture).url;
     const created = await apiWhenOwned(url, 'POST', '/api/v1/changefeeds', {
       id: 'bench',
@@ -563,6 +567,20 @@ async function spanfeedRun(env: Env, sink: SinkKind, captureCount: number, mode:
   }
 }
 
+/**
+ * Spans and a per-span rate whose events add up to about `eventsPerSec`: a whole period
+ * of at least 1000 / lagSpanRateMax ms per span (datagen rounds its period down to whole
+ * ms, so a rate given as totalRate would come out higher than asked).
+ */
+function lagPlan(eventsPerSec: number): { spans: number; ratePerSpan: number; offeredEventsPerSec: number } {
+  const target = Math.max(1, eventsPerSec);
+  const periodMs = Math.max(Math.ceil(1000 / lagSpanRateMax), Math.floor((1000 * spanCount) / target));
+  const ratePerSpan = Math.max(1, Math.floor(1000 / periodMs));
+  const actualPeriodMs = Math.floor(1000 / ratePerSpan);
+  const spans = Math.max(1, Math.round((target * actualPeriodMs) / 1000));
+  return { spans, ratePerSpan, offeredEventsPerSec: (spans * 1000) / actualPeriodMs };
+}
+
 /** The machine's 1-minute load average: other work on these 2 shared cores moves every figure. */
 function loadAverage(): number {
   return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
@@ -574,24 +592,42 @@ async function benchSink(env: Env, sink: SinkKind, pool: readonly ChangeEvent[])
   const limit = await measureLimit(env, sink, pool);
   const out: Record<string, unknown> = { sink, limitEventsPerSec: round(limit.eventsPerSec), limit: limit.how };
   const runs = new Map<number, RunFigures>();
+  // A run that fails (a sink so slow that its spans never replicate) is reported, and the other runs go on.
+  const errors: Record<string, string> = {};
+  const attempt = async <T>(name: string, run: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await run();
+    } catch (error) {
+      errors[name] = (error as Error).message.slice(0, 1_000);
+      log(`${sink}: ${name} failed: ${errors[name]}`);
+      return undefined;
+    }
+  };
   for (const count of captureCounts) {
     log(`${sink}: spanfeed, ${count} capture(s), full speed`);
-    runs.set(count, await spanfeedRun(env, sink, count, { kind: 'full' }));
+    const run = await attempt(`spanfeed${count}`, () => spanfeedRun(env, sink, count, { kind: 'full' }));
+    if (run !== undefined) runs.set(count, run);
   }
-  for (const [count, run] of runs) out[`spanfeed${count}EventsPerSec`] = round(run.eventsPerSec);
-  for (const [count, run] of runs) out[`ratio${count}`] = round(run.eventsPerSec / limit.eventsPerSec, 2);
+  for (const count of captureCounts) out[`spanfeed${count}EventsPerSec`] = round(runs.get(count)?.eventsPerSec ?? null);
+  for (const count of captureCounts) {
+    const run = runs.get(count);
+    out[`ratio${count}`] = run === undefined ? null : round(run.eventsPerSec / limit.eventsPerSec, 2);
+  }
   // Half the limit; a spanfeed that cannot reach it is run at it anyway: the lag then grows.
-  const lagRate = Math.max(1, Math.round(limit.eventsPerSec / 2));
-  const lagSpans = Math.max(spanCount, Math.ceil(lagRate / lagSpanRateMax));
-  log(`${sink}: spanfeed, 1 capture, lag at ${lagRate} events/s over ${lagSpans} spans`);
-  const lag = await spanfeedRun(env, sink, 1, { kind: 'lag', totalRate: lagRate, spans: lagSpans });
-  out.checkpointLagMsP99 = lag.lagMsP99;
+  const plan = lagPlan(limit.eventsPerSec / 2);
+  const lagRate = Math.round(plan.offeredEventsPerSec);
+  log(`${sink}: spanfeed, 1 capture, lag at ${lagRate} events/s over ${plan.spans} spans`);
+  const lag = await attempt('lag', () => spanfeedRun(env, sink, 1, { kind: 'lag', ratePerSpan: plan.ratePerSpan, spans: plan.spans }));
+  out.checkpointLagMsP99 = lag?.lagMsP99 ?? null;
   // Kept up: the checkpoint moved at 90% of the rate or more over the window.
-  out.lagRun = { totalRate: lagRate, spans: lagSpans, eventsPerSec: round(lag.eventsPerSec), checkpointEventsPerSec: round(lag.checkpointEventsPerSec), keptUp: lag.checkpointEventsPerSec >= 0.9 * lagRate, samples: lag.lagSamples };
+  out.lagRun =
+    lag === undefined
+      ? null
+      : { totalRate: lagRate, spans: plan.spans, eventsPerSec: round(lag.eventsPerSec), checkpointEventsPerSec: round(lag.checkpointEventsPerSec), keptUp: lag.checkpointEventsPerSec >= 0.9 * lagRate, samples: lag.lagSamples };
   const firstCount = captureCounts[0] as number;
-  const firstRun = runs.get(firstCount) as RunFigures;
-  out.captureCpuPerThousandEvents = round(firstRun.cpuPerThousandEvents, 1);
-  out.captureRssMiB = round(firstRun.rssMiB);
+  const firstRun = runs.get(firstCount);
+  out.captureCpuPerThousandEvents = round(firstRun?.cpuPerThousandEvents ?? null, 1);
+  out.captureRssMiB = round(firstRun?.rssMiB ?? null);
   for (const [count, run] of runs) {
     if (count === firstCount) continue;
     out[`captureCpuPerThousandEvents${count}`] = round(run.cpuPerThousandEvents, 1);
@@ -605,6 +641,7 @@ async function benchSink(env: Env, sink: SinkKind, pool: readonly ChangeEvent[])
   const verify = Object.fromEntries([...runs].filter(([, run]) => run.verify !== null).map(([count, run]) => [`spanfeed${count}`, run.verify]));
   out.verify = Object.keys(verify).length === 0 ? null : verify;
   out.loadAverage = { start: loadAtStart, end: loadAverage() };
+  if (Object.keys(errors).length > 0) out.errors = errors;
   return out;
 }
 
