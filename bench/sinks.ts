@@ -94,8 +94,13 @@ const captureLeaseTtlS = 10;
 const placementTimeoutMs = 60_000;
 /** Events per datagen read when the verification replays a span. */
 const verifyReadEventsMax = 100_000;
-/** The source side's writer: puts per transaction and transactions in flight. */
-const sourcePutsPerTxn = 128;
+/**
+ * The source side's writer: puts per transaction and transactions in flight. Few puts per
+ * transaction: etcd sends a catching-up watcher up to 1,000 revisions per message, and
+ * 1,000 revisions of 128 puts pass gRPC's 4 MiB message bound, on which etcd3's watcher
+ * reconnects for ever.
+ */
+const sourcePutsPerTxn = 16;
 const sourceTxnsInFlight = 8;
 /** How long any one read-back of the source side may take. */
 const sourceTimeoutMs = 300_000;
