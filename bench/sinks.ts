@@ -41,7 +41,7 @@
  *   checkpoint are left out on both sides, as `spanfeed verify` does. (`spanfeed verify`
  *   itself reads an etcd upstream only, so it cannot check a datagen changefeed.)
  *
- * Then the source side, one more JSON line: `--source-changes` puts (transactions of 128)
+ * Then the source side, one more JSON line: `--source-changes` puts (transactions of 16)
  * under a prefix of a fresh etcd, read from the revision before them by a plain etcd3
  * watch, by the etcd source in-process (one span over the prefix, `batchEvents` a read),
  * and by a one-capture cluster (etcd source -> blackhole, `--spans` spans, until the
