@@ -183,7 +183,7 @@ export async function fileSinkState(dir: string, table: string, atTs: bigint): P
  * revision is past `atTs` changed after it: it is left out of the comparison (listed in
  * `newer`), on both sides.
  */
-async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint, options: VerifyOptions): Promise<{ state: Map<string, string>; newer: Set<string> }> {
+export async function etcdSinkState(sinkUri: string, table: TableRange, atTs: bigint, options: VerifyOptions): Promise<{ state: Map<string, string>; newer: Set<string> }> {
   const sink = parseEtcdSinkUri(sinkUri);
   const client = createEtcdClient({ endpoints: sink.endpoints, callTimeoutMs: 30_000, security: await loadEtcdUriSecurity(sink.security, options.credentialsRoot) });
   try {
