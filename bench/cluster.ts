@@ -36,13 +36,7 @@ import { Etcd3 } from 'etcd3';
 import { clusterKeys } from '../src/cluster/keys.ts';
 import type { ChangefeedView } from '../src/dev/local-cluster.ts';
 import { LocalCapture, LocalEtcd, api, apiWhenOwned, waitFor } from '../src/dev/local-cluster.ts';
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
-  return n;
-}
+import { positive } from '../src/dev/script-flags.ts';
 
 const percentile = (values: readonly number[], p: number): number => {
   const sorted = [...values].sort((a, b) => a - b);

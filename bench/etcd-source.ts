@@ -34,13 +34,7 @@ import { Etcd3 } from 'etcd3';
 import type { Span } from '../src/core/span.ts';
 import { LocalEtcd, waitFor } from '../src/dev/local-cluster.ts';
 import type { Source } from '../src/pipeline/source.ts';
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
-  return n;
-}
+import { positive } from '../src/dev/script-flags.ts';
 
 async function etcdMetric(endpoint: string, name: string): Promise<number> {
   const text = await (await fetch(`http://${endpoint}/metrics`)).text();

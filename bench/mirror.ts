@@ -19,13 +19,7 @@ import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { clusterKeys } from '../src/cluster/keys.ts';
 import { LocalCapture, LocalEtcd, api, apiWhenOwned, waitFor } from '../src/dev/local-cluster.ts';
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
-  return n;
-}
+import { positive } from '../src/dev/script-flags.ts';
 
 async function writeKeys(client: Etcd3, prefix: string, count: number): Promise<bigint> {
   let last = 0n;

@@ -72,6 +72,7 @@ import type { ChangeEvent } from '../src/pipeline/source.ts';
 import { DatagenSource, datagenPeriodMs, parseDatagenUri } from '../src/pipeline/sources/datagen.ts';
 import { EtcdSource, parseEtcdSourceUri } from '../src/pipeline/sources/etcd.ts';
 import { etcdSinkState, fileSinkView } from '../src/verify/verifier.ts';
+import { positive } from '../src/dev/script-flags.ts';
 
 type SinkKind = 'blackhole' | 'file' | 'etcd' | 'postgres';
 const sinkKinds: readonly SinkKind[] = ['blackhole', 'file', 'etcd', 'postgres'];
@@ -104,13 +105,6 @@ const sourcePutsPerTxn = 16;
 const sourceTxnsInFlight = 8;
 /** How long any one read-back of the source side may take. */
 const sourceTimeoutMs = 300_000;
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
-  return n;
-}
 
 const { values } = parseArgs({
   options: {

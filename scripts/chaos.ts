@@ -45,19 +45,13 @@ import { api as callApi } from '../src/dev/local-cluster.ts';
 import { LocalEtcdCluster, stablePort } from '../src/dev/local-etcd-cluster.ts';
 import { LoggedProcess } from '../src/dev/logged-process.ts';
 import { verify } from '../src/verify/verifier.ts';
+import { positive } from '../src/dev/script-flags.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bin = join(root, 'bin/spanfeed');
 
 // ---------------------------------------------------------------------------------------
 // Options and limits.
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer`);
-  return n;
-}
 
 const { values } = parseArgs({
   options: {
