@@ -101,7 +101,7 @@ export class SpanPipelines {
 
   /**
    * Checks the deadlines of the busy pipelines, then starts a step for those at the
-   * front of the ready queue while the in-flight bound allows (the rest wait their turn,
+   * front of the lines (`fresh`, then `ready`) while the in-flight bound allows (the rest wait their turn,
    * in order): O(busy + pipelines visited), not O(pipelines).
    */
   tick(nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full): PipelineOutput {
@@ -142,6 +142,7 @@ export class SpanPipelines {
     if (pipeline.forget()) this.backfillSlotsUsed--;
     this.busy.delete(pipeline);
     this.ready.delete(pipeline);
+    this.fresh.delete(pipeline);
     if (this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
   }
 
