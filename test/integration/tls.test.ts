@@ -148,7 +148,13 @@ describe('a TLS cluster', () => {
         expect(claimed.status, `${who} claiming admin`).toBe(who === 'viewer' ? 403 : 401);
       }
     }
-    // A token still works over TLS, forwarded too.
+    // A token still works over TLS, forwarded too. The admin calls above paused and
+    // resumed cf (a new epoch): wait until its new coordinator has bootstrapped, or the
+    // rebalance is refused as not-ready whatever the credential.
+    await waitFor('cf to run again after its resume', async () => {
+      const view = (await as<ChangefeedView>(clientOf('admin'), owning, 'GET', '/api/v1/changefeeds/cf')).body;
+      return view.state === 'normal' && view.watermark?.state === 'advancing' ? true : undefined;
+    }, 30_000, 100);
     const byToken = await as(anonymous, other, 'POST', '/api/v1/changefeeds/cf/rebalance', {}, undefined, adminToken);
     expect(byToken.status, JSON.stringify(byToken.body)).toBeLessThan(300);
     // Plain text to the HTTPS port is not served.
