@@ -215,15 +215,19 @@ async function main(): Promise<void> {
     let stallStarted = 0;
     let stallMs = 0;
     await api(owner.url, 'POST', '/api/v1/changefeeds/bench/spans/move', { table: slow.table, start: slow.start, captureId: target.id });
+    let lastStates: Record<string, number> | null = null;
     await waitFor('the move', async () => {
       const v = await view();
+      lastStates = v.spansByState;
       const now = Date.now();
       if (v.watermark.state === 'cannot-proceed' && stallStarted === 0) stallStarted = now;
       if (v.watermark.state === 'advancing' && stallStarted !== 0 && stallMs === 0) stallMs = now - stallStarted;
       // Done when every span replicates again; the stall is only known if the watermark
       // was seen advancing (other moves, the balancer's, may keep it withheld longer).
       return v.spansByState?.replicating === spanCount && now - moveStarted > 200 ? true : undefined;
-    }, 600_000, 5);
+    }, 600_000, 5).catch((error: unknown) => {
+      throw new Error(`${(error as Error).message}; spans by state at the end: ${JSON.stringify(lastStates)}`);
+    });
     const moveMs = Date.now() - moveStarted;
 
     // Drain a non-owner capture.

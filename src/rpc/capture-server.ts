@@ -14,6 +14,7 @@ import type { Server as NetServer, Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
 import { ProtocolError, decodeOwnerMessage, encodeCaptureMessage } from './codec.ts';
+import { SpanIdDecoder, SpanIdEncoder, spanIdsPerStreamDefault } from './span-ids.ts';
 import { captureServiceDefinition, keepaliveOptions } from './proto.ts';
 import type { CaptureTls } from '../security/capture-tls.ts';
 
@@ -33,6 +34,8 @@ export interface CaptureRpcLimits {
   readonly streamsPerPeerMax: number;
   /** Open connections from one peer host. */
   readonly connectionsPerPeerMax: number;
+  /** Span ids this side assigns per stream before it starts over (0: spans go in full). */
+  readonly spanIdsMax: number;
 }
 
 export const captureRpcDefaults: CaptureRpcLimits = {
@@ -42,12 +45,13 @@ export const captureRpcDefaults: CaptureRpcLimits = {
   streamsPerConnectionMax: 16,
   streamsPerPeerMax: 64,
   connectionsPerPeerMax: 64,
+  spanIdsMax: spanIdsPerStreamDefault,
 };
 
 /** Where refusals are counted (metrics). */
 export interface CaptureRpcCounters {
-  /** A message dropped whole: `malformed` or `too-many-spans`. */
-  messageRefused(reason: 'malformed' | 'too-many-spans'): void;
+  /** A message dropped whole (and its stream ended): `malformed`, `too-many-spans` or `span-ids`. */
+  messageRefused(reason: 'malformed' | 'too-many-spans' | 'span-ids'): void;
   /** A connection or stream refused by a per-peer bound, or from a peer whose certificate name is not allowed. */
   streamRefused(reason: 'connections-per-peer' | 'streams-per-peer' | 'peer-name'): void;
 }
@@ -162,13 +166,16 @@ export class CaptureRpcServer {
     this.streams.add(stream);
     let open = true;
     let pending = 0;
+    // Spans travel by id after their first mention on this stream (span-ids.ts).
+    const sentIds = new SpanIdEncoder(this.limits.spanIdsMax);
+    const receivedIds = new SpanIdDecoder();
     const reply = (report: ReportMessage): void => {
       if (!open) return;
       if (pending >= this.limits.messagesQueuedMax) {
         this.droppedMessages++;
         return;
       }
-      if (!stream.write(encodeCaptureMessage(report))) pending++;
+      if (!stream.write(encodeCaptureMessage(report, sentIds))) pending++;
     };
     // One listener per stream: a `once` per blocked write would pile up listeners.
     stream.on('drain', () => {
@@ -183,13 +190,18 @@ export class CaptureRpcServer {
       else this.streamsByPeer.set(host, left);
     };
     stream.on('data', (raw: unknown) => {
+      if (!open) return;
       let message: OwnerMessage;
       try {
-        message = decodeOwnerMessage(raw, this.limits);
+        message = decodeOwnerMessage(raw, this.limits, receivedIds);
       } catch (error) {
         if (error instanceof ProtocolError) {
           this.droppedMessages++;
           this.counters.messageRefused(error.reason);
+          // The message may have named span ids we never learned: end the stream, so
+          // the owner re-opens it and both dictionaries start over.
+          close();
+          stream.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: error.message.slice(0, 512) });
           return;
         }
         throw error;

@@ -15,15 +15,20 @@ import type {
 } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
 import type { SpanDigest } from '../core/span-digest.ts';
+import type { SpanIdDecoder, SpanIdEncoder } from './span-ids.ts';
+import { SpanIdError } from './span-ids.ts';
 
-/** A malformed message from the network, or one past a bound (`too-many-spans`). */
+/**
+ * A malformed message from the network, one past a bound (`too-many-spans`), or one
+ * naming a span id the stream never defined (`span-ids`).
+ */
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
   readonly retryable = false;
 
   constructor(
     message: string,
-    readonly reason: 'malformed' | 'too-many-spans' = 'malformed',
+    readonly reason: 'malformed' | 'too-many-spans' | 'span-ids' = 'malformed',
   ) {
     super(message);
   }
@@ -90,16 +95,48 @@ function list(value: unknown, field: string): unknown[] {
   return value;
 }
 
-const encodeSpan = (span: Span): Obj => ({ table: span.table, start: Buffer.from(span.start, 'latin1'), end: Buffer.from(span.end, 'latin1') });
-
-function decodeSpan(value: unknown, field: string): Span {
-  const o = obj(value, field);
-  const table = str(o.table, `${field}.table`);
-  if (table.length === 0) throw new ProtocolError(`${field}.table is empty`);
-  return { table, start: bytes(o.start, `${field}.start`), end: bytes(o.end, `${field}.end`) };
+/**
+ * A span in full, or by its id when the stream's receiver knows it (see span-ids.ts);
+ * spans are encoded and decoded in the same order, so ids are defined in that order.
+ */
+function encodeSpan(span: Span, ids: SpanIdEncoder | undefined): Obj {
+  const named = ids?.idOf(span);
+  if (named?.known === true) return { id: named.id };
+  const full: Obj = { table: span.table, start: Buffer.from(span.start, 'latin1'), end: Buffer.from(span.end, 'latin1') };
+  return named === undefined || named.id === 0 ? full : { ...full, id: named.id };
 }
 
-const encodeHeader = (h: MessageHeader): Obj => ({
+function decodeSpan(value: unknown, field: string, ids: SpanIdDecoder | undefined): Span {
+  const o = obj(value, field);
+  const table = o.table === undefined || o.table === null ? '' : str(o.table, `${field}.table`);
+  const id = o.id === undefined || o.id === null ? 0 : o.id;
+  if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new ProtocolError(`${field}.id is not a uint32`);
+  try {
+    if (table.length === 0) {
+      if (id === 0) throw new ProtocolError(`${field}.table is empty`);
+      if (ids === undefined) throw new ProtocolError(`${field} names span id ${id} on a stream without span ids`);
+      return ids.spanOf(id);
+    }
+    const span: Span = { table, start: bytes(o.start, `${field}.start`), end: bytes(o.end, `${field}.end`) };
+    if (id !== 0) ids?.define(id, span);
+    return span;
+  } catch (error) {
+    if (error instanceof SpanIdError) throw new ProtocolError(`${field}: ${error.message}`, 'span-ids');
+    throw error;
+  }
+}
+
+/** A decoded header; a sender whose dictionary started over says so before any span. */
+function decodeHeaderOf(o: Obj, ids: SpanIdDecoder | undefined): MessageHeader {
+  const header = decodeHeader(o.header);
+  const reset = obj(o.header, 'header').spanIdsReset;
+  if (reset !== undefined && reset !== null && typeof reset !== 'boolean') throw new ProtocolError('header.spanIdsReset is not a boolean');
+  if (reset === true) ids?.reset();
+  return header;
+}
+
+const encodeHeader = (h: MessageHeader, ids: SpanIdEncoder | undefined): Obj => ({
+  spanIdsReset: ids?.beginMessage() ?? false,
   changefeed: h.changefeed,
   ownerRevision: h.ownerRevision.toString(),
   changefeedEpoch: h.changefeedEpoch.toString(),
@@ -136,20 +173,20 @@ function decodeDigest(value: unknown, field: string): SpanDigest {
 }
 
 /** Encodes an owner message as the proto `OwnerMessage`. */
-export function encodeOwnerMessage(message: OwnerMessage): Obj {
+export function encodeOwnerMessage(message: OwnerMessage, ids?: SpanIdEncoder): Obj {
   if (message.kind === 'dispatch') {
     return {
       dispatch: {
-        header: encodeHeader(message.header),
-        adds: message.adds.map((a) => ({ span: encodeSpan(a.span), secondary: a.secondary, checkpointTs: a.checkpointTs.toString() })),
-        removes: message.removes.map(encodeSpan),
+        header: encodeHeader(message.header, ids),
+        adds: message.adds.map((a) => ({ span: encodeSpan(a.span, ids), secondary: a.secondary, checkpointTs: a.checkpointTs.toString() })),
+        removes: message.removes.map((span) => encodeSpan(span, ids)),
       },
     };
   }
   return {
     heartbeat: {
-      header: encodeHeader(message.header),
-      spans: message.spans.map(encodeSpan),
+      header: encodeHeader(message.header, ids),
+      spans: message.spans.map((span) => encodeSpan(span, ids)),
       spansComplete: message.spansComplete,
       primaryDigest: encodeDigest(message.primaryDigest),
       draining: message.draining,
@@ -159,23 +196,27 @@ export function encodeOwnerMessage(message: OwnerMessage): Obj {
   };
 }
 
-/** Decodes and validates a proto `OwnerMessage`; a message past `limits` is refused whole. */
-export function decodeOwnerMessage(value: unknown, limits: DecodeLimits = unbounded): OwnerMessage {
+/**
+ * Decodes and validates a proto `OwnerMessage`; a message past `limits` is refused whole.
+ * With `ids` (one per stream), spans may come by id.
+ */
+export function decodeOwnerMessage(value: unknown, limits: DecodeLimits = unbounded, ids?: SpanIdDecoder): OwnerMessage {
   const o = obj(value, 'message');
   if (o.dispatch !== undefined && o.dispatch !== null) {
     const d = obj(o.dispatch, 'dispatch');
     const adds = list(d.adds, 'dispatch.adds');
     const removes = list(d.removes, 'dispatch.removes');
     bounded(adds.length + removes.length, limits, 'dispatch');
+    const header = decodeHeaderOf(d, ids);
     return {
       kind: 'dispatch',
-      header: decodeHeader(d.header),
+      header,
       adds: adds.map((raw, i) => {
         const a = obj(raw, `adds[${i}]`);
         if (typeof a.secondary !== 'boolean') throw new ProtocolError(`adds[${i}].secondary is not a boolean`);
-        return { span: decodeSpan(a.span, `adds[${i}].span`), secondary: a.secondary, checkpointTs: u64(a.checkpointTs, `adds[${i}].checkpointTs`) };
+        return { span: decodeSpan(a.span, `adds[${i}].span`, ids), secondary: a.secondary, checkpointTs: u64(a.checkpointTs, `adds[${i}].checkpointTs`) };
       }),
-      removes: removes.map((raw, i) => decodeSpan(raw, `removes[${i}]`)),
+      removes: removes.map((raw, i) => decodeSpan(raw, `removes[${i}]`, ids)),
     };
   }
   if (o.heartbeat !== undefined && o.heartbeat !== null) {
@@ -183,10 +224,11 @@ export function decodeOwnerMessage(value: unknown, limits: DecodeLimits = unboun
     if (typeof h.spansComplete !== 'boolean' || typeof h.draining !== 'boolean') throw new ProtocolError('heartbeat flags are not booleans');
     const spans = list(h.spans, 'heartbeat.spans');
     bounded(spans.length, limits, 'heartbeat');
+    const header = decodeHeaderOf(h, ids);
     return {
       kind: 'heartbeat',
-      header: decodeHeader(h.header),
-      spans: spans.map((raw, i) => decodeSpan(raw, `spans[${i}]`)),
+      header,
+      spans: spans.map((raw, i) => decodeSpan(raw, `spans[${i}]`, ids)),
       spansComplete: h.spansComplete,
       primaryDigest: decodeDigest(h.primaryDigest, 'heartbeat.primaryDigest'),
       draining: h.draining,
@@ -197,62 +239,65 @@ export function decodeOwnerMessage(value: unknown, limits: DecodeLimits = unboun
   throw new ProtocolError('message has neither dispatch nor heartbeat');
 }
 
-const encodeStatus = (s: SpanStatus): Obj => ({
-  span: encodeSpan(s.span),
+const encodeStatus = (s: SpanStatus, ids: SpanIdEncoder | undefined): Obj => ({
+  span: encodeSpan(s.span, ids),
   state: states[s.state],
   checkpointTs: s.checkpointTs.toString(),
   resolvedTs: s.resolvedTs.toString(),
   fatalError: s.fatalError ?? '',
 });
 
-function decodeStatus(value: unknown, field: string): SpanStatus {
+function decodeStatus(value: unknown, field: string, ids: SpanIdDecoder | undefined): SpanStatus {
   const o = obj(value, field);
   const state = statesByName.get(str(o.state, `${field}.state`));
   if (state === undefined) throw new ProtocolError(`${field}.state ${JSON.stringify(o.state)} is not a span state`);
-  const status: SpanStatus = { span: decodeSpan(o.span, `${field}.span`), state, checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`), resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`) };
+  const status: SpanStatus = { span: decodeSpan(o.span, `${field}.span`, ids), state, checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`), resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`) };
   if (o.fatalError === undefined || o.fatalError === null || o.fatalError === '') return status;
   return { ...status, fatalError: str(o.fatalError, `${field}.fatalError`).slice(0, 4096) };
 }
 
 /** Encodes a report as the proto `CaptureMessage`. */
-export function encodeCaptureMessage(report: ReportMessage): Obj {
+export function encodeCaptureMessage(report: ReportMessage, ids?: SpanIdEncoder): Obj {
   const w = report.watermark;
   return {
     report: {
-      header: encodeHeader(report.header),
-      statuses: report.statuses.map(encodeStatus),
+      header: encodeHeader(report.header, ids),
+      statuses: report.statuses.map((s) => encodeStatus(s, ids)),
       watermark: { checkpointTs: w.checkpointTs.toString(), resolvedTs: w.resolvedTs.toString(), digest: encodeDigest(w.digest) },
       liveness: report.liveness === 'stopping' ? 'LIVENESS_STOPPING' : 'LIVENESS_ALIVE',
       ...(report.collect === undefined ? {} : { collect: { id: String(report.collect.id), part: report.collect.part, parts: report.collect.parts } }),
       ...(report.failing === undefined ? {} : { failingSpans: report.failing.spans, failingError: report.failing.error }),
-      ...(report.progress === undefined ? {} : { hasProgress: true, slowest: report.progress.slowest.map(encodeProgress), progressSlice: report.progress.slice.map(encodeProgress) }),
+      ...(report.progress === undefined ? {} : { hasProgress: true, slowest: report.progress.slowest.map((p) => encodeProgress(p, ids)), progressSlice: report.progress.slice.map((p) => encodeProgress(p, ids)) }),
     },
   };
 }
 
-const encodeProgress = (p: SpanProgress): Obj => ({
-  span: encodeSpan(p.span),
+const encodeProgress = (p: SpanProgress, ids: SpanIdEncoder | undefined): Obj => ({
+  span: encodeSpan(p.span, ids),
   checkpointTs: p.checkpointTs.toString(),
   resolvedTs: p.resolvedTs.toString(),
   eventsPerSecond: Math.max(0, Math.min(0xffffffff, Math.round(p.eventsPerSecond))),
 });
 
 /**
- * Progress entries one report may carry; a report with more keeps its statuses and
- * watermark but loses its progress (display only, so dropping it is safe).
+ * Progress entries one report may carry (a capture sends at most `--progress-slowest`
+ * plus `--progress-slice`, which the flags keep below this); a report with more is
+ * refused.
  */
 export const progressEntriesPerReportMax = 8_192;
 
-/** The report's per-span progress, absent when it has none or too much. */
-function decodeProgress(r: Obj): { progress?: ProgressReport } {
+/** The report's per-span progress, absent when it has none. */
+function decodeProgress(r: Obj, ids: SpanIdDecoder | undefined): { progress?: ProgressReport } {
   if (r.hasProgress !== true) return {};
   const slowest = list(r.slowest ?? [], 'report.slowest');
   const slice = list(r.progressSlice ?? [], 'report.progressSlice');
-  if (slowest.length + slice.length > progressEntriesPerReportMax) return {};
+  if (slowest.length + slice.length > progressEntriesPerReportMax) {
+    throw new ProtocolError(`report has ${slowest.length + slice.length} progress entries, more than ${progressEntriesPerReportMax}`, 'too-many-spans');
+  }
   const one = (raw: unknown, field: string): SpanProgress => {
     const o = obj(raw, field);
     return {
-      span: decodeSpan(o.span, `${field}.span`),
+      span: decodeSpan(o.span, `${field}.span`, ids),
       checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`),
       resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`),
       eventsPerSecond: o.eventsPerSecond === undefined || o.eventsPerSecond === null ? 0 : num(o.eventsPerSecond, `${field}.eventsPerSecond`),
@@ -269,9 +314,10 @@ function decodeFailing(r: Obj): { failing?: PipelinesFailing } {
   return { failing: { spans, error: error.slice(0, 4096) } };
 }
 
-/** Decodes and validates a proto `CaptureMessage`. */
-export function decodeCaptureMessage(value: unknown): ReportMessage {
+/** Decodes and validates a proto `CaptureMessage`; with `ids` (one per stream), spans may come by id. */
+export function decodeCaptureMessage(value: unknown, ids?: SpanIdDecoder): ReportMessage {
   const r = obj(obj(value, 'message').report, 'report');
+  const header = decodeHeaderOf(r, ids);
   const w = obj(r.watermark, 'report.watermark');
   const watermark: CaptureWatermark = {
     checkpointTs: u64(w.checkpointTs, 'watermark.checkpointTs'),
@@ -281,12 +327,12 @@ export function decodeCaptureMessage(value: unknown): ReportMessage {
   if (r.liveness !== 'LIVENESS_ALIVE' && r.liveness !== 'LIVENESS_STOPPING') throw new ProtocolError(`report.liveness ${JSON.stringify(r.liveness)} is not valid`);
   const base = {
     kind: 'report' as const,
-    header: decodeHeader(r.header),
-    statuses: list(r.statuses, 'report.statuses').map((raw, i) => decodeStatus(raw, `statuses[${i}]`)),
+    header,
+    statuses: list(r.statuses, 'report.statuses').map((raw, i) => decodeStatus(raw, `statuses[${i}]`, ids)),
     watermark,
     liveness: r.liveness === 'LIVENESS_STOPPING' ? ('stopping' as const) : ('alive' as const),
     ...decodeFailing(r),
-    ...decodeProgress(r),
+    ...decodeProgress(r, ids),
   };
   if (r.collect === undefined || r.collect === null) return base;
   const c = obj(r.collect, 'report.collect');

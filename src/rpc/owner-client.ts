@@ -2,18 +2,22 @@
  * The owner's stream to one capture: opened eagerly, re-opened with exponential backoff
  * (and jitter) after any error; no deadline, keepalive instead. Sending while
  * disconnected drops the message: the protocol is level-triggered, so the next
- * heartbeat repairs it.
+ * heartbeat repairs it. Spans travel by id after their first mention on a stream
+ * (span-ids.ts); a report the owner cannot read ends the stream, so both sides start over.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { OwnerMessage, ReportMessage } from '../core/messages.ts';
 import { ProtocolError, decodeCaptureMessage, encodeOwnerMessage } from './codec.ts';
 import { CaptureServiceClient, keepaliveOptions } from './proto.ts';
+import { SpanIdDecoder, SpanIdEncoder, spanIdsPerStreamDefault } from './span-ids.ts';
 
 export interface ConnectionOptions {
   readonly reconnectBackoffMinMs: number;
   readonly reconnectBackoffMaxMs: number;
   /** Messages buffered by a stream that is not draining; more are dropped. */
   readonly sendQueueMax: number;
+  /** Span ids this side assigns per stream before it starts over (0: spans go in full); default a million. */
+  readonly spanIdsMax?: number | undefined;
   /** TLS (mutual: our certificate shown); undefined: plain text. */
   readonly credentials?: grpc.ChannelCredentials | undefined;
   /** More channel options (the TLS server name). */
@@ -23,6 +27,8 @@ export interface ConnectionOptions {
 export class CaptureConnection {
   private readonly client: grpc.Client;
   private stream: grpc.ClientDuplexStream<unknown, unknown> | undefined;
+  /** The span ids we assign on the current stream (the capture's are local to `open`). */
+  private sentIds: SpanIdEncoder;
   private isConnected = false;
   private closed = false;
   private backoffMs: number;
@@ -36,6 +42,7 @@ export class CaptureConnection {
     private readonly options: ConnectionOptions,
   ) {
     this.backoffMs = options.reconnectBackoffMinMs;
+    this.sentIds = new SpanIdEncoder(options.spanIdsMax ?? spanIdsPerStreamDefault);
     // The channel's own reconnect backoff (default 1 s up to 120 s) would otherwise fail
     // our re-opened streams fast long after the capture is back; align it with ours.
     this.client = new CaptureServiceClient(address, options.credentials ?? grpc.credentials.createInsecure(), {
@@ -58,7 +65,7 @@ export class CaptureConnection {
       this.droppedMessages++;
       return false;
     }
-    if (!stream.write(encodeOwnerMessage(message))) this.pending++;
+    if (!stream.write(encodeOwnerMessage(message, this.sentIds))) this.pending++;
     return true;
   }
 
@@ -76,14 +83,19 @@ export class CaptureConnection {
     this.stream = stream;
     this.pending = 0;
     this.isConnected = true;
+    this.sentIds = new SpanIdEncoder(this.options.spanIdsMax ?? spanIdsPerStreamDefault);
+    const receivedIds = new SpanIdDecoder();
     stream.on('data', (raw: unknown) => {
+      if (this.stream !== stream) return;
       this.backoffMs = this.options.reconnectBackoffMinMs;
       let report: ReportMessage;
       try {
-        report = decodeCaptureMessage(raw);
+        report = decodeCaptureMessage(raw, receivedIds);
       } catch (error) {
         if (error instanceof ProtocolError) {
+          // It may have named span ids we never learned: start the stream over.
           this.droppedMessages++;
+          retry();
           return;
         }
         throw error;

@@ -229,6 +229,7 @@ export class Capture {
       streamsPerConnectionMax: config.rpcStreamsPerConnectionMax,
       streamsPerPeerMax: config.rpcStreamsPerPeerMax,
       connectionsPerPeerMax: config.rpcConnectionsPerPeerMax,
+      spanIdsMax: config.rpcSpanIdsMax,
     }, {
       messageRefused: (reason) => this.metrics.rpcMessagesRefused.inc({ reason }),
       streamRefused: (reason) => this.metrics.rpcStreamsRefused.inc({ reason }),
@@ -488,6 +489,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
     statusWriteIntervalMs: config.statusWriteIntervalMs,
     statusWritesPerSecondMax: config.statusWritesPerSecondMax,
     heartbeatsPerSecondMax: config.heartbeatsPerSecondMax,
+    spanIdsMax: config.rpcSpanIdsMax,
   };
 }
 

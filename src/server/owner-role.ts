@@ -21,6 +21,7 @@ import type { EtcdSession } from '../cluster/session.ts';
 import type { Metrics } from './metrics.ts';
 import type { Logger } from '../log.ts';
 import { CaptureConnection } from '../rpc/owner-client.ts';
+import { spanIdsPerStreamDefault } from '../rpc/span-ids.ts';
 import { SpanProgressBook } from '../core/span-progress.ts';
 import type { SpanProgressEntry } from '../core/span-progress.ts';
 import { spanKey } from '../core/span.ts';
@@ -66,6 +67,8 @@ export interface OwnerLimits {
   readonly tickIntervalMs: number;
   readonly coordinator: Partial<CoordinatorLimits>;
   readonly sendQueueMax: number;
+  /** Span ids the owner assigns per capture stream before it starts over (0: spans in full). */
+  readonly spanIdsMax: number;
   readonly reconnectBackoffMinMs: number;
   readonly reconnectBackoffMaxMs: number;
   /** Reports buffered per changefeed between ticks; more are dropped (level-triggered). */
@@ -112,6 +115,7 @@ export const ownerDefaults: OwnerLimits = {
   tickIntervalMs: 50,
   coordinator: {},
   sendQueueMax: 1_000,
+  spanIdsMax: spanIdsPerStreamDefault,
   reconnectBackoffMinMs: 50,
   reconnectBackoffMaxMs: 2_000,
   reportsQueuedMax: 10_000,
@@ -341,6 +345,7 @@ export class OwnerRole {
         reconnectBackoffMinMs: limits.reconnectBackoffMinMs,
         reconnectBackoffMaxMs: limits.reconnectBackoffMaxMs,
         sendQueueMax: limits.sendQueueMax,
+        spanIdsMax: limits.spanIdsMax,
         credentials: this.ctx.grpcCredentials,
         channelOptions: this.ctx.grpcChannelOptions,
       });

@@ -14,6 +14,8 @@ import { pipelineDefaults } from '../pipeline/pipeline-runner.ts';
 import type { AllowedEndpoints } from '../pipeline/bounds.ts';
 import { parseAllowedEndpoints } from '../pipeline/bounds.ts';
 import { captureRpcDefaults } from '../rpc/capture-server.ts';
+import { spanIdsPerStreamLimit } from '../rpc/span-ids.ts';
+import { progressEntriesPerReportMax } from '../rpc/codec.ts';
 import { agentDefaults } from '../agent/agent.ts';
 import type { Role } from '../security/role.ts';
 import { eventLoopDelayDefaults } from './event-loop-delay.ts';
@@ -76,6 +78,8 @@ export interface ServerConfig {
   readonly rpcSpansPerMessageMax: number;
   /** gRPC: bytes of one received message. */
   readonly rpcMessageBytesMax: number;
+  /** gRPC: span ids this process assigns per stream before it starts over (0: spans always in full). */
+  readonly rpcSpanIdsMax: number;
   /** gRPC: concurrent streams on one connection. */
   readonly rpcStreamsPerConnectionMax: number;
   /** gRPC: concurrent streams from one peer host. */
@@ -143,6 +147,7 @@ export const serverDefaults: ServerConfig = {
   fileSinkRoot: 'spanfeed-data',
   allowedEndpoints: undefined,
   rpcSpansPerMessageMax: captureRpcDefaults.spansPerMessageMax,
+  rpcSpanIdsMax: captureRpcDefaults.spanIdsMax,
   rpcMessageBytesMax: captureRpcDefaults.messageBytesMax,
   rpcStreamsPerConnectionMax: captureRpcDefaults.streamsPerConnectionMax,
   rpcStreamsPerPeerMax: captureRpcDefaults.streamsPerPeerMax,
@@ -190,6 +195,7 @@ const options = {
   'file-sink-root': ['SPANFEED_FILE_SINK_ROOT', 'fileSinkRoot'],
   'allowed-endpoints': ['SPANFEED_ALLOWED_ENDPOINTS', 'allowedEndpoints'],
   'rpc-spans-per-message': ['SPANFEED_RPC_SPANS_PER_MESSAGE', 'rpcSpansPerMessage'],
+  'rpc-span-ids': ['SPANFEED_RPC_SPAN_IDS', 'rpcSpanIds'],
   'rpc-message-bytes': ['SPANFEED_RPC_MESSAGE_BYTES', 'rpcMessageBytes'],
   'rpc-streams-per-connection': ['SPANFEED_RPC_STREAMS_PER_CONNECTION', 'rpcStreamsPerConnection'],
   'rpc-streams-per-peer': ['SPANFEED_RPC_STREAMS_PER_PEER', 'rpcStreamsPerPeer'],
@@ -282,6 +288,9 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             a bigger message is refused whole; at least the owner's 1024,
                             1024-1000000 (default 1024)
   --rpc-message-bytes <n>   bytes of one received gRPC message, 65536-268435456 (default 4194304)
+  --rpc-span-ids <n>        spans numbered per gRPC stream, so they travel as ids after their
+                            first mention; the numbering starts over when full; 0: always in
+                            full, 0-2097152 (default 1048576)
   --rpc-streams-per-connection <n>
                             concurrent gRPC streams on one connection, 1-10000 (default 16)
   --rpc-streams-per-peer <n>
@@ -315,7 +324,8 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             give every capture the same, 1-1000 (default 32)
   --progress-slice <n>      per-span progress: each report also refreshes n other spans,
                             round-robin, so every span's shown checkpoint is at most
-                            spans/n reports old, 0-100000 (default 1024)
+                            spans/n reports old, 0-7192 (default 1024; with the slowest, at
+                            most 8192 entries a report)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -448,13 +458,14 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     insecure,
     fileSinkRoot: fileSinkRoot(get('file-sink-root')),
     allowedEndpoints: allowedEndpoints(get('allowed-endpoints')),
+    rpcSpanIdsMax: intIn('--rpc-span-ids', get('rpc-span-ids') ?? String(serverDefaults.rpcSpanIdsMax), 0, spanIdsPerStreamLimit),
     rpcSpansPerMessageMax: intIn('--rpc-spans-per-message', get('rpc-spans-per-message') ?? String(serverDefaults.rpcSpansPerMessageMax), coordinatorDefaults.spansPerMessageMax, 1_000_000),
     rpcMessageBytesMax: intIn('--rpc-message-bytes', get('rpc-message-bytes') ?? String(serverDefaults.rpcMessageBytesMax), 65_536, 268_435_456),
     rpcStreamsPerConnectionMax: intIn('--rpc-streams-per-connection', get('rpc-streams-per-connection') ?? String(serverDefaults.rpcStreamsPerConnectionMax), 1, 10_000),
     rpcStreamsPerPeerMax: intIn('--rpc-streams-per-peer', get('rpc-streams-per-peer') ?? String(serverDefaults.rpcStreamsPerPeerMax), 1, 100_000),
     rpcConnectionsPerPeerMax: intIn('--rpc-connections-per-peer', get('rpc-connections-per-peer') ?? String(serverDefaults.rpcConnectionsPerPeerMax), 1, 100_000),
     progressSlowestMax: intIn('--progress-slowest', get('progress-slowest') ?? String(serverDefaults.progressSlowestMax), 1, 1_000),
-    progressSliceMax: intIn('--progress-slice', get('progress-slice') ?? String(serverDefaults.progressSliceMax), 0, 100_000),
+    progressSliceMax: intIn('--progress-slice', get('progress-slice') ?? String(serverDefaults.progressSliceMax), 0, progressEntriesPerReportMax - 1_000),
     captureSpansMax: intIn('--capture-spans', get('capture-spans') ?? String(serverDefaults.captureSpansMax), 1, 100_000_000),
   };
 }

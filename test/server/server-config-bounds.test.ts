@@ -39,3 +39,17 @@ describe('server bounds options', () => {
     expect(() => parseServerConfig(['--allowed-endpoints', 'a b'], {})).toThrow(/--allowed-endpoints: allowed endpoint "a b"/);
   });
 });
+
+describe('gRPC span ids and progress bounds', () => {
+  it('defaults to a million span ids per stream, takes 0 (off) to the protocol bound, and refuses more', () => {
+    expect(parseServerConfig([], {}).rpcSpanIdsMax).toBe(1_048_576);
+    expect(parseServerConfig(['--rpc-span-ids', '0'], {}).rpcSpanIdsMax).toBe(0);
+    expect(parseServerConfig([], { SPANFEED_RPC_SPAN_IDS: '2097152' }).rpcSpanIdsMax).toBe(2_097_152);
+    expect(() => parseServerConfig(['--rpc-span-ids', '2097153'], {})).toThrow(/--rpc-span-ids must be an integer from 0 to 2097152/);
+  });
+
+  it('keeps a report within the progress entries a receiver reads', () => {
+    expect(parseServerConfig(['--progress-slice', '7192'], {}).progressSliceMax).toBe(7_192);
+    expect(() => parseServerConfig(['--progress-slice', '7193'], {})).toThrow(/--progress-slice must be an integer from 0 to 7192/);
+  });
+});
