@@ -87,7 +87,7 @@ export class Metrics {
     });
     this.rpcMessagesRefused = new Counter({
       name: 'spanfeed_rpc_messages_refused_total',
-      help: 'Owner messages this capture dropped: not from the owner in etcd (unverified-owner, forged-owner, stale-owner), malformed, too-many-spans, unknown-changefeed, or dropped by the agent (stale-seq, wrong-epoch, ...).',
+      help: 'Owner messages this capture dropped: not from the owner in etcd (unverified-owner, forged-owner, stale-owner), malformed, too-many-spans, span-ids (a span id never defined on the stream), unknown-changefeed, or dropped by the agent (stale-seq, wrong-epoch, ...).',
       labelNames: ['reason'],
       registers,
     });
