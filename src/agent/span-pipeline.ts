@@ -28,6 +28,7 @@ import type { Span } from '../core/span.ts';
 import { tsMin } from '../core/ts.ts';
 import { assertNever } from '../core/assert.ts';
 import type { PipelineEvent } from './pipeline.ts';
+import type { QuietCheck } from './quiet-spans.ts';
 
 /** The shortest window a span's events-a-second figure is measured over. */
 const rateWindowMs = 1_000;
@@ -160,6 +161,8 @@ interface InFlight {
 export interface PipelineOutput {
   readonly effects: PipelineEffect[];
   readonly events: PipelineEvent[];
+  /** Bulk checks of quiet spans for the shell (see quiet-spans.ts); only the collection makes them. */
+  readonly quietChecks?: QuietCheck[];
 }
 
 /** Context the collection gives a pipeline for one decision. */
@@ -234,6 +237,50 @@ export class SpanPipeline {
   /** True while an effect of it is in flight (not abandoned). */
   get busy(): boolean {
     return this.inFlight !== undefined;
+  }
+
+  /**
+   * True when a bulk check of quiet spans may move it on instead of a step: it writes,
+   * streams (its backfill decided and done, for the table's current backfill
+   * generation), is between steps, and nothing failed or hangs.
+   */
+  quietFor(generation: BackfillGeneration): boolean {
+    return (
+      this.phase === 'writing' &&
+      this.stage === 'idle' &&
+      this.inFlight === undefined &&
+      this.abandonedId === undefined &&
+      this.failures === 0 &&
+      this.backfill.kind === 'none' &&
+      generation === this.decidedFor
+    );
+  }
+
+  /** Where a quiet check asks from: everything up to here is in the sink. */
+  get streamPosition(): bigint {
+    return this.position;
+  }
+
+  /**
+   * A bulk check's answer: the span has no events in (its position, `quietTs`] and its
+   * history is complete up to there; `needsStep` says an event follows (or the source
+   * goes on reading the span only with a call). With nothing
+   * to write the checkpoint moves to `quietTs` (not past the barrier) without a source
+   * or sink call (`moved`), or stays where it is (`waiting`: nothing new yet); an event
+   * next, or a pipeline that changed meanwhile, takes a step (`step`).
+   */
+  advanceQuiet(quietTs: bigint, needsStep: boolean, ctx: PipelineContext, out: PipelineOutput): 'moved' | 'waiting' | 'step' {
+    if (!this.quietFor(ctx.generation)) return 'step';
+    if (quietTs > this.resolved) this.resolved = quietTs;
+    const upto = tsMin(quietTs, ctx.barrierTs);
+    const moved = upto > this.position;
+    if (moved) {
+      this.position = upto;
+      this.countEvents(ctx.nowMs, 0);
+      out.events.push(this.progressEvent());
+    }
+    if (needsStep && upto === quietTs) return 'step';
+    return moved ? 'moved' : 'waiting';
   }
 
   /** True while the backfill copies (a page in flight holds a slot). */

@@ -12,15 +12,24 @@ import type { PipelineCommand } from './pipeline.ts';
 import { SpanPipeline } from './span-pipeline.ts';
 import type { BackfillGeneration, PipelineContext, PipelineOutcome, PipelineOutput, SpanPipelineLimits } from './span-pipeline.ts';
 import { spanPipelineDefaults } from './span-pipeline.ts';
+import type { QuietCheck, QuietLimits, QuietOutcome } from './quiet-spans.ts';
+import { quietDefaults } from './quiet-spans.ts';
 
-export interface SpanPipelinesLimits extends SpanPipelineLimits {
+export interface SpanPipelinesLimits extends SpanPipelineLimits, Partial<QuietLimits> {
   /** Effects (source or sink calls) in flight over all pipelines. */
   readonly stepsInFlightMax: number;
   /** Backfill pages in flight over all pipelines. */
   readonly backfillsInFlightMax: number;
 }
 
-export const spanPipelinesDefaults: SpanPipelinesLimits = { ...spanPipelineDefaults, stepsInFlightMax: 256, backfillsInFlightMax: 4 };
+export const spanPipelinesDefaults: SpanPipelinesLimits = { ...spanPipelineDefaults, ...quietDefaults, stepsInFlightMax: 256, backfillsInFlightMax: 4 };
+
+/** A bulk check in flight: its spans, where each was asked from, and its deadline. */
+interface CheckInFlight {
+  readonly members: readonly SpanPipeline[];
+  readonly afterTs: readonly bigint[];
+  readonly deadlineMs: number;
+}
 
 /** The table's backfill revision for a span, as the capture's copy of the changefeed says. */
 export type GenerationOf = (span: Span) => BackfillGeneration;
@@ -47,13 +56,28 @@ export class SpanPipelines {
    * line, a new span waited a whole round of steps for its first).
    */
   private readonly fresh = new Set<SpanPipeline>();
+  /**
+   * Quiet pipelines (see quiet-spans.ts), in the order they came, with when they came:
+   * moved on by bulk checks, not steps. Off when `quietBatchMax` is 0 (or absent).
+   */
+  private readonly quiet = new Map<SpanPipeline, number>();
+  /** Pipelines in a check in flight, and the checks by id. */
+  private readonly checking = new Set<SpanPipeline>();
+  private readonly checks = new Map<number, CheckInFlight>();
+  private readonly quietLimits: QuietLimits;
   /** Which pipeline an effect belongs to, until its outcome comes. */
   private readonly owners = new Map<number, SpanPipeline>();
   private barrierTs = maxTs;
   private lastEffectId = 0;
   private backfillSlotsUsed = 0;
 
-  constructor(private readonly limits: SpanPipelinesLimits) {}
+  constructor(private readonly limits: SpanPipelinesLimits) {
+    this.quietLimits = {
+      quietBatchMax: limits.quietBatchMax ?? 0,
+      quietChecksInFlightMax: limits.quietChecksInFlightMax ?? quietDefaults.quietChecksInFlightMax,
+      quietIntervalMs: limits.quietIntervalMs ?? quietDefaults.quietIntervalMs,
+    };
+  }
 
   get size(): number {
     return this.pipelines.size;
@@ -86,7 +110,10 @@ export class SpanPipelines {
           break;
         case 'stop': {
           const pipeline = this.pipelines.get(command.key);
-          if (pipeline !== undefined) this.collect(pipeline, pipeline.stop(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+          if (pipeline !== undefined) {
+            const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+            this.collect(pipeline, pipeline.stop(ctx), out, ctx);
+          }
           break;
         }
         case 'barrier':
@@ -108,17 +135,94 @@ export class SpanPipelines {
     const out: PipelineOutput = { effects: [], events: [] };
     // Deadlines first: an abandoned call frees its place in the bound for this tick.
     for (const pipeline of [...this.busy]) {
-      this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+      const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+      this.collect(pipeline, pipeline.tick(ctx), out, ctx);
     }
+    this.expireChecks(nowMs);
+    // Checks first: a span that is no longer quiet goes to `ready` in time for this tick.
+    const checks = this.takeChecks(nowMs, generationOf);
     // Each waiting pipeline is visited at most once: one that does not start a step
     // (backing off, waiting for its table) goes to the back and waits for the next tick.
     for (const line of [this.fresh, this.ready]) {
       for (let visits = line.size; visits > 0 && this.busy.size < this.limits.stepsInFlightMax; visits--) {
         const pipeline = line.values().next().value as SpanPipeline;
         line.delete(pipeline);
-        this.collect(pipeline, pipeline.tick(this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+        const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+        this.collect(pipeline, pipeline.tick(ctx), out, ctx);
       }
     }
+    return checks.length === 0 ? out : { ...out, quietChecks: checks };
+  }
+
+  /**
+   * Bulk checks for the front of the quiet line: the pipelines that waited at least
+   * `quietIntervalMs` there, at most `quietBatchMax` a check and
+   * `quietChecksInFlightMax` checks in flight. One that is no longer quiet (promoted
+   * anew, its table's backfill changed) takes a step instead.
+   */
+  private takeChecks(nowMs: number, generationOf: GenerationOf): QuietCheck[] {
+    const { quietBatchMax, quietChecksInFlightMax, quietIntervalMs } = this.quietLimits;
+    const checks: QuietCheck[] = [];
+    while (this.checks.size < quietChecksInFlightMax && this.quiet.size > 0) {
+      const members: SpanPipeline[] = [];
+      const afterTs: bigint[] = [];
+      for (const [pipeline, sinceMs] of this.quiet) {
+        if (members.length >= quietBatchMax || nowMs - sinceMs < quietIntervalMs) break;
+        this.quiet.delete(pipeline);
+        if (!pipeline.quietFor(generationOf(pipeline.span))) {
+          this.ready.add(pipeline);
+          continue;
+        }
+        members.push(pipeline);
+        afterTs.push(pipeline.streamPosition);
+        this.checking.add(pipeline);
+      }
+      if (members.length === 0) {
+        // Only non-quiet ones were at the front (moved to `ready`): look again, or stop
+        // when the front waited too little.
+        const front = this.quiet.values().next();
+        if (front.done === true || nowMs - front.value < quietIntervalMs) break;
+        continue;
+      }
+      const id = this.nextId();
+      this.checks.set(id, { members, afterTs, deadlineMs: nowMs + this.limits.stepDeadlineMs });
+      checks.push({ id, requests: members.map((pipeline, i) => ({ span: pipeline.span, afterTs: afterTs[i] as bigint })) });
+    }
+    return checks;
+  }
+
+  /** A check past its deadline is given up: its pipelines take steps (which time out on their own if the source hangs). */
+  private expireChecks(nowMs: number): void {
+    for (const [id, check] of this.checks) {
+      if (nowMs < check.deadlineMs) continue;
+      this.checks.delete(id);
+      for (const pipeline of check.members) if (this.checking.delete(pipeline) && pipeline.phase !== 'gone') this.ready.add(pipeline);
+    }
+  }
+
+  /**
+   * Applies a bulk check's answers: each pipeline moves on without a call, waits in the
+   * quiet line again, or takes a step (an event next, or it changed meanwhile). A failed
+   * check, or one whose answers do not match its requests, sends them all to steps.
+   */
+  onQuietOutcome(outcome: QuietOutcome, nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full): PipelineOutput {
+    const out: PipelineOutput = { effects: [], events: [] };
+    const check = this.checks.get(outcome.id);
+    if (check === undefined) return out;
+    this.checks.delete(outcome.id);
+    const answers = outcome.kind === 'quiet-checked' && outcome.answers.length === check.members.length ? outcome.answers : undefined;
+    check.members.forEach((pipeline, i) => {
+      if (!this.checking.delete(pipeline) || pipeline.phase === 'gone') return;
+      const answer = answers?.[i];
+      if (answer === undefined || pipeline.streamPosition !== check.afterTs[i] || answer.quietTs < pipeline.streamPosition) {
+        this.ready.add(pipeline);
+        return;
+      }
+      const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+      const verdict = pipeline.advanceQuiet(answer.quietTs, answer.needsStep, ctx, out);
+      if (verdict === 'step') this.ready.add(pipeline);
+      else this.quiet.set(pipeline, nowMs);
+    });
     return out;
   }
 
@@ -128,7 +232,8 @@ export class SpanPipelines {
     const pipeline = this.owners.get(outcome.id);
     if (pipeline === undefined) return out;
     this.owners.delete(outcome.id);
-    this.collect(pipeline, pipeline.onOutcome(outcome, this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))), out);
+    const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+    this.collect(pipeline, pipeline.onOutcome(outcome, ctx), out, ctx);
     return out;
   }
 
@@ -136,35 +241,43 @@ export class SpanPipelines {
   clear(): void {
     for (const pipeline of [...this.pipelines.values()]) this.forget(pipeline);
     this.owners.clear();
+    this.checks.clear();
   }
 
   private forget(pipeline: SpanPipeline): void {
     if (pipeline.forget()) this.backfillSlotsUsed--;
-    this.busy.delete(pipeline);
-    this.ready.delete(pipeline);
-    this.fresh.delete(pipeline);
+    this.leaveLines(pipeline);
     if (this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
   }
 
-  private collect(pipeline: SpanPipeline, result: PipelineOutput, out: PipelineOutput): void {
+  private leaveLines(pipeline: SpanPipeline): void {
+    this.busy.delete(pipeline);
+    this.ready.delete(pipeline);
+    this.fresh.delete(pipeline);
+    this.quiet.delete(pipeline);
+    this.checking.delete(pipeline);
+  }
+
+  private collect(pipeline: SpanPipeline, result: PipelineOutput, out: PipelineOutput, ctx: PipelineContext): void {
     for (const effect of result.effects) {
       if (effect.kind !== 'release') this.owners.set(effect.id, pipeline);
       out.effects.push(effect);
     }
     for (const event of result.events) out.events.push(event);
     if (pipeline.phase === 'gone') {
-      this.busy.delete(pipeline);
-      this.ready.delete(pipeline);
-      this.fresh.delete(pipeline);
+      this.leaveLines(pipeline);
       if (this.pipelines.get(pipeline.key) === pipeline) this.pipelines.delete(pipeline.key);
     } else if (pipeline.busy) {
+      this.leaveLines(pipeline);
       this.busy.add(pipeline);
-      this.ready.delete(pipeline);
-      this.fresh.delete(pipeline);
-    } else if (this.busy.delete(pipeline) || !(this.ready.has(pipeline) || this.fresh.has(pipeline))) {
+    } else if (this.checking.has(pipeline)) {
+      // In a bulk check: its answer decides where it goes.
+    } else if (this.busy.delete(pipeline) || !(this.ready.has(pipeline) || this.fresh.has(pipeline) || this.quiet.has(pipeline))) {
       // Its step ended (or it did not start one): to the back of its line. One that has
-      // not been prepared yet (its first step failed) stays in the first line.
-      (pipeline.everPrepared ? this.ready : this.fresh).add(pipeline);
+      // not been prepared yet (its first step failed) stays in the first line; a quiet
+      // one waits for a bulk check.
+      if (this.quietLimits.quietBatchMax > 0 && pipeline.quietFor(ctx.generation)) this.quiet.set(pipeline, ctx.nowMs);
+      else (pipeline.everPrepared ? this.ready : this.fresh).add(pipeline);
     }
   }
 

@@ -13,6 +13,8 @@ import type { PipelineCommand, PipelineEvent } from '../agent/pipeline.ts';
 import type { BackfillGeneration, PipelineEffect, PipelineOutcome, PipelineOutput } from '../agent/span-pipeline.ts';
 import { spanPipelineDefaults } from '../agent/span-pipeline.ts';
 import { SpanPipelines } from '../agent/span-pipelines.ts';
+import type { QuietCheck, QuietLimits, QuietOutcome } from '../agent/quiet-spans.ts';
+import { quietDefaults } from '../agent/quiet-spans.ts';
 import { assertNever } from '../core/assert.ts';
 import type { Span } from '../core/span.ts';
 import type { Logger } from '../log.ts';
@@ -44,8 +46,8 @@ export interface PipelineObserver {
   keysCopied?(count: number): void;
 }
 
-/** Bounds of the runner. */
-export interface PipelineLimits {
+/** Bounds of the runner; the quiet checks' (quiet-spans.ts) apply when the source can answer them. */
+export interface PipelineLimits extends QuietLimits {
   readonly intervalMs: number;
   /** Events read and written per pipeline step. */
   readonly batchEventsMax: number;
@@ -71,6 +73,7 @@ export const pipelineDefaults: PipelineLimits = {
   retryBackoffMinMs: spanPipelineDefaults.retryBackoffMinMs,
   retryBackoffMaxMs: spanPipelineDefaults.retryBackoffMaxMs,
   stepDeadlineMs: spanPipelineDefaults.stepDeadlineMs,
+  ...quietDefaults,
 };
 
 export class PipelineRunner {
@@ -100,6 +103,9 @@ export class PipelineRunner {
       stepDeadlineMs: limits.stepDeadlineMs,
       stepsInFlightMax: limits.stepsInFlightMax,
       backfillsInFlightMax: backfillLimits.spansInFlightMax,
+      quietBatchMax: source.quietUpTo === undefined ? 0 : limits.quietBatchMax,
+      quietChecksInFlightMax: limits.quietChecksInFlightMax,
+      quietIntervalMs: limits.quietIntervalMs,
     });
   }
 
@@ -164,6 +170,7 @@ export class PipelineRunner {
 
   private handle(out: PipelineOutput): void {
     for (const effect of out.effects) this.perform(effect);
+    for (const check of out.quietChecks ?? []) this.check(check);
     for (const event of out.events) {
       if (event.kind === 'retrying') this.log.warn({ span: event.key, error: event.error }, 'pipeline step failed; retrying in place');
       else if (event.kind === 'recovered') this.log.info({ span: event.key }, 'pipeline recovered');
@@ -198,6 +205,25 @@ export class PipelineRunner {
           retryable: (error as { retryable?: unknown })?.retryable !== false,
         }),
     );
+  }
+
+  /** Puts a bulk check of quiet spans to the source; read-only, so it needs no place in a span's order of calls. */
+  private check(check: QuietCheck): void {
+    const quietUpTo = this.source.quietUpTo?.bind(this.source);
+    const answered = quietUpTo === undefined ? Promise.reject(new Error('the source cannot check quiet spans')) : Promise.resolve().then(() => quietUpTo(check.requests));
+    answered.then(
+      (answers) => this.deliverQuiet({ kind: 'quiet-checked', id: check.id, answers }),
+      (error: unknown) => this.deliverQuiet({ kind: 'failed', id: check.id, error: (error as Error)?.message ?? String(error) }),
+    );
+  }
+
+  private deliverQuiet(outcome: QuietOutcome): void {
+    if (this.closed) return;
+    try {
+      this.handle(this.pipelines.onQuietOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf));
+    } catch (error) {
+      this.log.error({ err: error, outcome: outcome.kind }, 'pipeline decision failed');
+    }
   }
 
   private deliver(outcome: PipelineOutcome): void {

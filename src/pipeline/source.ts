@@ -1,6 +1,7 @@
 /**
  * Sources: where span pipelines read changes from (DESIGN.md §7).
  */
+import type { QuietAnswer, QuietRequest } from '../agent/quiet-spans.ts';
 import type { Span, TableRange } from '../core/span.ts';
 import type { BackfillLimits } from './backfill.ts';
 
@@ -87,6 +88,13 @@ export interface Source {
    * could not write them calls `release` before it reads from `afterTs` again.
    */
   read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult>;
+  /**
+   * For each request, how far past its `afterTs` the span's history is complete with no
+   * event in it, and whether an event follows (see src/agent/quiet-spans.ts): one call
+   * moves thousands of idle spans on. Read-only; absent when the source cannot tell
+   * (every span then takes steps).
+   */
+  quietUpTo?(requests: readonly QuietRequest[]): Promise<readonly QuietAnswer[]>;
   /** The span is no longer read here (or is read again from its position): free what reading it holds. */
   release?(span: Span): void;
   /** How the source reads upstream now, when it can tell. */

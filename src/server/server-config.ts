@@ -41,6 +41,12 @@ export interface ServerConfig {
   readonly pipelineBatchEvents: number;
   /** Pipeline steps running at once per changefeed on this capture. */
   readonly pipelineStepsInFlight: number;
+  /** Quiet spans one bulk check moves on (0: none, every span takes steps). */
+  readonly pipelineQuietBatch: number;
+  /** Bulk checks of quiet spans at once per changefeed on this capture. */
+  readonly pipelineQuietChecksInFlight: number;
+  /** The least time between two checks of one quiet span. */
+  readonly pipelineQuietIntervalMs: number;
   /** Failed steps a pipeline retries in place before it gives its span back. */
   readonly pipelineRetries: number;
   /** The longest wait between two of those tries. */
@@ -129,6 +135,9 @@ export const serverDefaults: ServerConfig = {
   drainWaitMs: 30_000,
   startTimeoutMs: 30_000,
   pipelineBatchEvents: pipelineDefaults.batchEventsMax,
+  pipelineQuietBatch: pipelineDefaults.quietBatchMax,
+  pipelineQuietChecksInFlight: pipelineDefaults.quietChecksInFlightMax,
+  pipelineQuietIntervalMs: pipelineDefaults.quietIntervalMs,
   pipelineStepsInFlight: pipelineDefaults.stepsInFlightMax,
   pipelineRetries: pipelineDefaults.stepRetriesMax,
   pipelineRetryBackoffMaxMs: pipelineDefaults.retryBackoffMaxMs,
@@ -178,6 +187,9 @@ const options = {
   'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
   'start-timeout-ms': ['SPANFEED_START_TIMEOUT_MS', 'startTimeoutMs'],
   'pipeline-batch-events': ['SPANFEED_PIPELINE_BATCH_EVENTS', 'pipelineBatchEvents'],
+  'pipeline-quiet-batch': ['SPANFEED_PIPELINE_QUIET_BATCH', 'pipelineQuietBatch'],
+  'pipeline-quiet-checks-in-flight': ['SPANFEED_PIPELINE_QUIET_CHECKS_IN_FLIGHT', 'pipelineQuietChecksInFlight'],
+  'pipeline-quiet-interval-ms': ['SPANFEED_PIPELINE_QUIET_INTERVAL_MS', 'pipelineQuietIntervalMs'],
   'pipeline-steps-in-flight': ['SPANFEED_PIPELINE_STEPS_IN_FLIGHT', 'pipelineStepsInFlight'],
   'pipeline-retries': ['SPANFEED_PIPELINE_RETRIES', 'pipelineRetries'],
   'pipeline-retry-backoff-max-ms': ['SPANFEED_PIPELINE_RETRY_BACKOFF_MAX_MS', 'pipelineRetryBackoffMaxMs'],
@@ -239,6 +251,15 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             events read and written per span pipeline step, 1-100000 (default 1000)
   --pipeline-steps-in-flight <n>
                             span pipeline steps at once per changefeed, 1-10000 (default 256)
+  --pipeline-quiet-batch <n>
+                            quiet spans (streaming, nothing to write) moved on by one bulk
+                            check of the source instead of a step each; 0: every span takes
+                            steps, 0-100000 (default 4096)
+  --pipeline-quiet-checks-in-flight <n>
+                            those checks at once per changefeed, 1-64 (default 4)
+  --pipeline-quiet-interval-ms <n>
+                            the least time between two checks of one quiet span, 10-60000
+                            (default 500)
   --pipeline-retries <n>    failed steps (a sink or source outage) a span pipeline retries in
                             place, with exponential backoff from 100 ms, before it gives the
                             span back to the owner to place again, 0-1000 (default 10)
@@ -441,6 +462,9 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
     drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
     startTimeoutMs: intIn('--start-timeout-ms', get('start-timeout-ms') ?? String(serverDefaults.startTimeoutMs), 100, 600_000),
+    pipelineQuietBatch: intIn('--pipeline-quiet-batch', get('pipeline-quiet-batch') ?? String(serverDefaults.pipelineQuietBatch), 0, 100_000),
+    pipelineQuietChecksInFlight: intIn('--pipeline-quiet-checks-in-flight', get('pipeline-quiet-checks-in-flight') ?? String(serverDefaults.pipelineQuietChecksInFlight), 1, 64),
+    pipelineQuietIntervalMs: intIn('--pipeline-quiet-interval-ms', get('pipeline-quiet-interval-ms') ?? String(serverDefaults.pipelineQuietIntervalMs), 10, 60_000),
     pipelineBatchEvents: intIn('--pipeline-batch-events', get('pipeline-batch-events') ?? String(serverDefaults.pipelineBatchEvents), 1, 100_000),
     pipelineStepsInFlight: intIn('--pipeline-steps-in-flight', get('pipeline-steps-in-flight') ?? String(serverDefaults.pipelineStepsInFlight), 1, 10_000),
     pipelineRetries: intIn('--pipeline-retries', get('pipeline-retries') ?? String(serverDefaults.pipelineRetries), 0, 1_000),

@@ -53,3 +53,14 @@ describe('gRPC span ids and progress bounds', () => {
     expect(() => parseServerConfig(['--progress-slice', '7193'], {})).toThrow(/--progress-slice must be an integer from 0 to 7192/);
   });
 });
+
+describe('quiet span checks', () => {
+  it('defaults to checks of 4096 spans, 4 at once, each span every 500 ms; 0 turns them off', () => {
+    const config = parseServerConfig([], {});
+    expect([config.pipelineQuietBatch, config.pipelineQuietChecksInFlight, config.pipelineQuietIntervalMs]).toEqual([4_096, 4, 500]);
+    expect(parseServerConfig(['--pipeline-quiet-batch', '0'], {}).pipelineQuietBatch).toBe(0);
+    expect(parseServerConfig([], { SPANFEED_PIPELINE_QUIET_INTERVAL_MS: '250' }).pipelineQuietIntervalMs).toBe(250);
+    expect(() => parseServerConfig(['--pipeline-quiet-checks-in-flight', '0'], {})).toThrow(/--pipeline-quiet-checks-in-flight must be an integer from 1 to 64/);
+    expect(() => parseServerConfig(['--pipeline-quiet-interval-ms', '5'], {})).toThrow(/--pipeline-quiet-interval-ms must be an integer from 10/);
+  });
+});

@@ -17,6 +17,7 @@ import type { PipelineCommand, PipelineEvent } from '../../src/agent/pipeline.ts
 import type { BackfillGeneration, BackfillProgress, PipelineEffect, PipelineOutcome } from '../../src/agent/span-pipeline.ts';
 import { SpanPipelines } from '../../src/agent/span-pipelines.ts';
 import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
+import type { QuietAnswer, QuietCheck, QuietOutcome } from '../../src/agent/quiet-spans.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
 import { spanKey } from '../../src/core/span.ts';
@@ -106,6 +107,21 @@ export class SimUpstream {
       if (events.length >= limit) return { events, readUpToTs: event.ts };
     }
     return { events, readUpToTs: uptoTs };
+  }
+
+  /**
+   * A quiet check of `span` from `afterTs` with the history complete up to `resolvedTs`:
+   * empty up to just before its next event, or up to `resolvedTs`; a step when an event
+   * comes first, or when its revisions are compacted (the step then fails for good, as
+   * the real source's would).
+   */
+  quietUpTo(span: Span, afterTs: bigint, resolvedTs: bigint): QuietAnswer {
+    if (afterTs < this.compactedTs) return { quietTs: afterTs, needsStep: true };
+    if (resolvedTs <= afterTs) return { quietTs: afterTs, needsStep: false };
+    const all = this.events.get(spanKey(span)) ?? [];
+    const next = all[firstAfter(all, afterTs)];
+    if (next !== undefined && next.ts <= resolvedTs) return { quietTs: next.ts - 1n, needsStep: true };
+    return { quietTs: resolvedTs, needsStep: false };
   }
 
   /** The keys of `span` and their values at `ts` (deleted keys absent), by key. */
@@ -228,13 +244,26 @@ export const simPipelineLimits: SpanPipelinesLimits = {
   stepDeadlineMs: 10 * simStepMs,
   stepsInFlightMax: 8,
   backfillsInFlightMax: 2,
+  // Small, so that most checks are cut short and spans wait their turn in the quiet line.
+  quietBatchMax: 3,
+  quietChecksInFlightMax: 2,
+  quietIntervalMs: 2 * simStepMs,
 };
+
+/** A bulk check of quiet spans in flight, and when it answers. */
+interface QueuedCheck {
+  readonly check: QuietCheck;
+  readonly fate: 'ok' | 'fail';
+  readonly dueAt: number;
+}
 
 /** The pipelines of one capture. */
 export class SimPipelines {
   private pipelines = new SpanPipelines(simPipelineLimits);
   /** The effects of each span, in order; the head runs. */
   private readonly queues = new Map<string, QueuedEffect[]>();
+  /** Bulk checks in flight: read-only, they run beside the spans' own calls. */
+  private checks: QueuedCheck[] = [];
   private readonly generationOf: (span: Span) => BackfillGeneration;
   private readonly sinceTsOf: (span: Span) => bigint | undefined;
 
@@ -265,6 +294,16 @@ export class SimPipelines {
       const outcome = this.perform(head);
       events.push(...this.take(this.pipelines.onOutcome(outcome, step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn));
     }
+    const due = this.checks.filter((c) => c.dueAt <= step);
+    this.checks = this.checks.filter((c) => c.dueAt > step);
+    for (const { check, fate } of due) {
+      const outcome: QuietOutcome =
+        fate === 'fail'
+          ? { kind: 'failed', id: check.id, error: 'simulated failure of a quiet check' }
+          : { kind: 'quiet-checked', id: check.id, answers: check.requests.map(({ span, afterTs }) => this.world.upstream.quietUpTo(span, afterTs, this.world.upstream.ts - BigInt(this.rng.int(3)))) };
+      this.world.stats.quietChecks = (this.world.stats.quietChecks ?? 0) + 1;
+      events.push(...this.take(this.pipelines.onQuietOutcome(outcome, step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn));
+    }
     events.push(...this.take(this.pipelines.tick(step * simStepMs, this.generationOf, this.sinceTsOf), step, faultsOn));
     return events;
   }
@@ -274,6 +313,7 @@ export class SimPipelines {
     this.pipelines.clear();
     this.pipelines = new SpanPipelines(simPipelineLimits);
     this.queues.clear();
+    this.checks = [];
   }
 
   /** Keys of the spans this capture writes to the sink. */
@@ -284,7 +324,13 @@ export class SimPipelines {
   }
 
   /** Queues the effects; returns the events. */
-  private take(out: { effects: PipelineEffect[]; events: PipelineEvent[] }, step: number, faultsOn: boolean): PipelineEvent[] {
+  private take(out: { effects: PipelineEffect[]; events: PipelineEvent[]; quietChecks?: QuietCheck[] }, step: number, faultsOn: boolean): PipelineEvent[] {
+    for (const check of out.quietChecks ?? []) {
+      // With faults, some fail and some hang far past their deadline (the pipelines give them up).
+      const fate = faultsOn && this.rng.chance(0.03) ? 'fail' : 'ok';
+      const steps = faultsOn && this.rng.chance(0.004) ? 15 + this.rng.int(90) : this.rng.int(3);
+      this.checks.push({ check, fate, dueAt: step + steps });
+    }
     for (const effect of out.effects) {
       if (effect.kind === 'release') continue;
       let fate: Fate = 'ok';

@@ -10,6 +10,7 @@
  * (seed, table, span range, t), so any capture reading any range of a span's history
  * gets exactly the same events: a pure function of (seed, table, key range, ts).
  */
+import type { QuietAnswer, QuietRequest } from '../../agent/quiet-spans.ts';
 import type { Span } from '../../core/span.ts';
 import { spanKeyHashes } from '../../core/span-digest.ts';
 import type { ChangeEvent, ReadResult, Source, SourceContext } from '../source.ts';
@@ -88,18 +89,49 @@ export class DatagenSource implements Source {
     return BigInt(Date.now());
   }
 
+  /**
+   * Each span's next event is known (one every period, at the span's offset): a quiet
+   * span's history is complete and empty up to just before it, or up to now.
+   */
+  async quietUpTo(requests: readonly QuietRequest[]): Promise<QuietAnswer[]> {
+    const resolved = BigInt(Date.now() - 1);
+    const periodMs = this.periodMs;
+    return requests.map(({ span, afterTs }) => {
+      if (resolved <= afterTs) return { quietTs: afterTs, needsStep: false };
+      if (periodMs === undefined) return { quietTs: resolved, needsStep: false };
+      const next = this.firstEventAfter(span, afterTs, periodMs);
+      return next <= resolved ? { quietTs: next - 1n, needsStep: true } : { quietTs: resolved, needsStep: false };
+    });
+  }
+
+  /** The identity the span's events derive from. */
+  private identityOf(span: Span): string {
+    return `${this.options.seed}\u0000${span.table}\u0000${span.start}\u0000${span.end}`;
+  }
+
+  /** Where in each period the span's events fall, cached per span object (its pipeline keeps one). */
+  private readonly offsets = new WeakMap<Span, bigint>();
+
+  /** The first event time of the span strictly after `afterTs`. */
+  private firstEventAfter(span: Span, afterTs: bigint, periodMs: bigint): bigint {
+    let offset = this.offsets.get(span);
+    if (offset === undefined) {
+      offset = BigInt(spanKeyHashes(this.identityOf(span))[0]) % periodMs;
+      this.offsets.set(span, offset);
+    }
+    let ts = afterTs + 1n;
+    const rem = (((ts - offset) % periodMs) + periodMs) % periodMs;
+    if (rem !== 0n) ts += periodMs - rem;
+    return ts;
+  }
+
   async read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult> {
     const events: ChangeEvent[] = [];
     if (uptoTs <= afterTs) return { events, readUpToTs: afterTs };
     const periodMs = this.periodMs;
     if (periodMs === undefined) return { events, readUpToTs: uptoTs };
-    const identity = `${this.options.seed}\u0000${span.table}\u0000${span.start}\u0000${span.end}`;
-    const offset = BigInt(spanKeyHashes(identity)[0]) % periodMs;
-    // The first event time strictly after afterTs.
-    let ts = afterTs + 1n;
-    const rem = (((ts - offset) % periodMs) + periodMs) % periodMs;
-    if (rem !== 0n) ts += periodMs - rem;
-    for (; ts <= uptoTs; ts += periodMs) {
+    const identity = this.identityOf(span);
+    for (let ts = this.firstEventAfter(span, afterTs, periodMs); ts <= uptoTs; ts += periodMs) {
       if (events.length >= limit) return { events, readUpToTs: ts - 1n };
       const [a, b] = spanKeyHashes(`${identity}\u0000${ts}`);
       const index = a % this.options.keys;

@@ -51,6 +51,7 @@
  * A start revision that etcd has compacted is never a silent gap: reads fail with a
  * {@link CompactedError} naming the revision, for the spans that need that history.
  */
+import type { QuietAnswer, QuietRequest } from '../../agent/quiet-spans.ts';
 import type { Etcd3, IWatchRequest, IWatchResponse } from 'etcd3';
 import type { Span, TableRange } from '../../core/span.ts';
 import { sampleEtcdBoundaries } from './etcd-sample.ts';
@@ -376,6 +377,25 @@ export class EtcdSource implements Source, SnapshotSource {
     read.events = read.events.slice(i);
     if (readUpToTs < afterTs) readUpToTs = afterTs;
     return { events, readUpToTs };
+  }
+
+  /**
+   * A span read here from at most `afterTs` holds every event up to its resolved-ts in
+   * its buffer (or they were read, at or below the reader's position): quiet up to
+   * there, or up to just before its first buffered event after `afterTs`. A span not
+   * read here, failed, read from past `afterTs`, or one whose reading starts again only
+   * on a call (idle, or overflowed and read to its end) takes a step.
+   */
+  async quietUpTo(requests: readonly QuietRequest[]): Promise<QuietAnswer[]> {
+    return requests.map(({ span, afterTs }) => {
+      const read = this.spans.get(spanKey(span));
+      const stuck = read === undefined || read.error !== undefined || afterTs < read.base || read.mode === 'idle' || (read.mode === 'overflowed' && afterTs >= read.resolved);
+      if (read === undefined || stuck) return { quietTs: afterTs, needsStep: true };
+      const resolved = this.resolvedOf(read);
+      const next = read.events.find((event) => event.ts > afterTs);
+      if (next !== undefined && next.ts <= resolved) return { quietTs: next.ts - 1n > afterTs ? next.ts - 1n : afterTs, needsStep: true };
+      return { quietTs: resolved > afterTs ? resolved : afterTs, needsStep: false };
+    });
   }
 
   /** Stops reading a span: it leaves its group (an empty group cancels its watcher) or its private watcher. */
