@@ -134,6 +134,128 @@ describe('etcd sink', () => {
   it('needs a target prefix', () => {
     expect(() => parseEtcdSinkUri('etcd://127.0.0.1:2379')).toThrow(/target prefix/);
   });
+
+  /** The etcd revision now: each committed transaction adds one. */
+  async function revisionOf(client: Etcd3): Promise<bigint> {
+    return BigInt((await client.get('\u0000').exec()).header.revision);
+  }
+
+  /** The mirrored values and revision markers under `prefix`. */
+  async function mirrorOf(client: Etcd3, prefix: string): Promise<{ values: Record<string, string>; markers: Record<string, string> }> {
+    const values = await client.getAll().prefix(prefix).strings();
+    const markers = await client.getAll().prefix(`/spanfeed-mirror-revisions/${prefix}`).strings();
+    return { values, markers: Object.fromEntries(Object.entries(markers).map(([k, v]) => [k.slice('/spanfeed-mirror-revisions/'.length), String(Number(v))])) };
+  }
+
+  const keys = (count: number): string[] => Array.from({ length: count }, (_, i) => `k${String(i).padStart(3, '0')}`);
+
+  it('batches keys into transactions of txnOpsMax / 2 keys, and of at most about txnBytesMax bytes', async () => {
+    const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+    const byOps = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/bo/?txnOpsMax=8`));
+    const byBytes = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/bb/?txnBytesMax=2400`));
+    try {
+      let before = await revisionOf(client);
+      await byOps.write(span, keys(20).map((k) => put(k, 'v', 10n)));
+      // 4 keys (8 operations) a transaction: 20 keys in 5, not 20.
+      expect(await revisionOf(client)).toBe(before + 5n);
+      before = await revisionOf(client);
+      await byBytes.write(span, keys(6).map((k) => put(k, 'x'.repeat(900), 10n)));
+      // Two 900-byte values with their keys and markers (about 1,080 bytes each) fit in 2,400 bytes, three do not: 6 keys in 3.
+      expect(await revisionOf(client)).toBe(before + 3n);
+      expect(Object.keys((await mirrorOf(client, 'bo/')).values)).toHaveLength(20);
+      expect(Object.keys((await mirrorOf(client, 'bb/')).values)).toHaveLength(6);
+    } finally {
+      await byOps.close();
+      await byBytes.close();
+      client.close();
+    }
+  });
+
+  it('a replayed older batch changes nothing, over several transactions and from a sink that never saw the keys', async () => {
+    const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+    const sink = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/rp/?txnOpsMax=16`));
+    // A second sink (another capture's, or this one after a restart): it knows no key, so
+    // its first compare of each batch expects no marker and fails on every one.
+    const fresh = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/rp/?txnOpsMax=16`));
+    try {
+      const all = keys(50);
+      await sink.write(span, all.map((k) => put(k, 'old', 10n)));
+      await sink.write(span, [...all.map((k, i) => (i % 10 === 0 ? del(k, 20n) : put(k, 'new', 20n)))]);
+      const newer = await mirrorOf(client, 'rp/');
+      expect(Object.keys(newer.values)).toHaveLength(45);
+      expect(new Set(Object.values(newer.values))).toEqual(new Set(['new']));
+      expect(new Set(Object.values(newer.markers))).toEqual(new Set(['20']));
+      const before = await revisionOf(client);
+      for (const replayer of [sink, fresh]) await replayer.write(span, all.map((k) => put(k, 'old', 10n)));
+      // Nothing moved back, the deleted keys stayed deleted, and no transaction committed.
+      expect(await mirrorOf(client, 'rp/')).toEqual(newer);
+      expect(await revisionOf(client)).toBe(before);
+    } finally {
+      await sink.close();
+      await fresh.close();
+      client.close();
+    }
+  });
+
+  it('applies a mixed batch to the keys behind it only: newer markers stay, older and absent ones move', async () => {
+    const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+    const sink = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/mx/`));
+    const fresh = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/mx/`));
+    try {
+      // a*: newer (30) than the batch; b*: older (5); c*: deleted at 5; d*: never mirrored.
+      await sink.write(span, [...['a1', 'a2', 'a3'].map((k) => put(k, 'v30', 30n)), ...['b1', 'b2', 'b3'].map((k) => put(k, 'v5', 5n)), ...['c1', 'c2'].map((k) => del(k, 5n))]);
+      const before = await revisionOf(client);
+      const batch = ['a1', 'b1', 'c1', 'd1', 'a2', 'b2', 'c2', 'd2', 'a3', 'b3'].map((k) => put(k, 'v10', 10n));
+      await fresh.write(span, batch);
+      const after = await mirrorOf(client, 'mx/');
+      expect(after.values).toEqual({ 'mx/a1': 'v30', 'mx/a2': 'v30', 'mx/a3': 'v30', 'mx/b1': 'v10', 'mx/b2': 'v10', 'mx/b3': 'v10', 'mx/c1': 'v10', 'mx/c2': 'v10', 'mx/d1': 'v10', 'mx/d2': 'v10' });
+      expect(after.markers).toEqual({ 'mx/a1': '30', 'mx/a2': '30', 'mx/a3': '30', 'mx/b1': '10', 'mx/b2': '10', 'mx/b3': '10', 'mx/c1': '10', 'mx/c2': '10', 'mx/d1': '10', 'mx/d2': '10' });
+      // One transaction committed: the first failed whole, the second carried the seven keys behind.
+      expect(await revisionOf(client)).toBe(before + 1n);
+      // The same batch again is a replay now: nothing changes.
+      await sink.write(span, batch);
+      expect(await mirrorOf(client, 'mx/')).toEqual(after);
+    } finally {
+      await sink.close();
+      await fresh.close();
+      client.close();
+    }
+  });
+
+  it('two writers racing over the same keys end at the newer of each', async () => {
+    const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
+    const one = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/race/?txnOpsMax=16&txnsInFlightMax=4`));
+    const two = new EtcdSink(parseEtcdSinkUri(`etcd://${etcd.endpoint}/race/?txnOpsMax=16&txnsInFlightMax=4`));
+    try {
+      const all = keys(200);
+      // One writes every key at 10 then 30; two at 20 then (even keys only) 40, at the same time.
+      await Promise.all([
+        (async () => {
+          await one.write(span, all.map((k) => put(k, 'v10', 10n)));
+          await one.write(span, all.map((k) => put(k, 'v30', 30n)));
+        })(),
+        (async () => {
+          await two.write(span, all.map((k) => put(k, 'v20', 20n)));
+          await two.write(span, all.filter((_, i) => i % 2 === 0).map((k) => put(k, 'v40', 40n)));
+        })(),
+      ]);
+      const { values, markers } = await mirrorOf(client, 'race/');
+      expect(values).toEqual(Object.fromEntries(all.map((k, i) => [`race/${k}`, i % 2 === 0 ? 'v40' : 'v30'])));
+      expect(markers).toEqual(Object.fromEntries(all.map((k, i) => [`race/${k}`, i % 2 === 0 ? '40' : '30'])));
+    } finally {
+      await one.close();
+      await two.close();
+      client.close();
+    }
+  });
+
+  it('refuses transaction bounds it cannot use', () => {
+    expect(parseEtcdSinkUri('etcd://127.0.0.1:2379/m/')).toMatchObject({ txnsInFlightMax: 64, txnOpsMax: 128, txnBytesMax: 1024 * 1024 });
+    expect(parseEtcdSinkUri('etcd://127.0.0.1:2379/m/?txnOpsMax=512&txnBytesMax=4096')).toMatchObject({ txnOpsMax: 512, txnBytesMax: 4096 });
+    expect(() => parseEtcdSinkUri('etcd://127.0.0.1:2379/m/?txnOpsMax=1')).toThrow(/txnOpsMax="1" must be an integer from 2 to/);
+    expect(() => parseEtcdSinkUri('etcd://127.0.0.1:2379/m/?txnBytesMax=1mb')).toThrow(/txnBytesMax="1mb" must be an integer/);
+    expect(() => parseEtcdSinkUri('etcd://127.0.0.1:2379/m/?putsPerTxn=8')).toThrow(/"putsPerTxn" is not known/);
+  });
 });
 
 describe('file sink', () => {
