@@ -99,6 +99,69 @@ describe('postgres sink', () => {
     }
   });
 
+  /** Every row of `table` with its tuple's xmin: a row a statement rewrote has a new one. */
+  async function tableRows(table: string): Promise<{ key: string; value: string | null; ts: string; deleted: boolean; xmin: string }[]> {
+    const client = new pg.Client({ connectionString: postgres.url });
+    await client.connect();
+    try {
+      return (await client.query(`select convert_from(key, 'UTF8') as key, convert_from(value, 'UTF8') as value, ts::text as ts, deleted, xmin::text as xmin from ${table} order by key`)).rows;
+    } finally {
+      await client.end();
+    }
+  }
+
+  const rowKeys = (count: number): string[] => Array.from({ length: count }, (_, i) => `k${String(i).padStart(3, '0')}`);
+
+  it('a replayed older batch changes nothing, over several statements, deletes included', async () => {
+    const replaySpan: Span = { table: 'replay', start: '', end: '' };
+    const at = (key: string, value: string, ts: bigint): ChangeEvent => ({ table: 'replay', key, value, op: 'put', ts });
+    const sink = new PostgresSink(parsePostgresSinkUri(`${postgres.url}?rowsPerStatementMax=7`));
+    try {
+      const keys = rowKeys(50);
+      await sink.write(replaySpan, keys.map((k) => at(k, 'old', 10n)));
+      const newerBatch = keys.map((k, i): ChangeEvent => (i % 5 === 0 ? { table: 'replay', key: k, op: 'delete', ts: 20n } : at(k, 'new', 20n)));
+      await sink.write(replaySpan, newerBatch);
+      const newer = await tableRows('replay');
+      expect(newer).toHaveLength(50);
+      expect(newer.filter((r) => r.deleted)).toHaveLength(10);
+      expect(newer.every((r) => r.ts === '20' && (r.deleted ? r.value === null : r.value === 'new'))).toBe(true);
+      // The older batch again, older still, and the newer one delivered twice: no row is
+      // rewritten (same xmin), no deleted one comes back.
+      await sink.write(replaySpan, keys.map((k) => at(k, 'old', 10n)));
+      await sink.write(replaySpan, newerBatch);
+      await sink.write(replaySpan, keys.map((k) => at(k, 'older', 5n)));
+      expect(await tableRows('replay')).toEqual(newer);
+    } finally {
+      await sink.close();
+    }
+  });
+
+  it('applies a mixed batch to the rows behind it only, the last event of a key repeated in it', async () => {
+    const mixedSpan: Span = { table: 'mixed', start: '', end: '' };
+    const at = (key: string, value: string, ts: bigint): ChangeEvent => ({ table: 'mixed', key, value, op: 'put', ts });
+    const sink = new PostgresSink(parsePostgresSinkUri(postgres.url));
+    try {
+      await sink.write(mixedSpan, [at('a', 'v30', 30n), at('b', 'v5', 5n), { table: 'mixed', key: 'c', op: 'delete', ts: 5n }]);
+      // b twice and d three times in one statement: on conflict may not touch a row twice.
+      await sink.write(mixedSpan, [at('a', 'v10', 10n), at('b', 'v8', 8n), at('c', 'v10', 10n), at('d', 'v9', 9n), at('b', 'v10', 10n), { table: 'mixed', key: 'd', op: 'delete', ts: 10n }, at('e', 'v10', 10n)]);
+      expect((await tableRows('mixed')).map(({ xmin: _, ...row }) => row)).toEqual([
+        { key: 'a', value: 'v30', ts: '30', deleted: false },
+        { key: 'b', value: 'v10', ts: '10', deleted: false },
+        { key: 'c', value: 'v10', ts: '10', deleted: false },
+        { key: 'd', value: null, ts: '10', deleted: true },
+        { key: 'e', value: 'v10', ts: '10', deleted: false },
+      ]);
+    } finally {
+      await sink.close();
+    }
+  });
+
+  it('takes rowsPerStatementMax from the URI, and keeps it out of the connection string', () => {
+    expect(parsePostgresSinkUri('postgres://u@h/db')).toMatchObject({ rowsPerStatementMax: 10_000, connectionString: 'postgres://u@h/db' });
+    expect(parsePostgresSinkUri('postgres://u@h/db?rowsPerStatementMax=50&poolMax=2')).toMatchObject({ rowsPerStatementMax: 50, poolMax: 2, connectionString: 'postgres://u@h/db' });
+    expect(() => parsePostgresSinkUri('postgres://u@h/db?rowsPerStatementMax=0')).toThrow(/rowsPerStatementMax="0" must be an integer from 1 to 1000000/);
+  });
+
   it('rejects a URI without a database', () => {
     expect(() => parsePostgresSinkUri('postgres://127.0.0.1:5432')).toThrow(/postgres:\/\/user@host:port\/database/);
   });
