@@ -156,6 +156,22 @@ describe('postgres sink', () => {
     }
   });
 
+  it('runs the statements of a large write in one transaction: a failed one undoes the others', async () => {
+    const txSpan: Span = { table: 'atomic', start: '', end: '' };
+    const at = (key: string, ts: bigint): ChangeEvent => ({ table: 'atomic', key, value: `v${ts}`, op: 'put', ts });
+    // One connection: a client left in an aborted transaction would fail the next write.
+    const sink = new PostgresSink(parsePostgresSinkUri(`${postgres.url}?rowsPerStatementMax=2&poolMax=1`));
+    try {
+      // The third row's revision overflows numeric(20,0): the second statement fails.
+      await expect(sink.write(txSpan, [at('a', 1n), at('b', 1n), at('c', 10n ** 20n), at('d', 1n)])).rejects.toThrow(/numeric field overflow/);
+      expect(await tableRows('atomic')).toEqual([]);
+      await sink.write(txSpan, [at('a', 2n), at('b', 2n), at('c', 2n), at('d', 2n), at('e', 2n)]);
+      expect((await tableRows('atomic')).map((r) => `${r.key}=${r.value}`)).toEqual(['a=v2', 'b=v2', 'c=v2', 'd=v2', 'e=v2']);
+    } finally {
+      await sink.close();
+    }
+  });
+
   it('takes rowsPerStatementMax from the URI, and keeps it out of the connection string', () => {
     expect(parsePostgresSinkUri('postgres://u@h/db')).toMatchObject({ rowsPerStatementMax: 10_000, connectionString: 'postgres://u@h/db' });
     expect(parsePostgresSinkUri('postgres://u@h/db?rowsPerStatementMax=50&poolMax=2')).toMatchObject({ rowsPerStatementMax: 50, poolMax: 2, connectionString: 'postgres://u@h/db' });
