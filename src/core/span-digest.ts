@@ -18,14 +18,25 @@ export const emptyDigest: SpanDigest = { count: 0, hashA: 0, hashB: 0 };
 
 /** Two independent 32-bit FNV-1a hashes of a span key (different offset bases). */
 export function spanKeyHashes(key: string): [number, number] {
-  let a = 0x811c9dc5;
-  let b = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < key.length; i++) {
-    const c = key.charCodeAt(i);
+  const state = spanKeyHashState(key);
+  return [state[0] >>> 0, state[1] >>> 0];
+}
+
+/**
+ * The hashes' state after `text`, hashed on from `from` (the empty string's state when
+ * absent): `spanKeyHashes(p + s)` is the state after `s` from the state after `p`, so a
+ * caller hashing many keys with one prefix (datagen, per event) hashes the prefix once.
+ * Unsigned only at the end (`>>> 0`), as `spanKeyHashes` returns them.
+ */
+export function spanKeyHashState(text: string, from?: readonly [number, number]): [number, number] {
+  let a = from === undefined ? 0x811c9dc5 : from[0];
+  let b = from === undefined ? 0x01000193 ^ 0x5bd1e995 : from[1];
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
     a = Math.imul(a ^ c, 0x01000193);
     b = Math.imul(b ^ c, 0x01000193) ^ (b >>> 13);
   }
-  return [a >>> 0, b >>> 0];
+  return [a, b];
 }
 
 /** A digest that spans are added to and removed from in O(1). */

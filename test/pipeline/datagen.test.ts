@@ -6,6 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { DatagenSource, datagenPeriodMs, parseDatagenUri } from '../../src/pipeline/sources/datagen.ts';
 import { BadUriError } from '../../src/pipeline/uri.ts';
 import type { Span } from '../../src/core/span.ts';
+import { spanKeyHashes } from '../../src/core/span-digest.ts';
+import type { ChangeEvent, ReadResult } from '../../src/pipeline/source.ts';
 
 const span: Span = { table: 't', start: 'a', end: 'b' };
 
@@ -71,5 +73,60 @@ describe('datagen rates', () => {
     const parts = [...(await source.read(span, 0n, 7_777n, 1_000_000)).events, ...(await source.read(span, 7_777n, 20_000n, 1_000_000)).events];
     expect(parts).toEqual(whole);
     expect(whole.length).toBe(200);
+  });
+});
+
+/**
+ * The log as datagen first made it, one bigint and one whole-text hash per event: the
+ * number loop must make exactly these events (the verifier and every capture replay
+ * datagen, so a changed event would be a different log).
+ */
+function referenceRead(seed: number, keys: number, periodMs: bigint, span: Span, afterTs: bigint, uptoTs: bigint, limit: number): ReadResult {
+  const events: ChangeEvent[] = [];
+  if (uptoTs <= afterTs) return { events, readUpToTs: afterTs };
+  const identity = `${seed}\u0000${span.table}\u0000${span.start}\u0000${span.end}`;
+  const offset = BigInt(spanKeyHashes(identity)[0]) % periodMs;
+  let ts = afterTs + 1n;
+  const rem = (((ts - offset) % periodMs) + periodMs) % periodMs;
+  if (rem !== 0n) ts += periodMs - rem;
+  for (; ts <= uptoTs; ts += periodMs) {
+    if (events.length >= limit) return { events, readUpToTs: ts - 1n };
+    const [a, b] = spanKeyHashes(`${identity}\u0000${ts}`);
+    const key = `${span.start}\u0000${(a % keys).toString(36).padStart(6, '0')}`;
+    events.push(b % 10 === 0 ? { table: span.table, key, op: 'delete', ts } : { table: span.table, key, value: `v${b.toString(36)}`, op: 'put', ts });
+  }
+  return { events, readUpToTs: uptoTs };
+}
+
+describe('datagen log', () => {
+  it('is the same log as the bigint loop made, for any rate, window and limit', async () => {
+    const spans: Span[] = [span, { table: 'orders', start: 'orders/0001', end: 'orders/0002' }, { table: 'x', start: '', end: '' }];
+    const now = 1_796_220_861_941n;
+    for (const rate of [1000, 333, 7, 1]) {
+      const options = parseDatagenUri(`datagen://?rate=${rate}&keys=100000&seed=5`);
+      const source = new DatagenSource(options);
+      const periodMs = datagenPeriodMs(options) as bigint;
+      for (const s of spans) {
+        for (const [afterTs, uptoTs, limit] of [
+          [now, now + 10_000n, 1_000_000],
+          [now - 1n, now + 5_000n, 100],
+          [now + 3n, now + 4n, 10],
+          [0n, 20_000n, 1_000],
+          [now, now, 5],
+          [now + 10n, now, 5],
+        ] as const) {
+          expect(await source.read(s, afterTs, uptoTs, limit), `rate ${rate} ${s.table} (${afterTs}, ${uptoTs}] limit ${limit}`).toEqual(referenceRead(5, 100_000, periodMs, s, afterTs, uptoTs, limit));
+        }
+      }
+    }
+  });
+
+  it('stops at 2^53 ms, past which its numbers would lose whole ms', async () => {
+    const source = new DatagenSource(parseDatagenUri('datagen://?rate=1000'));
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    const result = await source.read(span, max - 5n, max + 1_000n, 1_000);
+    expect(result.events.map((e) => e.ts)).toEqual([max - 4n, max - 3n, max - 2n, max - 1n, max]);
+    expect(result.readUpToTs).toBe(max);
+    expect(await source.read(span, max, max + 10n, 1_000)).toEqual({ events: [], readUpToTs: max });
   });
 });

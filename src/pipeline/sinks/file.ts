@@ -14,6 +14,7 @@
  * closed files wholly at or below the changefeed's checkpoint are deleted, oldest first,
  * in passes off the write path: the rule is in `file-retention.ts`.
  */
+import { isUtf8 } from 'node:buffer';
 import { mkdir, open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -69,18 +70,40 @@ export function parseFileSinkUri(uri: string): FileSinkOptions {
   };
 }
 
-/** Encodes a binary string as JSON fields: UTF-8 text when it is valid, else base64. */
-export function encodeBytes(name: 'key' | 'value' | 'start' | 'end', binary: string): Record<string, string> {
+/** Only 7-bit code units: a binary string that is its own UTF-8 text. */
+const asciiOnly = /^[\x00-\x7f]*$/;
+
+/**
+ * A binary string as UTF-8 text when its bytes are valid UTF-8, else undefined. An ASCII
+ * one (the usual key and value) is returned as it is, without a copy of its bytes.
+ */
+function utf8Text(binary: string): string | undefined {
+  if (asciiOnly.test(binary)) return binary;
   const bytes = Buffer.from(binary, 'latin1');
-  const text = bytes.toString('utf8');
-  return Buffer.from(text, 'utf8').equals(bytes) ? { [name]: text } : { [`${name}Base64`]: bytes.toString('base64') };
+  return isUtf8(bytes) ? bytes.toString('utf8') : undefined;
 }
 
-/** One NDJSON line for an event. */
+/** Encodes a binary string as JSON fields: UTF-8 text when it is valid, else base64. */
+export function encodeBytes(name: 'key' | 'value' | 'start' | 'end', binary: string): Record<string, string> {
+  const text = utf8Text(binary);
+  return text !== undefined ? { [name]: text } : { [`${name}Base64`]: Buffer.from(binary, 'latin1').toString('base64') };
+}
+
+/** One JSON member for a binary string: `"name":"<text>"`, or `"nameBase64":"<base64>"`. */
+function bytesMember(name: 'key' | 'value', binary: string): string {
+  const text = utf8Text(binary);
+  return text !== undefined ? `"${name}":${JSON.stringify(text)}` : `"${name}Base64":"${Buffer.from(binary, 'latin1').toString('base64')}"`;
+}
+
+/**
+ * One NDJSON line for an event, written out member by member (on the write path of every
+ * event: no object per line), the same text as `JSON.stringify` of
+ * `{table, key|keyBase64, op, ts, value|valueBase64}`.
+ */
 export function eventLine(event: ChangeEvent): string {
-  const fields: Record<string, string> = { table: event.table, ...encodeBytes('key', event.key), op: event.op, ts: event.ts.toString() };
-  if (event.op === 'put' && event.value !== undefined) Object.assign(fields, encodeBytes('value', event.value));
-  return `${JSON.stringify(fields)}\n`;
+  let line = `{"table":${JSON.stringify(event.table)},${bytesMember('key', event.key)},"op":"${event.op}","ts":"${event.ts}"`;
+  if (event.op === 'put' && event.value !== undefined) line += `,${bytesMember('value', event.value)}`;
+  return `${line}}\n`;
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * The `postgres` sink (with the `pg` library): one SQL table per changefeed table,
  * created if missing, holding the latest state per key with the revision that set it.
- * `postgres://user:password@host:port/database[?poolMax=<n>][&passwordFile=<path>]`.
+ * `postgres://user:password@host:port/database[?poolMax=<n>][&rowsPerStatementMax=<n>][&passwordFile=<path>]`.
  * With `passwordFile` the password is read from that file (its first line) each time a
  * connection is opened, so it appears in no URI, answer or log; the URI then has none.
  *
@@ -11,8 +11,14 @@
  * (`deleted = true`, `value` null) with its revision: without it, a replayed older put
  * could bring a deleted key back. Readers select `where not deleted`.
  *
- * Each write is one statement in its own transaction, durable once it returns, so
- * `flush` has nothing left to do. `retire` tombstones the span's older rows.
+ * A write keeps the last event per key and sends its rows as four arrays (keys, values,
+ * revisions, deleted flags) to one prepared statement, `insert ... select from unnest(...)
+ * on conflict (key) do update ... where t.ts < excluded.ts`: one round trip and one commit
+ * for up to `rowsPerStatementMax` rows, whatever their count (the statement text, and so
+ * its plan, never changes with it). The unnest rows never hold a key twice: `on conflict
+ * do update` refuses to touch a row twice in one statement. A write of more rows runs its
+ * statements in one transaction, so still one commit. Durable once it returns, so `flush`
+ * has nothing left to do. `retire` tombstones the span's older rows.
  */
 import pg from 'pg';
 import type { Span } from '../../core/span.ts';
@@ -28,9 +34,17 @@ export { readPasswordFile };
 export interface PostgresSinkOptions {
   readonly connectionString: string;
   readonly poolMax: number;
+  /** Rows one upsert statement carries; a write of more runs several in one transaction. */
+  readonly rowsPerStatementMax: number;
   /** Where the password is read from at each connect, instead of the URI. */
   readonly passwordFile?: string;
 }
+
+/**
+ * Rows per statement: 10,000 is ten of the pipeline's default steps (1,000 events), so a
+ * step is one statement, and keeps one statement's arrays to a few MiB.
+ */
+export const postgresSinkDefaults = { rowsPerStatementMax: 10_000 } as const;
 
 export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   const url = parseUri(uri, ['postgres', 'postgresql'], 'sink');
@@ -42,13 +56,15 @@ export function parsePostgresSinkUri(uri: string): PostgresSinkOptions {
   if (url.searchParams.has('password')) throw new BadUriError('postgres sink uri parameter "password" is not allowed: put the password in a file and use passwordFile=<path>');
   const poolMax = intParam(url, 'poolMax', 4, 1, 100);
   url.searchParams.delete('poolMax');
+  const rowsPerStatementMax = intParam(url, 'rowsPerStatementMax', postgresSinkDefaults.rowsPerStatementMax, 1, 1_000_000);
+  url.searchParams.delete('rowsPerStatementMax');
   const passwordFile = url.searchParams.get('passwordFile');
   url.searchParams.delete('passwordFile');
-  if (passwordFile === null) return { connectionString: url.toString(), poolMax };
+  if (passwordFile === null) return { connectionString: url.toString(), poolMax, rowsPerStatementMax };
   if (url.password !== '') throw new BadUriError('postgres sink uri: give either a password or passwordFile, not both');
   const problem = credentialPathProblem(passwordFile);
   if (problem !== undefined) throw new BadUriError(`postgres sink uri parameter passwordFile=${JSON.stringify(passwordFile.slice(0, 200))} ${problem}`);
-  return { connectionString: url.toString(), poolMax, passwordFile };
+  return { connectionString: url.toString(), poolMax, rowsPerStatementMax, passwordFile };
 }
 
 /** The host and port a postgres sink connects to. */
@@ -90,14 +106,47 @@ export function tableIdentifier(table: string): string {
   return `"${table.replaceAll('"', '""')}"`;
 }
 
-/** Rows written per statement. */
-const rowsPerStatement = 500;
+/**
+ * The guarded upsert of one table, as a named statement (pg prepares it once per
+ * connection): every row from four parallel arrays, applied only over an older revision.
+ * Revisions are numeric(20,0), text in JS: they are bigints up to 2^64.
+ */
+function upsertStatement(table: string): { name: string; text: string } {
+  const identifier = tableIdentifier(table);
+  return {
+    // One name per table: pg refuses to prepare one name with two texts on a connection.
+    name: `spanfeed-upsert-${table}`,
+    text: `insert into ${identifier} as t (key, value, ts, deleted)
+      select * from unnest($1::bytea[], $2::bytea[], $3::numeric[], $4::boolean[])
+      on conflict (key) do update set value = excluded.value, ts = excluded.ts, deleted = excluded.deleted
+      where t.ts < excluded.ts`,
+  };
+}
+
+/** The four arrays of the upsert: key, value (null on a delete), revision, deleted. */
+function upsertArrays(rows: readonly ChangeEvent[]): [Buffer[], (Buffer | null)[], string[], boolean[]] {
+  const keys: Buffer[] = new Array<Buffer>(rows.length);
+  const values: (Buffer | null)[] = new Array<Buffer | null>(rows.length);
+  const revisions: string[] = new Array<string>(rows.length);
+  const deleted: boolean[] = new Array<boolean>(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const event = rows[i] as ChangeEvent;
+    keys[i] = Buffer.from(event.key, 'latin1');
+    values[i] = event.op === 'put' ? Buffer.from(event.value ?? '', 'latin1') : null;
+    revisions[i] = event.ts.toString();
+    deleted[i] = event.op === 'delete';
+  }
+  return [keys, values, revisions, deleted];
+}
 
 export class PostgresSink implements Sink {
   private readonly pool: pg.Pool;
   private readonly created = new Map<string, Promise<void>>();
 
-  constructor(options: PostgresSinkOptions, context: SinkContext = {}) {
+  constructor(
+    private readonly options: PostgresSinkOptions,
+    context: SinkContext = {},
+  ) {
     const passwordFile = options.passwordFile;
     this.pool = new pg.Pool({
       connectionString: options.connectionString,
@@ -112,24 +161,33 @@ export class PostgresSink implements Sink {
   async write(span: Span, events: readonly ChangeEvent[]): Promise<void> {
     if (events.length === 0) return;
     await this.ensureTable(span.table);
-    // Only the last event per key matters within one write.
+    // Only the last event per key matters within one write, and a statement may hold a key once.
     const latest = new Map<string, ChangeEvent>();
     for (const event of events) latest.set(event.key, event);
     const rows = [...latest.values()];
-    const table = tableIdentifier(span.table);
-    for (let i = 0; i < rows.length; i += rowsPerStatement) {
-      const chunk = rows.slice(i, i + rowsPerStatement);
-      const values: unknown[] = [];
-      const tuples = chunk.map((event, j) => {
-        values.push(Buffer.from(event.key, 'latin1'), event.op === 'put' ? Buffer.from(event.value ?? '', 'latin1') : null, event.ts.toString(), event.op === 'delete');
-        return `($${j * 4 + 1}, $${j * 4 + 2}, $${j * 4 + 3}::numeric, $${j * 4 + 4})`;
-      });
-      await this.pool.query(
-        `insert into ${table} as t (key, value, ts, deleted) values ${tuples.join(', ')}
-         on conflict (key) do update set value = excluded.value, ts = excluded.ts, deleted = excluded.deleted
-         where t.ts < excluded.ts`,
-        values,
+    const statement = upsertStatement(span.table);
+    const rowsMax = this.options.rowsPerStatementMax;
+    if (rows.length <= rowsMax) {
+      await this.pool.query({ ...statement, values: upsertArrays(rows) });
+      return;
+    }
+    const client = await this.pool.connect();
+    let broken: unknown;
+    try {
+      await client.query('begin');
+      for (let i = 0; i < rows.length; i += rowsMax) await client.query({ ...statement, values: upsertArrays(rows.slice(i, i + rowsMax)) });
+      await client.query('commit');
+    } catch (error) {
+      broken = error;
+      // A failed statement left the transaction aborted: it is rolled back, and a client
+      // whose rollback fails too (the connection is gone) leaves the pool.
+      await client.query('rollback').then(
+        () => (broken = undefined),
+        () => undefined,
       );
+      throw error;
+    } finally {
+      client.release(broken === undefined ? undefined : (broken as Error));
     }
   }
 

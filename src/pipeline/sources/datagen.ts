@@ -12,7 +12,7 @@
  */
 import type { QuietAnswer, QuietRequest } from '../../agent/quiet-spans.ts';
 import type { Span } from '../../core/span.ts';
-import { spanKeyHashes } from '../../core/span-digest.ts';
+import { spanKeyHashState, spanKeyHashes } from '../../core/span-digest.ts';
 import type { ChangeEvent, ReadResult, Source, SourceContext } from '../source.ts';
 import { BadUriError, intParam, optionalIntParam, parseUri, rejectUnknownParams } from '../uri.ts';
 
@@ -70,6 +70,9 @@ export function datagenPeriodMs(options: DatagenOptions, context: DatagenContext
   return period < 1n ? 1n : period;
 }
 
+/** The last ts the number loop of `read` holds exactly. */
+const maxSafeTs = BigInt(Number.MAX_SAFE_INTEGER);
+
 export class DatagenSource implements Source {
   /** Undefined: idle spans, no events, the resolved-ts still follows the clock. */
   private readonly periodMs: bigint | undefined;
@@ -125,20 +128,38 @@ export class DatagenSource implements Source {
     return ts;
   }
 
+  /**
+   * The events of (afterTs, uptoTs]. The loop runs on numbers, not bigints (timestamps are
+   * wall-clock ms, far below 2^53), and hashes the span's identity once per read: each
+   * event continues the hash from there over its ts digits, the same hash as of the whole
+   * `identity \0 ts` text. One bigint per event remains, its `ts`.
+   */
   async read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): Promise<ReadResult> {
     const events: ChangeEvent[] = [];
     if (uptoTs <= afterTs) return { events, readUpToTs: afterTs };
     const periodMs = this.periodMs;
     if (periodMs === undefined) return { events, readUpToTs: uptoTs };
     const identity = this.identityOf(span);
-    for (let ts = this.firstEventAfter(span, afterTs, periodMs); ts <= uptoTs; ts += periodMs) {
-      if (events.length >= limit) return { events, readUpToTs: ts - 1n };
-      const [a, b] = spanKeyHashes(`${identity}\u0000${ts}`);
-      const index = a % this.options.keys;
-      const key = `${span.start}\u0000${index.toString(36).padStart(6, '0')}`;
-      events.push(b % 10 === 0 ? { table: span.table, key, op: 'delete', ts } : { table: span.table, key, value: `v${b.toString(36)}`, op: 'put', ts });
+    const first = this.firstEventAfter(span, afterTs, periodMs);
+    // Past 2^53 ms numbers lose whole ms: a read stops there (no clock gets that far).
+    if (afterTs >= maxSafeTs) return { events, readUpToTs: afterTs };
+    const last = uptoTs > maxSafeTs ? maxSafeTs : uptoTs;
+    if (first > last) return { events, readUpToTs: last };
+    const prefix = spanKeyHashState('\u0000', spanKeyHashState(identity));
+    const { keys } = this.options;
+    const { table, start } = span;
+    const step = Number(periodMs);
+    const end = Number(last);
+    let ts = Number(first);
+    for (; ts <= end; ts += step) {
+      if (events.length >= limit) return { events, readUpToTs: BigInt(ts - 1) };
+      const hashes = spanKeyHashState(String(ts), prefix);
+      const a = hashes[0] >>> 0;
+      const b = hashes[1] >>> 0;
+      const key = `${start}\u0000${(a % keys).toString(36).padStart(6, '0')}`;
+      events.push(b % 10 === 0 ? { table, key, op: 'delete', ts: BigInt(ts) } : { table, key, value: `v${b.toString(36)}`, op: 'put', ts: BigInt(ts) });
     }
-    return { events, readUpToTs: uptoTs };
+    return { events, readUpToTs: last };
   }
 
   async close(): Promise<void> {}
