@@ -25,6 +25,9 @@
  *                                 phase (no forced GC: noise below ~100,000 spans); heapGrowthBytesPerSpan
  *                                 gives each capture's growth
  *   checkpointLagMsP50/P99        steady: the changefeed's checkpoint lag, sampled every 100 ms
+ *   viewMsP99 / spansPageMsP99 / slowestMsP99
+ *                                 steady: the owner's answer time for GET /changefeeds/{id}, GET
+ *                                 .../spans?limit=1000 and GET .../spans/slowest?k=10
  *   moveMs / moveStallMs          one explicit move: until done / how long the watermark was withheld
  *   drainSpansPerSec              spans moved off a drained capture per second
  *   failoverMs                    SIGKILL of the owner -> a new owner is acting
@@ -126,7 +129,7 @@ async function main(): Promise<void> {
   const writerRate = positive('writer-rate', values['writer-rate'], 2_000);
   const perTable = positive('spans-per-table', values['spans-per-table'], Math.min(100_000, spanCount));
   const ttlS = positive('lease-ttl-s', values['lease-ttl-s'], 10);
-  const movesInFlight = positive('moves-in-flight', values['moves-in-flight'], 32);
+  const movesInFlight = positive('moves-in-flight', values['moves-in-flight'], 512);
   const tickMs = positive('tick-ms', values['tick-ms'], 50);
   const steadyS = positive('steady-s', values['steady-s'], 20);
   const cluster = `bench${process.pid}`;
@@ -192,10 +195,22 @@ async function main(): Promise<void> {
     // Steady state.
     sampler.phase = 'steady';
     const lags: number[] = [];
+    const answerMs = { view: [] as number[], spansPage: [] as number[], slowest: [] as number[] };
+    const timed = async <T>(into: number[], call: () => Promise<T>): Promise<T> => {
+      const started = performance.now();
+      const value = await call();
+      into.push(performance.now() - started);
+      return value;
+    };
     const steadyEnd = Date.now() + steadyS * 1_000;
-    while (Date.now() < steadyEnd) {
-      const v = await view();
+    for (let round = 0; Date.now() < steadyEnd; round++) {
+      const v = await timed(answerMs.view, view);
       if (v.checkpointLagMs !== null) lags.push(v.checkpointLagMs);
+      // Once a second: a page of the span list and the slowest spans, as an operator asks.
+      if (round % 10 === 0) {
+        await timed(answerMs.spansPage, () => api(owner.url, 'GET', '/api/v1/changefeeds/bench/spans?limit=1000', undefined, undefined, 60_000));
+        await timed(answerMs.slowest, () => api(owner.url, 'GET', '/api/v1/changefeeds/bench/spans/slowest?k=10', undefined, undefined, 60_000));
+      }
       await sleep(100);
     }
     const heapAfter = await Promise.all(captures.map(heapUsedBytes));
@@ -283,6 +298,10 @@ async function main(): Promise<void> {
         heapGrowthBytesPerSpan,
         checkpointLagMsP50: percentile(lags, 50),
         checkpointLagMsP99: percentile(lags, 99),
+        // Steady phase, asked of the owner: the changefeed view, GET /spans?limit=1000, GET /spans/slowest?k=10.
+        viewMsP99: Math.round(percentile(answerMs.view, 99)),
+        spansPageMsP99: Math.round(percentile(answerMs.spansPage, 99)),
+        slowestMsP99: Math.round(percentile(answerMs.slowest, 99)),
         moveMs,
         moveStallMs: stallMs,
         drainedSpans,
