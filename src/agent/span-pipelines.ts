@@ -139,7 +139,16 @@ export class SpanPipelines {
       this.collect(pipeline, pipeline.tick(ctx), out, ctx);
     }
     this.expireChecks(nowMs);
-    // Checks first: a span that is no longer quiet goes to `ready` in time for this tick.
+    return this.startSteps(nowMs, generationOf, sinceTsOf, out);
+  }
+
+  /**
+   * Starts steps and checks, without looking at deadlines: what the runner does as soon
+   * as calls return, so the places they free are used at once, not at the next tick (at
+   * 33,000 spans a capture, 256 places a tick of 50 ms were fewer steps than the spans
+   * with events needed, and the lag grew whenever ticks came late).
+   */
+  startSteps(nowMs: number, generationOf: GenerationOf, sinceTsOf: SinceTsOf = full, out: PipelineOutput = { effects: [], events: [] }): PipelineOutput {    // Checks first: a span that is no longer quiet goes to `ready` in time for this tick.
     const checks = this.takeChecks(nowMs, generationOf);
     // Each waiting pipeline is visited at most once: one that does not start a step
     // (backing off, waiting for its table) goes to the back and waits for the next tick.

@@ -144,12 +144,14 @@ export class PipelineRunner {
 
   private kicked = false;
 
+  /** Starts what can start, once the current I/O callbacks are done (coalesced: one per turn of the event loop). */
   private kick(): void {
     if (this.kicked) return;
     this.kicked = true;
     setImmediate(() => {
       this.kicked = false;
-      this.tick();
+      if (this.closed) return;
+      this.handle(this.pipelines.startSteps(Date.now(), this.generationOf, this.sinceTsOf));
     });
   }
 
@@ -221,6 +223,7 @@ export class PipelineRunner {
     if (this.closed) return;
     try {
       this.handle(this.pipelines.onQuietOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf));
+      this.kick();
     } catch (error) {
       this.log.error({ err: error, outcome: outcome.kind }, 'pipeline decision failed');
     }
@@ -230,6 +233,8 @@ export class PipelineRunner {
     if (this.closed) return;
     try {
       this.handle(this.pipelines.onOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf));
+      // A step that ended frees its place: the next one starts now, not at the next tick.
+      this.kick();
     } catch (error) {
       // A bug in the pipelines must not end the process: this changefeed's pipelines
       // stop deciding, the owner sees them go silent.
