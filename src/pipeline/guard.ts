@@ -7,6 +7,7 @@
  * the bounds fails every call with a non-retryable {@link BoundsError}, which fails the
  * changefeed with that message; nothing is read or written.
  */
+import type { QuietAnswer, QuietRequest } from '../agent/quiet-spans.ts';
 import type { Span } from '../core/span.ts';
 import type { PipelineBounds } from './bounds.ts';
 import { BoundsError, checkCredentialFile, checkEndpointsAllowed, checkFileSinkDir, checkMirrorRange, checkSourceRange, isMetadataEtcd, splitEndpoint, tableNameProblem } from './bounds.ts';
@@ -139,6 +140,7 @@ export class GuardedSource implements Source {
   readonly release?: (span: Span) => void;
   readonly earliestTs?: () => Promise<bigint>;
   readonly stats?: () => SourceStats;
+  readonly quietUpTo?: (requests: readonly QuietRequest[]) => Promise<readonly QuietAnswer[]>;
   private readonly gate: Gate;
 
   constructor(
@@ -163,6 +165,16 @@ export class GuardedSource implements Source {
       };
     }
     if (inner.release !== undefined) this.release = (span) => inner.release?.(span);
+    const quietUpTo = inner.quietUpTo;
+    if (quietUpTo !== undefined) {
+      // Every span of the check passes its range check, or the whole check fails (its
+      // spans then take steps, where the one out of bounds fails on its own).
+      this.quietUpTo = async (requests) => {
+        const check = await this.gate.passAny();
+        for (const request of requests) check(request.span);
+        return quietUpTo.call(inner, requests);
+      };
+    }
     const stats = inner.stats;
     if (stats !== undefined) this.stats = () => stats.call(inner);
     const earliest = inner.earliestTs;

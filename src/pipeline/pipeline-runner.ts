@@ -44,6 +44,8 @@ export interface PipelineObserver {
   flushed(seconds: number): void;
   /** Keys a backfill page copied. */
   keysCopied?(count: number): void;
+  /** A bulk check of quiet spans answered: how many spans it asked about, and how many it moved on. */
+  quietChecked?(spans: number, moved: number): void;
 }
 
 /** Bounds of the runner; the quiet checks' (quiet-spans.ts) apply when the source can answer them. */
@@ -222,7 +224,10 @@ export class PipelineRunner {
   private deliverQuiet(outcome: QuietOutcome): void {
     if (this.closed) return;
     try {
-      this.handle(this.pipelines.onQuietOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf));
+      const out = this.pipelines.onQuietOutcome(outcome, Date.now(), this.generationOf, this.sinceTsOf);
+      // A span the check moved on says so in exactly one progress event.
+      if (outcome.kind === 'quiet-checked') this.observer?.quietChecked?.(outcome.answers.length, out.events.filter((e) => e.kind === 'progress').length);
+      this.handle(out);
       this.kick();
     } catch (error) {
       this.log.error({ err: error, outcome: outcome.kind }, 'pipeline decision failed');

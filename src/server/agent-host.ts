@@ -255,6 +255,10 @@ export class AgentHost {
         eventsWritten: (count) => this.metadata.metrics.sourceEvents.inc({ changefeed: info.id }, count),
         flushed: (seconds) => this.metadata.metrics.sinkFlushSeconds.observe({ changefeed: info.id }, seconds),
         keysCopied: (count) => this.metadata.metrics.backfillKeysCopied.inc({ changefeed: info.id }, count),
+        quietChecked: (spans, moved) => {
+          this.metadata.metrics.quietChecks.inc({ changefeed: info.id });
+          this.metadata.metrics.quietSpansMoved.inc({ changefeed: info.id }, moved);
+        },
       },
     );
     hosted = { agent, epoch: info.epoch, runner, sink, source, reply: undefined };

@@ -36,6 +36,8 @@ export class Metrics {
   readonly sourceEvents: Counter<'changefeed'>;
   readonly sinkFlushSeconds: Histogram<'changefeed'>;
   readonly backfillKeysCopied: Counter<'changefeed'>;
+  readonly quietChecks: Counter<'changefeed'>;
+  readonly quietSpansMoved: Counter<'changefeed'>;
   readonly sinkFilesRetired: Counter<'changefeed'>;
   readonly ownerTickSeconds: Histogram;
   readonly elections: Counter;
@@ -57,6 +59,8 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry });
     this.sourceEvents = new Counter({ name: 'spanfeed_source_events_total', help: 'Change events read from sources and written to sinks by this capture.', labelNames: ['changefeed'], registers });
     this.backfillKeysCopied = new Counter({ name: 'spanfeed_backfill_keys_copied_total', help: 'Keys this capture copied into sinks by backfills (rate() is the backfill speed).', labelNames: ['changefeed'], registers });
+    this.quietChecks = new Counter({ name: 'spanfeed_pipeline_quiet_checks_total', help: 'Bulk checks of quiet spans this capture put to its sources (one call for up to --pipeline-quiet-batch spans).', labelNames: ['changefeed'], registers });
+    this.quietSpansMoved = new Counter({ name: 'spanfeed_pipeline_quiet_spans_moved_total', help: 'Span checkpoints those checks moved on without a step (no events to write).', labelNames: ['changefeed'], registers });
     this.sinkFlushSeconds = new Histogram({
       name: 'spanfeed_sink_flush_duration_seconds',
       help: 'Time a sink took to make a batch durable.',

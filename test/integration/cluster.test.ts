@@ -122,6 +122,12 @@ describe('a three-capture cluster', () => {
     expect(otherText).toMatch(/spanfeed_capture_spans_held\{changefeed="cf1"\} \d+/);
     expect(otherText).toMatch(/spanfeed_sink_flush_duration_seconds_count\{changefeed="cf1"\} \d+/);
     expect(otherText).toMatch(/spanfeed_source_events_total\{changefeed="cf1"\} \d+/);
+    // Its spans move on by bulk checks of the source between their steps (quiet-spans.ts).
+    const counter = (text: string, name: string): number => Number(new RegExp(`^${name}\\{changefeed="cf1"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0);
+    await waitFor('quiet checks that moved spans on', async () => {
+      const now = await (await fetch(`${other.url}/metrics`)).text();
+      return counter(now, 'spanfeed_pipeline_quiet_checks_total') > 0 && counter(now, 'spanfeed_pipeline_quiet_spans_moved_total') > 0 ? true : undefined;
+    }, 15_000, 200);
   });
 
   it('streams watermark changes as server-sent events, also through a non-owner', async () => {
