@@ -235,6 +235,11 @@ export class Coordinator {
     if (this.phase === 'running') this.manager.setDesiredSpans(tables, spans);
   }
 
+  /** The tables the coordinator replicates (as last set). */
+  get tableRanges(): readonly TableRange[] {
+    return this.tables;
+  }
+
   /** Advances one tick. */
   tick(input: TickInput): TickOutput {
     this.tickCount++;

@@ -45,13 +45,13 @@ export interface SetEffects {
 }
 
 /**
- * What a set knows of the operation it belongs to. `holding` is asked on every decision,
- * never copied into the set: a hold cannot outlive its operation's prepare phase.
+ * What a set knows of the operation it belongs to. `holds` is asked on every decision,
+ * never copied into the set: a hold cannot outlive its operation.
  */
 export interface SetOperation {
   readonly id: number;
-  /** True while the set's secondary must stay prepared and must not be promoted. */
-  readonly holding: boolean;
+  /** True while `set` (a new span of it) must stay prepared and must not be promoted. */
+  holds(set: ReplicationSet): boolean;
 }
 
 /** What a capture reported about a span, as seen during an owner's rebuild. */
@@ -130,7 +130,7 @@ export class ReplicationSet {
 
   /** True while the set's operation holds its secondary prepared. */
   get held(): boolean {
-    return this.operation?.holding === true;
+    return this.operation?.holds(this) === true;
   }
 
   /**

@@ -36,7 +36,7 @@ import { assert } from './assert.ts';
 import type { CaptureId } from './messages.ts';
 import type { ReplicationSet, SetOperation } from './replication-set.ts';
 import type { Span } from './span.ts';
-import { formatSpan } from './span.ts';
+import { formatSpan, spanKey } from './span.ts';
 import { tsMin } from './ts.ts';
 
 export type SpanOperationKind = 'split' | 'merge';
@@ -87,6 +87,7 @@ export class SpanOperation implements SetOperation {
   phase: SpanOperationPhase = 'prepare';
   reason: string | undefined;
   private newSets: ReplicationSet[] = [];
+  private readonly newKeys: ReadonlySet<string>;
 
   /**
    * Starts the operation: marks the old sets and prepares the new spans, each on its
@@ -104,6 +105,7 @@ export class SpanOperation implements SetOperation {
     this.newSpans = init.newSpans;
     this.targets = init.targets;
     this.sinceTick = init.tick;
+    this.newKeys = new Set(init.newSpans.map(spanKey));
     let fromTs: bigint | undefined;
     for (const set of init.old) {
       assert(set.operation === undefined && set.state === 'replicating' && set.task === undefined, 'operation on a busy set', set.describe());
@@ -114,9 +116,9 @@ export class SpanOperation implements SetOperation {
     this.newSets = init.newSpans.map((span, i) => fx.prepareNew(span, init.targets[i] as CaptureId, startTs, this));
   }
 
-  /** {@link SetOperation.holding}: new spans wait prepared until the operation is done. */
-  get holding(): boolean {
-    return this.phase === 'prepare' || this.phase === 'commit';
+  /** {@link SetOperation.holds}: its new spans wait prepared until it is done. */
+  holds(set: ReplicationSet): boolean {
+    return (this.phase === 'prepare' || this.phase === 'commit') && this.newKeys.has(set.key);
   }
 
   /** The table it works on. */
