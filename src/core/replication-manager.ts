@@ -27,7 +27,7 @@ import { findCoverageProblem, formatSpan, spanKey } from './span.ts';
 import type { OperationEffects, SpanOperationKind } from './span-operation.ts';
 import { SpanOperation } from './span-operation.ts';
 import type { HeldSpan } from './tiling.ts';
-import { adoptHeldTiling } from './tiling.ts';
+import { adoptHeldTiling, spansOverlap } from './tiling.ts';
 import { MutableDigest } from './span-digest.ts';
 import { SpanOrder } from './span-order.ts';
 import { SpanSummary } from './span-summary.ts';
@@ -189,7 +189,16 @@ export class ReplicationManager implements SetEffects {
         if (!listed) this.settle(operation, () => operation.abort("the changefeed's spans changed", this.operationEffects));
         continue;
       }
-      if (!listed) continue;
+      if (!listed) {
+        // The spans it would leave behind are not what the shell wants any more: its old
+        // spans still stop (a commit is never taken back), its new ones are then dropped,
+        // and the spans listed take the range.
+        if (!operation.detached) {
+          operation.detached = true;
+          this.coverageDirty = true;
+        }
+        continue;
+      }
       for (const set of operation.old) wanted.delete(set.key);
       for (const set of operation.sets) wanted.add(set.key);
     }
@@ -294,6 +303,7 @@ export class ReplicationManager implements SetEffects {
       switch (task.kind) {
         case 'add':
           if (set.state !== 'absent' || this.unwanted.has(set.key) || !isTarget(task.capture)) continue;
+          if (this.overlapsStoppingSpan(set)) continue;
           if (this.addsThisTick >= this.limits.addBatchPerTickMax) continue;
           if (this.tasksInFlight.add + this.tasksInFlight.remove >= this.limits.addRemoveTasksInFlightMax) continue;
           this.addsThisTick++;
@@ -387,6 +397,20 @@ export class ReplicationManager implements SetEffects {
     return operation;
   }
 
+  /**
+   * True when `set` overlaps an old span of a detached operation that is still being
+   * stopped: the set is added once that span stopped, or two pipelines would write the
+   * same keys. O(operations in flight).
+   */
+  private overlapsStoppingSpan(set: ReplicationSet): boolean {
+    if (this.operations.size === 0) return false;
+    for (const operation of this.operations.values()) {
+      if (!operation.detached) continue;
+      for (const old of operation.old) if (this.sets.get(old.key) === old && spansOverlap(old.span, set.span)) return true;
+    }
+    return false;
+  }
+
   /** Steps every operation in flight (after the tick's reports and membership changes). */
   stepOperations(): void {
     for (const operation of [...this.operations.values()]) {
@@ -422,7 +446,7 @@ export class ReplicationManager implements SetEffects {
   tiling(): Span[] {
     const spans: Span[] = [];
     for (const set of this.sets.values()) if (set.operation === undefined && !this.unwanted.has(set.key)) spans.push(set.span);
-    for (const operation of this.operations.values()) for (const set of operation.old) spans.push(set.span);
+    for (const operation of this.operations.values()) if (!operation.detached) for (const set of operation.old) spans.push(set.span);
     return spans;
   }
 
@@ -485,7 +509,7 @@ export class ReplicationManager implements SetEffects {
       // A split or merge in flight counts as one span over its range (DESIGN.md §6).
       this.coverage = findCoverageProblem(this.tables, (function* (sets, operations) {
         for (const set of sets.values()) if (set.operation === undefined) yield set.span;
-        for (const operation of operations.values()) yield operation.range;
+        for (const operation of operations.values()) if (!operation.detached) yield operation.range;
       })(this.sets, this.operations));
       this.coverageDirty = false;
     }
@@ -529,7 +553,7 @@ export class ReplicationManager implements SetEffects {
       }
       if (set.secondary !== undefined) secondaries.set(set.secondary, (secondaries.get(set.secondary) ?? 0) + 1);
       if (set.secondary !== undefined && set.primary !== undefined) movingOut.set(set.primary, (movingOut.get(set.primary) ?? 0) + 1);
-      assert(this.absentSets.has(set) === (set.state === 'absent' && this.isWanted(set)), 'absent index out of date', set.describe());
+      assert(this.absentSets.has(set) === (set.state === 'absent' && this.isWanted(set) && set.operation === undefined), 'absent index out of date', set.describe());
     }
     assert(this.ordered.size === this.sets.size, `span order holds ${this.ordered.size} sets, the manager ${this.sets.size}`);
     const summary = new SpanSummary();

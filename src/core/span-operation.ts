@@ -86,6 +86,12 @@ export class SpanOperation implements SetOperation {
   readonly sinceTick: number;
   phase: SpanOperationPhase = 'prepare';
   reason: string | undefined;
+  /**
+   * Set when the shell's spans changed under it after its commit (its table removed or
+   * cut anew): the old spans still stop, but the new ones are dropped, not released,
+   * and the spans the shell listed cover the range instead.
+   */
+  detached = false;
   private newSets: ReplicationSet[] = [];
   private readonly newKeys: ReadonlySet<string>;
 
@@ -197,6 +203,12 @@ export class SpanOperation implements SetOperation {
   private stepCommit(fx: OperationEffects): boolean {
     if (this.old.some((set) => fx.tracks(set))) return false;
     // Every old span is stopped: its checkpoint is final (see the file comment).
+    if (this.detached) {
+      this.phase = 'aborted';
+      this.reason = "the changefeed's spans changed after the commit";
+      for (const set of this.newSets) fx.dropNew(set);
+      return true;
+    }
     let startTs: bigint | undefined;
     for (const set of this.old) startTs = startTs === undefined ? set.checkpointTs : tsMin(startTs, set.checkpointTs);
     this.phase = 'done';
