@@ -28,6 +28,9 @@ import type { OperationEffects, SpanOperationKind } from './span-operation.ts';
 import { SpanOperation } from './span-operation.ts';
 import type { HeldSpan } from './tiling.ts';
 import { adoptHeldTiling, spansOverlap } from './tiling.ts';
+
+/** Stopping spans of one table checked one by one for overlap with an add (see overlapsStopping). */
+export const stoppingCheckedMax = 64;
 import { MutableDigest } from './span-digest.ts';
 import { SpanOrder } from './span-order.ts';
 import { SpanSummary } from './span-summary.ts';
@@ -109,6 +112,13 @@ export class ReplicationManager implements SetEffects {
   private readonly captures = new Map<CaptureId, CaptureSpans>();
   private readonly pending = new Map<CaptureId, PendingDispatch>();
   private readonly unwanted = new Set<string>();
+  /**
+   * Per table, its sets that are no longer wanted and still have a holder (being
+   * removed, retired or found stopping). While a table has any, no span of it is added:
+   * its spans may have been cut anew, and an old span that still writes would share keys
+   * with a new one. Empty in a steady state, so the check is O(1).
+   */
+  private readonly stoppingByTable = new Map<string, Set<ReplicationSet>>();
   private tables: readonly TableRange[] = [];
   private coverageDirty = true;
   private coverage: CoverageProblem | undefined;
@@ -303,7 +313,7 @@ export class ReplicationManager implements SetEffects {
       switch (task.kind) {
         case 'add':
           if (set.state !== 'absent' || this.unwanted.has(set.key) || !isTarget(task.capture)) continue;
-          if (this.overlapsStoppingSpan(set)) continue;
+          if (this.overlapsStopping(set)) continue;
           if (this.addsThisTick >= this.limits.addBatchPerTickMax) continue;
           if (this.tasksInFlight.add + this.tasksInFlight.remove >= this.limits.addRemoveTasksInFlightMax) continue;
           this.addsThisTick++;
@@ -395,20 +405,6 @@ export class ReplicationManager implements SetEffects {
     for (const set of old) this.apply(set, () => undefined);
     this.events.push({ type: 'operation-started', operation: operation.view() });
     return operation;
-  }
-
-  /**
-   * True when `set` overlaps an old span of a detached operation that is still being
-   * stopped: the set is added once that span stopped, or two pipelines would write the
-   * same keys. O(operations in flight).
-   */
-  private overlapsStoppingSpan(set: ReplicationSet): boolean {
-    if (this.operations.size === 0) return false;
-    for (const operation of this.operations.values()) {
-      if (!operation.detached) continue;
-      for (const old of operation.old) if (this.sets.get(old.key) === old && spansOverlap(old.span, set.span)) return true;
-    }
-    return false;
   }
 
   /** Steps every operation in flight (after the tick's reports and membership changes). */
@@ -580,6 +576,15 @@ export class ReplicationManager implements SetEffects {
       for (const set of spans.inTransition) assert(this.sets.get(set.key) === set && set.involves(capture), 'transition index out of date', set.describe());
     }
     assert(digestTotal === this.stateCounts.replicating, 'replicating digests do not add up to the replicating sets');
+    let stopping = 0;
+    for (const set of this.sets.values()) {
+      const is = this.unwanted.has(set.key) && set.holders().length > 0;
+      assert(is === (this.stoppingByTable.get(set.span.table)?.has(set) ?? false), 'stopping index out of date', set.describe());
+      if (is) stopping++;
+    }
+    let indexed = 0;
+    for (const sets of this.stoppingByTable.values()) indexed += sets.size;
+    assert(indexed === stopping, `stopping index holds ${indexed} sets, the sets say ${stopping}`);
     for (const operation of this.operations.values()) {
       assert(!operation.settled, 'a settled operation is still in flight', operation.view());
       for (const set of operation.old) {
@@ -719,6 +724,33 @@ export class ReplicationManager implements SetEffects {
       // starts anew from the checkpoint, or the table would have a gap for good. The old
       // span of an operation is not: the operation's new spans take its range.
       if (current && wanted && free) this.createSet(new ReplicationSet(set.span, this.floorTs, set.key));
+    }
+    this.indexStopping(set);
+  }
+
+  /**
+   * True when a span no longer wanted that still has a holder shares keys with `set`:
+   * adding `set` now could give those keys two writers (the table's spans were cut anew,
+   * or a new owner went back to the persisted tiling), so it waits for that span to stop.
+   * Exact while the table has few such spans; beyond {@link stoppingCheckedMax} every add
+   * of the table waits, which bounds the cost of a table cut anew at once.
+   */
+  private overlapsStopping(set: ReplicationSet): boolean {
+    const stopping = this.stoppingByTable.get(set.span.table);
+    if (stopping === undefined) return false;
+    if (stopping.size > stoppingCheckedMax) return true;
+    for (const other of stopping) if (spansOverlap(other.span, set.span)) return true;
+    return false;
+  }
+
+  private indexStopping(set: ReplicationSet): void {
+    const stopping = !set.removed && this.sets.get(set.key) === set && this.unwanted.has(set.key) && set.holders().length > 0;
+    let sets = this.stoppingByTable.get(set.span.table);
+    if (stopping) {
+      if (sets === undefined) this.stoppingByTable.set(set.span.table, (sets = new Set()));
+      sets.add(set);
+    } else if (sets !== undefined && sets.delete(set) && sets.size === 0) {
+      this.stoppingByTable.delete(set.span.table);
     }
   }
 
