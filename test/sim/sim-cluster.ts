@@ -197,7 +197,7 @@ export class SimCluster {
    * Tiling writes of owners in office (after a split or merge is done, or a rebuild
    * adopted one), landing at `atStep` if the owner is still in office then (a fenced write).
    */
-  private tilingWrites: { owner: SimOwner; table: string; spans: Span[]; atStep: number }[] = [];
+  private tilingWrites: { owner: SimOwner; coordinator: CoordinatorType; table: string; spans: Span[]; atStep: number }[] = [];
 
   constructor(options: SimOptions) {
     this.options = options;
@@ -366,8 +366,11 @@ export class SimCluster {
       if (table === undefined) continue;
       const spans = coordinator.tiling().filter((span) => span.table === table).sort(compareSpans);
       if (spans.length === 0) continue;
-      const atStep = this.step + (this.faultsOn && this.rng.chance(0.3) ? 1 + this.rng.int(20) : 0);
-      this.tilingWrites.push({ owner, table, spans, atStep });
+      let atStep = this.step + (this.faultsOn && this.rng.chance(0.3) ? 1 + this.rng.int(20) : 0);
+      // One write per table at a time, with the latest tiling (as the shell serialises them).
+      for (const earlier of this.tilingWrites) if (earlier.table === table && earlier.atStep > atStep) atStep = earlier.atStep;
+      this.tilingWrites = this.tilingWrites.filter((earlier) => earlier.table !== table);
+      this.tilingWrites.push({ owner, coordinator, table, spans, atStep });
     }
     this.landTilingWrites();
   }
@@ -380,7 +383,8 @@ export class SimCluster {
         continue;
       }
       const { owner } = write;
-      if (this.owner === owner && owner.zombieUntil < 0 && this.membership.has(owner.id)) this.spansByTable.set(write.table, write.spans);
+      // Fenced: the owner is still in office, and its run (a pause or failure ends it) too.
+      if (this.owner === owner && owner.zombieUntil < 0 && this.membership.has(owner.id) && owner.coordinator === write.coordinator) this.spansByTable.set(write.table, write.spans);
       else this.stats.tilingWritesLost = (this.stats.tilingWritesLost ?? 0) + 1;
     }
     this.tilingWrites = waiting;
@@ -1132,7 +1136,8 @@ export class SimCluster {
     if (this.livenessFailure !== undefined) return;
     if (this.settledAt < 0) {
       const counts = coordinator === undefined ? 'no owner' : `${coordinator.phase} ${JSON.stringify(coordinator.manager.stateCounts)}`;
-      this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})`;
+      const tiling = coordinator === undefined ? '' : tilingDifference(coordinator.tiling(), this.spans, coordinator.manager.operations.size);
+      this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})${tiling}`;
     } else if ((this.coordinatorCheckpoints.get(this.step - convergeStepsMax) ?? 0n) > this.persisted.checkpointTs) {
       this.livenessFailure = `the persisted checkpoint ${this.persisted.checkpointTs} is below the coordinator's of ${convergeStepsMax} steps before (${this.coordinatorCheckpoints.get(this.step - convergeStepsMax)})`;
     } else if ([...this.drainStore.persisted].some((id) => !this.membership.has(id))) {
@@ -1192,4 +1197,13 @@ function sameSpans(a: readonly Span[], b: readonly Span[]): boolean {
   if (a.length !== b.length) return false;
   const keys = new Set(a.map(spanKey));
   return b.every((span) => keys.has(spanKey(span)));
+}
+
+/** How the coordinator's tiling differs from the persisted one, for a liveness failure. */
+function tilingDifference(coordinator: readonly Span[], persisted: readonly Span[], operations: number): string {
+  const have = new Set(coordinator.map(spanKey));
+  const want = new Set(persisted.map(spanKey));
+  const only = (a: Set<string>, b: Set<string>): string => [...a].filter((k) => !b.has(k)).map((k) => k.replace('\u0000', ' ')).join(',');
+  if (operations === 0 && only(have, want) === '' && only(want, have) === '') return '';
+  return `; ${operations} operations in flight; the coordinator's tiling has [${only(have, want)}], the persisted one [${only(want, have)}]`;
 }
