@@ -274,6 +274,7 @@ export class Coordinator {
     if (target === undefined || !target.initialized) return refuse('unknown-capture', `no live capture ${capture}`);
     if (target.leaving) return refuse('capture-draining', `capture ${capture} is draining`);
     if (set.state !== 'replicating' || set.task !== undefined) return refuse('span-not-replicating', `the span is ${set.state}${set.task ? ` (${set.task} in flight)` : ''}`);
+    if (set.operation !== undefined) return refuse('span-in-transition', 'the span is being split or merged');
     if (set.primary === capture) return refuse('span-already-there', `the span is already replicated by ${capture}`);
     const queuedTo = this.moveScheduler.queuedTarget(key);
     if (queuedTo !== undefined) return refuse('move-queued', `a move of the span to ${queuedTo} is already queued`);
@@ -565,7 +566,9 @@ export class Coordinator {
       const set = this.manager.sets.get(task.key);
       if (set === undefined) continue;
       const reason =
-        set.state !== 'replicating' || set.task !== undefined
+        set.operation !== undefined
+          ? 'the span is being split or merged'
+          : set.state !== 'replicating' || set.task !== undefined
           ? `the span is ${set.state}${set.task === undefined ? '' : ` (${set.task} in flight)`}`
           : set.primary === task.capture
             ? `the span is already on ${task.capture}`
