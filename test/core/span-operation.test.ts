@@ -219,6 +219,42 @@ describe('merge', () => {
   });
 });
 
+describe('the shell changes the spans under an operation', () => {
+  const other = { name: 'o', start: 'a', end: 'z' };
+  const otherSpan: Span = { table: 'o', start: 'a', end: 'z' };
+
+  it('in prepare, the operation is aborted', () => {
+    const { co, A } = running();
+    expect(co.requestSplit('t', 'a', 'd').ok).toBe(true);
+    let out = step(co, { reports: [] });
+    A.receive(out.outbox);
+    co.setSpans([other], [otherSpan]);
+    out = step(co, { reports: [] });
+    expect(ofType(out, 'operation-aborted')).toEqual([expect.objectContaining({ reason: "the changefeed's spans changed" })]);
+    expect(co.operations()).toEqual([]);
+  });
+
+  it('in commit, the old spans still stop, the new ones are dropped, the listed spans take over', () => {
+    const { co, A } = running();
+    expect(co.requestSplit('t', 'a', 'd').ok).toBe(true);
+    let out = step(co, { reports: [] });
+    A.receive(out.outbox);
+    out = step(co, { reports: [A.report([A.hold(left, 'prepared', 150n), A.hold(right, 'prepared', 150n)])] });
+    expect(dispatches(out)).toEqual([{ to: 'A', adds: [], removes: [s0] }]);
+    A.receive(out.outbox);
+    // The table is cut anew in two: [a,m) overlaps s0, which may still write, so it waits.
+    const cut = [{ table: 't', start: 'a', end: 'm' }, { table: 't', start: 'm', end: 'z' }];
+    co.setSpans([{ name: 't', start: 'a', end: 'z' }], cut);
+    out = step(co, { reports: [] });
+    expect(dispatches(out).flatMap((d) => d.adds)).toEqual([]);
+    out = step(co, { reports: [A.report([A.hold(s0, 'stopped', 170n)])] });
+    expect(ofType(out, 'operation-aborted')).toEqual([expect.objectContaining({ reason: "the changefeed's spans changed after the commit" })]);
+    expect(dispatches(out).flatMap((d) => d.removes)).toEqual(expect.arrayContaining([left, right]));
+    expect(co.operations()).toEqual([]);
+    expect(sorted(co.tiling())).toEqual(sorted(cut));
+  });
+});
+
 describe('refused requests', () => {
   it('says why, and changes nothing', () => {
     const { co } = running({ splitsInFlightMax: 1 });
