@@ -4,14 +4,18 @@
  * a model of etcd (membership with lease expiry, election revisions, fenced checkpoint
  * writes), and faults: capture crashes and restarts, owner crashes, pauses longer than
  * the lease (the deposed owner keeps acting for a few steps and must be fenced), owner
- * resignations, operator moves, drains and rebalances; and, under the real pure span
+ * resignations, operator moves, drains and rebalances, splits and merges of spans at run
+ * time (whose new tiling the owner writes, sometimes too late: the next owner must settle
+ * it from what the captures hold); and, under the real pure span
  * pipelines, an upstream with history and compaction, a backfill of every table at the
  * start, source and sink calls that fail, fail midway or hang past their deadline,
  * record writes that fail or land unanswered, and resumes with backfill after a
  * compaction failed the changefeed. Drains go through each owner's pure
  * {@link OwnerDrains} into a model of the persisted drain keys.
  *
- * After every step it checks the invariants of DESIGN.md §8 and that the sink holds, at
+ * After every step it checks the invariants of DESIGN.md §8, that no two pipelines write
+ * overlapping spans at once, that the owner's spans (a split or merge in flight counted
+ * as one) tile every table exactly once, and that the sink holds, at
  * the persisted checkpoint and at the checkpoints agents report, exactly the upstream's
  * state; once faults stop it checks that every span replicates again and the checkpoint
  * advances within a bound.
