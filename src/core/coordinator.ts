@@ -227,7 +227,14 @@ export class Coordinator {
 
   /**
    * Sets the tables and the spans they are split into. Before the rebuild they are kept
-   * for it; afterwards new spans start absent and dropped ones are removed.
+   * for it; afterwards new spans start absent and dropped ones are removed (a new span
+   * that shares keys with a dropped one that still writes waits until it stopped).
+   *
+   * Splits and merges change the tiling at run time: the shell passes the persisted
+   * tiling, brought up to date from `operation-done` and `tiling-adopted` (the table's
+   * spans in `tiling()`). An operation in flight survives a call that still lists its old
+   * spans; one in prepare whose old spans are no longer listed is aborted, one in commit
+   * finishes stopping them and its new spans are dropped for the ones listed.
    */
   setSpans(tables: readonly TableRange[], spans: readonly Span[]): void {
     this.tables = tables;
