@@ -209,6 +209,11 @@ export class ReplicationManager implements SetEffects {
         }
         continue;
       }
+      // Listed again before it finished: it releases its new spans after all.
+      if (operation.detached) {
+        operation.detached = false;
+        this.coverageDirty = true;
+      }
       for (const set of operation.old) wanted.delete(set.key);
       for (const set of operation.sets) wanted.add(set.key);
     }
