@@ -6,6 +6,9 @@
  * replicating ──move(d)──► prepare (old primary keeps writing; d catches up)
  * commit: stop old primary ─► wait stopped (take its final checkpoint) ─► promote d
  * replicating ──remove──► removing ──primary stopped──► (deleted)
+ * absent ──prepareHeld(c)──► prepare ──c prepared──► commit (held: not promoted until the
+ *        split or merge it belongs to is done, see span-operation.ts)
+ * prepare | commit, no primary ──retire──► commit (secondary undetermined) ──stopped──► absent
  * ```
  *
  * Roles: at most one `primary` (the only capture that writes to the sink), at most one
@@ -462,10 +465,10 @@ export class ReplicationSet {
   }
 
   private acceptPromotedSecondary(status: SpanStatus, fx: SetEffects): void {
-    if (this.held) {
+    if (this.held && this.secondary !== undefined) {
       // Never promoted by this owner: a writer now would share keys with the old span.
-      fx.violation(this, `held secondary ${this.secondary ?? '?'} replicates ${formatSpan(this.span)}`);
-      fx.send(this, { kind: 'remove', to: this.secondary ?? '' });
+      fx.violation(this, `held secondary ${this.secondary} replicates ${formatSpan(this.span)}`);
+      fx.send(this, { kind: 'remove', to: this.secondary });
       return;
     }
     if (this.primary !== undefined) {
