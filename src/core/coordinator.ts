@@ -37,7 +37,8 @@ import type { Span, TableRange } from './span.ts';
 import type { StallHolders } from './stall-detector.ts';
 import { StallDetector, findStallHolders } from './stall-detector.ts';
 import type { Task } from './task.ts';
-import { spanKey } from './span.ts';
+import type { SpanOperationView } from './span-operation.ts';
+import { endBefore, formatSpan, spanKey } from './span.ts';
 import { maxTs, tsMax } from './ts.ts';
 import type { Watermark } from './watermark.ts';
 import { computeWatermark } from './watermark.ts';
@@ -62,6 +63,11 @@ export interface CoordinatorLimits extends ReplicationLimits, CaptureTiming {
   readonly stallHoldersRefreshMs: number;
   /** Spans and captures a stalled watermark names at most (it counts all of them). */
   readonly stallHoldersListedMax: number;
+  /**
+   * Splits and merges in flight at once. Each withholds the watermark while it runs, so
+   * a few at a time; more are refused (`operations-bound`), never queued.
+   */
+  readonly splitsInFlightMax: number;
 }
 
 /** Defaults, tuned for a 50 ms tick. */
@@ -84,6 +90,7 @@ export const coordinatorDefaults: CoordinatorLimits = {
   stallAfterMs: 30_000,
   stallHoldersRefreshMs: 1_000,
   stallHoldersListedMax: 10,
+  splitsInFlightMax: 4,
 };
 
 /** What a coordinator is created with. */
@@ -134,7 +141,16 @@ export type RequestErrorCode =
   | 'capture-draining'
   | 'last-capture'
   | 'queue-full'
-  | 'move-queued';
+  | 'move-queued'
+  | 'bad-split-key'
+  | 'not-adjacent'
+  | 'span-in-transition'
+  | 'operations-bound';
+
+/** The answer to a split or merge request: the operation's id when it started. */
+export type OperationRequestResult =
+  | { readonly ok: true; readonly operation: SpanOperationView }
+  | { readonly ok: false; readonly code: RequestErrorCode; readonly message: string };
 
 /** A queued move that could not start when its turn came (the API shows the latest ones). */
 export interface MoveRefusal {
@@ -211,12 +227,24 @@ export class Coordinator {
 
   /**
    * Sets the tables and the spans they are split into. Before the rebuild they are kept
-   * for it; afterwards new spans start absent and dropped ones are removed.
+   * for it; afterwards new spans start absent and dropped ones are removed (a new span
+   * that shares keys with a dropped one that still writes waits until it stopped).
+   *
+   * Splits and merges change the tiling at run time: the shell passes the persisted
+   * tiling, brought up to date from `operation-done` and `tiling-adopted` (the table's
+   * spans in `tiling()`). An operation in flight survives a call that still lists its old
+   * spans; one in prepare whose old spans are no longer listed is aborted, one in commit
+   * finishes stopping them and its new spans are dropped for the ones listed.
    */
   setSpans(tables: readonly TableRange[], spans: readonly Span[]): void {
     this.tables = tables;
     this.desired = spans;
     if (this.phase === 'running') this.manager.setDesiredSpans(tables, spans);
+  }
+
+  /** The tables the coordinator replicates (as last set). */
+  get tableRanges(): readonly TableRange[] {
+    return this.tables;
   }
 
   /** Advances one tick. */
@@ -229,6 +257,7 @@ export class Coordinator {
     if (input.captures !== undefined) this.updateMembership(input.captures, tick);
     for (const report of input.reports) this.handleReport(report, tick);
     if (this.phase === 'bootstrapping') this.tryRebuild();
+    if (this.phase === 'running') this.manager.stepOperations();
     if (this.phase === 'running' && this.captures.uninitialized().length === 0) this.schedule(tick);
     this.trackDigestMismatches(tick);
 
@@ -252,11 +281,90 @@ export class Coordinator {
     if (target === undefined || !target.initialized) return refuse('unknown-capture', `no live capture ${capture}`);
     if (target.leaving) return refuse('capture-draining', `capture ${capture} is draining`);
     if (set.state !== 'replicating' || set.task !== undefined) return refuse('span-not-replicating', `the span is ${set.state}${set.task ? ` (${set.task} in flight)` : ''}`);
+    if (set.operation !== undefined) return refuse('span-in-transition', 'the span is being split or merged');
     if (set.primary === capture) return refuse('span-already-there', `the span is already replicated by ${capture}`);
     const queuedTo = this.moveScheduler.queuedTarget(key);
     if (queuedTo !== undefined) return refuse('move-queued', `a move of the span to ${queuedTo} is already queued`);
     if (!this.moveScheduler.request(key, capture)) return refuse('queue-full', `${this.limits.moveRequestsQueuedMax} moves are already queued`);
     return { ok: true };
+  }
+
+  /**
+   * Splits the span of `table` that starts at `start` at key `at` (start < at < end), as
+   * a two-phase operation (`span-operation.ts`): `[start, at)` and `[at, end)` are
+   * prepared on `targets` (default: both on the span's capture) while the span keeps
+   * writing, then it is stopped and they take over from its final checkpoint.
+   */
+  requestSplit(table: string, start: string, at: string, targets?: readonly [CaptureId, CaptureId]): OperationRequestResult {
+    if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);
+    const set = this.findSpan(table, start);
+    if (set === undefined || !this.manager.isWanted(set)) return refuse('unknown-span', `no span of table ${table} starts at ${JSON.stringify(start)}`);
+    if (!(at > set.span.start) || !endBefore(at, set.span.end)) return refuse('bad-split-key', `${JSON.stringify(at)} is not inside ${formatSpan(set.span)}`);
+    const busy = this.busyProblem([set]);
+    if (busy !== undefined) return busy;
+    const left = { table, start: set.span.start, end: at };
+    const right = { table, start: at, end: set.span.end };
+    const chosen = targets ?? [set.primary ?? '', set.primary ?? ''];
+    return this.startOperation('split', [set], [left, right], chosen);
+  }
+
+  /**
+   * Merges the span of `table` that starts at `start` with the next one into one span,
+   * prepared on `capture` (default: the first span's capture) from the lower of their
+   * checkpoints; both are stopped once it is prepared, and it takes over from the lower
+   * of their final checkpoints.
+   */
+  requestMerge(table: string, start: string, capture?: CaptureId): OperationRequestResult {
+    if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);
+    const first = this.findSpan(table, start);
+    if (first === undefined || !this.manager.isWanted(first)) return refuse('unknown-span', `no span of table ${table} starts at ${JSON.stringify(start)}`);
+    const second = first.span.end === '' ? undefined : this.findSpan(table, first.span.end);
+    if (second === undefined || !this.manager.isWanted(second)) return refuse('not-adjacent', `no span follows ${formatSpan(first.span)} in table ${table}`);
+    const busy = this.busyProblem([first, second]);
+    if (busy !== undefined) return busy;
+    const union = { table, start: first.span.start, end: second.span.end };
+    return this.startOperation('merge', [first, second], [union], [capture ?? first.primary ?? '']);
+  }
+
+  /** The splits and merges in flight. */
+  operations(): SpanOperationView[] {
+    return [...this.manager.operations.values()].map((operation) => operation.view());
+  }
+
+  /**
+   * The changefeed's tiling as the coordinator has it, every table's: what the shell
+   * persists after `operation-done` or `tiling-adopted`. O(spans).
+   */
+  tiling(): Span[] {
+    return this.manager.tiling();
+  }
+
+  /** Why these sets cannot take part in an operation now; undefined when they can. */
+  private busyProblem(sets: readonly ReplicationSet[]): Refusal | undefined {
+    for (const set of sets) {
+      if (set.state !== 'replicating' || set.task !== undefined || set.operation !== undefined) {
+        const doing = set.operation !== undefined ? ' (a split or merge in flight)' : set.task !== undefined ? ` (${set.task} in flight)` : '';
+        return refuse('span-in-transition', `${formatSpan(set.span)} is ${set.state}${doing}`);
+      }
+    }
+    if (this.manager.operations.size >= this.limits.splitsInFlightMax) {
+      return refuse('operations-bound', `${this.limits.splitsInFlightMax} splits or merges are already in flight`);
+    }
+    return undefined;
+  }
+
+  private startOperation(kind: 'split' | 'merge', old: readonly ReplicationSet[], newSpans: readonly Span[], targets: readonly CaptureId[]): OperationRequestResult {
+    for (const capture of targets) {
+      const target = this.captures.captures.get(capture);
+      if (target === undefined || !target.initialized) return refuse('unknown-capture', `no live capture ${capture}`);
+      if (target.leaving) return refuse('capture-draining', `capture ${capture} is draining`);
+    }
+    for (const span of newSpans) {
+      // A set of that span is still stopping (an earlier operation's): wait for it.
+      if (this.manager.sets.has(spanKey(span))) return refuse('span-in-transition', `${formatSpan(span)} is still being stopped`);
+    }
+    const operation = this.manager.startOperation(kind, old, newSpans, targets, this.tickCount);
+    return { ok: true, operation: operation.view() };
   }
 
   /** Drains a capture: its spans move to others. Returns the spans still on it. */
@@ -339,6 +447,7 @@ export class Coordinator {
    */
   checkInvariants(): void {
     this.manager.checkInvariants();
+    assert(this.manager.operations.size <= this.limits.splitsInFlightMax, 'more splits and merges in flight than splitsInFlightMax');
     assert(this.checkpointTs <= this.resolvedTs, `global checkpoint ${this.checkpointTs} above resolved ${this.resolvedTs}`);
     const watermark = this.lastWatermark;
     if (watermark.state === 'stalled') {
@@ -408,7 +517,13 @@ export class Coordinator {
   private tryRebuild(): void {
     if (this.captures.captures.size === 0 || this.captures.uninitialized().length > 0) return;
     this.manager.rebuild(this.bootstrapReports);
+    // A split or merge the old owner finished may not be persisted yet: go on with the
+    // tiling the captures hold where it is consistent (see tiling.ts).
+    const adopted = this.manager.adoptHeldTiling(this.tables, this.desired);
+    for (const [table, spans] of adopted.changed) this.events.push({ type: 'tiling-adopted', table, spans });
+    this.desired = adopted.spans;
     this.manager.setDesiredSpans(this.tables, this.desired);
+    this.manager.retireUnwantedPreparers();
     this.events.push({ type: 'rebuilt', sets: this.manager.sets.size, captures: this.captures.captures.size });
     this.bootstrapReports.clear();
     this.phase = 'running';
@@ -458,7 +573,9 @@ export class Coordinator {
       const set = this.manager.sets.get(task.key);
       if (set === undefined) continue;
       const reason =
-        set.state !== 'replicating' || set.task !== undefined
+        set.operation !== undefined
+          ? 'the span is being split or merged'
+          : set.state !== 'replicating' || set.task !== undefined
           ? `the span is ${set.state}${set.task === undefined ? '' : ` (${set.task} in flight)`}`
           : set.primary === task.capture
             ? `the span is already on ${task.capture}`
@@ -584,6 +701,7 @@ export class Coordinator {
     const watermark = computeWatermark({
       uninitialized: this.phase === 'bootstrapping' && captures.captures.size === 0 ? ['(no live capture)'] : captures.uninitialized(),
       coverage: this.phase === 'running' ? manager.coverageProblem() : undefined,
+      operations: manager.operations.size,
       spanCount: manager.sets.size,
       stateCounts: manager.stateCounts,
       captures: this.captureAggregates(),
@@ -682,6 +800,9 @@ export class Coordinator {
   }
 }
 
-function refuse(code: RequestErrorCode, message: string): RequestResult {
+/** A refused request (assignable to every request's result). */
+type Refusal = { readonly ok: false; readonly code: RequestErrorCode; readonly message: string };
+
+function refuse(code: RequestErrorCode, message: string): Refusal {
   return { ok: false, code, message };
 }

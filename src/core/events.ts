@@ -5,6 +5,7 @@
 import type { CaptureId } from './messages.ts';
 import type { ReplicationState } from './replication-set.ts';
 import type { Span } from './span.ts';
+import type { SpanOperationPhase, SpanOperationView } from './span-operation.ts';
 import type { TaskKind } from './task.ts';
 
 /** Why the owner ignored a capture's message. */
@@ -28,6 +29,23 @@ export type CoordinatorEvent =
   | { readonly type: 'checkpoint-advanced'; readonly checkpointTs: bigint; readonly resolvedTs: bigint }
   | { readonly type: 'outbox-overflow'; readonly dropped: number }
   | { readonly type: 'move-refused'; readonly span: Span; readonly capture: CaptureId; readonly reason: string }
+  /** A split or merge started: its new spans are being prepared (`span-operation.ts`). */
+  | { readonly type: 'operation-started'; readonly operation: SpanOperationView }
+  /** It committed: the old spans are being stopped. */
+  | { readonly type: 'operation-changed'; readonly operation: SpanOperationView; readonly from: SpanOperationPhase; readonly to: SpanOperationPhase }
+  /**
+   * It is done: in `table`, the spans `replaced` are gone and `by` take their range. The
+   * shell persists the table's new tiling (`Coordinator.tiling()`), so the next owner
+   * derives the same spans.
+   */
+  | { readonly type: 'operation-done'; readonly operation: SpanOperationView; readonly table: string; readonly replaced: readonly Span[]; readonly by: readonly Span[] }
+  /** It gave up before its commit: the old spans go on, the new ones are stopped. */
+  | { readonly type: 'operation-aborted'; readonly operation: SpanOperationView; readonly from: string; readonly reason: string }
+  /**
+   * A new owner found the captures holding a tiling the persisted one does not have (an
+   * operation done, its tiling not persisted yet) and went on with it: persist `spans`.
+   */
+  | { readonly type: 'tiling-adopted'; readonly table: string; readonly spans: readonly Span[] }
   /** The watermark turned `stalled`: the checkpoint stood still behind the resolved-ts for `stallAfterMs`. */
   | {
       readonly type: 'stall-started';

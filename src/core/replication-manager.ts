@@ -20,10 +20,17 @@ import { assert } from './assert.ts';
 import type { CoordinatorEvent } from './events.ts';
 import { IndexedList } from './indexed-list.ts';
 import type { AddSpanRequest, CaptureId, SpanStatus } from './messages.ts';
-import type { CaptureReport, ReplicationState, SetEffects, SpanCommand } from './replication-set.ts';
+import type { CaptureReport, ReplicationState, SetEffects, SetOperation, SpanCommand } from './replication-set.ts';
 import { ReplicationSet, replicationStates } from './replication-set.ts';
 import type { CoverageProblem, Span, TableRange } from './span.ts';
 import { findCoverageProblem, formatSpan, spanKey } from './span.ts';
+import type { OperationEffects, SpanOperationKind } from './span-operation.ts';
+import { SpanOperation } from './span-operation.ts';
+import type { HeldSpan } from './tiling.ts';
+import { adoptHeldTiling, spansOverlap } from './tiling.ts';
+
+/** Stopping spans of one table checked one by one for overlap with an add (see overlapsStopping). */
+export const stoppingCheckedMax = 64;
 import { MutableDigest } from './span-digest.ts';
 import { SpanOrder } from './span-order.ts';
 import { SpanSummary } from './span-summary.ts';
@@ -97,11 +104,21 @@ export class ReplicationManager implements SetEffects {
   readonly fatalErrors: string[] = [];
   /** A floor for checkpoints of (re-)added spans: the persisted global checkpoint. */
   floorTs: bigint;
+  /** Splits and merges in flight, by id (`span-operation.ts`). */
+  readonly operations = new Map<number, SpanOperation>();
+  private nextOperationId = 1;
 
   private readonly limits: ReplicationLimits;
   private readonly captures = new Map<CaptureId, CaptureSpans>();
   private readonly pending = new Map<CaptureId, PendingDispatch>();
   private readonly unwanted = new Set<string>();
+  /**
+   * Per table, its sets that are no longer wanted and still have a holder (being
+   * removed, retired or found stopping). While a table has any, no span of it is added:
+   * its spans may have been cut anew, and an old span that still writes would share keys
+   * with a new one. Empty in a steady state, so the check is O(1).
+   */
+  private readonly stoppingByTable = new Map<string, Set<ReplicationSet>>();
   private tables: readonly TableRange[] = [];
   private coverageDirty = true;
   private coverage: CoverageProblem | undefined;
@@ -146,10 +163,10 @@ export class ReplicationManager implements SetEffects {
   setDesiredSpans(tables: readonly TableRange[], spans: readonly Span[]): void {
     this.tables = tables;
     this.coverageDirty = true;
-    const wanted = new Set<string>();
+    const wanted = this.wantedWithOperations(tables, spans);
     for (const span of spans) {
       const key = spanKey(span);
-      wanted.add(key);
+      if (!wanted.has(key)) continue;
       if (this.unwanted.delete(key)) {
         const set = this.sets.get(key);
         if (set !== undefined) this.apply(set, () => undefined);
@@ -157,11 +174,50 @@ export class ReplicationManager implements SetEffects {
       if (!this.sets.has(key)) this.createSet(new ReplicationSet(span, this.floorTs, key));
     }
     for (const set of this.sets.values()) {
-      if (wanted.has(set.key)) continue;
+      // The new spans of an operation in flight are wanted once it is done.
+      if (wanted.has(set.key) || set.operation !== undefined) continue;
       this.unwanted.add(set.key);
       if (set.state === 'absent' && set.holders().length === 0) this.deleteSet(set);
       else this.apply(set, () => undefined);
     }
+  }
+
+  /**
+   * The keys `spans` make wanted, given the operations in flight: an operation whose old
+   * spans are all still listed goes on (in commit they stay unwanted: they are being
+   * stopped, and their range is the new spans'); one in prepare whose old spans are not
+   * (its table was removed or cut anew) is aborted. One in commit cannot be taken back:
+   * it finishes, and its new spans are wanted only if listed.
+   */
+  private wantedWithOperations(tables: readonly TableRange[], spans: readonly Span[]): Set<string> {
+    const wanted = new Set<string>();
+    for (const span of spans) wanted.add(spanKey(span));
+    const ranges = new Map(tables.map((t) => [t.name, t] as const));
+    for (const operation of [...this.operations.values()]) {
+      const listed = operation.old.every((set) => wanted.has(set.key)) && ranges.has(operation.table);
+      if (operation.phase === 'prepare') {
+        if (!listed) this.settle(operation, () => operation.abort("the changefeed's spans changed", this.operationEffects));
+        continue;
+      }
+      if (!listed) {
+        // The spans it would leave behind are not what the shell wants any more: its old
+        // spans still stop (a commit is never taken back), its new ones are then dropped,
+        // and the spans listed take the range.
+        if (!operation.detached) {
+          operation.detached = true;
+          this.coverageDirty = true;
+        }
+        continue;
+      }
+      // Listed again before it finished: it releases its new spans after all.
+      if (operation.detached) {
+        operation.detached = false;
+        this.coverageDirty = true;
+      }
+      for (const set of operation.old) wanted.delete(set.key);
+      for (const set of operation.sets) wanted.add(set.key);
+    }
+    return wanted;
   }
 
   /** Registers a capture so it can receive work. Idempotent. */
@@ -258,10 +314,11 @@ export class ReplicationManager implements SetEffects {
     const started: Task[] = [];
     for (const task of tasks) {
       const set = this.sets.get(task.key);
-      if (set === undefined || set.task !== undefined) continue;
+      if (set === undefined || set.task !== undefined || set.operation !== undefined) continue;
       switch (task.kind) {
         case 'add':
           if (set.state !== 'absent' || this.unwanted.has(set.key) || !isTarget(task.capture)) continue;
+          if (this.overlapsStopping(set)) continue;
           if (this.addsThisTick >= this.limits.addBatchPerTickMax) continue;
           if (this.tasksInFlight.add + this.tasksInFlight.remove >= this.limits.addRemoveTasksInFlightMax) continue;
           this.addsThisTick++;
@@ -299,6 +356,127 @@ export class ReplicationManager implements SetEffects {
     return started;
   }
 
+  // ---- splits and merges ----
+
+  /** What operations do to the sets; every change goes through {@link apply}. */
+  private readonly operationEffects: OperationEffects = {
+    prepareNew: (span: Span, capture: CaptureId, checkpointTs: bigint, operation: SetOperation): ReplicationSet => {
+      const key = spanKey(span);
+      assert(!this.sets.has(key), `the new span ${formatSpan(span)} of an operation is already tracked`);
+      const set = new ReplicationSet(span, checkpointTs, key);
+      set.operation = operation;
+      this.createSet(set);
+      this.apply(set, () => set.prepareHeld(capture, checkpointTs, operation, this));
+      return set;
+    },
+    stopOld: (set: ReplicationSet): void => {
+      this.unwanted.add(set.key);
+      this.apply(set, () => set.remove(this));
+    },
+    dropNew: (set: ReplicationSet): void => {
+      if (this.sets.get(set.key) !== set) {
+        set.operation = undefined;
+        return;
+      }
+      this.unwanted.add(set.key);
+      this.apply(set, () => {
+        set.operation = undefined;
+        if (set.primary === undefined) set.retire(this);
+      });
+    },
+    release: (set: ReplicationSet): void => {
+      if (this.sets.get(set.key) !== set) {
+        set.operation = undefined;
+        return;
+      }
+      this.apply(set, () => {
+        set.operation = undefined;
+        set.kick(this);
+      });
+    },
+    tracks: (set: ReplicationSet): boolean => this.sets.get(set.key) === set,
+  };
+
+  /**
+   * Starts a split or merge of the replicating `old` sets (adjacent, in key order) into
+   * `newSpans`, prepared on `targets`. The caller validated the request.
+   */
+  startOperation(kind: SpanOperationKind, old: readonly ReplicationSet[], newSpans: readonly Span[], targets: readonly CaptureId[], tick: number): SpanOperation {
+    this.coverageDirty = true;
+    const id = this.nextOperationId++;
+    const operation = new SpanOperation({ id, kind, old, newSpans, targets, tick, floorTs: this.floorTs }, this.operationEffects);
+    this.operations.set(id, operation);
+    // The old sets leave the schedulers' queues (they belong to the operation now).
+    for (const set of old) this.apply(set, () => undefined);
+    this.events.push({ type: 'operation-started', operation: operation.view() });
+    return operation;
+  }
+
+  /** Steps every operation in flight (after the tick's reports and membership changes). */
+  stepOperations(): void {
+    for (const operation of [...this.operations.values()]) {
+      const before = operation.phase;
+      if (!operation.step(this.operationEffects)) continue;
+      if (operation.settled) this.finish(operation, before);
+      else this.events.push({ type: 'operation-changed', operation: operation.view(), from: before, to: operation.phase });
+    }
+  }
+
+  /** Runs a transition that settles `operation`, then forgets it. */
+  private settle(operation: SpanOperation, transition: () => void): void {
+    const before = operation.phase;
+    transition();
+    this.finish(operation, before);
+  }
+
+  private finish(operation: SpanOperation, before: string): void {
+    this.operations.delete(operation.id);
+    this.coverageDirty = true;
+    const view = operation.view();
+    if (operation.phase === 'aborted') {
+      this.events.push({ type: 'operation-aborted', operation: view, from: before, reason: operation.reason ?? '' });
+    } else {
+      this.events.push({ type: 'operation-done', operation: view, table: view.table, replaced: view.from, by: view.to });
+    }
+  }
+
+  /**
+   * The tiling to persist: every wanted span, with each operation in flight still at its
+   * old spans (they are the tiling until it is done). O(spans).
+   */
+  tiling(): Span[] {
+    const spans: Span[] = [];
+    for (const set of this.sets.values()) if (set.operation === undefined && !this.unwanted.has(set.key)) spans.push(set.span);
+    for (const operation of this.operations.values()) if (!operation.detached) for (const set of operation.old) spans.push(set.span);
+    return spans;
+  }
+
+  /**
+   * At a rebuild, before {@link setDesiredSpans}: the tiling the captures hold where a
+   * split or merge left the persisted one behind (see `tiling.ts`). Returns the spans to
+   * want and the tables whose tiling changed.
+   */
+  adoptHeldTiling(tables: readonly TableRange[], desired: readonly Span[]): { spans: Span[]; changed: Map<string, Span[]> } {
+    const desiredKeys = new Set(desired.map(spanKey));
+    const held: HeldSpan[] = [];
+    for (const set of this.sets.values()) {
+      if (desiredKeys.has(set.key) || (set.primary === undefined && set.secondary === undefined)) continue;
+      held.push({ span: set.span, writer: set.primary !== undefined });
+    }
+    return adoptHeldTiling(tables, desired, held, (span) => (this.sets.get(spanKey(span))?.holders().length ?? 0) > 0);
+  }
+
+  /**
+   * After a rebuild's {@link setDesiredSpans}: an unwanted set with a secondary and no
+   * primary is stopped now instead of promoted and then removed; its span may overlap
+   * a wanted one (a split or merge the old owner had not committed).
+   */
+  retireUnwantedPreparers(): void {
+    for (const set of [...this.sets.values()]) {
+      if (this.unwanted.has(set.key) && set.primary === undefined && set.secondary !== undefined) this.apply(set, () => set.retire(this));
+    }
+  }
+
   // ---- outputs ----
 
   /** Takes the commands batched since the last call, per capture. */
@@ -329,9 +507,11 @@ export class ReplicationManager implements SetEffects {
   /** The first coverage problem among the sets, recomputed only after sets changed. */
   coverageProblem(): CoverageProblem | undefined {
     if (this.coverageDirty) {
-      this.coverage = findCoverageProblem(this.tables, (function* (sets) {
-        for (const set of sets.values()) yield set.span;
-      })(this.sets));
+      // A split or merge in flight counts as one span over its range (DESIGN.md §6).
+      this.coverage = findCoverageProblem(this.tables, (function* (sets, operations) {
+        for (const set of sets.values()) if (set.operation === undefined) yield set.span;
+        for (const operation of operations.values()) if (!operation.detached) yield operation.range;
+      })(this.sets, this.operations));
       this.coverageDirty = false;
     }
     return this.coverage;
@@ -362,6 +542,11 @@ export class ReplicationManager implements SetEffects {
       if (set.state === 'absent') assert(set.primary === undefined && set.secondary === undefined, 'absent set with a role', set.describe());
       if (set.state === 'prepare') assert(set.secondary !== undefined, 'prepare without a secondary', set.describe());
       if (set.state === 'removing') assert(set.primary !== undefined, 'removing without a primary', set.describe());
+      if (set.operation !== undefined) {
+        const operation = this.operations.get(set.operation.id);
+        assert(operation === set.operation && (operation.old.includes(set) || operation.sets.includes(set)), 'a set belongs to an operation that is not in flight', set.describe());
+      }
+      if (set.held) assert(set.primary === undefined, 'a held set has a primary', set.describe());
       if (set.primary !== undefined) {
         primaries.set(set.primary, (primaries.get(set.primary) ?? 0) + 1);
         const spans = this.captures.get(set.primary);
@@ -369,7 +554,7 @@ export class ReplicationManager implements SetEffects {
       }
       if (set.secondary !== undefined) secondaries.set(set.secondary, (secondaries.get(set.secondary) ?? 0) + 1);
       if (set.secondary !== undefined && set.primary !== undefined) movingOut.set(set.primary, (movingOut.get(set.primary) ?? 0) + 1);
-      assert(this.absentSets.has(set) === (set.state === 'absent' && this.isWanted(set)), 'absent index out of date', set.describe());
+      assert(this.absentSets.has(set) === (set.state === 'absent' && this.isWanted(set) && set.operation === undefined), 'absent index out of date', set.describe());
     }
     assert(this.ordered.size === this.sets.size, `span order holds ${this.ordered.size} sets, the manager ${this.sets.size}`);
     const summary = new SpanSummary();
@@ -396,6 +581,25 @@ export class ReplicationManager implements SetEffects {
       for (const set of spans.inTransition) assert(this.sets.get(set.key) === set && set.involves(capture), 'transition index out of date', set.describe());
     }
     assert(digestTotal === this.stateCounts.replicating, 'replicating digests do not add up to the replicating sets');
+    let stopping = 0;
+    for (const set of this.sets.values()) {
+      const is = this.unwanted.has(set.key) && set.holders().length > 0;
+      assert(is === (this.stoppingByTable.get(set.span.table)?.has(set) ?? false), 'stopping index out of date', set.describe());
+      if (is) stopping++;
+    }
+    let indexed = 0;
+    for (const sets of this.stoppingByTable.values()) indexed += sets.size;
+    assert(indexed === stopping, `stopping index holds ${indexed} sets, the sets say ${stopping}`);
+    for (const operation of this.operations.values()) {
+      assert(!operation.settled, 'a settled operation is still in flight', operation.view());
+      for (const set of operation.old) {
+        assert(set.operation === operation, 'an old set of an operation is not marked', set.describe());
+        if (operation.phase === 'prepare') assert(this.sets.get(set.key) === set && set.state === 'replicating', 'an old set in prepare is not tracked or not replicating', set.describe());
+      }
+      for (const set of operation.sets) {
+        assert(set.operation === operation && this.sets.get(set.key) === set && set.held, 'a new set of an operation is not held', set.describe());
+      }
+    }
   }
 
   // ---- bookkeeping ----
@@ -501,12 +705,14 @@ export class ReplicationManager implements SetEffects {
 
     // Work queues for the basic scheduler.
     const wanted = !this.unwanted.has(set.key);
-    if (state === 'absent' && wanted && !set.removed) this.absentSets.add(set);
+    // A set of an operation in flight is the operation's to handle.
+    const free = set.operation === undefined;
+    if (state === 'absent' && wanted && !set.removed && free) this.absentSets.add(set);
     else this.absentSets.delete(set);
-    if (state === 'replicating' && !wanted && set.task === undefined) this.unwantedSets.add(set);
+    if (state === 'replicating' && !wanted && set.task === undefined && free) this.unwantedSets.add(set);
     else this.unwantedSets.delete(set);
 
-    if (set.removed || (state === 'absent' && !wanted && set.holders().length === 0)) {
+    if (set.removed || (state === 'absent' && !wanted && set.holders().length === 0 && free)) {
       const current = this.sets.get(set.key) === set;
       if (current) {
         this.sets.delete(set.key);
@@ -520,8 +726,36 @@ export class ReplicationManager implements SetEffects {
       this.absentSets.delete(set);
       this.unwantedSets.delete(set);
       // Wanted again while its remove ran (a table removed and added back): the span
-      // starts anew from the checkpoint, or the table would have a gap for good.
-      if (current && wanted) this.createSet(new ReplicationSet(set.span, this.floorTs, set.key));
+      // starts anew from the checkpoint, or the table would have a gap for good. The old
+      // span of an operation is not: the operation's new spans take its range.
+      if (current && wanted && free) this.createSet(new ReplicationSet(set.span, this.floorTs, set.key));
+    }
+    this.indexStopping(set);
+  }
+
+  /**
+   * True when a span no longer wanted that still has a holder shares keys with `set`:
+   * adding `set` now could give those keys two writers (the table's spans were cut anew,
+   * or a new owner went back to the persisted tiling), so it waits for that span to stop.
+   * Exact while the table has few such spans; beyond {@link stoppingCheckedMax} every add
+   * of the table waits, which bounds the cost of a table cut anew at once.
+   */
+  private overlapsStopping(set: ReplicationSet): boolean {
+    const stopping = this.stoppingByTable.get(set.span.table);
+    if (stopping === undefined) return false;
+    if (stopping.size > stoppingCheckedMax) return true;
+    for (const other of stopping) if (spansOverlap(other.span, set.span)) return true;
+    return false;
+  }
+
+  private indexStopping(set: ReplicationSet): void {
+    const stopping = !set.removed && this.sets.get(set.key) === set && this.unwanted.has(set.key) && set.holders().length > 0;
+    let sets = this.stoppingByTable.get(set.span.table);
+    if (stopping) {
+      if (sets === undefined) this.stoppingByTable.set(set.span.table, (sets = new Set()));
+      sets.add(set);
+    } else if (sets !== undefined && sets.delete(set) && sets.size === 0) {
+      this.stoppingByTable.delete(set.span.table);
     }
   }
 

@@ -6,6 +6,9 @@
  * replicating ──move(d)──► prepare (old primary keeps writing; d catches up)
  * commit: stop old primary ─► wait stopped (take its final checkpoint) ─► promote d
  * replicating ──remove──► removing ──primary stopped──► (deleted)
+ * absent ──prepareHeld(c)──► prepare ──c prepared──► commit (held: not promoted until the
+ *        split or merge it belongs to is done, see span-operation.ts)
+ * prepare | commit, no primary ──retire──► commit (secondary undetermined) ──stopped──► absent
  * ```
  *
  * Roles: at most one `primary` (the only capture that writes to the sink), at most one
@@ -44,6 +47,16 @@ export interface SetEffects {
   violation(set: ReplicationSet, message: string): void;
 }
 
+/**
+ * What a set knows of the operation it belongs to. `holds` is asked on every decision,
+ * never copied into the set: a hold cannot outlive its operation.
+ */
+export interface SetOperation {
+  readonly id: number;
+  /** True while `set` (a new span of it) must stay prepared and must not be promoted. */
+  holds(set: ReplicationSet): boolean;
+}
+
 /** What a capture reported about a span, as seen during an owner's rebuild. */
 export interface CaptureReport {
   readonly capture: CaptureId;
@@ -72,6 +85,12 @@ export class ReplicationSet {
   primaryIndex = -1;
   /** Manager bookkeeping: the kind of task running on this set, if any. */
   task: 'add' | 'move' | 'remove' | undefined = undefined;
+  /**
+   * The split or merge this set belongs to, while one is in flight (`span-operation.ts`):
+   * the schedulers leave such a set alone, the coverage check counts the operation's
+   * range instead, and a new span of it is held (see {@link held}).
+   */
+  operation: SetOperation | undefined = undefined;
 
   constructor(span: Span, checkpointTs: bigint, key: string = spanKey(span)) {
     this.span = span;
@@ -87,6 +106,51 @@ export class ReplicationSet {
     this.secondary = capture;
     this.state = 'prepare';
     fx.send(this, { kind: 'add', to: capture, secondary: false, checkpointTs: this.checkpointTs });
+  }
+
+  /**
+   * absent -> prepare, held: `capture` prepares the span from `checkpointTs` and waits
+   * (the new span of a split or merge, whose old span keeps writing). The set reaches
+   * commit once the secondary is prepared and is promoted only when its operation stops
+   * holding it.
+   */
+  prepareHeld(capture: CaptureId, checkpointTs: bigint, operation: SetOperation, fx: SetEffects): void {
+    assert(this.state === 'absent' && this.holders().length === 0, `held prepare on a ${this.state} set`, this.describe());
+    this.operation = operation;
+    this.raiseCheckpoint(checkpointTs);
+    this.secondary = capture;
+    this.state = 'prepare';
+    fx.send(this, { kind: 'add', to: capture, secondary: true, checkpointTs: this.checkpointTs });
+  }
+
+  /**
+   * Released by its operation: a set in commit whose secondary is prepared is promoted
+   * now instead of at its next report (one heartbeat sooner). Idempotent.
+   */
+  kick(fx: SetEffects): void {
+    if (this.state === 'commit' && !this.held) this.commitStep(fx);
+  }
+
+  /** True while the set's operation holds its secondary prepared. */
+  get held(): boolean {
+    return this.operation?.holds(this) === true;
+  }
+
+  /**
+   * A set that is not wanted any more and has no writer: its secondary is asked to stop
+   * and waited for like a capture found stopping (so a late report of it cannot be
+   * mistaken), then the set is absent (and the manager deletes it). A set with a primary
+   * is removed through {@link remove} instead.
+   */
+  retire(fx: SetEffects): void {
+    assert(this.primary === undefined, 'retire of a set with a primary', this.describe());
+    if (this.secondary !== undefined) {
+      const secondary = this.secondary;
+      this.secondary = undefined;
+      this.addUndetermined(secondary);
+      fx.send(this, { kind: 'remove', to: secondary });
+    }
+    this.state = this.undetermined === undefined ? 'absent' : 'commit';
   }
 
   /** replicating -> prepare: `to` prepares as a secondary while the primary keeps writing. */
@@ -392,6 +456,8 @@ export class ReplicationSet {
     }
     if (this.undetermined !== undefined) return;
     if (this.secondary !== undefined) {
+      // A held secondary stays prepared: its operation's old span still writes.
+      if (this.held) return;
       fx.send(this, { kind: 'add', to: this.secondary, secondary: false, checkpointTs: this.checkpointTs });
       return;
     }
@@ -399,6 +465,12 @@ export class ReplicationSet {
   }
 
   private acceptPromotedSecondary(status: SpanStatus, fx: SetEffects): void {
+    if (this.held && this.secondary !== undefined) {
+      // Never promoted by this owner: a writer now would share keys with the old span.
+      fx.violation(this, `held secondary ${this.secondary} replicates ${formatSpan(this.span)}`);
+      fx.send(this, { kind: 'remove', to: this.secondary });
+      return;
+    }
     if (this.primary !== undefined) {
       fx.violation(this, `secondary ${this.secondary ?? '?'} replicates ${formatSpan(this.span)} while ${this.primary} is primary`);
       return;
@@ -412,7 +484,7 @@ export class ReplicationSet {
 
   private sendAddToSecondary(fx: SetEffects): void {
     if (this.secondary === undefined) return;
-    const mustWait = this.primary !== undefined || this.undetermined !== undefined;
+    const mustWait = this.primary !== undefined || this.undetermined !== undefined || this.held;
     fx.send(this, { kind: 'add', to: this.secondary, secondary: mustWait, checkpointTs: this.checkpointTs });
   }
 

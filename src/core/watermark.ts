@@ -3,7 +3,8 @@
  *
  * 1. some live capture has not answered its first heartbeat -> cannot proceed;
  * 2. the spans do not tile every table exactly -> cannot proceed;
- * 3. some span is not replicating (an add, move or remove is in flight) -> cannot proceed;
+ * 3. a split or merge is in flight, or some span is not replicating (an add, move or
+ *    remove is in flight) -> cannot proceed;
  * 4. some capture's latest aggregate does not cover exactly the spans the owner believes
  *    it replicates (digest mismatch: stale or ahead) -> cannot proceed;
  * 5. otherwise checkpoint = min of the captures' aggregate checkpoints, resolved = min of
@@ -25,6 +26,7 @@ export type CannotProceedReason =
   | { readonly code: 'capture-not-initialized'; readonly captures: readonly CaptureId[] }
   | { readonly code: 'no-spans' }
   | { readonly code: 'span-coverage'; readonly problem: CoverageProblem }
+  | { readonly code: 'span-operation'; readonly operations: number }
   | { readonly code: 'span-not-replicating'; readonly absent: number; readonly prepare: number; readonly commit: number; readonly removing: number }
   | { readonly code: 'capture-watermark-stale'; readonly captures: readonly CaptureId[] }
   | { readonly code: 'failed'; readonly message: string };
@@ -50,6 +52,8 @@ export type Watermark =
 export interface WatermarkInput {
   readonly uninitialized: readonly CaptureId[];
   readonly coverage: CoverageProblem | undefined;
+  /** Splits and merges in flight: each withholds the watermark until it is done. */
+  readonly operations?: number;
   readonly spanCount: number;
   readonly stateCounts: StateCounts;
   /** Per capture: the owner's index and the capture's latest aggregate. */
@@ -69,6 +73,7 @@ export function computeWatermark(input: WatermarkInput): Exclude<Watermark, { st
   if (input.coverage !== undefined) {
     return { state: 'cannot-proceed', reason: { code: 'span-coverage', problem: input.coverage } };
   }
+  if ((input.operations ?? 0) > 0) return { state: 'cannot-proceed', reason: { code: 'span-operation', operations: input.operations ?? 0 } };
   const counts = input.stateCounts;
   if (counts.replicating !== input.spanCount) {
     return {
@@ -105,6 +110,8 @@ export function describeReason(reason: CannotProceedReason): string {
       return 'the changefeed has no spans';
     case 'span-coverage':
       return `spans do not cover table ${reason.problem.table} exactly (${reason.problem.kind})`;
+    case 'span-operation':
+      return `${reason.operations} split or merge operation(s) in flight`;
     case 'span-not-replicating':
       return `spans in flight: ${reason.absent} absent, ${reason.prepare} preparing, ${reason.commit} committing, ${reason.removing} removing`;
     case 'capture-watermark-stale':

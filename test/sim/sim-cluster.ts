@@ -4,14 +4,18 @@
  * a model of etcd (membership with lease expiry, election revisions, fenced checkpoint
  * writes), and faults: capture crashes and restarts, owner crashes, pauses longer than
  * the lease (the deposed owner keeps acting for a few steps and must be fenced), owner
- * resignations, operator moves, drains and rebalances; and, under the real pure span
+ * resignations, operator moves, drains and rebalances, splits and merges of spans at run
+ * time (whose new tiling the owner writes, sometimes too late: the next owner must settle
+ * it from what the captures hold); and, under the real pure span
  * pipelines, an upstream with history and compaction, a backfill of every table at the
  * start, source and sink calls that fail, fail midway or hang past their deadline,
  * record writes that fail or land unanswered, and resumes with backfill after a
  * compaction failed the changefeed. Drains go through each owner's pure
  * {@link OwnerDrains} into a model of the persisted drain keys.
  *
- * After every step it checks the invariants of DESIGN.md §8 and that the sink holds, at
+ * After every step it checks the invariants of DESIGN.md §8, that no two pipelines write
+ * overlapping spans at once, that the owner's spans (a split or merge in flight counted
+ * as one) tile every table exactly once, and that the sink holds, at
  * the persisted checkpoint and at the checkpoints agents report, exactly the upstream's
  * state; once faults stop it checks that every span replicates again and the checkpoint
  * advances within a bound.
@@ -21,13 +25,15 @@ import { OwnerGate, admitAdds, isRunning } from '../../src/agent/owner-gate.ts';
 import type { Coordinator as CoordinatorType } from '../../src/core/coordinator.ts';
 import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
+import type { CoordinatorEvent } from '../../src/core/events.ts';
 import { FailureWindow } from '../../src/core/failure-window.ts';
 import { resume } from '../../src/core/changefeed-lifecycle.ts';
 import type { LifecycleView } from '../../src/core/changefeed-lifecycle.ts';
 import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
-import { spanKey, splitTable } from '../../src/core/span.ts';
+import { compareSpans, spanKey, splitTable } from '../../src/core/span.ts';
+import { spansOverlap, tilingProblem } from '../../src/core/tiling.ts';
 import { SimNetwork } from './sim-network.ts';
 import { SimPipelines, SimSinkLog, SimUpstream, stateDifference } from './sim-pipelines.ts';
 import type { CaptureInfoView, SimWorld } from './sim-pipelines.ts';
@@ -183,7 +189,19 @@ export class SimCluster {
     pipelineFailures: 0,
     changefeedFailures: 0,
     resumes: 0,
+    splits: 0,
+    merges: 0,
+    operationsRefused: 0,
+    operationsDone: 0,
+    operationsAborted: 0,
+    tilingsAdopted: 0,
+    tilingWritesLost: 0,
   };
+  /**
+   * Tiling writes of owners in office (after a split or merge is done, or a rebuild
+   * adopted one), landing at `atStep` if the owner is still in office then (a fenced write).
+   */
+  private tilingWrites: { owner: SimOwner; coordinator: CoordinatorType; table: string; spans: Span[]; atStep: number }[] = [];
 
   constructor(options: SimOptions) {
     this.options = options;
@@ -205,7 +223,7 @@ export class SimCluster {
       }
     }
     const upstream = new SimUpstream(this.rng, [...this.spansByTable.values()].flat(), startTs);
-    this.world = { upstream, sink: new SimSinkLog(), records: new Map<string, BackfillProgress>(), doneAt: new Map(), stats: this.stats };
+    this.world = { upstream, sink: new SimSinkLog((span) => upstream.keysIn(span)), records: new Map<string, BackfillProgress>(), doneAt: new Map(), stats: this.stats };
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
     this.drainStore = new SimDrainStore(this.rng, { failProbability: 0.08, lostProbability: 0.04, slowProbability: 0.08, slowStepsMax: 30 }, (write) => this.onDrainLanded(write));
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
@@ -257,6 +275,7 @@ export class SimCluster {
     }
     this.metadata.step(step);
     this.drainStore.step(step);
+    this.landTilingWrites();
     this.tickOwners();
     this.followChangefeedState();
     this.checkInvariants();
@@ -292,6 +311,7 @@ export class SimCluster {
       if (targets.length > 0 && coordinator.requestMove(spanKey(span), this.rng.pick(targets)).ok) this.stats.moves = (this.stats.moves ?? 0) + 1;
     }
     if (this.rng.chance(0.01) && coordinator.requestRebalance().ok) this.stats.rebalances = (this.stats.rebalances ?? 0) + 1;
+    if (this.rng.chance(0.04)) this.requestOperation(coordinator);
     // A rolling restart: a drained capture that holds nothing is stopped and replaced (a
     // drained owner resigns first).
     for (const [id, state] of coordinator.captures.captures) {
@@ -301,6 +321,77 @@ export class SimCluster {
         this.crash(capture);
       }
     }
+  }
+
+  /**
+   * An operator's (or a split policy's) split or merge of a random span: split at one of
+   * its keys, on its capture or on two random ones; or merged with the next span. Merges
+   * are likelier once a table has many more spans than it started with.
+   */
+  private requestOperation(coordinator: CoordinatorType): void {
+    const tiling = coordinator.tiling().filter((span) => this.included.has(span.table));
+    if (tiling.length === 0) return;
+    const span = this.rng.pick(tiling);
+    const captures = [...coordinator.captures.captures.values()].filter((c) => c.initialized).map((c) => c.id);
+    const started = tiling.length / Math.max(1, this.options.spans);
+    if (this.rng.chance(started > 1.5 ? 0.3 : 0.6)) {
+      const keys = this.world.upstream.keysIn(span).map((key) => key.slice(span.table.length + 1)).filter((key) => key > span.start);
+      if (keys.length === 0 || captures.length === 0) return;
+      const at = this.rng.pick(keys);
+      const targets: [CaptureId, CaptureId] | undefined = this.rng.chance(0.5) ? undefined : [this.rng.pick(captures), this.rng.pick(captures)];
+      const result = coordinator.requestSplit(span.table, span.start, at, targets);
+      if (result.ok) this.stats.splits = (this.stats.splits ?? 0) + 1;
+      else this.stats.operationsRefused = (this.stats.operationsRefused ?? 0) + 1;
+      return;
+    }
+    const capture = this.rng.chance(0.5) || captures.length === 0 ? undefined : this.rng.pick(captures);
+    const result = coordinator.requestMerge(span.table, span.start, capture);
+    if (result.ok) this.stats.merges = (this.stats.merges ?? 0) + 1;
+    else this.stats.operationsRefused = (this.stats.operationsRefused ?? 0) + 1;
+  }
+
+  /**
+   * What the shell does with a coordinator's tiling events: the owner in office writes
+   * the table's new tiling (a fenced write, sometimes slow: an owner change before it
+   * lands loses it, and the next owner must cope with the tiling the captures hold).
+   */
+  private persistTilings(owner: SimOwner, coordinator: CoordinatorType, events: readonly CoordinatorEvent[]): void {
+    for (const event of events) {
+      let table: string | undefined;
+      if (event.type === 'operation-done') {
+        this.stats.operationsDone = (this.stats.operationsDone ?? 0) + 1;
+        table = event.table;
+      } else if (event.type === 'operation-aborted') {
+        this.stats.operationsAborted = (this.stats.operationsAborted ?? 0) + 1;
+      } else if (event.type === 'tiling-adopted') {
+        this.stats.tilingsAdopted = (this.stats.tilingsAdopted ?? 0) + 1;
+        table = event.table;
+      }
+      if (table === undefined) continue;
+      const spans = coordinator.tiling().filter((span) => span.table === table).sort(compareSpans);
+      if (spans.length === 0) continue;
+      let atStep = this.step + (this.faultsOn && this.rng.chance(0.3) ? 1 + this.rng.int(20) : 0);
+      // One write per table at a time, with the latest tiling (as the shell serialises them).
+      for (const earlier of this.tilingWrites) if (earlier.table === table && earlier.atStep > atStep) atStep = earlier.atStep;
+      this.tilingWrites = this.tilingWrites.filter((earlier) => earlier.table !== table);
+      this.tilingWrites.push({ owner, coordinator, table, spans, atStep });
+    }
+    this.landTilingWrites();
+  }
+
+  private landTilingWrites(): void {
+    const waiting: typeof this.tilingWrites = [];
+    for (const write of this.tilingWrites) {
+      if (write.atStep > this.step) {
+        waiting.push(write);
+        continue;
+      }
+      const { owner } = write;
+      // Fenced: the owner is still in office, and its run (a pause or failure ends it) too.
+      if (this.owner === owner && owner.zombieUntil < 0 && this.membership.has(owner.id) && owner.coordinator === write.coordinator) this.spansByTable.set(write.table, write.spans);
+      else this.stats.tilingWritesLost = (this.stats.tilingWritesLost ?? 0) + 1;
+    }
+    this.tilingWrites = waiting;
   }
 
   /**
@@ -720,6 +811,8 @@ export class SimCluster {
         }
       }
       this.sendAll(out.outbox);
+      // Only the owner in office writes (a zombie's write would be fenced).
+      if (captures !== undefined) this.persistTilings(owner, coordinator, out.events);
       if (coordinator.phase === 'failed') {
         // A span error retrying cannot fix (a compacted revision) fails the changefeed;
         // anything else is a broken invariant.
@@ -929,6 +1022,29 @@ export class SimCluster {
         primaries.set(key, capture.id);
       }
     }
+    // No key written by two pipelines at once, whatever the spans (splits and merges
+    // change them): overlapping writing spans on live captures.
+    const writing: { span: Span; capture: CaptureId }[] = [];
+    for (const capture of this.captures.values()) {
+      if (!this.canRun(capture)) continue;
+      for (const span of capture.pipelines.writingSpans()) writing.push({ span, capture: capture.id });
+    }
+    writing.sort((a, b) => compareSpans(a.span, b.span));
+    for (let i = 0; i + 1 < writing.length; i++) {
+      const a = writing[i] as { span: Span; capture: CaptureId };
+      for (let j = i + 1; j < writing.length; j++) {
+        const b = writing[j] as { span: Span; capture: CaptureId };
+        if (b.span.table !== a.span.table || !spansOverlap(a.span, b.span)) break;
+        if (spanKey(a.span) !== spanKey(b.span)) this.violations.push(`step ${step}: overlapping spans written at once: ${spanKey(a.span)} on ${a.capture} and ${spanKey(b.span)} on ${b.capture}`);
+      }
+    }
+    // Every key of every table has exactly one owner-side unit (a span, or a split or
+    // merge in flight as a whole): no key is ever left without a writer to come.
+    const office = this.owner?.coordinator;
+    if (office !== undefined && office.phase === 'running') {
+      const problem = tilingProblem(office.tableRanges, office.tiling());
+      if (problem !== undefined) this.violations.push(`step ${step}: the coordinator's spans do not tile its tables: ${JSON.stringify(problem)}`);
+    }
     const writers = new Map<string, number>();
     for (const capture of this.captures.values()) {
       if (!this.canRun(capture)) continue;
@@ -1004,11 +1120,15 @@ export class SimCluster {
   /** After faults stop: every span replicating, then the checkpoint advancing, in time. */
   private checkLiveness(final: boolean): void {
     const coordinator = this.owner?.coordinator;
+    // Settled: no split or merge in flight, every span replicating, and the tiling the
+    // coordinator has is exact and is the persisted one.
     const settled =
       coordinator !== undefined &&
       coordinator.phase === 'running' &&
+      coordinator.manager.operations.size === 0 &&
       coordinator.manager.sets.size === this.spans.length &&
-      coordinator.manager.stateCounts.replicating === this.spans.length;
+      coordinator.manager.stateCounts.replicating === this.spans.length &&
+      sameSpans(coordinator.tiling(), this.spans);
     if (settled && this.settledAt < 0) {
       this.settledAt = this.step;
       // The coordinator's: after a start from a stale cache it may still be below the
@@ -1020,7 +1140,8 @@ export class SimCluster {
     if (this.livenessFailure !== undefined) return;
     if (this.settledAt < 0) {
       const counts = coordinator === undefined ? 'no owner' : `${coordinator.phase} ${JSON.stringify(coordinator.manager.stateCounts)}`;
-      this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})`;
+      const tiling = coordinator === undefined ? '' : tilingDifference(coordinator.tiling(), this.spans, coordinator.manager.operations.size);
+      this.livenessFailure = `spans not all replicating ${this.options.livenessStepsMax} steps after faults stopped (${counts})${tiling}`;
     } else if ((this.coordinatorCheckpoints.get(this.step - convergeStepsMax) ?? 0n) > this.persisted.checkpointTs) {
       this.livenessFailure = `the persisted checkpoint ${this.persisted.checkpointTs} is below the coordinator's of ${convergeStepsMax} steps before (${this.coordinatorCheckpoints.get(this.step - convergeStepsMax)})`;
     } else if ([...this.drainStore.persisted].some((id) => !this.membership.has(id))) {
@@ -1073,4 +1194,20 @@ export class SimCluster {
   private liveCaptures(): SimCapture[] {
     return [...this.captures.values()].filter((c) => this.canRun(c) && this.membership.has(c.id));
   }
+}
+
+/** True when two lists hold the same spans (in any order). */
+function sameSpans(a: readonly Span[], b: readonly Span[]): boolean {
+  if (a.length !== b.length) return false;
+  const keys = new Set(a.map(spanKey));
+  return b.every((span) => keys.has(spanKey(span)));
+}
+
+/** How the coordinator's tiling differs from the persisted one, for a liveness failure. */
+function tilingDifference(coordinator: readonly Span[], persisted: readonly Span[], operations: number): string {
+  const have = new Set(coordinator.map(spanKey));
+  const want = new Set(persisted.map(spanKey));
+  const only = (a: Set<string>, b: Set<string>): string => [...a].filter((k) => !b.has(k)).map((k) => k.replace('\u0000', ' ')).join(',');
+  if (operations === 0 && only(have, want) === '' && only(want, have) === '') return '';
+  return `; ${operations} operations in flight; the coordinator's tiling has [${only(have, want)}], the persisted one [${only(want, have)}]`;
 }

@@ -20,7 +20,6 @@ import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
 import type { QuietAnswer, QuietCheck, QuietOutcome } from '../../src/agent/quiet-spans.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
-import { spanKey } from '../../src/core/span.ts';
 import { incrementalRetireRange } from '../../src/pipeline/backfill.ts';
 
 /** One version of a key: a value, or undefined for a delete. */
@@ -34,8 +33,15 @@ interface UpstreamEvent extends Version {
   readonly key: string;
 }
 
-/** The keys each span holds (`<span start>-<n>`), a few per span. */
+/** The keys each of the first spans holds (`<span start>-<n>`), a few per span. */
 const keysPerSpan = 4;
+
+/** True when `key` (`<table>\0<local key>`) lies in `span`. */
+export function keyInSpan(key: string, span: Span): boolean {
+  if (!key.startsWith(`${span.table}\u0000`)) return false;
+  const local = key.slice(span.table.length + 1);
+  return local >= span.start && (span.end === '' || local < span.end);
+}
 
 /** The latest version at or before `ts` of a sorted list (searched from the end: most reads are recent). */
 function versionAt(versions: readonly Version[] | undefined, ts: bigint): Version | undefined {
@@ -59,7 +65,11 @@ function firstAfter(events: readonly UpstreamEvent[], afterTs: bigint): number {
   return low;
 }
 
-/** The upstream: one key history per span, shared by every capture's source. */
+/**
+ * The upstream: a few keys per span of the first tiling, and one event history per
+ * table, shared by every capture's source. Reads and states are by key range, so spans
+ * split and merged at run time read exactly the keys inside them.
+ */
 export class SimUpstream {
   ts: bigint;
   /** Revisions below this cannot be read any more (an etcd compaction). */
@@ -67,6 +77,8 @@ export class SimUpstream {
   private readonly events = new Map<string, UpstreamEvent[]>();
   private readonly versions = new Map<string, Version[]>();
   private readonly spans: readonly Span[];
+  /** Per table, every key it can hold, sorted. */
+  private readonly keys = new Map<string, string[]>();
 
   constructor(
     private readonly rng: SeededRandom,
@@ -74,7 +86,13 @@ export class SimUpstream {
     startTs: bigint,
   ) {
     this.spans = spans;
-    for (const span of spans) this.events.set(spanKey(span), []);
+    for (const span of spans) {
+      this.events.set(span.table, []);
+      let keys = this.keys.get(span.table);
+      if (keys === undefined) this.keys.set(span.table, (keys = []));
+      for (let n = 0; n < keysPerSpan; n++) keys.push(`${span.table}\u0000${span.start}-${n}`);
+    }
+    for (const keys of this.keys.values()) keys.sort();
     // Keys that exist before the changefeed starts: only a backfill brings them over.
     this.ts = 0n;
     while (this.ts < startTs) this.advance(this.ts + 1n, 0.6);
@@ -89,7 +107,7 @@ export class SimUpstream {
       const key = `${span.table}\u0000${span.start}-${this.rng.int(keysPerSpan)}`;
       const value = this.rng.chance(0.2) ? undefined : `v${this.ts}`;
       const event: UpstreamEvent = { ts: this.ts, key, value };
-      this.events.get(spanKey(span))?.push(event);
+      this.events.get(span.table)?.push(event);
       let list = this.versions.get(key);
       if (list === undefined) this.versions.set(key, (list = []));
       list.push(event);
@@ -98,11 +116,12 @@ export class SimUpstream {
 
   /** The events of `span` with afterTs < ts <= uptoTs, at most `limit`, and how far they go. */
   read(span: Span, afterTs: bigint, uptoTs: bigint, limit: number): { events: UpstreamEvent[]; readUpToTs: bigint } {
-    const all = this.events.get(spanKey(span)) ?? [];
+    const all = this.events.get(span.table) ?? [];
     const events: UpstreamEvent[] = [];
     for (let i = firstAfter(all, afterTs); i < all.length; i++) {
       const event = all[i] as UpstreamEvent;
       if (event.ts > uptoTs) break;
+      if (!keyInSpan(event.key, span)) continue;
       events.push(event);
       if (events.length >= limit) return { events, readUpToTs: event.ts };
     }
@@ -134,12 +153,16 @@ export class SimUpstream {
   /** The keys of `span` that exist at `ts`, with the version they have there. */
   versionsAt(span: Span, ts: bigint): Map<string, Version> {
     const versions = new Map<string, Version>();
-    for (let n = 0; n < keysPerSpan; n++) {
-      const key = `${span.table}\u0000${span.start}-${n}`;
+    for (const key of this.keysIn(span)) {
       const version = versionAt(this.versions.get(key), ts);
       if (version?.value !== undefined) versions.set(key, version);
     }
     return versions;
+  }
+
+  /** Every key `span` can hold, sorted. */
+  keysIn(span: Span): string[] {
+    return (this.keys.get(span.table) ?? []).filter((key) => keyInSpan(key, span));
   }
 }
 
@@ -158,6 +181,9 @@ interface Retire {
 /** The sink: every entry ever made durable, per key, and the retires. */
 export class SimSinkLog {
   private readonly entries = new Map<string, Version[]>();
+
+  /** `keysIn`: the upstream keys a span can hold (the sink only ever holds those). */
+  constructor(private readonly keysIn: (span: Span) => readonly string[]) {}
   private readonly retires: Retire[] = [];
   entriesWritten = 0;
 
@@ -182,14 +208,14 @@ export class SimSinkLog {
   /** What a reader of the sink sees for `span` at `ts`. */
   stateAt(span: Span, ts: bigint): Map<string, string> {
     const state = new Map<string, string>();
-    const retires = this.retires.filter((r) => r.beforeTs <= ts && spanKey(r.span) === spanKey(span));
+    // A retire acts on the keys of its span's range (spans are split and merged).
+    const retires = this.retires.filter((r) => r.beforeTs <= ts && r.span.table === span.table);
     // The sink only ever holds upstream keys: the span's few.
-    for (let n = 0; n < keysPerSpan; n++) {
-      const key = `${span.table}\u0000${span.start}-${n}`;
+    for (const key of this.keysIn(span)) {
       const version = versionAt(this.entries.get(key), ts);
       if (version === undefined || version.value === undefined) continue;
       const local = key.slice(span.table.length + 1);
-      const retired = (r: Retire): boolean => version.ts < r.beforeTs && local >= r.start && (r.end === '' || local < r.end) && r.keep?.has(key) !== true;
+      const retired = (r: Retire): boolean => version.ts < r.beforeTs && keyInSpan(key, r.span) && local >= r.start && (r.end === '' || local < r.end) && r.keep?.has(key) !== true;
       if (retires.some(retired)) continue;
       state.set(key, version.value);
     }
@@ -321,6 +347,13 @@ export class SimPipelines {
     const keys: string[] = [];
     for (const pipeline of this.pipelines.values()) if (pipeline.writes) keys.push(pipeline.key);
     return keys;
+  }
+
+  /** The spans this capture writes to the sink. */
+  writingSpans(): Span[] {
+    const spans: Span[] = [];
+    for (const pipeline of this.pipelines.values()) if (pipeline.writes) spans.push(pipeline.span);
+    return spans;
   }
 
   /** Queues the effects; returns the events. */

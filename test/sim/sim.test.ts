@@ -8,10 +8,15 @@ const firstSeed = process.env.SIM_SEED !== undefined ? Number(process.env.SIM_SE
 describe('simulated cluster under faults', () => {
   it('keeps every invariant and recovers, over 120 seeds', () => {
     const failures: string[] = [];
+    const stats: Record<string, number> = {};
     const summary = runSeeds({ firstSeed, seeds: 120, steps: 500, spans: 16, captures: 4, livenessStepsMax: 200 }, (result) => {
       failures.push(`seed ${result.seed}: ${[...result.violations.slice(0, 3), result.livenessFailure ?? ''].join(' | ')}`);
-    });
+    }, stats);
     expect(failures).toEqual([]);
     expect(summary).toMatchObject({ seeds: 120, violations: 0, livenessFailures: 0, firstFailingSeed: null });
+    // Splits and merges ran under the faults: done, aborted, and adopted by new owners.
+    expect(stats.operationsDone ?? 0).toBeGreaterThan(0);
+    expect(stats.operationsAborted ?? 0).toBeGreaterThan(0);
+    expect(stats.tilingsAdopted ?? 0).toBeGreaterThan(0);
   });
 });

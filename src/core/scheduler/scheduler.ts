@@ -58,5 +58,5 @@ export function leastLoaded(view: SchedulerView, targets: readonly CaptureId[], 
 
 /** True for a set a policy may move now: replicating with no task running. */
 export function movable(set: ReplicationSet): boolean {
-  return set.state === 'replicating' && set.task === undefined;
+  return set.state === 'replicating' && set.task === undefined && set.operation === undefined;
 }
