@@ -137,9 +137,12 @@ export class SimUpstream {
   quietUpTo(span: Span, afterTs: bigint, resolvedTs: bigint): QuietAnswer {
     if (afterTs < this.compactedTs) return { quietTs: afterTs, needsStep: true };
     if (resolvedTs <= afterTs) return { quietTs: afterTs, needsStep: false };
-    const all = this.events.get(spanKey(span)) ?? [];
-    const next = all[firstAfter(all, afterTs)];
-    if (next !== undefined && next.ts <= resolvedTs) return { quietTs: next.ts - 1n, needsStep: true };
+    const all = this.events.get(span.table) ?? [];
+    for (let i = firstAfter(all, afterTs); i < all.length; i++) {
+      const event = all[i] as UpstreamEvent;
+      if (event.ts > resolvedTs) break;
+      if (keyInSpan(event.key, span)) return { quietTs: event.ts - 1n, needsStep: true };
+    }
     return { quietTs: resolvedTs, needsStep: false };
   }
 
