@@ -87,6 +87,12 @@ export interface EtcdSourceOptions {
    * from etcd once their reader got there (see `shed`).
    */
   readonly bufferBytesMax: number;
+  /**
+   * A new group whose joiners stand more than this many revisions behind the head starts
+   * its watcher at the head; the joiners catch up privately, in parallel
+   * (`groupStartBehindMax`).
+   */
+  readonly groupStartBehindMax: number;
   /** Private watchers at once that bring spans behind their group up to it (`catchUpWatchersMax`). */
   readonly catchUpWatchersMax: number;
   /**
@@ -112,7 +118,7 @@ export interface EtcdSourceOptions {
 }
 
 /** The parameters an etcd source URI takes. */
-const sourceParams = ['bufferedEventsMax', 'spanBufferBytesMax', 'bufferBytesMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', 'watchersMax', 'catchUpWatchersMax', ...etcdSecurityParams];
+const sourceParams = ['bufferedEventsMax', 'spanBufferBytesMax', 'bufferBytesMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', 'watchersMax', 'catchUpWatchersMax', 'groupStartBehindMax', ...etcdSecurityParams];
 
 /** Parses an `etcd://host:port[,host:port][?param=value...]` URI. */
 export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
@@ -140,6 +146,7 @@ export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
     bufferBytesMax,
     catchUpWatchersMax,
     watchersMax,
+    groupStartBehindMax: intParam(url, 'groupStartBehindMax', 1_000, 0, 2 ** 52),
     progressIntervalMs: intParam(url, 'progressIntervalMs', 100, 10, 60_000),
     progress: parseProgress(url.searchParams.get('progress')),
     backfill: {
@@ -278,6 +285,8 @@ export class EtcdSource implements Source, SnapshotSource {
   private shedCount = 0;
   /** Bytes in every span's buffer (see {@link eventBytes}). */
   private bufferedBytes = 0;
+  /** The highest revision etcd's answers carried: at most its current revision. */
+  private head = 0n;
   private handOverCount = 0;
 
   /** The changefeed's tables when the opener told them: a new group watches its whole table at once. */
@@ -775,6 +784,11 @@ export class EtcdSource implements Source, SnapshotSource {
         const first = joining[0] as SpanRead;
         let from = first.base;
         for (const read of joining) if (read.base < from) from = read.base;
+        // Far behind the head, one watcher would read the backlog at etcd's pace for a
+        // watcher behind, a batch of 1,000 revisions every 100 ms: the group starts at
+        // the head instead and the joiners behind it catch up on private watchers, side
+        // by side (at most catchUpWatchersMax), each at that pace, then hand over.
+        if (this.head - from > BigInt(this.options.groupStartBehindMax)) from = this.head;
         group.delivered = from;
         // The whole table when told (see place()), else the first joiner's range, grown.
         const table = this.tableRanges.get(group.table);
@@ -933,7 +947,11 @@ export class EtcdSource implements Source, SnapshotSource {
     if (this.closed) throw new Error('the etcd source is closed');
     if (this.stream !== undefined) return this.stream;
     if (this.opening !== undefined) return this.opening;
-    this.opening = this.etcd.get().then((client) => client.watchClient.watch()).then((stream) => {
+    this.opening = this.etcd.get().then(async (client) => {
+      // The head before any watcher: a group that would start far behind it starts there.
+      this.noteHead(BigInt((await client.get('\u0000').exec()).header.revision));
+      return client.watchClient.watch();
+    }).then((stream) => {
       this.stream = stream;
       this.opening = undefined;
       stream.on('data', (response: IWatchResponse) => this.onResponse(response));
@@ -977,8 +995,14 @@ export class EtcdSource implements Source, SnapshotSource {
     if (this.stream !== undefined && this.byId.size > 0) this.stream.write({ progress_request: {} });
   }
 
+  /** The highest revision etcd said it had reached (response headers). */
+  private noteHead(revision: bigint): void {
+    if (revision > this.head) this.head = revision;
+  }
+
   private onResponse(response: IWatchResponse): void {
     const revision = BigInt(response.header.revision);
+    this.noteHead(revision);
     if (response.created) {
       const watcher = this.pendingCreates.shift();
       if (watcher === undefined) return;
