@@ -361,6 +361,71 @@ describe('the etcd source shares watchers', () => {
     }
   });
 
+  it('starts a group far behind the head at the head, its spans catching up side by side, exactly once', async () => {
+    // Told the table: the group watches it whole, so no hand-over grows (re-creates) it.
+    const tables = [{ name: 't11', start: 't11/', end: 't110' }];
+    const behind = new EtcdSource(parseEtcdSourceUri(`etcd://${etcd.endpoint}?groupStartBehindMax=500`), { tables });
+    const near = new EtcdSource(parseEtcdSourceUri(`etcd://${etcd.endpoint}`), { tables });
+    try {
+      const from = await behind.currentTs();
+      const history = await recordHistory('t11/', from);
+      // 800 revisions: past 500, within the default of 1,000.
+      let last = from;
+      for (let i = 0; i < 800; i += 50) {
+        const revisions = await Promise.all(Array.from({ length: 50 }, (_, j) => put(`t11/${(i + j) % 4}/k${i + j}`)));
+        for (const revision of revisions) if (revision > last) last = revision;
+      }
+      await waitFor('the plain watch to see everything', () => (history.events.at(-1)?.ts === last ? true : undefined));
+      const spans: Span[] = ['0', '1', '2', '3'].map((d) => ({ table: 't11', start: `t11/${d}`, end: `t11/${d}~` }));
+      for (const [source, catchUps] of [[behind, 4], [near, 0]] as const) {
+        const readers = spans.map((span) => new Reader(source, span, from));
+        await Promise.all(readers.map((r) => r.step()));
+        await Promise.all(readers.map((r) => r.until(last)));
+        for (const reader of readers) expect(reader.events.map(show)).toEqual(expected(history.events, reader.span, from));
+        // Far behind: the group watches from the head, every span read its backlog on its
+        // own watcher and then moved into the group. Near: one watcher for all.
+        await waitFor('the spans to be in the group', async () => {
+          await Promise.all(readers.map((r) => r.step()));
+          const stats = source.stats();
+          return stats.watchers.catchUp === 0 && stats.handOvers === catchUps ? true : undefined;
+        });
+        expect(source.stats()).toMatchObject({ watchers: { group: 1, catchUp: 0 }, watchersCreated: 1 + catchUps, handOvers: catchUps });
+      }
+      await history.stop();
+    } finally {
+      await Promise.all([behind.close(), near.close()]);
+    }
+  });
+
+  it('reads a backlog of 128-put transactions whose watch responses pass 4 MiB', async () => {
+    const source = openSource();
+    try {
+      const from = await source.currentTs();
+      // 400 revisions of 128 puts of 100 bytes: one response to a watcher behind holds
+      // them all, about 6 MB (gRPC's default limit is 4 MiB).
+      let last = from;
+      for (let t = 0; t < 400; t += 8) {
+        const answers = await Promise.all(
+          Array.from({ length: 8 }, (_, j) =>
+            client.kv.txn({ success: Array.from({ length: 128 }, (_, i) => ({ request_put: { key: Buffer.from(`t12/${String((t + j) * 128 + i).padStart(6, '0')}`), value: Buffer.alloc(100, 120) } })) }),
+          ),
+        );
+        for (const answer of answers) if (BigInt(answer.header.revision) > last) last = BigInt(answer.header.revision);
+      }
+      const reader = new Reader(source, { table: 't12', start: 't12/', end: 't120' }, from);
+      await reader.until(last);
+      expect(reader.events).toHaveLength(400 * 128);
+      // In revision order, each revision's puts in key order, each key once.
+      const keys = reader.events.map((e) => e.key);
+      expect(new Set(keys).size).toBe(400 * 128);
+      for (let i = 1; i < reader.events.length; i++) expect((reader.events[i] as ChangeEvent).ts >= (reader.events[i - 1] as ChangeEvent).ts).toBe(true);
+      // One group watcher, re-created only by the overflows of its 4 MiB buffer, not by a broken stream.
+      expect(source.stats().watchersCreated).toBeLessThanOrEqual(1 + source.stats().overflows);
+    } finally {
+      await source.close();
+    }
+  }, 60_000);
+
   it('fails with CompactedError the spans whose watcher starts in compacted history, and only those', async () => {
     const source = openSource();
     try {

@@ -1,6 +1,7 @@
 /**
  * The etcd source's buffer bounds in its URI: defaults, ranges, and a per-span bound
- * that may not exceed the source's.
+ * that may not exceed the source's; the far-behind group start and the watch response
+ * size.
  */
 import { describe, expect, it } from 'vitest';
 import { parseEtcdSourceUri } from '../../src/pipeline/sources/etcd.ts';
@@ -12,6 +13,8 @@ describe('etcd source uri buffer bounds', () => {
     expect(options.spanBufferBytesMax).toBe(4 * 2 ** 20);
     expect(options.bufferBytesMax).toBe(256 * 2 ** 20);
     expect(options.bufferedEventsMax).toBe(100_000);
+    expect(options.groupStartBehindMax).toBe(1_000);
+    expect(options.watchResponseBytesMax).toBe(256 * 2 ** 20);
   });
 
   it('takes both bounds from the uri', () => {
@@ -28,6 +31,9 @@ describe('etcd source uri buffer bounds', () => {
     'bufferBytesMax=x',
     // A span's bound above the source's.
     'spanBufferBytesMax=8192&bufferBytesMax=4096',
+    // Below gRPC's own default.
+    'watchResponseBytesMax=1048576',
+    'groupStartBehindMax=-5',
   ])('refuses %s', (params) => {
     expect(() => parseEtcdSourceUri(`etcd://127.0.0.1:2379?${params}`)).toThrow(BadUriError);
   });

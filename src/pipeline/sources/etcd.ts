@@ -93,6 +93,13 @@ export interface EtcdSourceOptions {
    * (`groupStartBehindMax`).
    */
   readonly groupStartBehindMax: number;
+  /**
+   * The largest watch response the source takes (`watchResponseBytesMax`, default 256
+   * MiB; gRPC's default of 4 MiB was passed by a watcher 1,000 revisions of 128-put
+   * transactions behind, which then failed and reopened for ever). A response is decoded
+   * whole before its events are filtered into the buffers, so this bounds that transient.
+   */
+  readonly watchResponseBytesMax: number;
   /** Private watchers at once that bring spans behind their group up to it (`catchUpWatchersMax`). */
   readonly catchUpWatchersMax: number;
   /**
@@ -118,7 +125,7 @@ export interface EtcdSourceOptions {
 }
 
 /** The parameters an etcd source URI takes. */
-const sourceParams = ['bufferedEventsMax', 'spanBufferBytesMax', 'bufferBytesMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', 'watchersMax', 'catchUpWatchersMax', 'groupStartBehindMax', ...etcdSecurityParams];
+const sourceParams = ['bufferedEventsMax', 'spanBufferBytesMax', 'bufferBytesMax', 'progressIntervalMs', 'progress', 'backfillPageKeys', 'backfillSpansInFlight', 'watchersMax', 'catchUpWatchersMax', 'groupStartBehindMax', 'watchResponseBytesMax', ...etcdSecurityParams];
 
 /** Parses an `etcd://host:port[,host:port][?param=value...]` URI. */
 export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
@@ -147,6 +154,7 @@ export function parseEtcdSourceUri(uri: string): EtcdSourceOptions {
     catchUpWatchersMax,
     watchersMax,
     groupStartBehindMax: intParam(url, 'groupStartBehindMax', 1_000, 0, 2 ** 52),
+    watchResponseBytesMax: intParam(url, 'watchResponseBytesMax', 256 * 2 ** 20, 4 * 2 ** 20, 2 ** 31 - 1),
     progressIntervalMs: intParam(url, 'progressIntervalMs', 100, 10, 60_000),
     progress: parseProgress(url.searchParams.get('progress')),
     backfill: {
@@ -296,7 +304,7 @@ export class EtcdSource implements Source, SnapshotSource {
     private readonly options: EtcdSourceOptions,
     context: SourceContext = {},
   ) {
-    this.etcd = new LazyEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000, security: options.security, credentialsRoot: context.credentialsRoot });
+    this.etcd = new LazyEtcdClient({ endpoints: options.endpoints, callTimeoutMs: 5_000, security: options.security, credentialsRoot: context.credentialsRoot, receiveBytesMax: options.watchResponseBytesMax });
     this.tableRanges = new Map((context.tables ?? []).map((t) => [t.name, t]));
     this.backfillLimits = options.backfill;
     this.timer = setInterval(() => this.requestProgress(), options.progressIntervalMs);
