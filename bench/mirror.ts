@@ -3,18 +3,27 @@
  * (etcd source -> etcd sink, with 1 and with 3 captures) and by `etcdctl make-mirror`,
  * on one local etcd.
  *
- *   npm run bench:mirror [-- --events N --spans S]
+ *   npm run bench:mirror [-- --events N --spans S --lag-rate P --lag-txn-puts T]
  *
  * Throughput: N distinct keys are written first; each mirror then starts from the
  * revision before them and is timed until it has applied them all (spanfeed: the
  * persisted checkpoint passes the last revision; make-mirror: the destination holds N
- * keys). Lag: with 3 captures, a writer puts 1,000 keys a second for 10 s and each
- * sampled write's lag is the time until the persisted checkpoint passes its revision.
+ * keys). Each spanfeed copy is then checked key by key against the source (`verify`:
+ * keys missing, with another value, or extra under the destination prefix). The peak
+ * resident set of the captures over the run (`VmHWM`, the kernel's high-water mark) and
+ * the most bytes their etcd sources buffered (`spanfeed_source_buffered_bytes`, sampled
+ * every 200 ms) are reported per run. Lag: with 3 captures, a writer puts P keys a second
+ * (default 5,000) for 10 s, in transactions of T puts (default 50: in transactions of 10,
+ * etcd on a shared 2-core machine could not take the writer's 500 a second and the
+ * mirror's writes together), and each sampled
+ * write's lag is the time until the persisted checkpoint passes its revision.
  *
  * Prints one JSON line: {"events","spanfeed1EventsPerSec","spanfeed3EventsPerSec",
- * "makeMirrorEventsPerSec","ratio1","ratio3","checkpointLagMsP99"}.
+ * "makeMirrorEventsPerSec","ratio1","ratio3","checkpointLagMsP99","lagPutsPerSec",
+ * "capture1RssMaxMb","capture3RssMaxMb","sourceBufferedBytesMax1", "verify1", ...}.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Etcd3 } from 'etcd3';
 import { clusterKeys } from '../src/cluster/keys.ts';
@@ -37,10 +46,42 @@ async function persistedCheckpoint(client: Etcd3, cluster: string, id: string): 
   return value === null ? 0n : BigInt((JSON.parse(value) as { checkpointTs: string }).checkpointTs);
 }
 
+/** The process's peak resident set so far, in MiB (Linux `VmHWM`). */
+function rssMaxMb(pid: number): number {
+  const match = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (match === null) throw new Error(`no VmHWM for pid ${pid}`);
+  return Math.round(Number(match[1]) / 1024);
+}
+
+/** The bytes the capture's sources buffer now, over its changefeeds. */
+async function sourceBufferedBytes(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  let bytes = 0;
+  for (const match of text.matchAll(/^spanfeed_source_buffered_bytes\{[^}]*\} (\S+)$/gm)) bytes += Number(match[1]);
+  return bytes;
+}
+
+/** Keys of the source missing from the copy, copied with another value, or in the copy only. */
+async function verify(client: Etcd3, sourcePrefix: string, copyPrefix: string): Promise<{ missing: number; wrong: number; extra: number }> {
+  const source = await client.getAll().prefix(sourcePrefix).strings();
+  const copy = await client.getAll().prefix(copyPrefix).strings();
+  let missing = 0;
+  let wrong = 0;
+  for (const [key, value] of Object.entries(source)) {
+    const copied = copy[copyPrefix + key.slice(sourcePrefix.length)];
+    if (copied === undefined) missing++;
+    else if (copied !== value) wrong++;
+  }
+  const extra = Object.keys(copy).filter((key) => source[sourcePrefix + key.slice(copyPrefix.length)] === undefined).length;
+  return { missing, wrong, extra };
+}
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { events: { type: 'string' }, spans: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({ options: { events: { type: 'string' }, spans: { type: 'string' }, 'lag-rate': { type: 'string' }, 'lag-txn-puts': { type: 'string' } }, strict: true });
   const events = positive('events', values.events, 20_000);
   const spans = positive('spans', values.spans, 16);
+  const lagRate = positive('lag-rate', values['lag-rate'], 5_000);
+  const lagTxnPuts = positive('lag-txn-puts', values['lag-txn-puts'], 50);
   const etcd = await LocalEtcd.start();
   const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
   const started: LocalCapture[] = [];
@@ -48,6 +89,7 @@ async function main(): Promise<void> {
     const base = BigInt((await client.get('\u0000').exec()).header.revision);
     const last = await writeKeys(client, 'src/', events);
 
+    const runs = new Map<number, { rssMaxMb: number; sourceBufferedBytesMax: number; verify: { missing: number; wrong: number; extra: number } }>();
     const spanfeedRun = async (captureCount: number): Promise<number> => {
       const cluster = `mirror${captureCount}`;
       const captures: LocalCapture[] = [];
@@ -64,8 +106,28 @@ async function main(): Promise<void> {
         start: base.toString(),
       });
       if (created.status !== 201) throw new Error(`create failed: ${JSON.stringify(created.body)}`);
-      await waitFor('the mirror to catch up', async () => ((await persistedCheckpoint(client, cluster, 'm')) >= last ? true : undefined), 600_000, 20);
-      return (events * 1000) / (Date.now() - t0);
+      // Sampled apart from the 20 ms poll, and less often: a scrape costs the capture CPU.
+      let bufferedMax = 0;
+      let caughtUp = false;
+      const sampler = (async () => {
+        while (!caughtUp) {
+          for (const bytes of await Promise.all(captures.map((c) => sourceBufferedBytes(c.url)))) if (bytes > bufferedMax) bufferedMax = bytes;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      })();
+      try {
+        await waitFor('the mirror to catch up', async () => ((await persistedCheckpoint(client, cluster, 'm')) >= last ? true : undefined), 600_000, 20);
+      } finally {
+        caughtUp = true;
+      }
+      const rate = (events * 1000) / (Date.now() - t0);
+      await sampler;
+      runs.set(captureCount, {
+        rssMaxMb: Math.max(...captures.map((c) => rssMaxMb(c.pid))),
+        sourceBufferedBytesMax: bufferedMax,
+        verify: await verify(client, 'src/', `dst${captureCount}/src/`),
+      });
+      return rate;
     };
 
     const spanfeed1 = await spanfeedRun(1);
@@ -89,21 +151,31 @@ async function main(): Promise<void> {
       mirror.kill('SIGKILL');
     }
 
-    // Lag while keeping up: 1,000 puts a second for 10 s through the 3-capture mirror.
+    // Lag while keeping up: `lagRate` puts a second for 10 s through the 3-capture mirror,
+    // every 20 ms a tick's share in transactions of `lagTxnPuts` puts.
     const lags: number[] = [];
     const pending: { rev: bigint; at: number }[] = [];
-    const writerEnd = Date.now() + 10_000;
+    const writerStart = Date.now();
+    const writerEnd = writerStart + 10_000;
     let n = 0;
+    let writerDone = writerEnd;
     const writer = (async () => {
       while (Date.now() < writerEnd) {
         const tickStart = Date.now();
-        const ops = [];
-        for (let i = 0; i < 20; i++) ops.push(client.put(`src/live${String(n++).padStart(8, '0')}`).value('x').exec());
-        const results = await Promise.all(ops);
+        // Puts due by now, so a slow tick is made up by the next.
+        const due = Math.floor(((tickStart + 20 - writerStart) * lagRate) / 1000) - n;
+        const txns = [];
+        for (let done = 0; done < due; done += lagTxnPuts) {
+          const success = [];
+          for (let i = 0; i < Math.min(lagTxnPuts, due - done); i++) success.push({ request_put: { key: Buffer.from(`src/live${String(n++).padStart(8, '0')}`), value: Buffer.from('x') } });
+          txns.push(client.kv.txn({ success }));
+        }
+        const results = await Promise.all(txns);
         const rev = results.reduce((m, r) => (BigInt(r.header.revision) > m ? BigInt(r.header.revision) : m), 0n);
-        pending.push({ rev, at: Date.now() });
+        if (results.length > 0) pending.push({ rev, at: Date.now() });
         await new Promise((resolve) => setTimeout(resolve, Math.max(0, 20 - (Date.now() - tickStart))));
       }
+      writerDone = Date.now();
     })();
     const poller = (async () => {
       while (Date.now() < writerEnd + 5_000 && (Date.now() < writerEnd || pending.length > 0)) {
@@ -114,6 +186,7 @@ async function main(): Promise<void> {
       }
     })();
     await Promise.all([writer, poller]);
+    const lagPutsPerSec = (n * 1000) / (writerDone - writerStart);
     lags.sort((a, b) => a - b);
     const p99 = lags[Math.min(lags.length - 1, Math.ceil(0.99 * lags.length) - 1)] ?? null;
     const round = (x: number): number => Math.round(x);
@@ -127,8 +200,15 @@ async function main(): Promise<void> {
         ratio1: Math.round((spanfeed1 / makeMirror) * 100) / 100,
         ratio3: Math.round((spanfeed3 / makeMirror) * 100) / 100,
         checkpointLagMsP99: p99,
+        lagPutsPerSec: round(lagPutsPerSec),
         lagSamples: lags.length,
         lagUnappliedAtEnd: pending.length,
+        capture1RssMaxMb: runs.get(1)?.rssMaxMb,
+        capture3RssMaxMb: runs.get(3)?.rssMaxMb,
+        sourceBufferedBytesMax1: runs.get(1)?.sourceBufferedBytesMax,
+        sourceBufferedBytesMax3: runs.get(3)?.sourceBufferedBytesMax,
+        verify1: runs.get(1)?.verify,
+        verify3: runs.get(3)?.verify,
       })}\n`,
     );
   } finally {

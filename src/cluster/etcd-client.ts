@@ -13,6 +13,13 @@ export interface EtcdClientOptions {
   readonly callTimeoutMs: number;
   /** TLS and user/password; without it, plain http and no auth. */
   readonly security?: EtcdSecurity | undefined;
+  /**
+   * The largest message the client takes (gRPC's `grpc.max_receive_message_length`; its
+   * default is 4 MiB). A watcher behind gets up to 1,000 revisions in one response: with
+   * transactions of 128 puts that passed 4 MiB, and the stream failed and was opened
+   * again with the same answer for ever.
+   */
+  readonly receiveBytesMax?: number | undefined;
 }
 
 /**
@@ -57,7 +64,11 @@ export function createEtcdClient(options: EtcdClientOptions): Etcd3 {
     ...(options.security?.auth === undefined ? {} : { auth: { username: options.security.auth.user, password: options.security.auth.password } }),
     dialTimeout: options.callTimeoutMs,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + options.callTimeoutMs }),
-    grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000 },
+    grpcOptions: {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.keepalive_timeout_ms': 5_000,
+      ...(options.receiveBytesMax === undefined ? {} : { 'grpc.max_receive_message_length': options.receiveBytesMax }),
+    },
     faultHandling: {
       host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: hostCircuitOpenMs, breaker: new ConsecutiveBreaker(hostFailuresToOpen) }),
       global: retry(handleWhen(isRecoverableError), { maxAttempts: 3 }),

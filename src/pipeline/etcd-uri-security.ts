@@ -107,9 +107,9 @@ export class LazyEtcdClient {
   private closed = false;
 
   constructor(
-    private readonly options: { readonly endpoints: readonly string[]; readonly callTimeoutMs: number; readonly security: EtcdUriSecurity; readonly credentialsRoot: string | undefined },
+    private readonly options: { readonly endpoints: readonly string[]; readonly callTimeoutMs: number; readonly security: EtcdUriSecurity; readonly credentialsRoot: string | undefined; readonly receiveBytesMax?: number },
   ) {
-    if (options.security === undefined) this.client = createEtcdClient({ endpoints: options.endpoints, callTimeoutMs: options.callTimeoutMs });
+    if (options.security === undefined) this.client = createEtcdClient({ endpoints: options.endpoints, callTimeoutMs: options.callTimeoutMs, receiveBytesMax: options.receiveBytesMax });
   }
 
   /** The client; rejects with a {@link BoundsError} when a credential file cannot be used. */
@@ -118,7 +118,7 @@ export class LazyEtcdClient {
     if (this.client !== undefined) return this.client;
     this.opening ??= loadEtcdUriSecurity(this.options.security, this.options.credentialsRoot).then(
       (security) => {
-        const client = createEtcdClient({ endpoints: this.options.endpoints, callTimeoutMs: this.options.callTimeoutMs, security });
+        const client = createEtcdClient({ endpoints: this.options.endpoints, callTimeoutMs: this.options.callTimeoutMs, security, receiveBytesMax: this.options.receiveBytesMax });
         if (this.closed) {
           client.close();
           throw new Error('the etcd client is closed');

@@ -66,6 +66,10 @@ export interface SourceStats {
   readonly watchersCreated: number;
   /** Times a span's buffer filled and it left its watcher, since the source opened. */
   readonly overflows: number;
+  /** Of those, the times the source's whole buffer was past its bound and cut the span's. */
+  readonly sheds: number;
+  /** Bytes buffered over every span now: keys, values and a fixed overhead per event. */
+  readonly bufferedBytes: number;
   /** Times a span caught up on a private watcher moved into its table's group. */
   readonly handOvers: number;
   /** Spans read. */

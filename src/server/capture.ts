@@ -147,6 +147,7 @@ export class Capture {
         })),
       spansHeld: () => this.agents?.spansHeld() ?? new Map(),
       sourceWatchers: () => new Map([...(this.agents?.sourceStats() ?? new Map<string, SourceStats>())].map(([id, stats]) => [id, stats.watchers])),
+      sourceBufferedBytes: () => new Map([...(this.agents?.sourceStats() ?? new Map<string, SourceStats>())].map(([id, stats]) => [id, stats.bufferedBytes])),
     });
   }
 

@@ -89,8 +89,13 @@ export class ChangefeedService {
           if (startTs > current) throw new ServiceError('invalid', 'invalid', `a backfill cannot start at revision ${startTs}: the source is at ${current}`);
         }
       }
-      const sampledAt = startTs;
-      tables = await withSampledBoundaries(source, request.tables, [], async () => sampledAt);
+      // Where the changes will be: a backfill copies the keys at its start, so they are
+      // sampled there; a changefeed that only streams from a past revision gets the
+      // changes made since, which are on the keys there are now (a table filled after
+      // its start would otherwise be cut at raw bytes, all of its keys in one span; one
+      // that starts ahead has no keys there to read yet).
+      const backfills = request.backfill && canSnapshot;
+      tables = await withSampledBoundaries(source, request.tables, [], async () => (backfills ? startTs : source.currentTs()));
     } finally {
       await source.close();
     }

@@ -27,6 +27,8 @@ export interface MetricsSources {
   spansHeld(): ReadonlyMap<string, number>;
   /** Upstream watchers of this capture's sources, per changefeed (sources that tell). */
   sourceWatchers?(): ReadonlyMap<string, { readonly group: number; readonly catchUp: number }>;
+  /** Bytes the buffers of this capture's sources hold, per changefeed (sources that tell). */
+  sourceBufferedBytes?(): ReadonlyMap<string, number>;
   /** The event-loop delay over the last closed window (see event-loop-delay.ts). */
   eventLoopDelay?(): EventLoopDelay;
 }
@@ -186,6 +188,16 @@ export class Metrics {
           this.set({ changefeed, kind: 'group' }, watchers.group);
           this.set({ changefeed, kind: 'catch-up' }, watchers.catchUp);
         }
+      },
+    });
+    new Gauge({
+      name: 'spanfeed_source_buffered_bytes',
+      help: 'Bytes this capture\'s source buffers hold (the etcd source: keys, values and a fixed overhead per event, bounded per span by spanBufferBytesMax and in all by bufferBytesMax).',
+      labelNames: ['changefeed'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [changefeed, bytes] of sources.sourceBufferedBytes?.() ?? []) this.set({ changefeed }, bytes);
       },
     });
   }

@@ -11,7 +11,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Span } from '../../src/core/span.ts';
 import { LocalEtcd, waitFor } from '../../src/dev/local-cluster.ts';
-import type { ChangeEvent } from '../../src/pipeline/source.ts';
+import type { ChangeEvent, SourceStats } from '../../src/pipeline/source.ts';
 import { CompactedError, EtcdSource, parseEtcdSourceUri } from '../../src/pipeline/sources/etcd.ts';
 
 let etcd: LocalEtcd;
@@ -305,68 +305,126 @@ describe('the etcd source shares watchers', () => {
   });
 
   it('keeps every span in revision order with nothing lost or twice over random joins, leaves and overflows', async () => {
-    const seed = Number(process.env.ETCD_SOURCE_SEED ?? Math.floor(Math.random() * 2 ** 31));
-    console.log(`etcd source random run: ETCD_SOURCE_SEED=${seed}`);
-    const random = mulberry32(seed);
-    const pick = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
-    const source = openSource('?bufferedEventsMax=100&catchUpWatchersMax=2');
+    const stats = await randomRun('t5', '?bufferedEventsMax=100&catchUpWatchersMax=2', () => 'v');
+    expect(stats.overflows).toBeGreaterThanOrEqual(0);
+  });
+
+  it('keeps every span in revision order with nothing lost or twice when its bytes overflow spans and the source sheds', async () => {
+    // Values up to 400 bytes (about 340 bytes an event with key and overhead): a span
+    // passes 8 KiB after about 24 events (a burst of 130 passes it), and three slow
+    // spans together pass the source's 24 KiB. No count bound is near.
+    const stats = await randomRun('t8', '?bufferedEventsMax=100000&spanBufferBytesMax=8192&bufferBytesMax=24576&catchUpWatchersMax=2', (random) => 'x'.repeat(Math.floor(random() * 400)));
+    expect(stats.overflows).toBeGreaterThan(0);
+    expect(stats.sheds).toBeGreaterThan(0);
+    expect(stats.bufferedBytes).toBeLessThanOrEqual(24576);
+  });
+
+  it.each([
+    { bounds: 'span', params: '?spanBufferBytesMax=4096', table: 't9' },
+    { bounds: 'span and source', params: '?spanBufferBytesMax=4096&bufferBytesMax=8192', table: 't10' },
+  ])('bounds the bytes buffered ($bounds); cut spans read the rest again from etcd, exactly once', async ({ params, table }) => {
+    const source = openSource(params);
+    const shedding = params.includes('bufferBytesMax=');
     try {
-      const bounds = ['t5/', 't5/1', 't5/2', 't5/3', 't5/4', 't5/5', 't5/6', 't5/7', 't5/8'];
-      const spans: Span[] = bounds.slice(0, -1).map((start, i) => ({ table: 't5', start, end: bounds[i + 1] as string }));
-      const keys = Array.from({ length: 64 }, (_, i) => `t5/${i % 8}/k${i >> 3}`);
+      const spans: Span[] = ['a', 'b', 'c', 'd'].map((s) => ({ table, start: `${table}/${s}`, end: `${table}/${s}~` }));
       const from = await source.currentTs();
-      const history = await recordHistory('t5/', from);
+      const history = await recordHistory(`${table}/`, from);
       const readers = spans.map((span) => new Reader(source, span, from));
-      // Some readers are slow: a burst on their keys overflows their buffers.
-      const speed = new Map(readers.map((r) => [r, pick([0.01, 0.2, 1])]));
-      const active = new Set<Reader>();
-      let writing = true;
+      await Promise.all(readers.map((r) => r.step()));
+      // 4 spans x 12 events x (500 + key + overhead) bytes: about 30 KiB if nothing were bounded.
       let last = from;
-      const writer = (async () => {
-        for (let i = 0; i < 700; i++) {
-          const burst = random() < 0.02;
-          if (burst) {
-            // A burst on one span's keys: past its buffer if it is not read meanwhile.
-            const digit = Math.floor(random() * 8);
-            for (let j = 0; j < 130; j++) last = await put(`t5/${digit}/burst${j}`, `${i}`);
-          } else if (random() < 0.15) last = await del(pick(keys));
-          else last = await put(pick(keys), `${i}`);
-        }
-        writing = false;
-      })();
-      let steps = 0;
-      while (writing) {
-        const reader = pick(readers);
-        const roll = random();
-        if (!active.has(reader)) {
-          if (roll < 0.3) active.add(reader);
-        } else if (roll < 0.01) {
-          // Leaves; when it comes back it reads from where it stood, like a moved span
-          // from its checkpoint.
-          source.release(reader.span);
-          source.checkInvariants();
-          active.delete(reader);
-        } else if (random() < (speed.get(reader) as number)) await reader.step(1 + Math.floor(random() * 40));
-        // Reads are answered from buffers: let the writer and the watch stream run.
-        if (++steps % 20 === 0 || active.size === 0) await new Promise((resolve) => setTimeout(resolve, 1));
-      }
-      await writer;
-      await Promise.all(readers.map((r) => r.until(last)));
-      await waitFor('the plain watch to see everything', () => (history.events.at(-1)?.ts === last ? true : undefined));
-      for (const reader of readers) {
-        const got = reader.events.map((e) => e.ts);
-        for (let i = 1; i < got.length; i++) expect(got[i] as bigint).toBeGreaterThan(got[i - 1] as bigint);
-        expect(reader.events.map(show), `span ${reader.span.start} (seed ${seed})`).toEqual(expected(history.events, reader.span, from));
-      }
+      for (let i = 0; i < 12; i++) for (const s of ['a', 'b', 'c', 'd']) last = await put(`${table}/${s}/k${String(i).padStart(2, '0')}`, 'v'.repeat(500));
+      await waitFor('the source to receive every write', () => (history.events.at(-1)?.ts === last ? true : undefined));
+      // Every span passes 4 KiB (about 7 events) and leaves the group: the group's last
+      // watcher is gone once the last member overflowed.
+      await waitFor('every span to overflow', () => (source.stats().overflows >= 4 ? true : undefined));
+      source.checkInvariants();
       const stats = source.stats();
-      console.log(`etcd source random run: ${JSON.stringify(stats)} watchers created, ${history.events.length} events`);
-      expect(stats.watchers.group).toBe(1);
-      expect(stats.watchers.catchUp).toBeLessThanOrEqual(2);
+      expect(stats.overflows).toBe(4);
+      if (shedding) {
+        // Past 8 KiB before the spans passed 4 KiB each: the largest were cut to one revision.
+        expect(stats.sheds).toBeGreaterThanOrEqual(1);
+        expect(stats.bufferedBytes).toBeLessThanOrEqual(8192);
+      } else {
+        expect(stats.sheds).toBe(0);
+        expect(stats.bufferedBytes).toBeGreaterThan(8192);
+        expect(stats.bufferedBytes).toBeLessThanOrEqual(4 * 4096);
+      }
+      expect(stats.bufferedBytes).toBeGreaterThan(0);
+      // Each reader still gets all of its span, in order, once.
+      await Promise.all(readers.map((r) => r.until(last)));
+      for (const reader of readers) expect(reader.events.map(show)).toEqual(expected(history.events, reader.span, from));
+      expect(source.stats().bufferedBytes).toBe(0);
       await history.stop();
     } finally {
       await source.close();
     }
   });
+
+  it('starts a group far behind the head at the head, its spans catching up side by side, exactly once', async () => {
+    // Told the table: the group watches it whole, so no hand-over grows (re-creates) it.
+    const tables = [{ name: 't11', start: 't11/', end: 't110' }];
+    const behind = new EtcdSource(parseEtcdSourceUri(`etcd://${etcd.endpoint}?groupStartBehindMax=500`), { tables });
+    const near = new EtcdSource(parseEtcdSourceUri(`etcd://${etcd.endpoint}`), { tables });
+    try {
+      const from = await behind.currentTs();
+      const history = await recordHistory('t11/', from);
+      // 800 revisions: past 500, within the default of 1,000.
+      let last = from;
+      for (let i = 0; i < 800; i += 50) {
+        const revisions = await Promise.all(Array.from({ length: 50 }, (_, j) => put(`t11/${(i + j) % 4}/k${i + j}`)));
+        for (const revision of revisions) if (revision > last) last = revision;
+      }
+      await waitFor('the plain watch to see everything', () => (history.events.at(-1)?.ts === last ? true : undefined));
+      const spans: Span[] = ['0', '1', '2', '3'].map((d) => ({ table: 't11', start: `t11/${d}`, end: `t11/${d}~` }));
+      for (const [source, catchUps] of [[behind, 4], [near, 0]] as const) {
+        const readers = spans.map((span) => new Reader(source, span, from));
+        await Promise.all(readers.map((r) => r.step()));
+        await Promise.all(readers.map((r) => r.until(last)));
+        for (const reader of readers) expect(reader.events.map(show)).toEqual(expected(history.events, reader.span, from));
+        // Far behind: the group watches from the head, every span read its backlog on its
+        // own watcher and then moved into the group. Near: one watcher for all.
+        await waitFor('the spans to be in the group', async () => {
+          await Promise.all(readers.map((r) => r.step()));
+          const stats = source.stats();
+          return stats.watchers.catchUp === 0 && stats.handOvers === catchUps ? true : undefined;
+        });
+        expect(source.stats()).toMatchObject({ watchers: { group: 1, catchUp: 0 }, watchersCreated: 1 + catchUps, handOvers: catchUps });
+      }
+      await history.stop();
+    } finally {
+      await Promise.all([behind.close(), near.close()]);
+    }
+  });
+
+  it('reads a backlog of 128-put transactions whose watch responses pass 4 MiB', async () => {
+    const source = openSource();
+    try {
+      const from = await source.currentTs();
+      // 400 revisions of 128 puts of 100 bytes: one response to a watcher behind holds
+      // them all, about 6 MB (gRPC's default limit is 4 MiB).
+      let last = from;
+      for (let t = 0; t < 400; t += 8) {
+        const answers = await Promise.all(
+          Array.from({ length: 8 }, (_, j) =>
+            client.kv.txn({ success: Array.from({ length: 128 }, (_, i) => ({ request_put: { key: Buffer.from(`t12/${String((t + j) * 128 + i).padStart(6, '0')}`), value: Buffer.alloc(100, 120) } })) }),
+          ),
+        );
+        for (const answer of answers) if (BigInt(answer.header.revision) > last) last = BigInt(answer.header.revision);
+      }
+      const reader = new Reader(source, { table: 't12', start: 't12/', end: 't120' }, from);
+      await reader.until(last);
+      expect(reader.events).toHaveLength(400 * 128);
+      // In revision order, each revision's puts in key order, each key once.
+      const keys = reader.events.map((e) => e.key);
+      expect(new Set(keys).size).toBe(400 * 128);
+      for (let i = 1; i < reader.events.length; i++) expect((reader.events[i] as ChangeEvent).ts >= (reader.events[i - 1] as ChangeEvent).ts).toBe(true);
+      // One group watcher, re-created only by the overflows of its 4 MiB buffer, not by a broken stream.
+      expect(source.stats().watchersCreated).toBeLessThanOrEqual(1 + source.stats().overflows);
+    } finally {
+      await source.close();
+    }
+  }, 60_000);
 
   it('fails with CompactedError the spans whose watcher starts in compacted history, and only those', async () => {
     const source = openSource();
@@ -409,6 +467,77 @@ describe('the etcd source shares watchers', () => {
     }
   });
 });
+
+/**
+ * A seeded random run of joins, leaves, small reads and a writer (puts with `value`,
+ * deletes, bursts) over 8 spans of `table`, read by a source opened with `params`;
+ * checks after every step that each span got exactly its events in revision order and
+ * returns the source's stats at the end.
+ */
+async function randomRun(table: string, params: string, value: (random: () => number) => string): Promise<SourceStats> {
+  const seed = Number(process.env.ETCD_SOURCE_SEED ?? Math.floor(Math.random() * 2 ** 31));
+  console.log(`etcd source random run ${table}: ETCD_SOURCE_SEED=${seed}`);
+  const random = mulberry32(seed);
+  const pick = <T,>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+  const source = openSource(params);
+  try {
+    const bounds = ['/', '/1', '/2', '/3', '/4', '/5', '/6', '/7', '/8'].map((b) => `${table}${b}`);
+    const spans: Span[] = bounds.slice(0, -1).map((start, i) => ({ table, start, end: bounds[i + 1] as string }));
+    const keys = Array.from({ length: 64 }, (_, i) => `${table}/${i % 8}/k${i >> 3}`);
+    const from = await source.currentTs();
+    const history = await recordHistory(`${table}/`, from);
+    const readers = spans.map((span) => new Reader(source, span, from));
+    // Some readers are slow: a burst on their keys overflows their buffers.
+    const speed = new Map(readers.map((r) => [r, pick([0.01, 0.2, 1])]));
+    const active = new Set<Reader>();
+    let writing = true;
+    let last = from;
+    const writer = (async () => {
+      for (let i = 0; i < 700; i++) {
+        const burst = random() < 0.02;
+        if (burst) {
+          // A burst on one span's keys: past its buffer if it is not read meanwhile.
+          const digit = Math.floor(random() * 8);
+          for (let j = 0; j < 130; j++) last = await put(`${table}/${digit}/burst${j}`, `${i}${value(random)}`);
+        } else if (random() < 0.15) last = await del(pick(keys));
+        else last = await put(pick(keys), `${i}${value(random)}`);
+      }
+      writing = false;
+    })();
+    let steps = 0;
+    while (writing) {
+      const reader = pick(readers);
+      const roll = random();
+      if (!active.has(reader)) {
+        if (roll < 0.3) active.add(reader);
+      } else if (roll < 0.01) {
+        // Leaves; when it comes back it reads from where it stood, like a moved span
+        // from its checkpoint.
+        source.release(reader.span);
+        source.checkInvariants();
+        active.delete(reader);
+      } else if (random() < (speed.get(reader) as number)) await reader.step(1 + Math.floor(random() * 40));
+      // Reads are answered from buffers: let the writer and the watch stream run.
+      if (++steps % 20 === 0 || active.size === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    await writer;
+    await Promise.all(readers.map((r) => r.until(last)));
+    await waitFor('the plain watch to see everything', () => (history.events.at(-1)?.ts === last ? true : undefined));
+    for (const reader of readers) {
+      const got = reader.events.map((e) => e.ts);
+      for (let i = 1; i < got.length; i++) expect(got[i] as bigint).toBeGreaterThan(got[i - 1] as bigint);
+      expect(reader.events.map(show), `span ${reader.span.start} (seed ${seed})`).toEqual(expected(history.events, reader.span, from));
+    }
+    const stats = source.stats();
+    console.log(`etcd source random run ${table}: ${JSON.stringify(stats)}, ${history.events.length} events`);
+    expect(stats.watchers.group).toBe(1);
+    expect(stats.watchers.catchUp).toBeLessThanOrEqual(2);
+    await history.stop();
+    return stats;
+  } finally {
+    await source.close();
+  }
+}
 
 /** A small seeded generator (mulberry32), so a failing run replays from its seed. */
 function mulberry32(seed: number): () => number {
