@@ -485,7 +485,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
   return {
     ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
-    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, stallAfterMs: config.stallAfterMs },
+    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, splitsInFlightMax: config.splitsInFlightMax, stallAfterMs: config.stallAfterMs },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
     failureWindowMs: config.failureWindowMs,
     statusWriteIntervalMs: config.statusWriteIntervalMs,
