@@ -83,12 +83,18 @@ async function spansOf(id: string): Promise<SpanView[]> {
 
 /** The changefeed's spans once no operation is in flight and every span replicates. */
 async function settled(id: string, timeoutMs = 30_000): Promise<SpanView[]> {
-  return waitFor(`${id}: no split or merge in flight and every span replicating`, async () => {
-    const view = await call('GET', `/api/v1/changefeeds/${id}`);
-    if (view.status !== 200 || view.body.operations.length > 0 || view.body.state !== 'normal') return undefined;
-    const spans = await spansOf(id);
-    return spans.length > 0 && spans.every((s) => s.state === 'replicating') && view.body.spans === spans.length ? spans : undefined;
-  }, timeoutMs, 100);
+  let last: unknown;
+  try {
+    return await waitFor(`${id}: no split or merge in flight and every span replicating`, async () => {
+      const view = await call('GET', `/api/v1/changefeeds/${id}`);
+      const spans = view.status === 200 ? await spansOf(id) : [];
+      last = { view: view.body, spans: spans.map((s) => ({ start: s.start, end: s.end, state: s.state, primary: s.primary, secondaries: s.secondaries })) };
+      if (view.status !== 200 || view.body.operations.length > 0 || view.body.state !== 'normal') return undefined;
+      return spans.length > 0 && spans.every((s) => s.state === 'replicating') && view.body.spans === spans.length ? spans : undefined;
+    }, timeoutMs, 100);
+  } catch (error) {
+    throw new Error(`${(error as Error).message}; last seen ${JSON.stringify(last)}`);
+  }
 }
 
 /** The info as etcd holds it, with its mod revision. */
