@@ -22,7 +22,7 @@ import { LocalPostgres } from '../../src/dev/local-postgres.ts';
 import type { ChangefeedInfo } from '../../src/server/changefeed-info.ts';
 import { changefeedSpans } from '../../src/server/changefeed-info.ts';
 import type { ApiAnswer, SpanPage, SpanView } from './harness.ts';
-import { TestCapture, TestEtcd, api, ownerAmong, waitFor } from './harness.ts';
+import { TestCapture, TestEtcd, api, ownerAmong, runCli, waitFor } from './harness.ts';
 import { checkAgainstOpenApi } from './openapi-check.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
@@ -310,5 +310,20 @@ describe('span split and merge on running changefeeds', () => {
     expect((await persistedInfo(id)).modRevision).toBe(infoBefore.modRevision);
     const metrics = String((await api(owner.url, 'GET', '/metrics')).body);
     expect(metrics).toMatch(new RegExp(`^spanfeed_span_operations_total\\{changefeed="${id}",kind="split",outcome="refused"\\} ([1-9]\\d*)$`, 'm'));
+
+    // The CLI: its help, a refusal said in words, and a split that happens.
+    const help = await runCli(owner.url, '--help');
+    expect(help.stdout).toContain('span split <changefeed> <table> <start> [--at <key>]');
+    expect(help.stdout).toContain('span merge <changefeed> <table> <start>');
+    const missing = await runCli(owner.url, 'span', 'split', id, 'orders');
+    expect([missing.status, missing.stderr]).toEqual([1, expect.stringContaining('expected <changefeed> <table> <start>')]);
+    const refused = await runCli(owner.url, 'span', 'merge', id, 'orders', last.start);
+    expect([refused.status, refused.stderr]).toEqual([1, expect.stringContaining('no span follows')]);
+    const at = (splitRange({ name: 'orders', start: first.start, end: first.end }, 2)[1] as { start: string }).start;
+    const done = await runCli(owner.url, '--json', 'span', 'split', id, 'orders', first.start, '--at', at);
+    expect(done.status, done.stderr).toBe(0);
+    expect(JSON.parse(done.stdout).operation).toMatchObject({ kind: 'split', table: 'orders', to: [{ start: first.start, end: at }, { start: at, end: first.end }] });
+    const after = await settled(id);
+    expect(after.some((s) => s.table === 'orders' && s.start === at)).toBe(true);
   }, 60_000);
 });
