@@ -93,7 +93,9 @@ async function settled(id: string, timeoutMs = 30_000): Promise<SpanView[]> {
       return spans.length > 0 && spans.every((s) => s.state === 'replicating') && view.body.spans === spans.length ? spans : undefined;
     }, timeoutMs, 100);
   } catch (error) {
-    throw new Error(`${(error as Error).message}; last seen ${JSON.stringify(last)}`);
+    // What the captures said about this changefeed's operations and spans, for the failure.
+    const said = captures.flatMap((c) => c.proc.output.split('\n').filter((line) => line.includes(id) && /operation|tiling|span|promot|refus|dropped/.test(line)).slice(-15).map((line) => `${c.id}: ${line.slice(0, 600)}`));
+    throw new Error(`${(error as Error).message}; last seen ${JSON.stringify(last)}\n${said.join('\n')}`);
   }
 }
 
