@@ -211,7 +211,7 @@ interface ManagedChangefeed {
  * per table, until the info holds them. One write at a time per changefeed (so per
  * table), always of the latest tiling; a write that fails is tried again.
  */
-interface TilingWrites {
+export interface TilingWrites {
   /** Per table: its settled tiling that the info does not hold yet. */
   readonly pending: Map<string, Span[]>;
   /** Per table: the spec (as JSON) this run last wrote, to tell its own writes from an operator's. */
@@ -221,7 +221,7 @@ interface TilingWrites {
   retryAtTick: number;
 }
 
-function newTilingWrites(): TilingWrites {
+export function newTilingWrites(): TilingWrites {
   return { pending: new Map(), written: new Map(), writing: false, retryAtTick: 0 };
 }
 
@@ -985,7 +985,7 @@ export class OwnerRole {
  * while the info's spec of it is what it was (`previous`) or what this run wrote itself;
  * an operator's new cut of the table (or its removal) drops it: the cut wins.
  */
-function settledSpans(info: ChangefeedInfo, previous: ChangefeedInfo, tilings: TilingWrites | undefined): { tables: ReturnType<typeof tableRange>[]; spans: Span[] } {
+export function settledSpans(info: ChangefeedInfo, previous: ChangefeedInfo, tilings: TilingWrites | undefined): { tables: ReturnType<typeof tableRange>[]; spans: Span[] } {
   const tables: ReturnType<typeof tableRange>[] = [];
   const spans: Span[] = [];
   const names = new Set(info.tables.map((spec) => spec.name));
