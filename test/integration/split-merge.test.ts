@@ -30,6 +30,8 @@ const cluster = `split${process.pid}`;
 const keys = clusterKeys(cluster);
 const tableNames = ['orders', 'users'];
 const keysPerTable = 2_000;
+/** SPLIT_MERGE_DEBUG=1 runs the captures at debug level (a failure then shows their span events). */
+const captureArgs = ['--splits-in-flight', '2', ...(process.env.SPLIT_MERGE_DEBUG === '1' ? ['--log-level', 'debug'] : [])];
 
 let etcd: TestEtcd;
 let client: Etcd3;
@@ -94,7 +96,14 @@ async function settled(id: string, timeoutMs = 30_000): Promise<SpanView[]> {
     }, timeoutMs, 100);
   } catch (error) {
     // What the captures said about this changefeed's operations and spans, for the failure.
-    const said = captures.flatMap((c) => c.proc.output.split('\n').filter((line) => line.includes(id) && /operation|tiling|span|promot|refus|dropped/.test(line)).slice(-15).map((line) => `${c.id}: ${line.slice(0, 600)}`));
+    const stuck = ((last as { spans?: { start: string; state: string }[] } | undefined)?.spans ?? []).filter((s) => s.state !== 'replicating').map((s) => JSON.stringify(s.start));
+    const said = captures.flatMap((c) =>
+      c.proc.output
+        .split('\n')
+        .filter((line) => line.includes(id) && (/operation|tiling|refus|dropped|failed/.test(line) || stuck.some((start) => line.includes(start))))
+        .slice(-25)
+        .map((line) => `${c.id}: ${line.slice(0, 800)}`),
+    );
     throw new Error(`${(error as Error).message}; last seen ${JSON.stringify(last)}\n${said.join('\n')}`);
   }
 }
@@ -133,7 +142,7 @@ beforeAll(async () => {
   [etcd, postgres] = await Promise.all([TestEtcd.start(), LocalPostgres.start()]);
   client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
   sinkDir = mkdtempSync(join(tmpdir(), 'spanfeed-split-sink-'));
-  for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: 3, extraArgs: ['--splits-in-flight', '2'] }));
+  for (let i = 0; i < 3; i++) captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: 3, extraArgs: captureArgs }));
 }, 120_000);
 
 afterAll(async () => {
@@ -216,7 +225,7 @@ describe('span split and merge on running changefeeds', () => {
       expect(answers.find((a) => a.status === 409)?.body.error.code).toBe('operations-bound');
     }
     victim.proc.signal('SIGKILL');
-    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: 3, extraArgs: ['--splits-in-flight', '2'] }));
+    captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: 3, extraArgs: captureArgs }));
     const before = new Map<string, string[]>();
     for (const id of feeds) {
       const spans = await settled(id, 45_000);
