@@ -233,6 +233,11 @@ describe('span split and merge on running changefeeds', () => {
     }
     victim.proc.signal('SIGKILL');
     captures.push(await TestCapture.start(etcd, { cluster, leaseTtlS: 3, extraArgs: captureArgs }));
+    // The owner saw it die (its lease ran out): its spans are being placed again.
+    await waitFor('the killed capture gone from the cluster', async () => {
+      const listed = await call<{ id: string }[]>('GET', '/api/v1/captures');
+      return listed.status === 200 && !listed.body.some((c) => c.id === victim.id) ? true : undefined;
+    }, 30_000, 100);
     const before = new Map<string, string[]>();
     for (const id of feeds) {
       const spans = await settled(id);
