@@ -131,6 +131,11 @@ export interface OwnerLimits {
    * one's heartbeat interval widens (every heartbeat is a message and an answer).
    */
   readonly heartbeatsPerSecondMax: number;
+  /**
+   * How long a split without a key waits for the source's sample of the span's keys;
+   * after that the request is answered 503 `source-unavailable` (retry, or give `at`).
+   */
+  readonly splitSampleTimeoutMs: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -150,6 +155,7 @@ export const ownerDefaults: OwnerLimits = {
   writeRetryBackoffMs: 100,
   failureWindowMs: 30 * 60_000,
   failureQuietMs: 60_000,
+  splitSampleTimeoutMs: 5_000,
 };
 
 /** A fenced write's outcome for the API: `conflict` when etcd's copy changed meanwhile. */
@@ -696,7 +702,7 @@ export class OwnerRole {
     if (key === undefined) {
       let sampled: string | undefined;
       try {
-        sampled = this.ctx.sampleSplitKey === undefined ? undefined : await this.ctx.sampleSplitKey(managed.info, span);
+        sampled = this.ctx.sampleSplitKey === undefined ? undefined : await withDeadline(this.ctx.sampleSplitKey(managed.info, span), this.ctx.limits.splitSampleTimeoutMs);
       } catch (error) {
         return this.refused(changefeed, 'split', { ok: false, code: 'source-unavailable', message: `cannot sample the keys of ${formatSpan(span)} to split it: ${(error as Error).message}; retry, or give "at"` });
       }
@@ -1006,6 +1012,23 @@ export function settledSpans(info: ChangefeedInfo, previous: ChangefeedInfo, til
     spans.push(...tableSpans(spec));
   }
   return { tables, spans };
+}
+
+/** `promise`, or a rejection once `ms` passed (the promise's own outcome is then ignored). */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
 }
 
 /** True when `key` lies strictly inside `span` (after its start, before its end). */
