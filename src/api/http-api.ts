@@ -32,10 +32,11 @@ import type { ReplicationSet } from '../core/replication-set.ts';
 import type { Capture } from '../server/capture.ts';
 import { redactSecrets } from '../pipeline/redact.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from '../server/changefeed-info.ts';
-import { ValidationError } from '../server/changefeed-info.ts';
+import { ValidationError, changefeedLimits } from '../server/changefeed-info.ts';
 import { ChangefeedService, ServiceError } from '../server/changefeed-service.ts';
 import type { ServiceErrorKind } from '../server/changefeed-service.ts';
-import type { DrainResult, OwnerRole } from '../server/owner-role.ts';
+import type { DrainResult, OwnerRole, SpanOperationRefusal } from '../server/owner-role.ts';
+import type { SpanOperationView } from '../core/span-operation.ts';
 import { authorize, crossSiteRefusal, parseRole } from './auth.ts';
 import type { AuthOptions, Role, TokenFile } from './auth.ts';
 import { apiRequest } from './api-request.ts';
@@ -191,6 +192,8 @@ export class HttpApi {
         return { status: 200, body: new EventStream((signal) => this.watermarkEvents(info.id, signal)) };
       }),
       r('POST', '/api/v1/changefeeds/{}/spans/move', async (q) => this.moveSpan(q.params[0], q.body)),
+      r('POST', '/api/v1/changefeeds/{}/spans/split', async (q) => this.splitSpan(q.params[0], q.body)),
+      r('POST', '/api/v1/changefeeds/{}/spans/merge', async (q) => this.mergeSpans(q.params[0], q.body)),
       r('POST', '/api/v1/changefeeds/{}/rebalance', async (q) => this.rebalance(q.params[0])),
     ];
   }
@@ -463,6 +466,8 @@ export class HttpApi {
       spans: managed?.coordinator.manager.sets.size ?? 0,
       spansByState: managed?.coordinator.manager.stateCounts ?? null,
       warning: failingWarning(managed?.coordinator.failing(), managed?.failingForMs),
+      // Splits and merges in flight (each holds the watermark until it settles).
+      operations: managed === undefined ? [] : managed.coordinator.operations().map(operationView),
       moves: {
         queued: managed?.coordinator.movesQueued ?? 0,
         refused: (managed?.coordinator.moveRefusals ?? []).map((r) => ({ table: r.span.table, start: r.span.start, captureId: r.capture, reason: r.reason })),
@@ -621,6 +626,28 @@ export class HttpApi {
     return { status: 202, body: { moving: { table: set.span.table, start: set.span.start, to: fields.captureId } } };
   }
 
+  /** `{table, start, at?}`: splits the span of `table` starting at `start` (at `at`, or where the owner picks). */
+  private async splitSpan(id: string | undefined, body: unknown): Promise<ApiResponse> {
+    const info = this.findChangefeed(id);
+    const fields = operationBody(body, ['table', 'start', 'at'], '{"table", "start", "at"?}');
+    const at = fields.at;
+    if (at !== undefined && (typeof at !== 'string' || at.length === 0 || at.length > spanKeyLengthMax)) {
+      throw new ValidationError(`"at" must be a non-empty key of at most ${spanKeyLengthMax} characters`);
+    }
+    const result = await this.owner().splitSpan(info.id, fields.table, fields.start, at as string | undefined);
+    if (!result.ok) throw operationRefusal(result);
+    return { status: 202, body: { operation: operationView(result.operation) } };
+  }
+
+  /** `{table, start}`: merges the span of `table` starting at `start` with the next one. */
+  private mergeSpans(id: string | undefined, body: unknown): ApiResponse {
+    const info = this.findChangefeed(id);
+    const fields = operationBody(body, ['table', 'start'], '{"table", "start"}');
+    const result = this.owner().mergeSpans(info.id, fields.table, fields.start);
+    if (!result.ok) throw operationRefusal(result);
+    return { status: 202, body: { operation: operationView(result.operation) } };
+  }
+
   private rebalance(id: string | undefined): ApiResponse {
     const info = this.findChangefeed(id);
     const managed = this.owner().managed.get(info.id);
@@ -651,6 +678,55 @@ function isEtcdUnavailable(error: unknown): boolean {
     error instanceof GRPCCancelledError ||
     (error instanceof Error && /circuit breaker is open|UNAVAILABLE|DEADLINE_EXCEEDED/.test(error.message))
   );
+}
+
+/** Longest key a split or merge request may name (as table boundaries may be). */
+export const spanKeyLengthMax = 1024;
+
+/** A split or merge body: an object of only `allowed` fields, `table` and `start` strings. */
+function operationBody(body: unknown, allowed: readonly string[], shape: string): { table: string; start: string } & Record<string, unknown> {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError(`the body must be a JSON object ${shape}`);
+  const fields = body as Record<string, unknown>;
+  for (const key of Object.keys(fields)) if (!allowed.includes(key)) throw new ValidationError(`unknown field "${key}"; the body is ${shape}`);
+  if (typeof fields.table !== 'string' || fields.table.length === 0 || fields.table.length > changefeedLimits.idLengthMax) {
+    throw new ValidationError(`"table" must be a table name of 1-${changefeedLimits.idLengthMax} characters`);
+  }
+  if (typeof fields.start !== 'string' || fields.start.length > spanKeyLengthMax) throw new ValidationError(`"start" must be the span's start key, a string of at most ${spanKeyLengthMax} characters`);
+  return fields as { table: string; start: string } & Record<string, unknown>;
+}
+
+/**
+ * A refused split or merge: 400 for what the request got wrong (an unknown table, a
+ * split key not strictly inside the span), 404 for a span that does not exist, 503 when
+ * the source could not be asked for a split key, 409 for the rest (wrong state).
+ */
+function operationRefusal(result: { code: SpanOperationRefusal; message: string }): ApiError {
+  switch (result.code) {
+    case 'unknown-table':
+    case 'bad-split-key':
+      return new ApiError(400, result.code, result.message);
+    case 'unknown-span':
+      return new ApiError(404, result.code, result.message);
+    case 'source-unavailable':
+      return new ApiError(503, result.code, result.message);
+    default:
+      return new ApiError(409, result.code, result.message);
+  }
+}
+
+/** A split or merge as the API shows it. */
+function operationView(operation: SpanOperationView): Record<string, unknown> {
+  return {
+    id: operation.id,
+    kind: operation.kind,
+    phase: operation.phase,
+    table: operation.table,
+    from: operation.from.map((span) => ({ start: span.start, end: span.end })),
+    to: operation.to.map((span) => ({ start: span.start, end: span.end })),
+    targets: operation.targets,
+    sinceTick: operation.sinceTick,
+    ...(operation.reason === undefined ? {} : { reason: operation.reason }),
+  };
 }
 
 /** Maps a refused core request to 404 (unknown things) or 409 (wrong state). */

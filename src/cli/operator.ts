@@ -27,6 +27,12 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token 
   span list <changefeed> [--table <t>] [--capture <id>] [--state <state>] [--page-size <n>]
                                     every span in span order, fetched page by page
   span move <changefeed> --table <t> --start <key> --capture <id>
+  span split <changefeed> <table> <start> [--at <key>]
+                                    splits the span of <table> that starts at <start> in two:
+                                    at <key>, or (without --at) where the owner picks: the
+                                    median of the source's keys in it, else its middle
+  span merge <changefeed> <table> <start>
+                                    merges the span that starts at <start> with the next one
   span slowest <changefeed> [--count K]   the K spans with the lowest checkpoints (default 10)
   rebalance <changefeed>
   owner resign
@@ -181,6 +187,7 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         'page-size': { type: 'string' },
         'interval-ms': { type: 'string' },
         count: { type: 'string' },
+        at: { type: 'string' },
       },
       strict: true,
     });
@@ -202,7 +209,7 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
     return 2;
   }
   const ctx: Context = { server: (values.server ?? process.env.SPANFEED_SERVER ?? 'http://127.0.0.1:8080').replace(/\/$/, ''), token, json: values.json === true, out, tls };
-  const [noun, verb, arg] = positionals;
+  const [noun, verb, arg, arg2, arg3] = positionals;
   const print = (value: unknown, render: () => string): void => out(ctx.json ? `${JSON.stringify(value)}\n` : render());
   const intervalMs = Number(values['interval-ms'] ?? 500);
   const count = values.count === undefined ? Infinity : Number(values.count);
@@ -347,6 +354,21 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         const body = { table: need(values.table?.[0], '--table'), start: values.start ?? '', captureId: need(values.capture, '--capture') };
         const r = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}/spans/move`, body);
         print(r, () => `moving ${r.moving.table} ${JSON.stringify(r.moving.start)} to ${r.moving.to}\n`);
+        return 0;
+      }
+      case 'span split':
+      case 'span merge': {
+        // A span's start may be "" (the first span of a table from the keyspace's start).
+        if (arg3 === undefined) throw new CliError(`span ${verb}: expected <changefeed> <table> <start>; run "spanfeed cli --help"`);
+        if (positionals.length > 5) throw new CliError(`span ${verb}: unexpected argument ${JSON.stringify(positionals[5])}`);
+        if (verb === 'merge' && values.at !== undefined) throw new CliError('span merge takes no --at');
+        const body: Record<string, unknown> = { table: need(arg2, 'a table'), start: arg3 };
+        if (values.at !== undefined) body.at = values.at;
+        const r = await call(ctx, 'POST', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}/spans/${verb}`, body);
+        const o = r.operation;
+        const spans = (list: { start: string; end: string }[]): string => list.map((s) => `[${JSON.stringify(s.start)}, ${JSON.stringify(s.end)})`).join(' + ');
+        print(r, () => `${o.kind} ${o.id} of ${o.table} started: ${spans(o.from)} -> ${spans(o.to)}
+`);
         return 0;
       }
       case 'rebalance undefined':

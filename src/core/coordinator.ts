@@ -430,10 +430,19 @@ export class Coordinator {
     this.heartbeatIntervalTicks = Math.max(this.limits.heartbeatIntervalTicks, Math.floor(ticks));
   }
 
-  /** Looks a span up by table and start key (O(spans): for the API only). */
+  /**
+   * Looks a span up by table and start key (O(spans): for the API only). While a split or
+   * merge commits, an old span being stopped and a new one can start at the same key: the
+   * wanted one is the span the operator means.
+   */
   findSpan(table: string, start: string): ReplicationSet | undefined {
-    for (const set of this.manager.sets.values()) if (set.span.table === table && set.span.start === start) return set;
-    return undefined;
+    let found: ReplicationSet | undefined;
+    for (const set of this.manager.sets.values()) {
+      if (set.span.table !== table || set.span.start !== start) continue;
+      if (this.manager.isWanted(set)) return set;
+      found ??= set;
+    }
+    return found;
   }
 
   /** The set of a span, by span. */

@@ -41,6 +41,7 @@ import { readCaptureRecords } from './capture-records.ts';
 import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
 import type { CaptureRecord, OwnerLimits } from './owner-role.ts';
 import { OwnerRole, ownerDefaults } from './owner-role.ts';
+import { splitKeySampler } from './changefeed-service.ts';
 import type { ServerConfig } from './server-config.ts';
 
 /** A capture that could not start: a port in use, or etcd not reached within the start timeout. */
@@ -141,6 +142,7 @@ export class Capture {
           ...(this.ownerRole as OwnerRole).lagsMs(m.info.id, m.coordinator.checkpointTs, m.coordinator.resolvedTs),
           spansByState: m.coordinator.manager.stateCounts,
           movesInFlight: m.coordinator.manager.tasksInFlight.move,
+          spanOperationsInFlight: m.coordinator.manager.operations.size,
           failingSpans: m.coordinator.failing().spans,
           stalledForMs: m.coordinator.lastWatermark.state === 'stalled' ? m.coordinator.lastWatermark.stalledForMs : 0,
           slowestSpanLagMs: this.slowestSpanLagMs(m.info.id),
@@ -466,6 +468,7 @@ export class Capture {
         captures: () => this.captures,
         cache: this.changefeedCache,
         resign: () => this.resign(),
+        sampleSplitKey: splitKeySampler(this.bounds),
         limits: ownerLimits(this.config),
         grpcCredentials: this.tls?.grpcChannelCredentials(),
         grpcChannelOptions: this.tls?.grpcChannelOptions(),
@@ -487,7 +490,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
   return {
     ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
-    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, stallAfterMs: config.stallAfterMs },
+    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, splitsInFlightMax: config.splitsInFlightMax, stallAfterMs: config.stallAfterMs },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
     failureWindowMs: config.failureWindowMs,
     statusWriteIntervalMs: config.statusWriteIntervalMs,

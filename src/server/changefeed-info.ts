@@ -215,9 +215,34 @@ export function changefeedSpans(info: Pick<ChangefeedInfo, 'tables'>): { tables:
   const tables: TableRange[] = [];
   const spans: Span[] = [];
   for (const spec of info.tables) {
-    const range = tableRange(spec);
-    tables.push(range);
-    spans.push(...(spec.boundaries === undefined ? splitRange(range, spec.spans ?? 1) : splitAtBoundaries(range, spec.boundaries)));
+    tables.push(tableRange(spec));
+    spans.push(...tableSpans(spec));
   }
   return { tables, spans };
+}
+
+/** The spans of one table: at its boundaries, or at evenly spaced raw bytes. */
+export function tableSpans(spec: TableSpec): Span[] {
+  const range = tableRange(spec);
+  return spec.boundaries === undefined ? splitRange(range, spec.spans ?? 1) : splitAtBoundaries(range, spec.boundaries);
+}
+
+/**
+ * The table spec that stores `spans` as its tiling (`spans` is their count, `boundaries`
+ * where each after the first starts), so that every owner derives exactly these spans;
+ * undefined when they do not tile the table's range exactly (sorted, touching, from its
+ * start to its end), e.g. because the table was cut anew meanwhile.
+ */
+export function specWithTiling(spec: TableSpec, spans: readonly Span[]): TableSpec | undefined {
+  const range = tableRange(spec);
+  if (spans.length === 0 || spans.length > changefeedLimits.spansPerTableMax) return undefined;
+  let at = range.start;
+  for (const span of spans) {
+    if (span.table !== spec.name || span.start !== at || (span.end !== '' && !(span.start < span.end))) return undefined;
+    at = span.end;
+  }
+  if (at !== range.end) return undefined;
+  const { boundaries: _boundaries, ...rest } = spec;
+  if (spans.length === 1) return { ...rest, spans: 1 };
+  return { ...rest, spans: spans.length, boundaries: spans.slice(1).map((span) => span.start) };
 }

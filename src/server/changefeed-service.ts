@@ -25,7 +25,7 @@ import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-i
 import * as lifecycle from '../core/changefeed-lifecycle.ts';
 import type { LifecycleDecision, LifecycleTable, LifecycleView } from '../core/changefeed-lifecycle.ts';
 import { ValidationError, parseCreateRequest, parseTables, tableRange, validateId } from './changefeed-info.ts';
-import type { OwnerRole, WriteResult } from './owner-role.ts';
+import type { OwnerRole, SplitKeySampler, WriteResult } from './owner-role.ts';
 
 /** Why a lifecycle request was refused; the API maps `kind` to an HTTP status. */
 export type ServiceErrorKind = 'invalid' | 'not-found' | 'conflict' | 'unavailable';
@@ -246,6 +246,26 @@ export class ChangefeedService {
     const response = await this.ctx.client.get(this.ctx.keys.changefeedInfo('-')).exec();
     return BigInt(response.header.revision) + 1n;
   }
+}
+
+/**
+ * The owner's split-key sampler (a split without `at`): the median of a sample of the
+ * span's keys at the source's current revision, as at create (`sampleBoundaries` with 2
+ * spans); undefined when the source has no sample or the span too few keys. The source
+ * is checked against the capture's bounds before it is dialled, as on create.
+ */
+export function splitKeySampler(bounds: PipelineBounds): SplitKeySampler {
+  return async (info, span) => {
+    await checkChangefeedBounds(info.source.uri, info.sink.uri, [{ table: span.table, start: span.start, end: span.end }], bounds);
+    const source = openSource(info.source.uri, { credentialsRoot: bounds.credentialsRoot });
+    try {
+      if (source.sampleBoundaries === undefined) return undefined;
+      const [key] = await source.sampleBoundaries({ name: span.table, start: span.start, end: span.end }, 2, await source.currentTs());
+      return key;
+    } finally {
+      await source.close();
+    }
+  };
 }
 
 function exists(id: string): ServiceError {

@@ -17,6 +17,8 @@ export interface MetricsSources {
     readonly resolvedLagMs: number | null;
     readonly spansByState: Readonly<Record<string, number>>;
     readonly movesInFlight: number;
+    /** Splits and merges in flight. */
+    readonly spanOperationsInFlight: number;
     readonly failingSpans: number;
     /** How long the watermark has been `stalled`; 0 when it is not. */
     readonly stalledForMs: number;
@@ -46,6 +48,8 @@ export class Metrics {
   readonly fencedWriteRejections: Counter;
   readonly etcdErrors: Counter;
   readonly cannotProceedTicks: Counter<'changefeed' | 'reason'>;
+  /** Splits and merges asked for and how they ended (owner only). */
+  readonly spanOperations: Counter<'changefeed' | 'kind' | 'outcome'>;
   /** Event streams (SSE) this capture is serving; a client that leaves must bring it down. */
   readonly apiEventStreams: Gauge;
   /** Owner messages this capture's gRPC server dropped, by why (see README, security). */
@@ -91,6 +95,12 @@ export class Metrics {
       labelNames: ['changefeed', 'reason'],
       registers,
     });
+    this.spanOperations = new Counter({
+      name: 'spanfeed_span_operations_total',
+      help: 'Span splits and merges on this owner, by kind (split, merge; adopt: a new owner went on with a tiling the captures held) and outcome (started, refused: the request was answered 4xx/503 and nothing changed; done; aborted: given up before its commit, the old spans go on).',
+      labelNames: ['changefeed', 'kind', 'outcome'],
+      registers,
+    });
     this.rpcMessagesRefused = new Counter({
       name: 'spanfeed_rpc_messages_refused_total',
       help: 'Owner messages this capture dropped: not from the owner in etcd (unverified-owner, forged-owner, stale-owner), malformed, too-many-spans, span-ids (a span id never defined on the stream), unknown-changefeed, or dropped by the agent (stale-seq, wrong-epoch, ...).',
@@ -134,6 +144,7 @@ export class Metrics {
       c.resolvedLagMs === null ? undefined : c.resolvedLagMs / 1000,
     );
     changefeedGauge('spanfeed_changefeed_moves_in_flight', 'Span moves in flight.', (c) => c.movesInFlight);
+    changefeedGauge('spanfeed_changefeed_span_operations_in_flight', 'Span splits and merges in flight (each holds the watermark while it runs).', (c) => c.spanOperationsInFlight);
     changefeedGauge('spanfeed_changefeed_stalled', '1 while the watermark is stalled: the checkpoint stands still behind the resolved-ts for --stall-after-ms; else 0.', (c) =>
       c.stalledForMs > 0 ? 1 : 0,
     );

@@ -24,15 +24,19 @@ import { CaptureConnection } from '../rpc/owner-client.ts';
 import { spanIdsPerStreamDefault } from '../rpc/span-ids.ts';
 import { SpanProgressBook } from '../core/span-progress.ts';
 import type { SpanProgressEntry } from '../core/span-progress.ts';
-import { spanKey } from '../core/span.ts';
+import type { Span } from '../core/span.ts';
+import { compareSpans, formatSpan, spanKey } from '../core/span.ts';
+import type { SpanOperationView } from '../core/span-operation.ts';
+import { splitRange } from '../core/split.ts';
+import type { CoordinatorEvent } from '../core/events.ts';
 import type * as grpc from '@grpc/grpc-js';
 import { ChangefeedRun, runDefaults } from '../core/changefeed-run.ts';
 import type { RunCommand, RunOutcome } from '../core/changefeed-run.ts';
 import { describeValue } from '../core/assert.ts';
 import type { ChangefeedCache } from '../cluster/changefeed-cache.ts';
 import type { FencedResult } from '../cluster/election.ts';
-import type { ChangefeedInfo, ChangefeedStatus } from './changefeed-info.ts';
-import { changefeedSpans } from './changefeed-info.ts';
+import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-info.ts';
+import { changefeedLimits, specWithTiling, tableRange, tableSpans } from './changefeed-info.ts';
 import { LagTracker } from './lag-tracker.ts';
 import { backfillTablePrefix } from '../pipeline/backfill.ts';
 import { SerialQueue } from './serial-queue.ts';
@@ -52,6 +56,27 @@ export type DrainResult =
 
 const drainsLoading: DrainResult = { ok: false, code: 'drains-loading', message: 'this owner is still reading the persisted drains; retry' };
 const drainsBusy: DrainResult = { ok: false, code: 'busy', message: 'too many drain changes are waiting; retry' };
+
+/**
+ * Why a split or merge was refused: the coordinator's codes, and the shell's own:
+ * `not-running` (the changefeed is not coordinated here in a running run),
+ * `unknown-table`, `spans-bound` (the table or the changefeed would get more spans than
+ * `changefeedLimits` allow), `no-split-key` (the span has no key strictly inside it to
+ * split at), `source-unavailable` (the source could not be asked for a split key).
+ */
+export type SpanOperationRefusal = RequestErrorCode | 'not-running' | 'unknown-table' | 'spans-bound' | 'no-split-key' | 'source-unavailable';
+
+/** The answer to a split or merge request: the operation it started, or why not. */
+export type SpanOperationResult =
+  | { readonly ok: true; readonly operation: SpanOperationView }
+  | { readonly ok: false; readonly code: SpanOperationRefusal; readonly message: string };
+
+/**
+ * Picks a split key for `span` from the changefeed's source (its sample's median);
+ * undefined when the source cannot tell (no sample, too few keys). The capture passes
+ * one that opens the source within its bounds.
+ */
+export type SplitKeySampler = (info: ChangefeedInfo, span: Span) => Promise<string | undefined>;
 
 /** A live capture as registered in etcd. */
 export interface CaptureRecord {
@@ -109,6 +134,11 @@ export interface OwnerLimits {
    * one's heartbeat interval widens (every heartbeat is a message and an answer).
    */
   readonly heartbeatsPerSecondMax: number;
+  /**
+   * How long a split without a key waits for the source's sample of the span's keys;
+   * after that the request is answered 503 `source-unavailable` (retry, or give `at`).
+   */
+  readonly splitSampleTimeoutMs: number;
 }
 
 export const ownerDefaults: OwnerLimits = {
@@ -129,6 +159,7 @@ export const ownerDefaults: OwnerLimits = {
   writeRetryBackoffMs: 100,
   failureWindowMs: 30 * 60_000,
   failureQuietMs: 60_000,
+  splitSampleTimeoutMs: 5_000,
 };
 
 /** A fenced write's outcome for the API: `conflict` when etcd's copy changed meanwhile. */
@@ -151,6 +182,8 @@ export interface OwnerContext {
   readonly resign: () => Promise<void>;
   /** Called once when the owner stops acting (deposed, fenced or resigned). */
   readonly onStop: (reason: string) => void;
+  /** Asks the source for a split key (a split without `at`); undefined: raw-byte midpoints only. */
+  readonly sampleSplitKey?: SplitKeySampler | undefined;
   /** Credentials of the streams to captures (mutual TLS); undefined: plain text. */
   readonly grpcCredentials?: grpc.ChannelCredentials | undefined;
   /** Their channel options (the TLS server name). */
@@ -179,6 +212,27 @@ interface ManagedChangefeed {
   drainsVersion: number;
   /** Per-span progress as the captures report it (display only; the watermark does not use it). */
   readonly progress: SpanProgressBook;
+  /** The settled tilings of splits and merges, not yet persisted in the info (see `persistTilings`). */
+  readonly tilings: TilingWrites;
+}
+
+/**
+ * The tilings a run's splits and merges settled (`operation-done`, `tiling-adopted`),
+ * per table, until the info holds them. One write at a time per changefeed (so per
+ * table), always of the latest tiling; a write that fails is tried again.
+ */
+export interface TilingWrites {
+  /** Per table: its settled tiling that the info does not hold yet. */
+  readonly pending: Map<string, Span[]>;
+  /** Per table: the spec (as JSON) this run last wrote, to tell its own writes from an operator's. */
+  readonly written: Map<string, string>;
+  writing: boolean;
+  /** No write before this owner tick (after a failed one). */
+  retryAtTick: number;
+}
+
+export function newTilingWrites(): TilingWrites {
+  return { pending: new Map(), written: new Map(), writing: false, retryAtTick: 0 };
 }
 
 export class OwnerRole {
@@ -313,10 +367,23 @@ export class OwnerRole {
     const out = managed.coordinator.tick({ captures: live, reports, barrierTs: targetTs, nowMs: performance.now() });
     managed.lag.observeResolved(managed.coordinator.resolvedTs, Date.now());
     for (const message of out.outbox) this.connections.get(message.header.to)?.connection.send(message);
+    this.noteOperations(id, managed, out.events);
+    this.persistTilings(managed);
     for (const event of out.events) {
       if (event.type === 'stall-started' || event.type === 'stall-ended') this.ctx.log.warn({ changefeed: id, event }, event.type === 'stall-started' ? 'checkpoint stalled' : 'checkpoint moving again');
       else if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
-      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined' || event.type === 'move-refused') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
+      else if (
+        event.type === 'capture-gone' ||
+        event.type === 'rebuilt' ||
+        event.type === 'capture-joined' ||
+        event.type === 'move-refused' ||
+        event.type === 'operation-started' ||
+        event.type === 'operation-changed' ||
+        event.type === 'operation-done' ||
+        event.type === 'operation-aborted' ||
+        event.type === 'tiling-adopted'
+      )
+        this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
       else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
     }
     if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
@@ -366,10 +433,11 @@ export class OwnerRole {
       }
       if (info === managed.info) continue;
       const tablesChanged = JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables);
+      const previous = managed.info;
       managed.info = info;
       if (tablesChanged && managed.run.phase === 'running') {
         try {
-          const { tables, spans } = changefeedSpans(info);
+          const { tables, spans } = settledSpans(info, previous, managed.tilings);
           managed.coordinator.setSpans(tables, spans);
           const kept = new Set(spans.map(spanKey));
           managed.progress.retain((span) => kept.has(spanKey(span)));
@@ -394,16 +462,16 @@ export class OwnerRole {
           seed: Number(this.ctx.owner.revision % 2_147_483_647n),
           limits: this.ctx.limits.coordinator,
         });
-        const { tables, spans } = changefeedSpans(info);
+        const { tables, spans } = settledSpans(info, info, undefined);
         coordinator.setSpans(tables, spans);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook() });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook(), tilings: newTilingWrites() });
         this.ctx.log.info({ changefeed: id, checkpointTs, spans: spans.length }, 'coordinating changefeed');
       } catch (error) {
         // A changefeed whose stored info cannot even start a coordinator fails, alone.
         this.ctx.log.error({ err: error, changefeed: id }, 'cannot coordinate changefeed');
         const coordinator = new Coordinator({ changefeed: id, changefeedEpoch: 0n, ownerId: this.ctx.owner.captureId, ownerRevision: this.ctx.owner.revision, checkpointTs: 0n, seed: 1, limits: this.ctx.limits.coordinator });
         run.fail(`cannot coordinate: ${(error as Error).message}`);
-        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook() });
+        this.managed.set(id, { info, epoch: info.epoch, coordinator, run, lag: new LagTracker(), failures: this.failureWindow(), failingForMs: undefined, reports: [], drainsVersion: -1, progress: new SpanProgressBook(), tilings: newTilingWrites() });
       }
     }
   }
@@ -620,6 +688,164 @@ export class OwnerRole {
     return total;
   }
 
+  /**
+   * Splits the span of `table` that starts at `start` at key `at`; without `at`, at the
+   * median of a sample of its keys from the source when the source has one, else at
+   * the raw-byte midpoint of the span. Answers once the operation started (or why not);
+   * its new tiling is persisted when it is done (see `persistTilings`).
+   */
+  async splitSpan(changefeed: string, table: string, start: string, at?: string): Promise<SpanOperationResult> {
+    const found = this.operationTarget(changefeed, table, start);
+    if (!found.ok) return this.refused(changefeed, 'split', found);
+    const { managed, span } = found;
+    const tableSpans = managed.coordinator.tiling().filter((s) => s.table === table).length;
+    const totalSpans = managed.coordinator.manager.sets.size;
+    if (tableSpans + 1 > changefeedLimits.spansPerTableMax || totalSpans + 1 > changefeedLimits.spansMax) {
+      return this.refused(changefeed, 'split', { ok: false, code: 'spans-bound', message: `table ${table} may have at most ${changefeedLimits.spansPerTableMax} spans, the changefeed ${changefeedLimits.spansMax}` });
+    }
+    let key = at;
+    if (key === undefined) {
+      let sampled: string | undefined;
+      try {
+        sampled = this.ctx.sampleSplitKey === undefined ? undefined : await withDeadline(this.ctx.sampleSplitKey(managed.info, span), this.ctx.limits.splitSampleTimeoutMs);
+      } catch (error) {
+        return this.refused(changefeed, 'split', { ok: false, code: 'source-unavailable', message: `cannot sample the keys of ${formatSpan(span)} to split it: ${(error as Error).message}; retry, or give "at"` });
+      }
+      key = sampled !== undefined && insideSpan(sampled, span) ? sampled : midpointKey(span);
+      if (key === undefined) return this.refused(changefeed, 'split', { ok: false, code: 'no-split-key', message: `${formatSpan(span)} has no key strictly inside it to split at` });
+    }
+    // The sample took a while: the span must still be the one that was asked about.
+    const again = this.operationTarget(changefeed, table, start);
+    if (!again.ok) return this.refused(changefeed, 'split', again);
+    const result = again.managed.coordinator.requestSplit(table, start, key);
+    if (!result.ok) return this.refused(changefeed, 'split', result);
+    this.ctx.metrics.spanOperations.inc({ changefeed, kind: 'split', outcome: 'started' });
+    return result;
+  }
+
+  /** Merges the span of `table` that starts at `start` with the next one. */
+  mergeSpans(changefeed: string, table: string, start: string): SpanOperationResult {
+    const found = this.operationTarget(changefeed, table, start);
+    if (!found.ok) return this.refused(changefeed, 'merge', found);
+    const result = found.managed.coordinator.requestMerge(table, start);
+    if (!result.ok) return this.refused(changefeed, 'merge', result);
+    this.ctx.metrics.spanOperations.inc({ changefeed, kind: 'merge', outcome: 'started' });
+    return result;
+  }
+
+  /** The splits and merges in flight of a changefeed coordinated here ([] otherwise). */
+  operations(changefeed: string): SpanOperationView[] {
+    const managed = this.managed.get(changefeed);
+    return managed === undefined ? [] : managed.coordinator.operations();
+  }
+
+  /** The running changefeed and the span a split or merge is asked for. */
+  private operationTarget(changefeed: string, table: string, start: string): { ok: true; managed: ManagedChangefeed; span: Span } | { ok: false; code: SpanOperationRefusal; message: string } {
+    const managed = this.managed.get(changefeed);
+    if (managed === undefined || managed.run.phase !== 'running' || managed.info.state !== 'normal') return { ok: false, code: 'not-running', message: `changefeed ${changefeed} is not running` };
+    if (!managed.info.tables.some((t) => t.name === table)) return { ok: false, code: 'unknown-table', message: `changefeed ${changefeed} has no table ${JSON.stringify(table)}` };
+    if (managed.coordinator.phase !== 'running') return { ok: false, code: 'not-ready', message: `the coordinator of ${changefeed} is ${managed.coordinator.phase}; retry` };
+    const set = managed.coordinator.findSpan(table, start);
+    if (set === undefined) return { ok: false, code: 'unknown-span', message: `no span of table ${JSON.stringify(table)} starts at ${JSON.stringify(start)}` };
+    return { ok: true, managed, span: set.span };
+  }
+
+  private refused(changefeed: string, kind: 'split' | 'merge', refusal: { readonly ok?: false; readonly code: SpanOperationRefusal; readonly message: string }): SpanOperationResult {
+    this.ctx.metrics.spanOperations.inc({ changefeed, kind, outcome: 'refused' });
+    return { ok: false, code: refusal.code, message: refusal.message };
+  }
+
+  // ---- splits and merges: persisting the tiling ----
+
+  /** Counts settled operations and takes the tilings they (or a rebuild) settled. */
+  private noteOperations(id: string, managed: ManagedChangefeed, events: readonly CoordinatorEvent[]): void {
+    for (const event of events) {
+      let table: string | undefined;
+      if (event.type === 'operation-done') {
+        this.ctx.metrics.spanOperations.inc({ changefeed: id, kind: event.operation.kind, outcome: 'done' });
+        table = event.table;
+      } else if (event.type === 'operation-aborted') {
+        this.ctx.metrics.spanOperations.inc({ changefeed: id, kind: event.operation.kind, outcome: 'aborted' });
+      } else if (event.type === 'tiling-adopted') {
+        this.ctx.metrics.spanOperations.inc({ changefeed: id, kind: 'adopt', outcome: 'done' });
+        table = event.table;
+      }
+      if (table === undefined) continue;
+      // The table's whole tiling as it is now (a later operation's replaces an earlier one's).
+      const spans = managed.coordinator.tiling().filter((span) => span.table === table).sort(compareSpans);
+      if (spans.length > 0) managed.tilings.pending.set(table, spans);
+    }
+  }
+
+  /**
+   * Writes the settled tilings into the changefeed info: the table's `spans` and
+   * `boundaries`, so every later owner derives these spans. Through the info write queue
+   * (after the API's writes, never beside them), fenced by the owner's key and by the
+   * info's mod revision, and only while this run is still the changefeed's run (same
+   * epoch, normal); a failed or conflicting write is tried again after
+   * `writeRetryBackoffMs` with the latest tiling. A table the operator cut anew (or
+   * removed) meanwhile keeps the operator's cut: its settled tiling is dropped (the
+   * coordinator is then given the operator's spans, see `Coordinator.setSpans`).
+   */
+  private persistTilings(managed: ManagedChangefeed): void {
+    const writes = managed.tilings;
+    if (writes.writing || writes.pending.size === 0 || this.tickCount < writes.retryAtTick || this.stopped) return;
+    const batch = new Map(writes.pending);
+    const retryLater = (): void => {
+      writes.retryAtTick = this.tickCount + Math.max(1, Math.ceil(this.ctx.limits.writeRetryBackoffMs / this.ctx.limits.tickIntervalMs));
+    };
+    const queued = this.queueInfoWrite(() => this.writeTilings(managed, batch));
+    if (queued === undefined) {
+      retryLater();
+      return;
+    }
+    writes.writing = true;
+    queued.then(
+      (result) => {
+        writes.writing = false;
+        if (result === 'ok' || result === 'ended') {
+          // Only what was written: a table settled again meanwhile is written next.
+          for (const [table, spans] of batch) if (writes.pending.get(table) === spans) writes.pending.delete(table);
+          if (result === 'ok') this.ctx.log.info({ changefeed: managed.info.id, tables: [...batch.keys()] }, 'tiling persisted');
+        } else if (result === 'conflict') {
+          retryLater();
+        }
+        // fenced: writeInfo stopped this owner; the next one adopts the held tiling.
+      },
+      (error: unknown) => {
+        writes.writing = false;
+        this.ctx.metrics.etcdErrors.inc();
+        this.ctx.log.warn({ err: error, changefeed: managed.info.id }, 'tiling write failed; trying again');
+        retryLater();
+      },
+    );
+  }
+
+  private async writeTilings(managed: ManagedChangefeed, batch: ReadonlyMap<string, Span[]>): Promise<WriteResult | 'ended'> {
+    const id = managed.info.id;
+    const latest = this.ctx.cache.info(id);
+    // Fenced by the run too: a pause, failure, resume or removal ended it, and a new run
+    // derives its spans from the info as it is (nobody holds the old run's spans).
+    if (this.stopped || this.managed.get(id) !== managed || latest === undefined || latest.value.state !== 'normal' || latest.value.epoch !== managed.epoch) return 'ended';
+    const writes = managed.tilings;
+    let changed = false;
+    const tables = latest.value.tables.map((spec): TableSpec => {
+      const spans = batch.get(spec.name);
+      if (spans === undefined) return spec;
+      const next = specWithTiling(spec, spans);
+      if (next === undefined) {
+        // The table was cut anew or its range changed: the operator's cut stands.
+        writes.pending.delete(spec.name);
+        return spec;
+      }
+      writes.written.set(spec.name, JSON.stringify(next));
+      if (JSON.stringify(next) !== JSON.stringify(spec)) changed = true;
+      return next;
+    });
+    for (const table of batch.keys()) if (!latest.value.tables.some((spec) => spec.name === table)) writes.pending.delete(table);
+    if (!changed) return 'ok';
+    return this.writeInfo({ ...latest.value, tables }, { expectedModRevision: latest.modRevision });
+  }
 
   // ---- drains: the shell of OwnerDrains ----
 
@@ -762,3 +988,63 @@ export class OwnerRole {
     return { key: this.ctx.keys.drainsGuard, value: JSON.stringify({ owner: this.ctx.owner.captureId, updatedAt: new Date().toISOString() }) };
   }
 }
+
+/**
+ * The tables and spans a run's coordinator is given for `info`: the info's spans, except
+ * for tables whose settled tiling is not persisted yet (so the coordinator is never told
+ * spans that disagree with a settled split or merge). A table's settled tiling is kept
+ * while the info's spec of it is what it was (`previous`) or what this run wrote itself;
+ * an operator's new cut of the table (or its removal) drops it: the cut wins.
+ */
+export function settledSpans(info: ChangefeedInfo, previous: ChangefeedInfo, tilings: TilingWrites | undefined): { tables: ReturnType<typeof tableRange>[]; spans: Span[] } {
+  const tables: ReturnType<typeof tableRange>[] = [];
+  const spans: Span[] = [];
+  const names = new Set(info.tables.map((spec) => spec.name));
+  if (tilings !== undefined) for (const table of [...tilings.pending.keys()]) if (!names.has(table)) tilings.pending.delete(table);
+  for (const spec of info.tables) {
+    tables.push(tableRange(spec));
+    const settled = tilings?.pending.get(spec.name);
+    if (settled !== undefined && tilings !== undefined) {
+      const text = JSON.stringify(spec);
+      const before = previous.tables.find((p) => p.name === spec.name);
+      const ours = (before !== undefined && JSON.stringify(before) === text) || tilings.written.get(spec.name) === text;
+      if (ours && specWithTiling(spec, settled) !== undefined) {
+        spans.push(...settled);
+        continue;
+      }
+      tilings.pending.delete(spec.name);
+    }
+    spans.push(...tableSpans(spec));
+  }
+  return { tables, spans };
+}
+
+/** `promise`, or a rejection once `ms` passed (the promise's own outcome is then ignored). */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+/** True when `key` lies strictly inside `span` (after its start, before its end). */
+function insideSpan(key: string, span: Span): boolean {
+  return key > span.start && (span.end === '' || key < span.end);
+}
+
+/** The raw-byte midpoint of a span (as `splitRange` cuts); undefined when it has none. */
+function midpointKey(span: Span): string | undefined {
+  const halves = splitRange({ name: span.table, start: span.start, end: span.end }, 2);
+  const key = halves[1]?.start;
+  return key !== undefined && insideSpan(key, span) ? key : undefined;
+}
+

@@ -31,6 +31,8 @@ export interface ServerConfig {
   readonly logLevel: LogLevel;
   readonly tickIntervalMs: number;
   readonly moveTasksInFlightMax: number;
+  /** Span splits and merges in flight per changefeed (more are refused with 409 operations-bound). */
+  readonly splitsInFlightMax: number;
   readonly drainWaitMs: number;
   /**
    * How long a capture may take to start (listen, reach etcd, register) before it gives
@@ -132,6 +134,7 @@ export const serverDefaults: ServerConfig = {
   logLevel: 'info',
   tickIntervalMs: 50,
   moveTasksInFlightMax: 10,
+  splitsInFlightMax: coordinatorDefaults.splitsInFlightMax,
   drainWaitMs: 30_000,
   startTimeoutMs: 30_000,
   pipelineBatchEvents: pipelineDefaults.batchEventsMax,
@@ -184,6 +187,7 @@ const options = {
   'log-level': ['SPANFEED_LOG_LEVEL', 'logLevel'],
   'tick-ms': ['SPANFEED_TICK_MS', 'tickMs'],
   'moves-in-flight': ['SPANFEED_MOVES_IN_FLIGHT', 'movesInFlight'],
+  'splits-in-flight': ['SPANFEED_SPLITS_IN_FLIGHT', 'splitsInFlight'],
   'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
   'start-timeout-ms': ['SPANFEED_START_TIMEOUT_MS', 'startTimeoutMs'],
   'pipeline-batch-events': ['SPANFEED_PIPELINE_BATCH_EVENTS', 'pipelineBatchEvents'],
@@ -244,6 +248,8 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --log-level <level>       fatal, error, warn, info, debug, trace, silent (default info)
   --tick-ms <n>             owner tick interval, 10-1000 ms (default 50)
   --moves-in-flight <n>     moves in flight per changefeed, 1-10000 (default 10)
+  --splits-in-flight <n>    span splits and merges in flight per changefeed, 1-1000 (default 4);
+                            each holds the changefeed's watermark while it runs
   --drain-wait-ms <n>       on SIGTERM, how long to wait for spans to move away (default 30000)
   --start-timeout-ms <n>    how long to keep trying to reach etcd and register before exiting
                             non-zero; a port in use exits at once, 100-600000 (default 30000)
@@ -460,6 +466,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     logLevel: logLevel as LogLevel,
     tickIntervalMs: intIn('--tick-ms', get('tick-ms') ?? String(serverDefaults.tickIntervalMs), 10, 1000),
     moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
+    splitsInFlightMax: intIn('--splits-in-flight', get('splits-in-flight') ?? String(serverDefaults.splitsInFlightMax), 1, 1_000),
     drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
     startTimeoutMs: intIn('--start-timeout-ms', get('start-timeout-ms') ?? String(serverDefaults.startTimeoutMs), 100, 600_000),
     pipelineQuietBatch: intIn('--pipeline-quiet-batch', get('pipeline-quiet-batch') ?? String(serverDefaults.pipelineQuietBatch), 0, 100_000),

@@ -35,9 +35,17 @@ describe('request schemas from the OpenAPI document', () => {
         withBody.push(`${method.toUpperCase()} ${template.replace('{id}', '{}')}`);
       }
     }
-    // The handlers that read a body: create, update, pause, resume, move.
+    // The handlers that read a body: create, update, pause, resume, move, split, merge.
     expect([...schemas.keys()].sort()).toEqual(
-      ['POST /api/v1/changefeeds', 'PUT /api/v1/changefeeds/{}', 'POST /api/v1/changefeeds/{}/pause', 'POST /api/v1/changefeeds/{}/resume', 'POST /api/v1/changefeeds/{}/spans/move'].sort(),
+      [
+        'POST /api/v1/changefeeds',
+        'PUT /api/v1/changefeeds/{}',
+        'POST /api/v1/changefeeds/{}/pause',
+        'POST /api/v1/changefeeds/{}/resume',
+        'POST /api/v1/changefeeds/{}/spans/move',
+        'POST /api/v1/changefeeds/{}/spans/split',
+        'POST /api/v1/changefeeds/{}/spans/merge',
+      ].sort(),
     );
     expect(withBody.sort()).toEqual([...schemas.keys()].sort());
     expect(create.required).toBe(true);
@@ -63,6 +71,14 @@ describe('request schemas from the OpenAPI document', () => {
     expect(resume.check({ backfill: { since: '5' } })).toContain('/backfill must not have the field "since"');
     expect(resume.check({ backfill: { sinceTs: '5' } })).toBeUndefined();
     expect(schema('POST /api/v1/changefeeds/{}/spans/move').check({ table: 1, start: '' })).toBe("the body must have required property 'captureId'; /table must be string");
+    const split = schema('POST /api/v1/changefeeds/{}/spans/split');
+    expect(split.check({ table: 'orders', start: '' })).toBeUndefined();
+    expect(split.check({ table: 'orders', start: 'orders/', at: 'orders/5' })).toBeUndefined();
+    expect(split.check({ table: 'orders', start: 'orders/', at: '' })).toBe('/at must NOT have fewer than 1 characters');
+    expect(split.check({ table: 'orders' })).toBe("the body must have required property 'start'");
+    const merge = schema('POST /api/v1/changefeeds/{}/spans/merge');
+    expect(merge.check({ table: 'orders', start: 'orders/' })).toBeUndefined();
+    expect(merge.check({ table: 'orders', start: 'orders/', at: 'x' })).toBe('the body must not have the field "at"');
     // A long list of bad tables makes a short message.
     const many = create.check({ ...valid, tables: Array.from({ length: 1_000 }, () => ({ name: 1 })) }) ?? '';
     expect(many).toMatch(/; and 995 more$/);

@@ -89,6 +89,8 @@ export function documentedOperations(): DocumentedOperation[] {
     'POST /api/v1/changefeeds': { id: 'cf2', source: { uri: 'datagen://?rate=5' }, sink: { uri: 'blackhole://' }, tables: [{ name: 't', spans: 2 }] },
     'PUT /api/v1/changefeeds/{id}': { tables: [{ name: 't', spans: 4 }] },
     'POST /api/v1/changefeeds/{id}/spans/move': { table: 't', start: '', captureId: 'nope' },
+    'POST /api/v1/changefeeds/{id}/spans/split': { table: 't', start: 'nope/' },
+    'POST /api/v1/changefeeds/{id}/spans/merge': { table: 't', start: 'nope/' },
   };
   const list: DocumentedOperation[] = [];
   for (const [template, item] of Object.entries(doc.paths)) {
