@@ -367,6 +367,7 @@ export class OwnerRole {
       if (info === managed.info) continue;
       const tablesChanged = JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables);
       managed.info = info;
+      managed.coordinator.setAutoSplit(info.autoSplit === true);
       if (tablesChanged && managed.run.phase === 'running') {
         try {
           const { tables, spans } = changefeedSpans(info);
@@ -393,6 +394,7 @@ export class OwnerRole {
           checkpointTs,
           seed: Number(this.ctx.owner.revision % 2_147_483_647n),
           limits: this.ctx.limits.coordinator,
+          autoSplit: info.autoSplit === true,
         });
         const { tables, spans } = changefeedSpans(info);
         coordinator.setSpans(tables, spans);
