@@ -397,15 +397,31 @@ export class SimCluster {
         this.stats[stat] = (this.stats[stat] ?? 0) + 1;
       }
       if (table === undefined) continue;
-      const spans = coordinator.tiling().filter((span) => span.table === table).sort(compareSpans);
-      if (spans.length === 0) continue;
-      let atStep = this.step + (this.faultsOn && this.rng.chance(0.3) ? 1 + this.rng.int(20) : 0);
-      // One write per table at a time, with the latest tiling (as the shell serialises them).
-      for (const earlier of this.tilingWrites) if (earlier.table === table && earlier.atStep > atStep) atStep = earlier.atStep;
-      this.tilingWrites = this.tilingWrites.filter((earlier) => earlier.table !== table);
-      this.tilingWrites.push({ owner, coordinator, table, spans, atStep });
+      this.writeTiling(owner, coordinator, table);
+    }
+    // Level-triggered, as the shell: with nothing in flight, a table whose persisted
+    // tiling differs from the coordinator's (a write lost to a pause or a fenced run) is
+    // written again, or it would stay stale until some later operation.
+    if (coordinator.operations().length === 0) {
+      const tiling = coordinator.tiling();
+      for (const table of new Set(tiling.map((span) => span.table))) {
+        if (this.tilingWrites.some((write) => write.table === table)) continue;
+        const want = tiling.filter((span) => span.table === table).sort(compareSpans);
+        if (!sameSpans(want, this.spansByTable.get(table) ?? [])) this.writeTiling(owner, coordinator, table);
+      }
     }
     this.landTilingWrites();
+  }
+
+  /** Starts the write of the table's tiling as the coordinator has it now (fenced, sometimes slow). */
+  private writeTiling(owner: SimOwner, coordinator: CoordinatorType, table: string): void {
+    const spans = coordinator.tiling().filter((span) => span.table === table).sort(compareSpans);
+    if (spans.length === 0) return;
+    let atStep = this.step + (this.faultsOn && this.rng.chance(0.3) ? 1 + this.rng.int(20) : 0);
+    // One write per table at a time, with the latest tiling (as the shell serialises them).
+    for (const earlier of this.tilingWrites) if (earlier.table === table && earlier.atStep > atStep) atStep = earlier.atStep;
+    this.tilingWrites = this.tilingWrites.filter((earlier) => earlier.table !== table);
+    this.tilingWrites.push({ owner, coordinator, table, spans, atStep });
   }
 
   private landTilingWrites(): void {
