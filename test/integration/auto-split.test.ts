@@ -33,7 +33,7 @@ beforeAll(async () => {
   const policy = [
     '--split-rate-min', String(splitRateMin),
     '--merge-rate-max', '20',
-    '--split-after-ms', '1500',
+    '--split-after-ms', '1000',
     // No merges during the test: the span count only grows.
     '--merge-after-ms', '3600000',
     '--split-cool-down-ms', '3600000',
