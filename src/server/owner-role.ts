@@ -316,7 +316,7 @@ export class OwnerRole {
     for (const event of out.events) {
       if (event.type === 'stall-started' || event.type === 'stall-ended') this.ctx.log.warn({ changefeed: id, event }, event.type === 'stall-started' ? 'checkpoint stalled' : 'checkpoint moving again');
       else if (event.type === 'invariant-violation') this.ctx.log.error({ changefeed: id, event }, 'invariant violation');
-      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined' || event.type === 'move-refused') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
+      else if (event.type === 'capture-gone' || event.type === 'rebuilt' || event.type === 'capture-joined' || event.type === 'move-refused' || event.type === 'split-policy-decided') this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
       else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
     }
     if (out.watermark.state === 'cannot-proceed') this.ctx.metrics.cannotProceedTicks.inc({ changefeed: id, reason: out.watermark.reason.code });
