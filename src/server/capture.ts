@@ -496,7 +496,6 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
       mergeAfterTicks: Math.max(1, Math.ceil(config.mergeAfterMs / config.tickIntervalMs)),
       coolDownTicks: Math.ceil(config.splitCoolDownMs / config.tickIntervalMs),
       spansPerTableMax: config.splitSpansPerTableMax,
-      splitsInFlightMax: config.splitsInFlightMax,
     },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
     failureWindowMs: config.failureWindowMs,

@@ -125,7 +125,6 @@ export interface ServerConfig {
   readonly mergeAfterMs: number;
   readonly splitCoolDownMs: number;
   readonly splitSpansPerTableMax: number;
-  readonly splitsInFlightMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -189,7 +188,6 @@ export const serverDefaults: ServerConfig = {
   mergeAfterMs: coordinatorDefaults.mergeAfterTicks * 50,
   splitCoolDownMs: coordinatorDefaults.coolDownTicks * 50,
   splitSpansPerTableMax: coordinatorDefaults.spansPerTableMax,
-  splitsInFlightMax: coordinatorDefaults.splitsInFlightMax,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -250,7 +248,6 @@ const options = {
   'merge-after-ms': ['SPANFEED_MERGE_AFTER_MS', 'mergeAfterMs'],
   'split-cool-down-ms': ['SPANFEED_SPLIT_COOL_DOWN_MS', 'splitCoolDownMs'],
   'split-spans-per-table': ['SPANFEED_SPLIT_SPANS_PER_TABLE', 'splitSpansPerTable'],
-  'splits-in-flight': ['SPANFEED_SPLITS_IN_FLIGHT', 'splitsInFlight'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -388,8 +385,6 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --split-spans-per-table <n>
                             the split policy splits no table that has n spans, 1-100000
                             (default 1024)
-  --splits-in-flight <n>    splits and merges in flight per changefeed (each holds the
-                            checkpoint while it runs), 1-1000 (default 4)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -539,7 +534,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
 }
 
 /** The split policy's flags; the merge threshold must stay well below the split one (hysteresis). */
-function splitPolicy(get: (name: OptionName) => string | undefined): Pick<ServerConfig, 'splitRateMin' | 'mergeRateMax' | 'splitAfterMs' | 'mergeAfterMs' | 'splitCoolDownMs' | 'splitSpansPerTableMax' | 'splitsInFlightMax'> {
+function splitPolicy(get: (name: OptionName) => string | undefined): Pick<ServerConfig, 'splitRateMin' | 'mergeRateMax' | 'splitAfterMs' | 'mergeAfterMs' | 'splitCoolDownMs' | 'splitSpansPerTableMax'> {
   const splitRateMin = intIn('--split-rate-min', get('split-rate-min') ?? String(serverDefaults.splitRateMin), 1, 10_000_000);
   const mergeRateMax = intIn('--merge-rate-max', get('merge-rate-max') ?? String(Math.min(serverDefaults.mergeRateMax, Math.floor(splitRateMin / 2))), 0, 10_000_000);
   if (mergeRateMax * 2 > splitRateMin) {
@@ -552,7 +547,6 @@ function splitPolicy(get: (name: OptionName) => string | undefined): Pick<Server
     mergeAfterMs: intIn('--merge-after-ms', get('merge-after-ms') ?? String(serverDefaults.mergeAfterMs), 100, 86_400_000),
     splitCoolDownMs: intIn('--split-cool-down-ms', get('split-cool-down-ms') ?? String(serverDefaults.splitCoolDownMs), 0, 86_400_000),
     splitSpansPerTableMax: intIn('--split-spans-per-table', get('split-spans-per-table') ?? String(serverDefaults.splitSpansPerTableMax), 1, 100_000),
-    splitsInFlightMax: intIn('--splits-in-flight', get('splits-in-flight') ?? String(serverDefaults.splitsInFlightMax), 1, 1_000),
   };
 }
 
