@@ -10,6 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
+import { checkAgainstOpenApi } from './openapi-check.ts';
 
 const cluster = `autosplit${process.pid}`;
 /** Events a second the table makes, and the split threshold (zipf(1) over 1,000 keys: the hottest key alone is 13%, 67 a second). */
@@ -94,7 +95,10 @@ describe('auto split', () => {
     expect(sorted.at(-1)?.end).toBe('orders0');
     for (let i = 1; i < sorted.length; i++) expect(sorted[i]?.start).toBe(sorted[i - 1]?.end);
     // The changefeed advances after its splits.
-    const view = await call<{ checkpointTs: string; watermark?: { state: string } }>('GET', '/api/v1/changefeeds/hot');
+    const view = await call<{ checkpointTs: string; autoSplit: boolean }>('GET', '/api/v1/changefeeds/hot');
+    checkAgainstOpenApi('GET', '/api/v1/changefeeds/hot', 200, view.body);
+    expect(view.body.autoSplit).toBe(true);
+    expect((await call<{ autoSplit: boolean }>('GET', '/api/v1/changefeeds/plain')).body.autoSplit).toBe(false);
     const checkpoint = BigInt(view.body.checkpointTs);
     await waitFor('the checkpoint to move on', async () => {
       const again = await call<{ checkpointTs: string }>('GET', '/api/v1/changefeeds/hot');
