@@ -40,6 +40,7 @@ import type {
   SpanProgress,
   SpanStatus,
 } from '../core/messages.ts';
+import { splitKeyCharsMax } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
 import { spanKey } from '../core/span.ts';
 import { IndexedMinHeap } from '../core/indexed-heap.ts';
@@ -60,13 +61,17 @@ export interface AgentConfig {
   readonly progressSlowestMax?: number;
   /** Per-span progress in each report: a round-robin slice of the other replicating spans. */
   readonly progressSliceMax?: number;
+  /** Spans writing at least this many events a second send their split key with their progress. */
+  readonly splitKeyRateMin?: number;
 }
 
 /** Defaults for the limits in {@link AgentConfig}. */
-export const agentDefaults: { readonly statusesPerMessageMax: number; readonly progressSlowestMax: number; readonly progressSliceMax: number } = {
+export const agentDefaults: { readonly statusesPerMessageMax: number; readonly progressSlowestMax: number; readonly progressSliceMax: number; readonly splitKeyRateMin: number } = {
   statusesPerMessageMax: 1_024,
   progressSlowestMax: 32,
   progressSliceMax: 1_024,
+  // The owner's split threshold (`coordinatorDefaults.splitRateMin`): below it a key is never used.
+  splitKeyRateMin: 1_000,
 };
 
 /** What happened inside the agent, for the shell to log; the agent itself never logs. */
@@ -109,13 +114,26 @@ interface AgentSpan {
   checkpointSlot: number;
   /** Its slot in the agent's resolved heap, -1 when not replicating. */
   resolvedSlot: number;
-  /** Events written a second, as its pipeline last said (display only). */
+  /** Events written a second, as its pipeline last said (display, and the owner's split policy). */
   eventsPerSecond: number;
+  /** Bytes written a second, when its pipeline measures them. */
+  bytesPerSecond: number | undefined;
+  /** The split key of its pipeline's last key sample, and the distinct keys in that sample. */
+  splitKey: string | undefined;
+  sampleKeys: number;
 }
 
-/** A held span's progress as a report carries it. */
-function progressOf(held: AgentSpan): SpanProgress {
-  return { span: held.span, checkpointTs: held.checkpointTs, resolvedTs: effectiveResolvedTs(held), eventsPerSecond: held.eventsPerSecond };
+/**
+ * A held span's progress as a report carries it; the split key only for a span writing
+ * at least `splitKeyRateMin` events a second (the owner splits no other), and one not
+ * too long for the wire.
+ */
+function progressOf(held: AgentSpan, splitKeyRateMin: number): SpanProgress {
+  const progress: SpanProgress = { span: held.span, checkpointTs: held.checkpointTs, resolvedTs: effectiveResolvedTs(held), eventsPerSecond: held.eventsPerSecond };
+  const withBytes = held.bytesPerSecond === undefined ? progress : { ...progress, bytesPerSecond: held.bytesPerSecond };
+  const key = held.splitKey;
+  if (key === undefined || held.eventsPerSecond < splitKeyRateMin || key.length > splitKeyCharsMax) return withBytes;
+  return { ...withBytes, splitKey: key, sampleKeys: held.sampleKeys };
 }
 
 /** What the resolved heap orders by: a span's resolved-ts is never reported below its checkpoint. */
@@ -222,7 +240,13 @@ export class Agent {
         if (held.promoteTs !== undefined) this.promote(held, held.promoteTs);
         break;
       case 'progress':
-        if (event.eventsPerSecond !== undefined) held.eventsPerSecond = event.eventsPerSecond;
+        if (event.eventsPerSecond !== undefined) {
+          held.eventsPerSecond = event.eventsPerSecond;
+          held.bytesPerSecond = event.bytesPerSecond;
+          // A window whose sample named no key leaves none: an old key may lie outside what the span writes now.
+          held.splitKey = event.splitKey;
+          held.sampleKeys = event.sampleKeys ?? 0;
+        }
         if (held.state === 'replicating' || held.state === 'stopping') {
           const checkpointTs = tsMax(held.checkpointTs, event.checkpointTs);
           const resolvedTs = tsMax(held.resolvedTs, event.resolvedTs);
@@ -462,6 +486,9 @@ export class Agent {
         checkpointSlot: -1,
         resolvedSlot: -1,
         eventsPerSecond: 0,
+        bytesPerSecond: undefined,
+        splitKey: undefined,
+        sampleKeys: 0,
       };
       this.spans.set(key, held);
     }
@@ -508,7 +535,7 @@ export class Agent {
     const key = spanKey(span);
     let held = this.spans.get(key);
     if (held === undefined) {
-      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1, eventsPerSecond: 0 };
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1, eventsPerSecond: 0, bytesPerSecond: undefined, splitKey: undefined, sampleKeys: 0 };
       this.spans.set(key, held);
     }
     if (held.state === 'absent') this.setState(held, 'stopped');
@@ -620,7 +647,8 @@ export class Agent {
   private progress(): ProgressReport | undefined {
     const slowestMax = this.config.progressSlowestMax ?? 0;
     if (slowestMax <= 0) return undefined;
-    const slowest = this.byCheckpoint.smallest(slowestMax).map(progressOf);
+    const splitKeyRateMin = this.config.splitKeyRateMin ?? agentDefaults.splitKeyRateMin;
+    const slowest = this.byCheckpoint.smallest(slowestMax).map((held) => progressOf(held, splitKeyRateMin));
     const sliceMax = this.config.progressSliceMax ?? agentDefaults.progressSliceMax;
     const slice: SpanProgress[] = [];
     // Bounded however few of the held spans replicate: at most 2 slices' worth looked at.
@@ -631,7 +659,7 @@ export class Agent {
         next = this.progressCursor.next();
         if (next.done === true) break;
       }
-      if (next.value.state === 'replicating') slice.push(progressOf(next.value));
+      if (next.value.state === 'replicating') slice.push(progressOf(next.value, splitKeyRateMin));
     }
     return { slowest, slice };
   }

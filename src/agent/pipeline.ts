@@ -19,8 +19,21 @@ export type PipelineCommand =
 export type PipelineEvent =
   /** The source has a resolved-ts for the span: it can be promoted. */
   | { readonly kind: 'prepared'; readonly key: string; readonly resolvedTs: bigint }
-  /** Flushed (checkpoint) and received (resolved) positions moved. */
-  | { readonly kind: 'progress'; readonly key: string; readonly checkpointTs: bigint; readonly resolvedTs: bigint; readonly eventsPerSecond?: number }
+  /**
+   * Flushed (checkpoint) and received (resolved) positions moved. Once a rate window was
+   * measured: events and bytes written a second, and the split key of the window's key
+   * sample with the distinct keys in it (`key-sample.ts`), when the sample has one.
+   */
+  | {
+      readonly kind: 'progress';
+      readonly key: string;
+      readonly checkpointTs: bigint;
+      readonly resolvedTs: bigint;
+      readonly eventsPerSecond?: number;
+      readonly bytesPerSecond?: number;
+      readonly splitKey?: string;
+      readonly sampleKeys?: number;
+    }
   /** A stop finished; `checkpointTs` is durable in the sink. */
   | { readonly kind: 'stopped'; readonly key: string; readonly checkpointTs: bigint }
   /** A step failed and is retried in place (a sink or source outage); the span stays. */

@@ -29,6 +29,8 @@ import { tsMin } from '../core/ts.ts';
 import { assertNever } from '../core/assert.ts';
 import type { PipelineEvent } from './pipeline.ts';
 import type { QuietCheck } from './quiet-spans.ts';
+import type { SplitKeyEstimate } from './key-sample.ts';
+import { KeySample } from './key-sample.ts';
 
 /** The shortest window a span's events-a-second figure is measured over. */
 const rateWindowMs = 1_000;
@@ -98,8 +100,11 @@ export type PipelineOutcome =
   | { readonly kind: 'keys-counted'; readonly id: number; readonly keys: number }
   | { readonly kind: 'page-copied'; readonly id: number; readonly keys: number; readonly nextAfterKey: string | undefined }
   | { readonly kind: 'backfill-saved'; readonly id: number }
-  /** Everything of the span with ts <= `readUpToTs` is durable in the sink. */
-  | { readonly kind: 'streamed'; readonly id: number; readonly events: number; readonly readUpToTs: bigint }
+  /**
+   * Everything of the span with ts <= `readUpToTs` is durable in the sink. `keys`: the
+   * written events' keys (for the key sample), `bytes`: their keys' and values' length.
+   */
+  | { readonly kind: 'streamed'; readonly id: number; readonly events: number; readonly readUpToTs: bigint; readonly keys?: readonly string[]; readonly bytes?: number }
   | { readonly kind: 'failed'; readonly id: number; readonly error: string; readonly retryable: boolean };
 
 /** Bounds of one pipeline. */
@@ -114,6 +119,8 @@ export interface SpanPipelineLimits {
   readonly retryBackoffMaxMs: number;
   /** The longest one source or sink call may take before it counts as failed. */
   readonly stepDeadlineMs: number;
+  /** Keys kept per rate window in the sample a split key is taken from (0: none). */
+  readonly keySampleMax: number;
 }
 
 export const spanPipelineDefaults: SpanPipelineLimits = {
@@ -123,6 +130,7 @@ export const spanPipelineDefaults: SpanPipelineLimits = {
   retryBackoffMinMs: 100,
   retryBackoffMaxMs: 5_000,
   stepDeadlineMs: 30_000,
+  keySampleMax: 64,
 };
 
 export type SpanPipelinePhase = 'preparing' | 'prepared' | 'writing' | 'stopping' | 'gone';
@@ -189,6 +197,12 @@ export class SpanPipeline {
   /** Events written a second over the last whole window: shown, never decided on. */
   private eventsPerSecond = 0;
   private rateMeasured = false;
+  /** Bytes (keys and values) written over the current window; -1 until an outcome said any. */
+  private rateWindowBytes = -1;
+  private bytesPerSecond: number | undefined;
+  /** Keys written over the current window, sampled; and what the last whole window's sample said. */
+  private readonly keySample: KeySample;
+  private splitEstimate: SplitKeyEstimate | undefined;
   private backfill: BackfillState = { kind: 'unknown' };
   /** The table's backfill generation the backfill decision was made for. */
   private decidedFor: BackfillGeneration | undefined;
@@ -210,6 +224,7 @@ export class SpanPipeline {
   ) {
     this.position = startTs;
     this.resolved = startTs;
+    this.keySample = new KeySample(limits.keySampleMax, key);
   }
 
   /** The checkpoint it may report: never past what is flushed, nor into an unfinished snapshot. */
@@ -451,6 +466,8 @@ export class SpanPipeline {
         return;
       }
       case 'streamed':
+        if (outcome.keys !== undefined) this.keySample.add(outcome.keys);
+        if (outcome.bytes !== undefined) this.rateWindowBytes = Math.max(0, this.rateWindowBytes) + outcome.bytes;
         this.countEvents(ctx.nowMs, outcome.events);
         // Only now is everything up to readUpToTs durable.
         if (outcome.readUpToTs > this.position) {
@@ -582,10 +599,17 @@ export class SpanPipeline {
     out.events.push(this.progressEvent());
   }
 
-  /** Where the span is; the rate only once one was measured. */
+  /** Where the span is; the rates and the split key only once a window was measured. */
   private progressEvent(): PipelineEvent {
     const event = { kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved } as const;
-    return this.rateMeasured ? { ...event, eventsPerSecond: this.eventsPerSecond } : event;
+    if (!this.rateMeasured) return event;
+    const estimate = this.splitEstimate;
+    return {
+      ...event,
+      eventsPerSecond: this.eventsPerSecond,
+      ...(this.bytesPerSecond === undefined ? {} : { bytesPerSecond: this.bytesPerSecond }),
+      ...(estimate?.splitKey === undefined ? {} : { splitKey: estimate.splitKey, sampleKeys: estimate.distinctKeys }),
+    };
   }
 
   /** Counts written events into the rate, over windows of at least `rateWindowMs`. */
@@ -598,6 +622,11 @@ export class SpanPipeline {
     this.rateMeasured = true;
     this.rateWindowEvents = 0;
     this.rateWindowStartMs = nowMs;
+    if (this.rateWindowBytes >= 0) {
+      this.bytesPerSecond = (this.rateWindowBytes * 1_000) / elapsed;
+      this.rateWindowBytes = 0;
+    }
+    this.splitEstimate = this.keySample.close(this.span.start);
   }
 
   /** A step did what failed before: the outage is over for this pipeline. */

@@ -457,6 +457,7 @@ export class HttpApi {
       start: info.start,
       startTs: info.startTs,
       ...(info.targetTs === undefined ? {} : { targetTs: info.targetTs }),
+      autoSplit: info.autoSplit === true,
       epoch: info.epoch,
       checkpointTs,
       resolvedTs,

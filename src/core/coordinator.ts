@@ -33,6 +33,8 @@ import { DrainScheduler } from './scheduler/drain-scheduler.ts';
 import { MoveScheduler } from './scheduler/move-scheduler.ts';
 import { RebalanceScheduler } from './scheduler/rebalance-scheduler.ts';
 import type { Scheduler, SchedulerView } from './scheduler/scheduler.ts';
+import type { SplitPolicyLimits, SplitView } from './scheduler/split-scheduler.ts';
+import { SplitScheduler } from './scheduler/split-scheduler.ts';
 import type { Span, TableRange } from './span.ts';
 import type { StallHolders } from './stall-detector.ts';
 import { StallDetector, findStallHolders } from './stall-detector.ts';
@@ -44,7 +46,7 @@ import type { Watermark } from './watermark.ts';
 import { computeWatermark } from './watermark.ts';
 
 /** Every bound and interval of the coordinator; all configurable. */
-export interface CoordinatorLimits extends ReplicationLimits, CaptureTiming {
+export interface CoordinatorLimits extends ReplicationLimits, CaptureTiming, SplitPolicyLimits {
   /** Spans (adds + removes, or spans asked about) in one message. */
   readonly spansPerMessageMax: number;
   /** Messages the coordinator emits in one tick; the rest wait (handlers re-send). */
@@ -91,6 +93,19 @@ export const coordinatorDefaults: CoordinatorLimits = {
   stallHoldersRefreshMs: 1_000,
   stallHoldersListedMax: 10,
   splitsInFlightMax: 4,
+  // The split policy (scheduler/split-scheduler.ts), for changefeeds with autoSplit on.
+  // A pipeline measures its rate over windows of 1 s and a capture reports it every
+  // heartbeat (2 ticks): 10 s above 1,000 events/s splits; two neighbours writing less
+  // than 200 a second together for a minute merge, a minute after the last operation.
+  splitRateMin: 1_000,
+  splitAfterTicks: 200,
+  mergeRateMax: 200,
+  mergeAfterTicks: 1_200,
+  coolDownTicks: 1_200,
+  spansPerTableMax: 1_024,
+  splitSampleKeysMin: 2,
+  rateReportAgeMaxTicks: 200,
+  mergeCandidatesPerTickMax: 256,
 };
 
 /** What a coordinator is created with. */
@@ -103,6 +118,8 @@ export interface CoordinatorConfig {
   readonly checkpointTs: bigint;
   readonly seed: number;
   readonly limits?: Partial<CoordinatorLimits>;
+  /** The changefeed's `autoSplit`: the split policy splits hot spans and merges quiet ones. Default off. */
+  readonly autoSplit?: boolean;
 }
 
 /** One tick's input. */
@@ -188,7 +205,10 @@ export class Coordinator {
   private readonly rng: SeededRandom;
   private readonly moveScheduler: MoveScheduler;
   private readonly rebalanceScheduler = new RebalanceScheduler();
-  private readonly schedulers: readonly Scheduler[];
+  private readonly splitScheduler: SplitScheduler;
+  /** The policies in priority order; the split policy (operations, not tasks) sits below move. */
+  private readonly schedulers: readonly (Scheduler | SplitScheduler)[];
+  private autoSplitOn: boolean;
   private tables: readonly TableRange[] = [];
   private desired: readonly Span[] = [];
   private readonly bootstrapReports = new Map<CaptureId, readonly SpanStatus[]>();
@@ -216,10 +236,17 @@ export class Coordinator {
     );
     this.moveScheduler = new MoveScheduler(this.limits.moveRequestsQueuedMax);
     this.stall = new StallDetector(this.limits.stallAfterMs);
+    const limits = this.limits;
+    // Hysteresis (see split-scheduler.ts): the halves of a split span must not merge back.
+    assert(limits.mergeRateMax * 2 <= limits.splitRateMin, 'mergeRateMax must be at most half of splitRateMin', { mergeRateMax: limits.mergeRateMax, splitRateMin: limits.splitRateMin });
+    assert(limits.splitAfterTicks >= 1 && limits.mergeAfterTicks >= 1 && limits.coolDownTicks >= 0 && limits.spansPerTableMax >= 1, 'split policy bounds out of range', { limits });
+    this.splitScheduler = new SplitScheduler(limits);
+    this.autoSplitOn = config.autoSplit === true;
     this.schedulers = [
       new BasicScheduler(),
       new DrainScheduler(),
       this.moveScheduler,
+      this.splitScheduler,
       this.rebalanceScheduler,
       new BalanceScheduler(this.limits.balanceIntervalTicks, this.limits.balanceMovesPerRoundMax, 0),
     ];
@@ -239,12 +266,27 @@ export class Coordinator {
   setSpans(tables: readonly TableRange[], spans: readonly Span[]): void {
     this.tables = tables;
     this.desired = spans;
+    if (this.splitScheduler.size > 0) {
+      const wanted = new Set(spans.map(spanKey));
+      this.splitScheduler.retain((key) => wanted.has(key));
+    }
     if (this.phase === 'running') this.manager.setDesiredSpans(tables, spans);
   }
 
   /** The tables the coordinator replicates (as last set). */
   get tableRanges(): readonly TableRange[] {
     return this.tables;
+  }
+
+  /** Whether the split policy runs (the changefeed's `autoSplit`). */
+  get autoSplit(): boolean {
+    return this.autoSplitOn;
+  }
+
+  /** Turns the split policy on or off (the changefeed's info changed); off forgets what it knew. */
+  setAutoSplit(on: boolean): void {
+    this.autoSplitOn = on;
+    if (!on) this.splitScheduler.retain(() => false);
   }
 
   /** Advances one tick. */
@@ -299,6 +341,12 @@ export class Coordinator {
     if (this.phase !== 'running') return refuse('not-ready', `the coordinator is ${this.phase}`);
     const set = this.findSpan(table, start);
     if (set === undefined || !this.manager.isWanted(set)) return refuse('unknown-span', `no span of table ${table} starts at ${JSON.stringify(start)}`);
+    return this.splitSet(set, at, targets);
+  }
+
+  /** {@link requestSplit} of a set already found (the split policy's path). */
+  private splitSet(set: ReplicationSet, at: string, targets?: readonly [CaptureId, CaptureId]): OperationRequestResult {
+    const table = set.span.table;
     if (!(at > set.span.start) || !endBefore(at, set.span.end)) return refuse('bad-split-key', `${JSON.stringify(at)} is not inside ${formatSpan(set.span)}`);
     const busy = this.busyProblem([set]);
     if (busy !== undefined) return busy;
@@ -320,6 +368,13 @@ export class Coordinator {
     if (first === undefined || !this.manager.isWanted(first)) return refuse('unknown-span', `no span of table ${table} starts at ${JSON.stringify(start)}`);
     const second = first.span.end === '' ? undefined : this.findSpan(table, first.span.end);
     if (second === undefined || !this.manager.isWanted(second)) return refuse('not-adjacent', `no span follows ${formatSpan(first.span)} in table ${table}`);
+    return this.mergeSets(first, second, capture);
+  }
+
+  /** {@link requestMerge} of two adjacent wanted sets already found (the split policy's path). */
+  private mergeSets(first: ReplicationSet, second: ReplicationSet, capture?: CaptureId): OperationRequestResult {
+    const table = first.span.table;
+    assert(second.span.table === table && second.span.start === first.span.end, 'merge of spans that are not adjacent', { first: first.span, second: second.span });
     const busy = this.busyProblem([first, second]);
     if (busy !== undefined) return busy;
     const union = { table, start: first.span.start, end: second.span.end };
@@ -364,6 +419,7 @@ export class Coordinator {
       if (this.manager.sets.has(spanKey(span))) return refuse('span-in-transition', `${formatSpan(span)} is still being stopped`);
     }
     const operation = this.manager.startOperation(kind, old, newSpans, targets, this.tickCount);
+    this.splitScheduler.noteOperation(old.map((set) => set.span));
     return { ok: true, operation: operation.view() };
   }
 
@@ -495,6 +551,7 @@ export class Coordinator {
       return;
     }
     accepted.aggregate = report.watermark;
+    if (this.autoSplitOn && report.progress !== undefined && this.phase === 'running') this.splitScheduler.observe(accepted.id, report.progress, tick);
     if (report.collect !== undefined) {
       const result = this.captures.addPart(accepted, report, tick);
       if (result === 'stale-collect') {
@@ -567,6 +624,10 @@ export class Coordinator {
       return state !== undefined && state.initialized && (!state.leaving || !anyStaying);
     };
     for (const scheduler of this.schedulers) {
+      if (scheduler instanceof SplitScheduler) {
+        if (this.autoSplitOn && this.scheduleOperations(scheduler, view)) return;
+        continue;
+      }
       const tasks = scheduler.schedule(view);
       if (tasks.length === 0) continue;
       const started = manager.handleTasks(tasks, isTarget, scheduler.name);
@@ -574,6 +635,37 @@ export class Coordinator {
       if (scheduler.name === 'move' && started.length < tasks.length) this.noteRefusedMoves(tasks, new Set(started), isTarget, tick);
       return;
     }
+  }
+
+  /** Runs the split policy; true when it started an operation (it wins the tick). */
+  private scheduleOperations(policy: SplitScheduler, view: SchedulerView): boolean {
+    const manager = this.manager;
+    const splitView: SplitView = {
+      tick: view.tick,
+      operationSlots: this.limits.splitsInFlightMax - manager.operations.size,
+      setOf: (key) => manager.sets.get(key),
+      isWanted: (set) => manager.isWanted(set),
+      isLeaving: view.isLeaving,
+      spansOfTable: (table) => {
+        const counts = manager.summary.byTable.get(table);
+        return counts === undefined ? 0 : counts.absent + counts.prepare + counts.commit + counts.replicating + counts.removing;
+      },
+    };
+    let started = false;
+    for (const decision of policy.plan(splitView)) {
+      const result = decision.kind === 'split' ? this.splitSet(decision.set, decision.at) : this.mergeSets(decision.first, decision.second);
+      const spans = decision.kind === 'split' ? [decision.set.span] : [decision.first.span, decision.second.span];
+      this.events.push({
+        type: 'split-policy-decided',
+        kind: decision.kind,
+        spans,
+        eventsPerSecond: decision.eventsPerSecond,
+        ...(decision.kind === 'split' ? { at: decision.at } : {}),
+        ...(result.ok ? { operation: result.operation.id } : { refused: result.message }),
+      });
+      if (result.ok) started = true;
+    }
+    return started;
   }
 
   private noteRefusedMoves(tasks: readonly Task[], started: ReadonlySet<Task>, isTarget: (capture: CaptureId) => boolean, tick: number): void {

@@ -39,6 +39,20 @@ export type CoordinatorEvent =
    * derives the same spans.
    */
   | { readonly type: 'operation-done'; readonly operation: SpanOperationView; readonly table: string; readonly replaced: readonly Span[]; readonly by: readonly Span[] }
+  /**
+   * The split policy chose to split `spans[0]` (at `at`) or merge `spans`, for their rate
+   * (events a second): `operation` is the id of the operation it started, `refused` why
+   * the coordinator's checks did not start it.
+   */
+  | {
+      readonly type: 'split-policy-decided';
+      readonly kind: 'split' | 'merge';
+      readonly spans: readonly Span[];
+      readonly at?: string;
+      readonly eventsPerSecond: number;
+      readonly operation?: number;
+      readonly refused?: string;
+    }
   /** It gave up before its commit: the old spans go on, the new ones are stopped. */
   | { readonly type: 'operation-aborted'; readonly operation: SpanOperationView; readonly from: string; readonly reason: string }
   /**

@@ -139,7 +139,20 @@ export interface SpanProgress {
   readonly resolvedTs: bigint;
   /** Events written a second, over the pipeline's recent past. */
   readonly eventsPerSecond: number;
+  /** Bytes (keys and values) written a second, when the pipeline measures them. */
+  readonly bytesPerSecond?: number;
+  /**
+   * Where the span would best be split: the median of a sample of its recently written
+   * keys, strictly after the span's start (`src/agent/key-sample.ts`). Sent only for spans
+   * at or above the capture's `splitKeyRateMin`, at most {@link splitKeyCharsMax} long.
+   */
+  readonly splitKey?: string;
+  /** With `splitKey`: how many distinct keys the sample held. */
+  readonly sampleKeys?: number;
 }
+
+/** The longest split key a progress entry carries (longer ones are not sent). */
+export const splitKeyCharsMax = 1_024;
 
 /**
  * Per-span progress carried by a report (display only: the watermark does not use it):

@@ -103,6 +103,7 @@ export class PipelineRunner {
       retryBackoffMinMs: limits.retryBackoffMinMs,
       retryBackoffMaxMs: limits.retryBackoffMaxMs,
       stepDeadlineMs: limits.stepDeadlineMs,
+      keySampleMax: spanPipelineDefaults.keySampleMax,
       stepsInFlightMax: limits.stepsInFlightMax,
       backfillsInFlightMax: backfillLimits.spansInFlightMax,
       quietBatchMax: source.quietUpTo === undefined ? 0 : limits.quietBatchMax,
@@ -293,7 +294,14 @@ export class PipelineRunner {
         this.observer?.flushed((performance.now() - flushStarted) / 1000);
         this.eventsWritten += events.length;
         if (events.length > 0) this.observer?.eventsWritten(events.length);
-        return { kind: 'streamed', id, events: events.length, readUpToTs };
+        // The keys feed the span's key sample (its split key), the lengths its bytes a second.
+        const keys: string[] = [];
+        let bytes = 0;
+        for (const event of events) {
+          keys.push(event.key);
+          bytes += event.key.length + (event.value?.length ?? 0);
+        }
+        return { kind: 'streamed', id, events: events.length, readUpToTs, keys, bytes };
       }
       default:
         return assertNever(effect, 'pipeline effect');

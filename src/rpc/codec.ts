@@ -13,6 +13,7 @@ import type {
   SpanProgress,
   SpanStatus,
 } from '../core/messages.ts';
+import { splitKeyCharsMax } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
 import type { SpanDigest } from '../core/span-digest.ts';
 import type { SpanIdDecoder, SpanIdEncoder } from './span-ids.ts';
@@ -277,7 +278,24 @@ const encodeProgress = (p: SpanProgress, ids: SpanIdEncoder | undefined): Obj =>
   checkpointTs: p.checkpointTs.toString(),
   resolvedTs: p.resolvedTs.toString(),
   eventsPerSecond: Math.max(0, Math.min(0xffffffff, Math.round(p.eventsPerSecond))),
+  ...(p.bytesPerSecond === undefined ? {} : { hasBytesPerSecond: true, bytesPerSecond: String(Math.max(0, Math.min(Number.MAX_SAFE_INTEGER, Math.round(p.bytesPerSecond)))) }),
+  ...(p.splitKey === undefined ? {} : { splitKey: Buffer.from(p.splitKey, 'latin1'), sampleKeys: Math.max(0, Math.min(0xffffffff, p.sampleKeys ?? 0)) }),
 });
+
+/**
+ * A progress entry's split key: absent when empty; refused when longer than
+ * {@link splitKeyCharsMax} or not strictly inside the span (a capture only names keys
+ * its span wrote, after its start).
+ */
+function decodeSplitKey(o: Obj, span: Span, field: string): { splitKey?: string; sampleKeys?: number } {
+  if (o.splitKey === undefined || o.splitKey === null) return {};
+  const key = bytes(o.splitKey, `${field}.splitKey`);
+  if (key.length === 0) return {};
+  if (key.length > splitKeyCharsMax) throw new ProtocolError(`${field}.splitKey is ${key.length} bytes, more than ${splitKeyCharsMax}`);
+  if (!(key > span.start) || (span.end !== '' && !(key < span.end))) throw new ProtocolError(`${field}.splitKey is not strictly inside its span`);
+  const sampleKeys = o.sampleKeys === undefined || o.sampleKeys === null ? 0 : num(o.sampleKeys, `${field}.sampleKeys`);
+  return { splitKey: key, sampleKeys };
+}
 
 /**
  * Progress entries one report may carry (a capture sends at most `--progress-slowest`
@@ -296,11 +314,15 @@ function decodeProgress(r: Obj, ids: SpanIdDecoder | undefined): { progress?: Pr
   }
   const one = (raw: unknown, field: string): SpanProgress => {
     const o = obj(raw, field);
+    const span = decodeSpan(o.span, `${field}.span`, ids);
+    if (o.hasBytesPerSecond !== undefined && o.hasBytesPerSecond !== null && typeof o.hasBytesPerSecond !== 'boolean') throw new ProtocolError(`${field}.hasBytesPerSecond is not a boolean`);
     return {
-      span: decodeSpan(o.span, `${field}.span`, ids),
+      span,
       checkpointTs: u64(o.checkpointTs, `${field}.checkpointTs`),
       resolvedTs: u64(o.resolvedTs, `${field}.resolvedTs`),
       eventsPerSecond: o.eventsPerSecond === undefined || o.eventsPerSecond === null ? 0 : num(o.eventsPerSecond, `${field}.eventsPerSecond`),
+      ...(o.hasBytesPerSecond === true ? { bytesPerSecond: num(o.bytesPerSecond ?? 0, `${field}.bytesPerSecond`) } : {}),
+      ...decodeSplitKey(o, span, field),
     };
   };
   return { progress: { slowest: slowest.map((raw, i) => one(raw, `slowest[${i}]`)), slice: slice.map((raw, i) => one(raw, `progressSlice[${i}]`)) } };

@@ -79,6 +79,8 @@ export interface AdmissionLimits {
   /** Per-span progress in each report: the slowest spans named, and the round-robin slice. */
   readonly progressSlowestMax?: number;
   readonly progressSliceMax?: number;
+  /** Spans writing at least this many events a second send a split key (the owner's split threshold). */
+  readonly splitKeyRateMin?: number;
 }
 
 export class AgentHost {
@@ -215,6 +217,7 @@ export class AgentHost {
       statusesPerMessageMax: agentDefaults.statusesPerMessageMax,
       progressSlowestMax: this.admission.progressSlowestMax ?? agentDefaults.progressSlowestMax,
       progressSliceMax: this.admission.progressSliceMax ?? agentDefaults.progressSliceMax,
+      splitKeyRateMin: this.admission.splitKeyRateMin ?? agentDefaults.splitKeyRateMin,
     });
     if (this.owner !== undefined) agent.observeOwner(this.owner.id, this.owner.revision);
     const log = this.log.child({ changefeed: info.id });

@@ -313,6 +313,7 @@ export class Capture {
       ownerVerifyIntervalMs: ownerGateDefaults.verifyIntervalMs,
       progressSlowestMax: this.config.progressSlowestMax,
       progressSliceMax: this.config.progressSliceMax,
+      splitKeyRateMin: this.config.splitRateMin,
     },
     // A message named an owner this capture has not seen in etcd: read the election now
     // rather than at the next watch event or resync (the owner's resend then gets through).
@@ -490,7 +491,17 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
   return {
     ...ownerDefaults,
     tickIntervalMs: config.tickIntervalMs,
-    coordinator: { moveTasksInFlightMax: config.moveTasksInFlightMax, splitsInFlightMax: config.splitsInFlightMax, stallAfterMs: config.stallAfterMs },
+    coordinator: {
+      moveTasksInFlightMax: config.moveTasksInFlightMax,
+      splitsInFlightMax: config.splitsInFlightMax,
+      stallAfterMs: config.stallAfterMs,
+      splitRateMin: config.splitRateMin,
+      mergeRateMax: config.mergeRateMax,
+      splitAfterTicks: Math.max(1, Math.ceil(config.splitAfterMs / config.tickIntervalMs)),
+      mergeAfterTicks: Math.max(1, Math.ceil(config.mergeAfterMs / config.tickIntervalMs)),
+      coolDownTicks: Math.ceil(config.splitCoolDownMs / config.tickIntervalMs),
+      spansPerTableMax: config.splitSpansPerTableMax,
+    },
     statusWriteTimeoutMs: config.statusWriteTimeoutMs,
     failureWindowMs: config.failureWindowMs,
     statusWriteIntervalMs: config.statusWriteIntervalMs,

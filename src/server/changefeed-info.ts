@@ -48,6 +48,8 @@ export interface ChangefeedInfo {
   /** Bumped on every resume: fences messages of the previous run. */
   readonly epoch: string;
   readonly createdAt: string;
+  /** The owner's split policy splits hot spans and merges quiet ones (issue 12); absent: off. */
+  readonly autoSplit?: boolean;
 }
 
 /** What is stored under `/changefeeds/<id>/status`. */
@@ -179,13 +181,16 @@ export interface CreateRequest {
   readonly start: string;
   readonly targetTs?: string;
   readonly backfill: boolean;
+  /** True: the split policy runs for this changefeed. */
+  readonly autoSplit: boolean;
 }
 
 /** Validates a create request. */
 export function parseCreateRequest(body: unknown): CreateRequest {
   if (!isObject(body)) throw new ValidationError('the body must be a JSON object');
-  rejectUnknown(body, ['id', 'source', 'sink', 'tables', 'start', 'targetTs', 'backfill'], 'the body');
+  rejectUnknown(body, ['id', 'source', 'sink', 'tables', 'start', 'targetTs', 'backfill', 'autoSplit'], 'the body');
   if (body.backfill !== undefined && typeof body.backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
+  if (body.autoSplit !== undefined && typeof body.autoSplit !== 'boolean') throw new ValidationError('autoSplit must be true or false');
   const id = validateId(body.id, 'id');
   const source = parseUriField(body.source, 'source', validateSourceUri);
   const sink = parseUriField(body.sink, 'sink', validateSinkUri);
@@ -195,7 +200,7 @@ export function parseCreateRequest(body: unknown): CreateRequest {
     throw new ValidationError('start must be "now", "earliest" or a decimal timestamp');
   }
   if (tsPattern.test(start)) parseTs(start, 'start');
-  const request: CreateRequest = { id, source, sink, tables, start, backfill: body.backfill === true };
+  const request: CreateRequest = { id, source, sink, tables, start, backfill: body.backfill === true, autoSplit: body.autoSplit === true };
   if (body.targetTs !== undefined) {
     parseTs(body.targetTs, 'targetTs');
     return { ...request, targetTs: body.targetTs as string };

@@ -113,6 +113,7 @@ export class ChangefeedService {
         start: request.start,
         startTs: startTs.toString(),
         ...(request.targetTs === undefined ? {} : { targetTs: request.targetTs }),
+        ...(request.autoSplit ? { autoSplit: true } : {}),
         state: 'normal',
         epoch: (await this.freshEpoch()).toString(),
         createdAt: new Date().toISOString(),

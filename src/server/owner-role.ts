@@ -381,7 +381,8 @@ export class OwnerRole {
         event.type === 'operation-changed' ||
         event.type === 'operation-done' ||
         event.type === 'operation-aborted' ||
-        event.type === 'tiling-adopted'
+        event.type === 'tiling-adopted' ||
+        event.type === 'split-policy-decided'
       )
         this.ctx.log.info({ changefeed: id, event }, 'coordinator event');
       else this.ctx.log.debug({ changefeed: id, event }, 'coordinator event');
@@ -435,6 +436,7 @@ export class OwnerRole {
       const tablesChanged = JSON.stringify(info.tables) !== JSON.stringify(managed.info.tables);
       const previous = managed.info;
       managed.info = info;
+      managed.coordinator.setAutoSplit(info.autoSplit === true);
       if (tablesChanged && managed.run.phase === 'running') {
         try {
           const { tables, spans } = settledSpans(info, previous, managed.tilings);
@@ -461,6 +463,7 @@ export class OwnerRole {
           checkpointTs,
           seed: Number(this.ctx.owner.revision % 2_147_483_647n),
           limits: this.ctx.limits.coordinator,
+          autoSplit: info.autoSplit === true,
         });
         const { tables, spans } = settledSpans(info, info, undefined);
         coordinator.setSpans(tables, spans);

@@ -117,6 +117,16 @@ export interface ServerConfig {
   readonly progressSlowestMax: number;
   /** Per-span progress: the other primaries each report refreshes, round-robin. */
   readonly progressSliceMax: number;
+  /**
+   * The split policy of changefeeds with `autoSplit` (events/s and ms; the owner turns
+   * ms into ticks). Captures send a split key for spans at or above `splitRateMin`.
+   */
+  readonly splitRateMin: number;
+  readonly mergeRateMax: number;
+  readonly splitAfterMs: number;
+  readonly mergeAfterMs: number;
+  readonly splitCoolDownMs: number;
+  readonly splitSpansPerTableMax: number;
 }
 
 /** A bad flag, variable or config file: the CLI prints it and exits 2. */
@@ -175,6 +185,12 @@ export const serverDefaults: ServerConfig = {
   credentialsRoot: 'spanfeed-credentials',
   progressSlowestMax: agentDefaults.progressSlowestMax,
   progressSliceMax: agentDefaults.progressSliceMax,
+  splitRateMin: coordinatorDefaults.splitRateMin,
+  mergeRateMax: coordinatorDefaults.mergeRateMax,
+  splitAfterMs: coordinatorDefaults.splitAfterTicks * 50,
+  mergeAfterMs: coordinatorDefaults.mergeAfterTicks * 50,
+  splitCoolDownMs: coordinatorDefaults.coolDownTicks * 50,
+  splitSpansPerTableMax: coordinatorDefaults.spansPerTableMax,
 };
 
 /** Option name (flag without dashes) -> [env var, config file key]. */
@@ -230,6 +246,12 @@ const options = {
   'credentials-root': ['SPANFEED_CREDENTIALS_ROOT', 'credentialsRoot'],
   'progress-slowest': ['SPANFEED_PROGRESS_SLOWEST', 'progressSlowest'],
   'progress-slice': ['SPANFEED_PROGRESS_SLICE', 'progressSlice'],
+  'split-rate-min': ['SPANFEED_SPLIT_RATE_MIN', 'splitRateMin'],
+  'merge-rate-max': ['SPANFEED_MERGE_RATE_MAX', 'mergeRateMax'],
+  'split-after-ms': ['SPANFEED_SPLIT_AFTER_MS', 'splitAfterMs'],
+  'merge-after-ms': ['SPANFEED_MERGE_AFTER_MS', 'mergeAfterMs'],
+  'split-cool-down-ms': ['SPANFEED_SPLIT_COOL_DOWN_MS', 'splitCoolDownMs'],
+  'split-spans-per-table': ['SPANFEED_SPLIT_SPANS_PER_TABLE', 'splitSpansPerTable'],
 } as const;
 
 /** The options that are flags without a value (`--insecure`); true or false in env and config. */
@@ -353,6 +375,22 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
                             round-robin, so every span's shown checkpoint is at most
                             spans/n reports old, 0-7192 (default 1024; with the slowest, at
                             most 8192 entries a report)
+  --split-rate-min <n>      changefeeds with "autoSplit": true split a span writing more than
+                            n events/s for --split-after-ms at the median of its recent keys;
+                            captures send that key for spans at or above n, 1-10000000
+                            (default 1000)
+  --merge-rate-max <n>      ... and merge two neighbours on one capture writing less than n
+                            events/s together for --merge-after-ms; at most half of
+                            --split-rate-min (default 200)
+  --split-after-ms <n>      how long a span stays above --split-rate-min before it is split,
+                            100-3600000 (default 10000)
+  --merge-after-ms <n>      how long two neighbours stay below --merge-rate-max before they
+                            merge, 100-86400000 (default 60000)
+  --split-cool-down-ms <n>  a span made by a split or merge (or new to the owner) merges only
+                            after this, 0-86400000 (default 60000)
+  --split-spans-per-table <n>
+                            the split policy splits no table that has n spans, 1-100000
+                            (default 1024)
   --config <file>           JSON file with the same keys in camelCase (etcd, cluster, ...)
 `;
 
@@ -498,6 +536,24 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     progressSlowestMax: intIn('--progress-slowest', get('progress-slowest') ?? String(serverDefaults.progressSlowestMax), 1, 1_000),
     progressSliceMax: intIn('--progress-slice', get('progress-slice') ?? String(serverDefaults.progressSliceMax), 0, progressEntriesPerReportMax - 1_000),
     captureSpansMax: intIn('--capture-spans', get('capture-spans') ?? String(serverDefaults.captureSpansMax), 1, 100_000_000),
+    ...splitPolicy(get),
+  };
+}
+
+/** The split policy's flags; the merge threshold must stay well below the split one (hysteresis). */
+function splitPolicy(get: (name: OptionName) => string | undefined): Pick<ServerConfig, 'splitRateMin' | 'mergeRateMax' | 'splitAfterMs' | 'mergeAfterMs' | 'splitCoolDownMs' | 'splitSpansPerTableMax'> {
+  const splitRateMin = intIn('--split-rate-min', get('split-rate-min') ?? String(serverDefaults.splitRateMin), 1, 10_000_000);
+  const mergeRateMax = intIn('--merge-rate-max', get('merge-rate-max') ?? String(Math.min(serverDefaults.mergeRateMax, Math.floor(splitRateMin / 2))), 0, 10_000_000);
+  if (mergeRateMax * 2 > splitRateMin) {
+    throw new ConfigError(`--merge-rate-max (${mergeRateMax}) must be at most half of --split-rate-min (${splitRateMin}), or split halves would merge back`);
+  }
+  return {
+    splitRateMin,
+    mergeRateMax,
+    splitAfterMs: intIn('--split-after-ms', get('split-after-ms') ?? String(serverDefaults.splitAfterMs), 100, 3_600_000),
+    mergeAfterMs: intIn('--merge-after-ms', get('merge-after-ms') ?? String(serverDefaults.mergeAfterMs), 100, 86_400_000),
+    splitCoolDownMs: intIn('--split-cool-down-ms', get('split-cool-down-ms') ?? String(serverDefaults.splitCoolDownMs), 0, 86_400_000),
+    splitSpansPerTableMax: intIn('--split-spans-per-table', get('split-spans-per-table') ?? String(serverDefaults.splitSpansPerTableMax), 1, 100_000),
   };
 }
 

@@ -833,6 +833,29 @@ describe('agent: per-span progress', () => {
     expect(rates.get('k4')).toBe(0);
   });
 
+  it('sends the split key only of spans at or above splitKeyRateMin, with bytes a second', () => {
+    const owner = new FakeOwner('owner', 5n, false);
+    const agent = new Agent({ captureId: 'cap', captureEpoch, changefeed: 'cf', changefeedEpoch: 1n, statusesPerMessageMax: 64, progressSlowestMax: 1, progressSliceMax: 8, splitKeyRateMin: 100 });
+    const hot: Span = { table: 't', start: 'a', end: 'b' };
+    const warm: Span = { table: 't', start: 'b', end: 'c' };
+    for (const [span, rate, splitKey] of [[hot, 150, 'a5'], [warm, 99, 'b5']] as const) {
+      owner.saw(agent.handleMessage(owner.dispatch([add(span, 10n)])).outbox);
+      agent.handlePipelineEvent({ kind: 'prepared', key: spanKey(span), resolvedTs: 10n });
+      agent.handlePipelineEvent({ kind: 'progress', key: spanKey(span), checkpointTs: 20n, resolvedTs: 30n, eventsPerSecond: rate, bytesPerSecond: rate * 10, splitKey, sampleKeys: 9 });
+    }
+    const report = agent.handleMessage(owner.heartbeat()).outbox[0];
+    owner.saw(report === undefined ? [] : [report]);
+    const bySpan = new Map((report?.progress?.slice ?? []).map((p) => [p.span.start, p]));
+    expect(bySpan.get('a')).toEqual({ span: hot, checkpointTs: 20n, resolvedTs: 30n, eventsPerSecond: 150, bytesPerSecond: 1_500, splitKey: 'a5', sampleKeys: 9 });
+    expect(bySpan.get('b')).toEqual({ span: warm, checkpointTs: 20n, resolvedTs: 30n, eventsPerSecond: 99, bytesPerSecond: 990 });
+    // A window whose sample named no key clears the old one.
+    agent.handlePipelineEvent({ kind: 'progress', key: spanKey(hot), checkpointTs: 21n, resolvedTs: 30n, eventsPerSecond: 200 });
+    const next = agent.handleMessage(owner.heartbeat()).outbox[0];
+    const again = (next?.progress?.slice ?? []).find((p) => p.span.start === 'a');
+    expect(again?.eventsPerSecond).toBe(200);
+    expect(again?.splitKey).toBeUndefined();
+  });
+
   it('sends no progress unless asked to', () => {
     const owner = new FakeOwner('owner', 5n, false);
     const agent = new Checked();

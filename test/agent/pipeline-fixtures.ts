@@ -13,4 +13,5 @@ export const pipelineLimits: SpanPipelineLimits = {
   retryBackoffMinMs: 100,
   retryBackoffMaxMs: 300,
   stepDeadlineMs: 1_000,
+  keySampleMax: 8,
 };

@@ -135,6 +135,35 @@ function writing(startTs: bigint, resolvedTs: bigint, promoteTs = startTs, gener
   return s;
 }
 
+describe('span pipeline: rates and the split key', () => {
+  it('reports events and bytes a second and the split key of each whole window, from the keys it wrote', () => {
+    const s = writing(100n, 10_000n);
+    s.nowMs = 0;
+    let id = s.nextId;
+    expect(s.tick()).toEqual(out([resolve(id, 100n)]));
+    expect(s.answer(resolved(id, 10_000n))).toEqual(out([stream(id + 1, 100n, 10_000n)]));
+    // The first window is not whole yet: no rate, no key.
+    expect(s.answer({ kind: 'streamed', id: id + 1, events: 4, readUpToTs: 110n, keys: ['b', 'c', 'd', 'e'], bytes: 40 })).toEqual(out([], [progress(110n, 10_000n)]));
+    // A second later: 4 + 4 events over 1 s (all in the reservoir of 8), the sample's median strictly after the start 'a'.
+    s.nowMs = 1_000;
+    id = s.nextId;
+    s.tick();
+    s.answer(resolved(id, 10_000n));
+    const keys = ['a', 'a', 'a', 'a'];
+    expect(s.answer({ kind: 'streamed', id: id + 1, events: 4, readUpToTs: 120n, keys, bytes: 40 })).toEqual(
+      out([], [{ kind: 'progress', key, checkpointTs: 120n, resolvedTs: 10_000n, eventsPerSecond: 8, bytesPerSecond: 80, splitKey: 'b', sampleKeys: 5 }]),
+    );
+    // The next window wrote only the span's first key: no key to split at, the rate goes on.
+    s.nowMs = 2_500;
+    id = s.nextId;
+    s.tick();
+    s.answer(resolved(id, 10_000n));
+    expect(s.answer({ kind: 'streamed', id: id + 1, events: 3, readUpToTs: 130n, keys: ['a', 'a', 'a'], bytes: 30 })).toEqual(
+      out([], [{ kind: 'progress', key, checkpointTs: 130n, resolvedTs: 10_000n, eventsPerSecond: 2, bytesPerSecond: 20 }]),
+    );
+  });
+});
+
 describe('span pipeline: prepare, promote, stream', () => {
   it('reports prepared once the source answers, then streams from the promote checkpoint up to the resolved-ts', () => {
     const s = new Shell(100n);

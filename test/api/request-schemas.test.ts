@@ -61,6 +61,11 @@ describe('request schemas from the OpenAPI document', () => {
     expect(create.check({ ...valid, id: 'bad id!' })).toContain('/id must match pattern');
     expect(create.check({ ...valid, source: { uri: '' } })).toBe('/source/uri must NOT have fewer than 1 characters');
     expect(create.check({ id: 'cf' })).toContain("the body must have required property 'source'");
+    expect(create.check({ ...valid, autoSplit: true })).toBeUndefined();
+    expect(create.check({ ...valid, autoSplit: 'yes' })).toBe('/autoSplit must be boolean');
+    expect(() => parseCreateRequest({ ...valid, autoSplit: 'yes' })).toThrow('autoSplit must be true or false');
+    expect(parseCreateRequest({ ...valid, autoSplit: true }).autoSplit).toBe(true);
+    expect(parseCreateRequest(valid).autoSplit).toBe(false);
     // A request may not set what only the owner sets.
     expect(update.check({ tables: [{ name: 't', backfillTs: '5' }] })).toBe('/tables/0 must not have the field "backfillTs"');
     expect(update.check({ tables: [{ name: 't', spans: 0 }] })).toBe('/tables/0/spans must be >= 1');
@@ -108,6 +113,7 @@ describe('request schemas from the OpenAPI document', () => {
       if (rng.chance(0.5)) body.start = rng.pick(['now', 'earliest', '12', '99999999999999999999', 'soon']);
       if (rng.chance(0.3)) body.targetTs = rng.pick(['100', 'x']);
       if (rng.chance(0.3)) body.backfill = rng.pick([true, false, 'yes']);
+      if (rng.chance(0.2)) body.autoSplit = rng.pick([true, false, 'yes', 1]);
       let handlerAccepts = true;
       try {
         parseCreateRequest(body);

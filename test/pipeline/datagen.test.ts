@@ -3,7 +3,7 @@
  * spans, by the `spans` hint or the span count the capture opens it with), and idle.
  */
 import { describe, expect, it } from 'vitest';
-import { DatagenSource, datagenPeriodMs, parseDatagenUri } from '../../src/pipeline/sources/datagen.ts';
+import { DatagenSource, datagenPeriodMs, datagenTableScanEventsMax, parseDatagenUri, zipfCdf } from '../../src/pipeline/sources/datagen.ts';
 import { BadUriError } from '../../src/pipeline/uri.ts';
 import type { Span } from '../../src/core/span.ts';
 import { spanKeyHashes } from '../../src/core/span-digest.ts';
@@ -128,5 +128,128 @@ describe('datagen log', () => {
     expect(result.events.map((e) => e.ts)).toEqual([max - 4n, max - 3n, max - 2n, max - 1n, max]);
     expect(result.readUpToTs).toBe(max);
     expect(await source.read(span, max, max + 10n, 1_000)).toEqual({ events: [], readUpToTs: max });
+  });
+});
+
+describe('datagen table mode', () => {
+  const whole: Span = { table: 'orders', start: 'orders/', end: 'orders0' };
+
+  it('parses tableRate, keys, dist and zipfS, and refuses what makes no sense', () => {
+    expect(parseDatagenUri('datagen://?tableRate=500&keys=1000&dist=zipf&zipfS=1.2')).toEqual({ rate: 0, keys: 1000, seed: 1, table: { rate: 500, dist: 'zipf', zipfS: 1.2 } });
+    expect(parseDatagenUri('datagen://?tableRate=10')).toEqual({ rate: 0, keys: 100, seed: 1, table: { rate: 10, dist: 'uniform', zipfS: 0 } });
+    expect(parseDatagenUri('datagen://?tableRate=10&dist=zipf').table?.zipfS).toBe(1);
+    const bad: [string, RegExp][] = [
+      ['datagen://?tableRate=0', /tableRate="0" must be an integer from 1 to 1000/],
+      ['datagen://?tableRate=1001', /must be an integer from 1 to 1000/],
+      ['datagen://?tableRate=10&rate=5', /tableRate .* and rate do not go together/],
+      ['datagen://?tableRate=10&totalRate=5', /and totalRate do not go together/],
+      ['datagen://?tableRate=10&dist=pareto', /dist="pareto" must be uniform or zipf/],
+      ['datagen://?tableRate=10&zipfS=1', /zipfS goes only with dist=zipf/],
+      ['datagen://?tableRate=10&dist=zipf&zipfS=0', /zipfS="0" must be above 0/],
+      ['datagen://?tableRate=10&dist=zipf&zipfS=9', /zipfS="9" must be a number from 0 to 5/],
+      ['datagen://?tableRate=10&dist=zipf&zipfS=-1', /must be a number/],
+      ['datagen://?dist=zipf', /give them with tableRate/],
+      ['datagen://?tableRate=10&keys=0', /keys="0" must be an integer/],
+    ];
+    for (const [uri, message] of bad) {
+      expect(() => parseDatagenUri(uri), uri).toThrow(BadUriError);
+      expect(() => parseDatagenUri(uri), uri).toThrow(message);
+    }
+  });
+
+  it('makes one deterministic stream per table, every 1000/tableRate ms, with text keys that sort by index', async () => {
+    const uri = 'datagen://?tableRate=200&keys=1000&dist=zipf&seed=3';
+    const a = await new DatagenSource(parseDatagenUri(uri)).read(whole, 1_000_000n, 1_010_000n, 1_000_000);
+    const b = await new DatagenSource(parseDatagenUri(uri)).read(whole, 1_000_000n, 1_010_000n, 1_000_000);
+    expect(a).toEqual(b);
+    expect(a.events.length).toBe(2_000);
+    expect(a.readUpToTs).toBe(1_010_000n);
+    for (let i = 1; i < a.events.length; i++) expect((a.events[i] as ChangeEvent).ts - (a.events[i - 1] as ChangeEvent).ts).toBe(5n);
+    for (const event of a.events) expect(event.key).toMatch(/^orders\/\d{3}$/);
+    // Another seed, another stream; another table, another stream.
+    const other = await new DatagenSource(parseDatagenUri('datagen://?tableRate=200&keys=1000&dist=zipf&seed=4')).read(whole, 1_000_000n, 1_010_000n, 1_000_000);
+    expect(other.events.map((e) => e.key)).not.toEqual(a.events.map((e) => e.key));
+  });
+
+  it("gives a span exactly the table's stream filtered by its range, and the spans of a tiling share it out", async () => {
+    const source = new DatagenSource(parseDatagenUri('datagen://?tableRate=1000&keys=500&dist=zipf&zipfS=0.8&seed=9'));
+    const all = (await source.read(whole, 2_000_000n, 2_005_000n, 1_000_000)).events;
+    const cuts = ['orders/', 'orders/003', 'orders/040', 'orders/2', 'orders0'];
+    let total = 0;
+    for (let i = 0; i + 1 < cuts.length; i++) {
+      const part: Span = { table: 'orders', start: cuts[i] as string, end: cuts[i + 1] as string };
+      const events = (await source.read(part, 2_000_000n, 2_005_000n, 1_000_000)).events;
+      expect(events).toEqual(all.filter((e) => e.key >= part.start && e.key < part.end));
+      total += events.length;
+    }
+    expect(total).toBe(all.length);
+    // Paged reads (by limit) are the same stream, and each page ends just before the next event.
+    const part: Span = { table: 'orders', start: 'orders/003', end: 'orders/2' };
+    const paged: ChangeEvent[] = [];
+    let after = 2_000_000n;
+    for (let pages = 0; after < 2_005_000n; pages++) {
+      expect(pages).toBeLessThan(100);
+      const result: ReadResult = await source.read(part, after, 2_005_000n, 37);
+      expect(result.events.length).toBeLessThanOrEqual(37);
+      paged.push(...result.events);
+      after = result.readUpToTs;
+    }
+    expect(paged).toEqual(all.filter((e) => e.key >= part.start && e.key < part.end));
+  });
+
+  it('bounds the table events one read scans', async () => {
+    const source = new DatagenSource(parseDatagenUri('datagen://?tableRate=1000&keys=10'));
+    // A span no key falls in: the read stops after the scan bound, having found nothing.
+    const empty: Span = { table: 'orders', start: 'orders/x', end: 'orders/y' };
+    const result = await source.read(empty, 0n, BigInt(datagenTableScanEventsMax) * 3n, 1_000);
+    expect(result.events).toEqual([]);
+    expect(result.readUpToTs).toBeLessThan(BigInt(datagenTableScanEventsMax) + 2n);
+    expect(result.readUpToTs).toBeGreaterThan(BigInt(datagenTableScanEventsMax) - 2n);
+  });
+
+  it('concentrates zipf traffic on the first keys; uniform spreads it', async () => {
+    const share = async (uri: string): Promise<number> => {
+      const events = (await new DatagenSource(parseDatagenUri(uri)).read(whole, 3_000_000n, 3_020_000n, 1_000_000)).events;
+      const counts = new Map<string, number>();
+      for (const e of events) counts.set(e.key, (counts.get(e.key) ?? 0) + 1);
+      return Math.max(...counts.values()) / events.length;
+    };
+    const zipf = await share('datagen://?tableRate=1000&keys=1000&dist=zipf&zipfS=1');
+    // The top key of zipf(1) over 1,000 keys takes 1/H(1000) = 13.4% of the traffic.
+    expect(zipf).toBeGreaterThan(0.11);
+    expect(zipf).toBeLessThan(0.16);
+    const zipfTop = (await new DatagenSource(parseDatagenUri('datagen://?tableRate=1000&keys=1000&dist=zipf&zipfS=1')).read({ table: 'orders', start: 'orders/', end: 'orders/010' }, 3_000_000n, 3_020_000n, 1_000_000)).events.length;
+    // The first 10 keys: H(10)/H(1000) = 39%.
+    expect(zipfTop / 20_000).toBeGreaterThan(0.35);
+    expect(zipfTop / 20_000).toBeLessThan(0.43);
+    const uniform = await share('datagen://?tableRate=1000&keys=1000');
+    expect(uniform).toBeLessThan(0.003);
+    expect(zipfCdf(4, 1)[3]).toBe(1);
+    expect(zipfCdf(4, 1)[0]).toBeCloseTo(12 / 25, 10);
+  });
+
+  it('answers quiet checks with the first event of the span after afterTs, as read finds it', async () => {
+    const source = new DatagenSource(parseDatagenUri('datagen://?tableRate=100&keys=100&dist=zipf&seed=2'));
+    const spans: Span[] = [
+      { table: 'orders', start: 'orders/', end: 'orders/01' },
+      { table: 'orders', start: 'orders/05', end: 'orders/06' },
+      { table: 'orders', start: 'orders/099', end: 'orders0' },
+      { table: 'orders', start: 'orders/x', end: '' },
+    ];
+    const base = BigInt(Date.now()) - 60_000n;
+    for (const span of spans) {
+      for (const afterTs of [base, base + 7n, base + 1_234n]) {
+        const [answer] = await source.quietUpTo([{ span, afterTs }]);
+        const read = await source.read(span, afterTs, base + 50_000n, 1);
+        const first = read.events[0];
+        if (first === undefined) {
+          expect(answer?.needsStep).toBe(false);
+        } else {
+          expect(answer).toEqual({ quietTs: first.ts - 1n, needsStep: true });
+          // Nothing of the span in (afterTs, quietTs].
+          expect((await source.read(span, afterTs, first.ts - 1n, 1_000)).events).toEqual([]);
+        }
+      }
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { connect } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { DispatchMessage, HeartbeatMessage, MessageHeader, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
+import { splitKeyCharsMax } from '../../src/core/messages.ts';
 import type { Span } from '../../src/core/span.ts';
 import { CaptureRpcServer, peerHost } from '../../src/rpc/capture-server.ts';
 import { ProtocolError, decodeCaptureMessage, decodeOwnerMessage, encodeCaptureMessage, encodeOwnerMessage } from '../../src/rpc/codec.ts';
@@ -104,6 +105,37 @@ describe('codec', () => {
       expect((error as ProtocolError).name).toBe('ProtocolError');
       expect((error as ProtocolError).retryable).toBe(false);
     }
+  });
+});
+
+describe('codec: per-span progress with rates and split keys', () => {
+  const { collect: _, ...plain } = report(9);
+  const withProgress = (progress: ReportMessage['progress']): ReportMessage => ({ ...plain, liveness: 'alive', ...(progress === undefined ? {} : { progress }) });
+
+  it('round-trips bytes a second and a binary split key, and leaves them absent when unset', () => {
+    const message = withProgress({
+      slowest: [{ span, checkpointTs: bigTs, resolvedTs: bigTs, eventsPerSecond: 1_200, bytesPerSecond: 0, splitKey: '\u0000b\u0080', sampleKeys: 17 }],
+      slice: [
+        { span: openSpan, checkpointTs: 1n, resolvedTs: 2n, eventsPerSecond: 3, bytesPerSecond: 4_000_000 },
+        { span, checkpointTs: 1n, resolvedTs: 2n, eventsPerSecond: 0 },
+      ],
+    });
+    const decoded = decodeCaptureMessage(captureWire(message));
+    expect(decoded).toEqual(message);
+    const plainEntry = decoded.progress?.slice[1] as object;
+    expect('bytesPerSecond' in plainEntry || 'splitKey' in plainEntry || 'sampleKeys' in plainEntry).toBe(false);
+  });
+
+  it('refuses a split key outside its span or over the bound', () => {
+    const entry = (splitKey: string, on: Span = span) => withProgress({ slowest: [], slice: [{ span: on, checkpointTs: 1n, resolvedTs: 1n, eventsPerSecond: 5_000, splitKey, sampleKeys: 2 }] });
+    // The span's own start is not strictly inside it; its end and beyond are outside.
+    for (const key of [span.start, '\u0000', span.end, '\u00ff\u00ff\u0001']) {
+      expect(() => decodeCaptureMessage(captureWire(entry(key))), JSON.stringify(key)).toThrow(/progressSlice\[0\]\.splitKey is not strictly inside its span/);
+    }
+    expect(decodeCaptureMessage(captureWire(entry('\u00ff\u00ff\u00ff\u00ff', openSpan))).progress?.slice[0]?.splitKey).toBe('\u00ff\u00ff\u00ff\u00ff');
+    const long = `\u00ff${'k'.repeat(splitKeyCharsMax)}`;
+    expect(() => decodeCaptureMessage(captureWire(entry(long, openSpan)))).toThrow(/splitKey is 1025 bytes, more than 1024/);
+    expect(() => decodeCaptureMessage(captureWire(entry(long, openSpan)))).toThrow(ProtocolError);
   });
 });
 

@@ -27,3 +27,18 @@ describe('server config: the gRPC bounds', () => {
     expect(() => parseServerConfig(['--capture-spans', '0'], {})).toThrow(/--capture-spans/);
   });
 });
+
+describe('server config: the split policy', () => {
+  it('defaults every threshold, takes flags and variables, and keeps the merge threshold at most half the split one', () => {
+    const defaults = parseServerConfig([], {});
+    expect(defaults).toMatchObject({ splitRateMin: 1_000, mergeRateMax: 200, splitAfterMs: 10_000, mergeAfterMs: 60_000, splitCoolDownMs: 60_000, splitSpansPerTableMax: 1_024 });
+    expect(serverDefaults.splitRateMin).toBe(defaults.splitRateMin);
+    const set = parseServerConfig(['--split-rate-min', '300', '--split-after-ms', '1000'], { SPANFEED_MERGE_RATE_MAX: '50', SPANFEED_SPLIT_SPANS_PER_TABLE: '64' });
+    expect(set).toMatchObject({ splitRateMin: 300, mergeRateMax: 50, splitAfterMs: 1_000, splitSpansPerTableMax: 64 });
+    // A low split threshold brings the default merge threshold down with it.
+    expect(parseServerConfig(['--split-rate-min', '100'], {}).mergeRateMax).toBe(50);
+    expect(() => parseServerConfig(['--split-rate-min', '100', '--merge-rate-max', '51'], {})).toThrow(/--merge-rate-max \(51\) must be at most half of --split-rate-min \(100\)/);
+    expect(() => parseServerConfig(['--split-rate-min', '0'], {})).toThrow(ConfigError);
+    expect(() => parseServerConfig(['--split-after-ms', '10'], {})).toThrow(/--split-after-ms/);
+  });
+});

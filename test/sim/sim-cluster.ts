@@ -51,6 +51,22 @@ const simStepMs = 50;
 /** Short, so stalls happen under the simulated faults (pipeline failures, pauses). */
 const simStallAfterMs = 1_000;
 
+/**
+ * The split policy on even seeds, in the simulator's scale: about 20 upstream events a
+ * second over all spans, so a span of a few events a second is hot. Splits stop at 12
+ * spans a table; halves rarely write under 1 a second together for 2 s, so merges are
+ * fewer. Off on odd seeds (the coordinator ignores these then).
+ */
+const simSplitPolicy = {
+  splitRateMin: 3,
+  mergeRateMax: 1,
+  splitAfterTicks: 20,
+  mergeAfterTicks: 40,
+  coolDownTicks: 60,
+  spansPerTableMax: 12,
+  rateReportAgeMaxTicks: 40,
+} as const;
+
 /** What one simulation run is made of. */
 export interface SimOptions {
   readonly seed: number;
@@ -191,6 +207,8 @@ export class SimCluster {
     resumes: 0,
     splits: 0,
     merges: 0,
+    autoSplits: 0,
+    autoMerges: 0,
     operationsRefused: 0,
     operationsDone: 0,
     operationsAborted: 0,
@@ -203,8 +221,16 @@ export class SimCluster {
    */
   private tilingWrites: { owner: SimOwner; coordinator: CoordinatorType; table: string; spans: Span[]; atStep: number }[] = [];
 
+  /**
+   * Even seeds run the changefeed with `autoSplit`: captures report per-span progress
+   * with split keys, and the owner's split policy splits and merges (thresholds in the
+   * simulator's scale: a span sees a few events a second) besides the random requests.
+   */
+  private readonly autoSplit: boolean;
+
   constructor(options: SimOptions) {
     this.options = options;
+    this.autoSplit = options.seed % 2 === 0;
     this.rng = new SeededRandom(options.seed);
     this.network = new SimNetwork(this.rng, { dropProbability: 0.05, duplicateProbability: 0.03, delayStepsMax: 3 });
     // One more table than the changefeed starts with: table updates add and remove them.
@@ -366,6 +392,9 @@ export class SimCluster {
       } else if (event.type === 'tiling-adopted') {
         this.stats.tilingsAdopted = (this.stats.tilingsAdopted ?? 0) + 1;
         table = event.table;
+      } else if (event.type === 'split-policy-decided' && event.operation !== undefined) {
+        const stat = event.kind === 'split' ? 'autoSplits' : 'autoMerges';
+        this.stats[stat] = (this.stats[stat] ?? 0) + 1;
       }
       if (table === undefined) continue;
       this.writeTiling(owner, coordinator, table);
@@ -486,6 +515,7 @@ export class SimCluster {
   }
 
   private endFaults(): void {
+    this.owner?.coordinator?.setAutoSplit(false);
     this.network.faults = undefined;
     this.metadata.faults = undefined;
     this.drainStore.faults = undefined;
@@ -511,6 +541,7 @@ export class SimCluster {
       changefeed,
       changefeedEpoch: this.epoch,
       statusesPerMessageMax: 8,
+      ...(this.autoSplit ? { progressSlowestMax: 2, progressSliceMax: 4, splitKeyRateMin: simSplitPolicy.splitRateMin } : {}),
     });
     // As the shell does: a new agent starts from the owner its capture saw in etcd.
     const owner = gate.owner;
@@ -763,7 +794,9 @@ export class SimCluster {
       ownerRevision: owner.revision,
       checkpointTs: staleStart,
       seed: this.rng.int(2 ** 31),
-      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8, stallAfterMs: simStallAfterMs },
+      limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8, stallAfterMs: simStallAfterMs, ...simSplitPolicy },
+      // Like the operator's requests, the policy stops with the faults: liveness is judged on a tiling nobody changes.
+      autoSplit: this.autoSplit && this.faultsOn,
     });
     coordinator.setSpans(this.tables, this.spans);
     owner.tablesVersion = this.tablesVersion;

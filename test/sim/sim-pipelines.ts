@@ -271,6 +271,7 @@ export const simPipelineLimits: SpanPipelinesLimits = {
   retryBackoffMinMs: simStepMs,
   retryBackoffMaxMs: 8 * simStepMs,
   stepDeadlineMs: 10 * simStepMs,
+  keySampleMax: 8,
   stepsInFlightMax: 8,
   backfillsInFlightMax: 2,
   // Small, so that most checks are cut short and spans wait their turn in the quiet line.
@@ -453,7 +454,9 @@ export class SimPipelines {
         }
         sink.write(events);
         if (fate === 'fail-after') return failed('simulated failure after the flush');
-        return { kind: 'streamed', id: effect.id, events: events.length, readUpToTs };
+        // The keys in the span's own key space (`<table>\0` off), for its key sample.
+        const keys = events.map((event) => event.key.slice(effect.span.table.length + 1));
+        return { kind: 'streamed', id: effect.id, events: events.length, readUpToTs, keys, bytes: keys.length };
       }
       default: {
         const never: never = effect;

@@ -18,5 +18,8 @@ describe('simulated cluster under faults', () => {
     expect(stats.operationsDone ?? 0).toBeGreaterThan(0);
     expect(stats.operationsAborted ?? 0).toBeGreaterThan(0);
     expect(stats.tilingsAdopted ?? 0).toBeGreaterThan(0);
+    // The split policy (on even seeds) split and merged spans of its own.
+    expect(stats.autoSplits ?? 0).toBeGreaterThan(0);
+    expect(stats.autoMerges ?? 0).toBeGreaterThan(0);
   });
 });
