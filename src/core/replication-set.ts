@@ -81,6 +81,14 @@ export class ReplicationSet {
    * nothing about the add, and is ignored.
    */
   secondaryAddSeq = 0;
+  /**
+   * The capture the owner last asked to stop the span, and its outgoing seq to it then.
+   * A retired secondary of a plain add promotes itself once prepared, so until it has
+   * received the remove it may well report `replicating`: an older report, not a broken
+   * invariant.
+   */
+  removeSentTo: CaptureId | undefined = undefined;
+  removeSentSeq = 0;
   /** Manager bookkeeping: the set's index in its primary's list, or -1. */
   primaryIndex = -1;
   /** Manager bookkeeping: the kind of task running on this set, if any. */
@@ -179,7 +187,7 @@ export class ReplicationSet {
       return;
     }
     if (this.undetermined?.includes(from)) {
-      this.pollUndetermined(from, status, fx);
+      this.pollUndetermined(from, status, ackSeq, fx);
       return;
     }
     switch (this.state) {
@@ -396,7 +404,7 @@ export class ReplicationSet {
     this.pollForeign(from, status, fx);
   }
 
-  private pollUndetermined(from: CaptureId, status: SpanStatus, fx: SetEffects): void {
+  private pollUndetermined(from: CaptureId, status: SpanStatus, ackSeq: number, fx: SetEffects): void {
     switch (status.state) {
       case 'stopping':
         this.raiseCheckpoint(status.checkpointTs);
@@ -409,7 +417,8 @@ export class ReplicationSet {
         if (this.state === 'commit') this.commitStep(fx);
         return;
       case 'replicating':
-        fx.violation(this, `capture ${from} found stopping ${formatSpan(this.span)} reports it replicating`);
+        // Made before it received the retire's remove: it promoted itself after a plain add.
+        if (!(from === this.removeSentTo && ackSeq <= this.removeSentSeq)) fx.violation(this, `capture ${from} found stopping ${formatSpan(this.span)} reports it replicating`);
         fx.send(this, { kind: 'remove', to: from });
         return;
       case 'preparing':
