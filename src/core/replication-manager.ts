@@ -147,8 +147,6 @@ export class ReplicationManager implements SetEffects {
       set.secondaryAddSeq = this.seqOutOf(command.to);
       pending.adds.push({ span: set.span, secondary: command.secondary, checkpointTs: command.checkpointTs });
     } else {
-      set.removeSentTo = command.to;
-      set.removeSentSeq = this.seqOutOf(command.to);
       pending.removes.push(set.span);
     }
   }

@@ -82,13 +82,12 @@ export class ReplicationSet {
    */
   secondaryAddSeq = 0;
   /**
-   * The capture the owner last asked to stop the span, and its outgoing seq to it then.
-   * A retired secondary of a plain add promotes itself once prepared, so until it has
-   * received the remove it may well report `replicating`: an older report, not a broken
-   * invariant.
+   * Undetermined captures that a retire asked to stop (not found stopping at a rebuild).
+   * A retired secondary of a plain add promotes itself once prepared, so until a remove
+   * reaches it (one may be lost: each of its reports sends another) it may well report
+   * `replicating`: not a broken invariant, and adds overlapping the span wait for it.
    */
-  removeSentTo: CaptureId | undefined = undefined;
-  removeSentSeq = 0;
+  retired: CaptureId[] | undefined = undefined;
   /** Manager bookkeeping: the set's index in its primary's list, or -1. */
   primaryIndex = -1;
   /** Manager bookkeeping: the kind of task running on this set, if any. */
@@ -156,6 +155,8 @@ export class ReplicationSet {
       const secondary = this.secondary;
       this.secondary = undefined;
       this.addUndetermined(secondary);
+      if (this.retired === undefined) this.retired = [secondary];
+      else if (!this.retired.includes(secondary)) this.retired.push(secondary);
       fx.send(this, { kind: 'remove', to: secondary });
     }
     this.state = this.undetermined === undefined ? 'absent' : 'commit';
@@ -187,7 +188,7 @@ export class ReplicationSet {
       return;
     }
     if (this.undetermined?.includes(from)) {
-      this.pollUndetermined(from, status, ackSeq, fx);
+      this.pollUndetermined(from, status, fx);
       return;
     }
     switch (this.state) {
@@ -404,7 +405,7 @@ export class ReplicationSet {
     this.pollForeign(from, status, fx);
   }
 
-  private pollUndetermined(from: CaptureId, status: SpanStatus, ackSeq: number, fx: SetEffects): void {
+  private pollUndetermined(from: CaptureId, status: SpanStatus, fx: SetEffects): void {
     switch (status.state) {
       case 'stopping':
         this.raiseCheckpoint(status.checkpointTs);
@@ -414,11 +415,13 @@ export class ReplicationSet {
         if (status.state === 'stopped') this.raiseCheckpoint(status.checkpointTs);
         this.undetermined = this.undetermined?.filter((c) => c !== from);
         if (this.undetermined?.length === 0) this.undetermined = undefined;
+        this.retired = this.retired?.filter((c) => c !== from);
+        if (this.retired?.length === 0) this.retired = undefined;
         if (this.state === 'commit') this.commitStep(fx);
         return;
       case 'replicating':
-        // Made before it received the retire's remove: it promoted itself after a plain add.
-        if (!(from === this.removeSentTo && ackSeq <= this.removeSentSeq)) fx.violation(this, `capture ${from} found stopping ${formatSpan(this.span)} reports it replicating`);
+        // A retired one promoted itself after a plain add before a remove reached it.
+        if (this.retired?.includes(from) !== true) fx.violation(this, `capture ${from} found stopping ${formatSpan(this.span)} reports it replicating`);
         fx.send(this, { kind: 'remove', to: from });
         return;
       case 'preparing':
