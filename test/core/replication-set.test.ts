@@ -722,3 +722,30 @@ describe('ReplicationSet.rebuild', () => {
     expect(set.primary).toBe('A');
   });
 });
+
+describe('retire of an unwanted set whose plain add may have promoted itself', () => {
+  it('stops a retired secondary that reports replicating (a remove may have been lost), without a violation, until it stops', () => {
+    const fx = recorder();
+    const set = new ReplicationSet(span, 5n);
+    set.add('A', 10n, fx);
+    fx.take();
+    set.retire(fx);
+    expect(fx.take()).toEqual([{ kind: 'remove', to: 'A' }]);
+    expect(roles(set)).toMatchObject({ state: 'commit', secondary: undefined, undetermined: ['A'] });
+    // A promoted itself before any remove reached it; each report asks again.
+    set.handleStatus('A', st('replicating', 12n), ACK, fx);
+    set.handleStatus('A', st('replicating', 13n), ACK + 5, fx);
+    expect(fx.violations).toEqual([]);
+    expect(fx.take()).toEqual([{ kind: 'remove', to: 'A' }, { kind: 'remove', to: 'A' }]);
+    set.handleStatus('A', st('stopped', 13n), ACK + 6, fx);
+    expect(roles(set)).toMatchObject({ state: 'absent', undetermined: undefined });
+    expect(fx.violations).toEqual([]);
+  });
+
+  it('still counts a capture found stopping at a rebuild that reports replicating as a broken invariant', () => {
+    const fx = recorder();
+    const set = ReplicationSet.rebuild(span, spanKey(span), [{ capture: 'B', status: st('stopping', 8n) }], 5n, fx);
+    set.handleStatus('B', st('replicating', 9n), ACK, fx);
+    expect(fx.violations).toHaveLength(1);
+  });
+});
