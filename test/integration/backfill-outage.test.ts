@@ -80,7 +80,7 @@ describe('a backfill through a sink outage', () => {
     await waitFor('an owner', async () => ((await call('GET', '/api/v1/captures')).status === 200 ? true : undefined));
     const created = await call('POST', '/api/v1/changefeeds', {
       id: 'bo',
-      source: { uri: `etcd://${etcd.endpoint}?backfillPageKeys=100&backfillSpansInFlight=2` },
+      source: { uri: `etcd://${etcd.endpoint}?backfillPageKeys=20&backfillSpansInFlight=1` },
       sink: { uri: postgres.url },
       tables: tableNames.map((name) => ({ name, prefix: `bo/${name}/` })),
       backfill: true,

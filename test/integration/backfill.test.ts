@@ -77,7 +77,7 @@ describe('backfill', () => {
     const createdAt = Date.now();
     const created = await call('POST', '/api/v1/changefeeds', {
       id: 'bf',
-      source: { uri: `etcd://${etcd.endpoint}?backfillPageKeys=200&backfillSpansInFlight=2` },
+      source: { uri: `etcd://${etcd.endpoint}?backfillPageKeys=50&backfillSpansInFlight=1` },
       sink: { uri: `file://${sinkDir}` },
       tables: [
         { name: 'a', prefix: 'bf/a/', spans: 4 },

@@ -406,7 +406,8 @@ describe('a running capture with retention', () => {
     dir = mkdtempSync(join(tmpdir(), 'spanfeed-retain-'));
     etcd = await TestEtcd.start();
     client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
-    capture = await TestCapture.start(etcd, { cluster });
+    // Small steps: the writes below land in many batches, so the files roll many times.
+    capture = await TestCapture.start(etcd, { cluster, extraArgs: ['--pipeline-batch-events', '20'] });
   }, 120_000);
 
   afterAll(async () => {
