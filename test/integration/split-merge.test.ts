@@ -23,7 +23,7 @@ import type { ChangefeedInfo } from '../../src/server/changefeed-info.ts';
 import { changefeedSpans } from '../../src/server/changefeed-info.ts';
 import type { ApiAnswer, SpanPage, SpanView } from './harness.ts';
 import { TestCapture, TestEtcd, api, ownerAmong, runCli, waitFor } from './harness.ts';
-import { checkAgainstOpenApi } from './openapi-check.ts';
+import { callChecked } from './openapi-check.ts';
 
 const bin = fileURLToPath(new URL('../../bin/spanfeed', import.meta.url));
 const cluster = `split${process.pid}`;
@@ -52,20 +52,8 @@ let writer: Promise<void> | undefined;
 let writes = 0;
 
 /** Any running capture's API (non-owners forward); every answer checked against the OpenAPI document. */
-async function call<T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
-  let last: ApiAnswer<T> | undefined;
-  for (const capture of captures) {
-    if (!capture.proc.running) continue;
-    try {
-      last = await api<T>(capture.url, method, path, body);
-    } catch {
-      continue;
-    }
-    checkAgainstOpenApi(method, path, last.status, last.body);
-    if (last.status !== 503) return last;
-  }
-  if (last === undefined) throw new Error('no capture answered');
-  return last;
+function call<T = any>(method: string, path: string, body?: unknown): Promise<ApiAnswer<T>> {
+  return callChecked<T>(captures, method, path, body);
 }
 
 /** Puts and deletes over `keysPerTable` keys per table, until told to stop. */
