@@ -3,9 +3,10 @@
  * already written (the resume token), and progress. Stored in etcd under
  * `/changefeeds/<id>/backfill/<span>` by whichever capture runs the span, after every
  * page it flushed; a capture that takes the span over (after a crash or a move) resumes
- * from the token instead of from the beginning. Tokens only move forward; a late write
- * of an older token by a capture that lost the span only costs pages written again
- * (every sink is idempotent).
+ * from the token instead of from the beginning. Tokens only move forward: a late write
+ * of an older token by a capture that lost the span (its save was in flight when it
+ * stopped) is dropped by the store ({@link supersedes}), so a reader never sees progress
+ * go back; every stored token names pages some writer flushed.
  */
 import type { Etcd3 } from 'etcd3';
 import type { Span } from '../core/span.ts';
@@ -156,6 +157,20 @@ export function backfillTiming(records: Iterable<BackfillRecord>, keysDone: numb
   };
 }
 
+/**
+ * Whether `next` may replace the stored `current`: always for another generation (a
+ * table backfilled again starts over); within one, only when it does not go back (fewer
+ * keys, or a finished span made unfinished). The one rule of "tokens only move forward".
+ */
+export function supersedes(current: BackfillRecord | undefined, next: BackfillRecord): boolean {
+  if (current === undefined || recordGeneration(current) !== recordGeneration(next)) return true;
+  if (current.done && !next.done) return false;
+  return next.keysDone >= current.keysDone;
+}
+
+/** Conflicting writers retried per save before the save fails (and its step is retried). */
+export const backfillSaveAttemptsMax = 8;
+
 /** The etcd key of a span's record under `prefix`. */
 export function backfillKey(prefix: string, span: Span): string {
   return prefix + Buffer.from(spanKey(span), 'latin1').toString('hex');
@@ -177,7 +192,18 @@ export class EtcdBackfillStore implements BackfillStore {
     return value === null ? undefined : (JSON.parse(value) as BackfillRecord);
   }
 
+  /** Writes `record` unless the stored one is further on; compare-and-put on its revision. */
   async save(span: Span, record: BackfillRecord): Promise<void> {
-    await this.client.put(backfillKey(this.prefix, span)).value(JSON.stringify(record)).exec();
+    const key = backfillKey(this.prefix, span);
+    for (let attempt = 0; attempt < backfillSaveAttemptsMax; attempt++) {
+      const stored = await this.client.get(key).exec();
+      const kv = stored.kvs[0];
+      const current = kv === undefined ? undefined : (JSON.parse(kv.value.toString()) as BackfillRecord);
+      if (!supersedes(current, record)) return;
+      const txn = kv === undefined ? this.client.if(key, 'Create', '==', 0) : this.client.if(key, 'Mod', '==', kv.mod_revision);
+      const result = await txn.then(this.client.put(key).value(JSON.stringify(record))).commit();
+      if (result.succeeded) return;
+    }
+    throw new Error(`backfill record of ${spanKey(span)} kept changing under ${backfillSaveAttemptsMax} attempts to save it`);
   }
 }

@@ -20,7 +20,7 @@ import type { SpanPipelinesLimits } from '../../src/agent/span-pipelines.ts';
 import type { QuietAnswer, QuietCheck, QuietOutcome } from '../../src/agent/quiet-spans.ts';
 import type { SeededRandom } from '../../src/core/rng.ts';
 import type { Span, TableRange } from '../../src/core/span.ts';
-import { incrementalRetireRange } from '../../src/pipeline/backfill.ts';
+import { fromBackfillProgress, incrementalRetireRange, supersedes } from '../../src/pipeline/backfill.ts';
 
 /** One version of a key: a value, or undefined for a delete. */
 interface Version {
@@ -435,7 +435,11 @@ export class SimPipelines {
       }
       case 'save-backfill':
         if (fate === 'fail-midway') return failed('simulated failure of a record write');
-        records.set(effect.key, effect.progress);
+        {
+          // The store's rule: a late save of an older token is dropped.
+          const current = records.get(effect.key);
+          if (supersedes(current === undefined ? undefined : fromBackfillProgress(current), fromBackfillProgress(effect.progress))) records.set(effect.key, effect.progress);
+        }
         if (effect.progress.done) {
           stats.backfillsDone = (stats.backfillsDone ?? 0) + 1;
           let done = this.world.doneAt.get(effect.key);
