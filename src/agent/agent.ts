@@ -43,7 +43,8 @@ import type {
 import { splitKeyCharsMax } from '../core/messages.ts';
 import type { Span } from '../core/span.ts';
 import { spanKey } from '../core/span.ts';
-import { IndexedMinHeap } from '../core/indexed-heap.ts';
+import type { TsBucket } from '../core/ts-buckets.ts';
+import { TsBuckets } from '../core/ts-buckets.ts';
 import { MutableDigest } from '../core/span-digest.ts';
 import { tsMax } from '../core/ts.ts';
 import type { PipelineCommand, PipelineEvent } from './pipeline.ts';
@@ -110,10 +111,10 @@ interface AgentSpan {
   stoppedAfterSeq: number;
   /** Why its pipeline failed for good, reported until the span starts again. */
   fatalError: string | undefined;
-  /** Its slot in the agent's checkpoint heap, -1 when not replicating. */
-  checkpointSlot: number;
-  /** Its slot in the agent's resolved heap, -1 when not replicating. */
-  resolvedSlot: number;
+  /** Its bucket in the agent's checkpoint order, undefined when not replicating. */
+  checkpointSlot: TsBucket<AgentSpan> | undefined;
+  /** Its bucket in the agent's resolved order, undefined when not replicating. */
+  resolvedSlot: TsBucket<AgentSpan> | undefined;
   /** Events written a second, as its pipeline last said (display, and the owner's split policy). */
   eventsPerSecond: number;
   /** Bytes written a second, when its pipeline measures them. */
@@ -169,16 +170,17 @@ export class Agent {
   private cachedWatermark: CaptureWatermark | undefined;
   /**
    * The replicating spans by checkpoint and by max(resolved, checkpoint): the watermark is
-   * their two roots, kept in O(log n) per state change or progress event, so no event
+   * their two least keys, kept in O(1) per progress event (spans are bucketed by key, and
+   * quiet spans move on in bulk to few distinct keys; see ts-buckets.ts), so no event
    * rescans every span held (issue 11).
    */
-  private readonly byCheckpoint = new IndexedMinHeap<AgentSpan>((a, b) => a.checkpointTs < b.checkpointTs, {
+  private readonly byCheckpoint = new TsBuckets<AgentSpan>((held) => held.checkpointTs, {
     get: (held) => held.checkpointSlot,
     set: (held, slot) => {
       held.checkpointSlot = slot;
     },
   });
-  private readonly byResolved = new IndexedMinHeap<AgentSpan>((a, b) => effectiveResolvedTs(a) < effectiveResolvedTs(b), {
+  private readonly byResolved = new TsBuckets<AgentSpan>(effectiveResolvedTs, {
     get: (held) => held.resolvedSlot,
     set: (held, slot) => {
       held.resolvedSlot = slot;
@@ -222,13 +224,28 @@ export class Agent {
 
   /** Handles what a span pipeline reported. */
   handlePipelineEvent(event: PipelineEvent): AgentOutput {
+    this.applyPipelineEvent(event);
+    return this.output([]);
+  }
+
+  /**
+   * Events of the pipelines in the order they happened, as one output: a bulk check of
+   * quiet spans moves thousands of them on at once, and one output for all of them spares
+   * an output (and a pass through the shell) per span.
+   */
+  handlePipelineEvents(events: readonly PipelineEvent[]): AgentOutput {
+    for (const event of events) this.applyPipelineEvent(event);
+    return this.output([]);
+  }
+
+  private applyPipelineEvent(event: PipelineEvent): void {
     const held = this.spans.get(event.key);
-    if (held === undefined) return this.output([]);
+    if (held === undefined) return;
     if (event.kind === 'retrying' || event.kind === 'recovered') {
       // The latest error last: delete first, so setting moves it to the end.
       this.retrying.delete(held.key);
       if (event.kind === 'retrying') this.retrying.set(held.key, event.error);
-      return this.output([]);
+      return;
     }
     // A pipeline that stopped or failed is gone, and its failures with it.
     if (event.kind === 'stopped' || event.kind === 'failed') this.retrying.delete(held.key);
@@ -286,7 +303,6 @@ export class Agent {
       default:
         assertNever(event, 'pipeline event');
     }
-    return this.output([]);
   }
 
   /** An unsolicited report of the spans that changed state since the last report. */
@@ -483,8 +499,8 @@ export class Agent {
         pending: undefined,
         stoppedAfterSeq: 0,
         fatalError: undefined,
-        checkpointSlot: -1,
-        resolvedSlot: -1,
+        checkpointSlot: undefined,
+        resolvedSlot: undefined,
         eventsPerSecond: 0,
         bytesPerSecond: undefined,
         splitKey: undefined,
@@ -535,7 +551,7 @@ export class Agent {
     const key = spanKey(span);
     let held = this.spans.get(key);
     if (held === undefined) {
-      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: -1, resolvedSlot: -1, eventsPerSecond: 0, bytesPerSecond: undefined, splitKey: undefined, sampleKeys: 0 };
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: undefined, resolvedSlot: undefined, eventsPerSecond: 0, bytesPerSecond: undefined, splitKey: undefined, sampleKeys: 0 };
       this.spans.set(key, held);
     }
     if (held.state === 'absent') this.setState(held, 'stopped');

@@ -30,9 +30,9 @@ export type PipelineEvent =
       readonly checkpointTs: bigint;
       readonly resolvedTs: bigint;
       readonly eventsPerSecond?: number;
-      readonly bytesPerSecond?: number;
-      readonly splitKey?: string;
-      readonly sampleKeys?: number;
+      readonly bytesPerSecond?: number | undefined;
+      readonly splitKey?: string | undefined;
+      readonly sampleKeys?: number | undefined;
     }
   /** A stop finished; `checkpointTs` is durable in the sink. */
   | { readonly kind: 'stopped'; readonly key: string; readonly checkpointTs: bigint }

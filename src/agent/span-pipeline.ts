@@ -601,14 +601,19 @@ export class SpanPipeline {
 
   /** Where the span is; the rates and the split key only once a window was measured. */
   private progressEvent(): PipelineEvent {
-    const event = { kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved } as const;
-    if (!this.rateMeasured) return event;
+    if (!this.rateMeasured) return { kind: 'progress', key: this.key, checkpointTs: this.checkpointTs, resolvedTs: this.resolved };
+    // One literal of one shape, no spreads: a quiet span makes one of these per check.
     const estimate = this.splitEstimate;
+    const splitKey = estimate?.splitKey;
     return {
-      ...event,
+      kind: 'progress',
+      key: this.key,
+      checkpointTs: this.checkpointTs,
+      resolvedTs: this.resolved,
       eventsPerSecond: this.eventsPerSecond,
-      ...(this.bytesPerSecond === undefined ? {} : { bytesPerSecond: this.bytesPerSecond }),
-      ...(estimate?.splitKey === undefined ? {} : { splitKey: estimate.splitKey, sampleKeys: estimate.distinctKeys }),
+      bytesPerSecond: this.bytesPerSecond,
+      splitKey,
+      sampleKeys: splitKey === undefined ? undefined : estimate?.distinctKeys,
     };
   }
 

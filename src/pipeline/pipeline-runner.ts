@@ -89,7 +89,7 @@ export class PipelineRunner {
   constructor(
     private readonly source: Source,
     private readonly sink: Sink,
-    private readonly emit: (event: PipelineEvent) => void,
+    private readonly emit: (events: readonly PipelineEvent[]) => void,
     private readonly limits: PipelineLimits,
     private readonly log: Logger,
     private readonly backfill?: BackfillPlan,
@@ -176,12 +176,14 @@ export class PipelineRunner {
   private handle(out: PipelineOutput): void {
     for (const effect of out.effects) this.perform(effect);
     for (const check of out.quietChecks ?? []) this.check(check);
+    if (out.events.length === 0) return;
     for (const event of out.events) {
       if (event.kind === 'retrying') this.log.warn({ span: event.key, error: event.error }, 'pipeline step failed; retrying in place');
       else if (event.kind === 'recovered') this.log.info({ span: event.key }, 'pipeline recovered');
       else if (event.kind === 'failed') this.log.warn({ span: event.key, error: event.error, retryable: event.retryable }, 'pipeline failed');
-      this.emit(event);
     }
+    // All of them at once: a bulk check moves thousands of quiet spans in one answer.
+    this.emit(out.events);
   }
 
   /** Starts one effect after the span's previous call settled; its outcome goes back to the pipelines. */

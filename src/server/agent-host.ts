@@ -235,8 +235,8 @@ export class AgentHost {
     const runner = new PipelineRunner(
       source,
       sink,
-      (event) => {
-        if (hosted !== undefined && this.hosted.get(info.id) === hosted) this.apply(info.id, hosted, hosted.agent.handlePipelineEvent(event));
+      (events) => {
+        if (hosted !== undefined && this.hosted.get(info.id) === hosted) this.apply(info.id, hosted, hosted.agent.handlePipelineEvents(events));
       },
       this.limits,
       log,

@@ -148,7 +148,7 @@ async function runPipelines(sink: Sink, faults: () => Promise<void>): Promise<Ru
     else if (event.kind === 'failed') failures++;
   };
   const limits = { ...pipelineDefaults, intervalMs: 20, batchEventsMax: 200, stepRetriesMax: 10_000, retryBackoffMinMs: 10, retryBackoffMaxMs: 200 };
-  const runner = new PipelineRunner(source, sink, emit, limits, pino({ level: 'silent' }));
+  const runner = new PipelineRunner(source, sink, (events) => events.forEach(emit), limits, pino({ level: 'silent' }));
   const startTs = BigInt(Date.now());
   runner.start();
   runner.apply(spans.flatMap((span) => [{ kind: 'prepare', span, key: spanKey(span), checkpointTs: startTs }] as const));

@@ -30,7 +30,7 @@ describe('pipeline runner', () => {
       close: async () => undefined,
     };
     const events: PipelineEvent[] = [];
-    const runner = new PipelineRunner(new DatagenSource({ rate: 100, keys: 10, seed: 1 }), sink, (e) => events.push(e), { ...pipelineDefaults, intervalMs: 10, stepDeadlineMs: 200 }, pino({ level: 'silent' }));
+    const runner = new PipelineRunner(new DatagenSource({ rate: 100, keys: 10, seed: 1 }), sink, (es) => events.push(...es), { ...pipelineDefaults, intervalMs: 10, stepDeadlineMs: 200 }, pino({ level: 'silent' }));
     const span: Span = { table: 't', start: '', end: '' };
     const key = spanKey(span);
     const startTs = BigInt(Date.now() - 1_000);
