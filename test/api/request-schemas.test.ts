@@ -69,6 +69,13 @@ describe('request schemas from the OpenAPI document', () => {
     // A request may not set what only the owner sets.
     expect(update.check({ tables: [{ name: 't', backfillTs: '5' }] })).toBe('/tables/0 must not have the field "backfillTs"');
     expect(update.check({ tables: [{ name: 't', spans: 0 }] })).toBe('/tables/0/spans must be >= 1');
+    // An update turns the split policy on or off, alone or with tables; it must ask for one of them.
+    expect(update.check({ autoSplit: false })).toBeUndefined();
+    expect(update.check({ autoSplit: true, tables: [{ name: 't' }], backfill: true })).toBeUndefined();
+    expect(update.check({ autoSplit: 'no' })).toBe('/autoSplit must be boolean');
+    expect(update.check({})).toContain("the body must have required property 'tables'");
+    expect(update.check({})).toContain("the body must have required property 'autoSplit'");
+    expect(update.check({ backfill: true, autoSplit: true })).toContain('the body must have property tables when property backfill is present');
     expect(schema('POST /api/v1/changefeeds/{}/pause').check({ x: 1 })).toBe('the body must not have the field "x"');
     const resume = schema('POST /api/v1/changefeeds/{}/resume');
     expect(resume.check({ backfill: 'yes' })).toContain('/backfill must be boolean');
@@ -133,6 +140,9 @@ describe('request schemas from the OpenAPI document', () => {
         tablesAccepted = false;
       }
       if (tablesAccepted) expect(update.check({ tables: body.tables }), JSON.stringify(body.tables)).toBeUndefined();
+      const autoSplit = body.autoSplit;
+      if (tablesAccepted && typeof autoSplit === 'boolean') expect(update.check({ tables: body.tables, autoSplit }), JSON.stringify(body)).toBeUndefined();
+      if (typeof autoSplit === 'boolean') expect(update.check({ autoSplit })).toBeUndefined();
     }
     // The generator must reach the accepting side often enough to mean something.
     expect(accepted).toBeGreaterThan(50);
