@@ -24,7 +24,7 @@ import { checkChangefeedBounds } from '../pipeline/guard.ts';
 import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-info.ts';
 import * as lifecycle from '../core/changefeed-lifecycle.ts';
 import type { LifecycleDecision, LifecycleTable, LifecycleView } from '../core/changefeed-lifecycle.ts';
-import { ValidationError, parseCreateRequest, parseTables, tableRange, validateId } from './changefeed-info.ts';
+import { ValidationError, parseCreateRequest, parseUpdateRequest, tableRange, validateId } from './changefeed-info.ts';
 import type { OwnerRole, SplitKeySampler, WriteResult } from './owner-role.ts';
 
 /** Why a lifecycle request was refused; the API maps `kind` to an HTTP status. */
@@ -135,14 +135,7 @@ export class ChangefeedService {
    */
   async update(id: string | undefined, body: unknown): Promise<ChangefeedInfo> {
     const { value: info } = this.find(id);
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"tables"?: [...], "backfill"?: boolean, "autoSplit"?: boolean}');
-    for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill' && key !== 'autoSplit') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") and "autoSplit" can be updated`);
-    const fields = body as { tables?: unknown; backfill?: unknown; autoSplit?: unknown };
-    const { backfill, autoSplit } = fields;
-    if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
-    if (autoSplit !== undefined && typeof autoSplit !== 'boolean') throw new ValidationError('autoSplit must be true or false');
-    if (fields.tables === undefined && backfill !== undefined) throw new ValidationError('backfill goes with "tables": it copies the tables an update adds');
-    const parsed = fields.tables === undefined ? undefined : parseTables(fields.tables);
+    const { tables: parsed, backfill, autoSplit } = parseUpdateRequest(body);
     const request = (tables: readonly TableSpec[] | undefined, backfillAtTs?: bigint): lifecycle.ChangefeedUpdate<ReturnType<typeof tableView>> => ({
       ...(tables === undefined ? {} : { tables: tables.map(tableView) }),
       ...(autoSplit === undefined ? {} : { autoSplit }),
