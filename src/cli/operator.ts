@@ -18,9 +18,11 @@ export const cliUsage = `spanfeed cli [--server http://127.0.0.1:8080] [--token 
   when the servers give certificate names roles (--tls-client-roles)
 
   changefeed create --id <id> --source <uri> --sink <uri> --table <name>[:<prefix>][:<spans>] ...
-                    [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill]
+                    [--start now|earliest|<ts>] [--target-ts <ts>] [--backfill] [--auto-split on|off]
   changefeed list | get <id> | pause <id> | resume <id> [--backfill [--since-ts <ts>]] | remove <id>
-  changefeed update <id> --table <name>[:<prefix>][:<spans>] ... [--backfill]
+  changefeed update <id> [--table <name>[:<prefix>][:<spans>] ... [--backfill]] [--auto-split on|off]
+                                    new tables, the split policy on or off, or both; --auto-split
+                                    alone keeps the tables and their spans as they are
   changefeed backfill <id>          progress bar until the backfill is done
   capture list | drain <id>         drain shows a progress bar until 0 spans remain
   capture undrain <id>              cancels a drain (rebalance to give spans back)
@@ -158,6 +160,13 @@ function need(value: string | undefined, what: string): string {
   return value;
 }
 
+/** `on` or `off` as a boolean (the value of a switch like `--auto-split`). */
+function onOff(value: string, what: string): boolean {
+  if (value === 'on') return true;
+  if (value === 'off') return false;
+  throw new CliError(`${what} takes on or off, not ${JSON.stringify(value)}`);
+}
+
 export async function runCli(argv: readonly string[], write: (text: string) => void = (t) => process.stdout.write(t)): Promise<number> {
   // Answers are redacted by the server already; this also covers what the CLI echoes itself.
   const out = (text: string): void => write(redactSecrets(text));
@@ -188,6 +197,7 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         'interval-ms': { type: 'string' },
         count: { type: 'string' },
         at: { type: 'string' },
+        'auto-split': { type: 'string' },
       },
       strict: true,
     });
@@ -225,6 +235,7 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         if (values.start !== undefined) body.start = values.start;
         if (values['target-ts'] !== undefined) body.targetTs = values['target-ts'];
         if (values.backfill === true) body.backfill = true;
+        if (values['auto-split'] !== undefined) body.autoSplit = onOff(values['auto-split'], '--auto-split');
         const created = await call(ctx, 'POST', '/api/v1/changefeeds', body);
         print(created, () => `created changefeed ${created.id} starting at ${created.startTs}\n`);
         return 0;
@@ -240,10 +251,13 @@ export async function runCli(argv: readonly string[], write: (text: string) => v
         return 0;
       }
       case 'changefeed update': {
-        const body: Record<string, unknown> = { tables: (values.table ?? []).map(tableSpec) };
+        const body: Record<string, unknown> = {};
+        if (values.table !== undefined) body.tables = values.table.map(tableSpec);
         if (values.backfill === true) body.backfill = true;
+        if (values['auto-split'] !== undefined) body.autoSplit = onOff(values['auto-split'], '--auto-split');
+        if (body.tables === undefined && body.autoSplit === undefined) throw new CliError('changefeed update needs --table or --auto-split');
         const c = await call(ctx, 'PUT', `/api/v1/changefeeds/${encodeURIComponent(need(arg, 'a changefeed id'))}`, body);
-        print(c, () => `updated changefeed ${c.id}: ${c.tables.map((t: any) => t.name).join(', ')}\n`);
+        print(c, () => `updated changefeed ${c.id}: ${c.tables.map((t: any) => t.name).join(', ')}; autoSplit ${c.autoSplit === true ? 'on' : 'off'}\n`);
         return 0;
       }
       case 'changefeed pause':

@@ -15,7 +15,9 @@
  * A resume with a backfill copies every table again at `atTs` (optionally only the keys
  * modified after `sinceTs`, when the sink is known to hold every table whole as of the
  * checkpoint); a table update keeps the backfill of the tables it keeps and backfills
- * the ones it adds at `atTs` when asked.
+ * the ones it adds at `atTs` when asked. An update may also turn the split policy
+ * (`autoSplit`) on or off, in any state, alone (the tables, their split and so their
+ * spans stay exactly as they are) or with new tables.
  */
 
 export type LifecycleState = 'normal' | 'paused' | 'failed';
@@ -33,6 +35,8 @@ export interface LifecycleView {
   readonly epoch: bigint;
   readonly targetTs?: bigint;
   readonly tables: readonly LifecycleTable[];
+  /** Whether the owner's split policy runs on the changefeed's spans; absent: off. */
+  readonly autoSplit?: boolean;
 }
 
 /** A change refused: `conflict` (the state does not allow it) or `invalid` (the request cannot be met). */
@@ -111,6 +115,35 @@ export function updateTables<T extends LifecycleTable>(view: LifecycleView, aske
   });
   const removed = view.tables.filter((t) => !asked.some((kept) => kept.name === t.name)).map((t) => t.name);
   return { ok: true, next: { ...view, tables }, removed };
+}
+
+/** What an operator's update asks: a new table list, the split policy on or off, or both. */
+export interface ChangefeedUpdate<T extends LifecycleTable> {
+  readonly tables?: readonly T[];
+  readonly autoSplit?: boolean;
+  /** Where tables new to the changefeed are backfilled, when asked; only with `tables`. */
+  readonly backfillAtTs?: bigint;
+}
+
+/**
+ * An operator's update (`PUT`): the tables as `updateTables` replaces them, when given,
+ * and `autoSplit` as asked, when given. Without `tables` the view's tables are the very
+ * same objects, so nothing about them (split boundaries, backfills, spans) changes.
+ * Refused when it asks for nothing, or for a backfill without tables to add.
+ */
+export function update<T extends LifecycleTable>(view: LifecycleView, request: ChangefeedUpdate<T>): LifecycleDecision & { readonly removed?: readonly string[] } {
+  if (request.tables === undefined && request.autoSplit === undefined) return refuse('invalid', 'invalid', 'an update needs "tables", "autoSplit" or both');
+  if (request.tables === undefined && request.backfillAtTs !== undefined) return refuse('invalid', 'invalid', 'a backfill goes with "tables": it copies the tables an update adds');
+  let next = view;
+  let removed: readonly string[] = [];
+  if (request.tables !== undefined) {
+    const decision = updateTables(view, request.tables, request.backfillAtTs);
+    if (!decision.ok) return decision;
+    next = decision.next;
+    removed = decision.removed ?? [];
+  }
+  if (request.autoSplit !== undefined) next = { ...next, autoSplit: request.autoSplit };
+  return { ok: true, next, removed };
 }
 
 /**

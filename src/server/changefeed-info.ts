@@ -208,6 +208,35 @@ export function parseCreateRequest(body: unknown): CreateRequest {
   return request;
 }
 
+/** The validated body of `PUT /api/v1/changefeeds/{id}`: new tables, the split policy, or both. */
+export interface UpdateRequest {
+  readonly tables?: TableSpec[];
+  /** Backfill the tables the update adds; only with `tables`. */
+  readonly backfill: boolean;
+  /** On or off; absent: as it is. */
+  readonly autoSplit?: boolean;
+}
+
+/**
+ * Validates an update request's shape. Whether it asks for anything is the lifecycle's
+ * rule (`update` in src/core/changefeed-lifecycle.ts); a backfill without tables is
+ * refused here, since only tables can be backfilled.
+ */
+export function parseUpdateRequest(body: unknown): UpdateRequest {
+  if (!isObject(body)) throw new ValidationError('the body must be a JSON object {"tables"?: [...], "backfill"?: boolean, "autoSplit"?: boolean}');
+  for (const key of Object.keys(body)) {
+    if (key !== 'tables' && key !== 'backfill' && key !== 'autoSplit') throw new ValidationError(`unknown field "${key}"; only "tables" (with "backfill") and "autoSplit" can be updated`);
+  }
+  if (body.backfill !== undefined && typeof body.backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
+  if (body.autoSplit !== undefined && typeof body.autoSplit !== 'boolean') throw new ValidationError('autoSplit must be true or false');
+  if (body.tables === undefined && body.backfill !== undefined) throw new ValidationError('backfill goes with "tables": it copies the tables an update adds');
+  return {
+    ...(body.tables === undefined ? {} : { tables: parseTables(body.tables) }),
+    backfill: body.backfill === true,
+    ...(body.autoSplit === undefined ? {} : { autoSplit: body.autoSplit as boolean }),
+  };
+}
+
 /** The key range of a table: its prefix (default `<name>/`) or its start/end. */
 export function tableRange(spec: TableSpec): TableRange {
   if (spec.start !== undefined || spec.end !== undefined) return { name: spec.name, start: spec.start ?? '', end: spec.end ?? '' };

@@ -24,7 +24,7 @@ import { checkChangefeedBounds } from '../pipeline/guard.ts';
 import type { ChangefeedInfo, ChangefeedStatus, TableSpec } from './changefeed-info.ts';
 import * as lifecycle from '../core/changefeed-lifecycle.ts';
 import type { LifecycleDecision, LifecycleTable, LifecycleView } from '../core/changefeed-lifecycle.ts';
-import { ValidationError, parseCreateRequest, parseTables, tableRange, validateId } from './changefeed-info.ts';
+import { ValidationError, parseCreateRequest, parseUpdateRequest, tableRange, validateId } from './changefeed-info.ts';
 import type { OwnerRole, SplitKeySampler, WriteResult } from './owner-role.ts';
 
 /** Why a lifecycle request was refused; the API maps `kind` to an HTTP status. */
@@ -128,30 +128,42 @@ export class ChangefeedService {
     });
   }
 
-  /** Replaces the tables; with `backfill`, tables new to the changefeed are copied first. */
+  /**
+   * Replaces the tables (with `backfill`, tables new to the changefeed are copied first),
+   * turns the split policy on or off (`autoSplit`), or both. An update of `autoSplit`
+   * alone samples nothing and writes the tables back exactly as stored, so no span moves.
+   */
   async update(id: string | undefined, body: unknown): Promise<ChangefeedInfo> {
     const { value: info } = this.find(id);
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ValidationError('the body must be a JSON object {"tables": [...]}');
-    for (const key of Object.keys(body)) if (key !== 'tables' && key !== 'backfill') throw new ValidationError(`unknown field "${key}"; only "tables" (and "backfill") can be updated`);
-    const backfill = (body as { backfill?: unknown }).backfill;
-    if (backfill !== undefined && typeof backfill !== 'boolean') throw new ValidationError('backfill must be true or false');
-    const parsed = parseTables((body as { tables?: unknown }).tables);
-    await this.inBounds(info.source.uri, info.sink.uri, parsed);
-    // Kept tables keep their split; added or re-split ones are sampled now.
-    const source = openSource(info.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
-    let asked: TableSpec[];
-    try {
-      asked = await withSampledBoundaries(source, parsed, info.tables, () => source.currentTs());
-    } finally {
-      await source.close();
-    }
-    // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
+    const { tables: parsed, backfill, autoSplit } = parseUpdateRequest(body);
+    const request = (tables: readonly TableSpec[] | undefined, backfillAtTs?: bigint): lifecycle.ChangefeedUpdate<ReturnType<typeof tableView>> => ({
+      ...(tables === undefined ? {} : { tables: tables.map(tableView) }),
+      ...(autoSplit === undefined ? {} : { autoSplit }),
+      ...(backfillAtTs === undefined ? {} : { backfillAtTs }),
+    });
+    // Asked before the source is (it may be slow): an update that asks for nothing.
+    decided(info.id, lifecycle.update(viewOf(info), request(parsed)));
+    let asked: TableSpec[] | undefined;
     let backfillAtTs: bigint | undefined;
-    if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info, this.ctx.bounds.credentialsRoot);
+    if (parsed !== undefined) {
+      await this.inBounds(info.source.uri, info.sink.uri, parsed);
+      // Kept tables keep their split; added or re-split ones are sampled now.
+      const source = openSource(info.source.uri, { credentialsRoot: this.ctx.bounds.credentialsRoot });
+      try {
+        asked = await withSampledBoundaries(source, parsed, info.tables, () => source.currentTs());
+      } finally {
+        await source.close();
+      }
+      // Tables kept keep their backfill; new ones are backfilled at the current revision when asked.
+      if (backfill === true && asked.some((t) => !info.tables.some((old) => old.name === t.name))) backfillAtTs = await backfillRevision(info, this.ctx.bounds.credentialsRoot);
+    }
     return this.queued(async () => {
       const latest = this.find(id);
-      const decision = lifecycle.updateTables(viewOf(latest.value), asked.map(tableView), backfillAtTs);
-      const updated = infoOf(latest.value, decided(latest.value.id, decision));
+      const decision = lifecycle.update(viewOf(latest.value), request(asked, backfillAtTs));
+      const made = infoOf(latest.value, decided(latest.value.id, decision));
+      // Without new tables the stored ones are written back as they are, byte for byte:
+      // the owner then sees no table change, so it neither re-derives nor moves a span.
+      const updated: ChangefeedInfo = asked === undefined ? { ...made, tables: latest.value.tables } : made;
       refuseUnwritten(await this.ctx.owner().writeInfo(updated, { expectedModRevision: latest.modRevision, removedTables: decision.removed ?? [] }), updated.id);
       return updated;
     });
@@ -342,7 +354,13 @@ function sameRange(a: TableRange, b: TableRange): boolean {
 }
 
 function viewOf(info: ChangefeedInfo): LifecycleView {
-  return { state: info.state, epoch: BigInt(info.epoch), ...(info.targetTs === undefined ? {} : { targetTs: BigInt(info.targetTs) }), tables: info.tables.map(tableView) };
+  return {
+    state: info.state,
+    epoch: BigInt(info.epoch),
+    ...(info.targetTs === undefined ? {} : { targetTs: BigInt(info.targetTs) }),
+    tables: info.tables.map(tableView),
+    ...(info.autoSplit === true ? { autoSplit: true } : {}),
+  };
 }
 
 function tableView(table: TableSpec): LifecycleTable & Omit<TableSpec, 'backfillTs' | 'backfillSinceTs'> {
@@ -356,7 +374,9 @@ function infoOf(info: ChangefeedInfo, view: LifecycleView): ChangefeedInfo {
     const { backfillTs, backfillSinceTs, ...rest } = table as LifecycleTable & Omit<TableSpec, 'backfillTs' | 'backfillSinceTs'>;
     return { ...rest, ...(backfillTs === undefined ? {} : { backfillTs: backfillTs.toString() }), ...(backfillSinceTs === undefined ? {} : { backfillSinceTs: backfillSinceTs.toString() }) };
   });
-  return { ...info, state: view.state, epoch: view.epoch.toString(), tables };
+  // Stored as at create: `autoSplit: true`, or no field when off.
+  const { autoSplit: _autoSplit, ...rest } = info;
+  return { ...rest, state: view.state, epoch: view.epoch.toString(), tables, ...(view.autoSplit === true ? { autoSplit: true } : {}) };
 }
 
 /** The decided view, or the refusal as a ServiceError (`invalid` 400, `conflict` 409). */

@@ -745,7 +745,12 @@ export class OwnerRole {
   /** The running changefeed and the span a split or merge is asked for. */
   private operationTarget(changefeed: string, table: string, start: string): { ok: true; managed: ManagedChangefeed; span: Span } | { ok: false; code: SpanOperationRefusal; message: string } {
     const managed = this.managed.get(changefeed);
-    if (managed === undefined || managed.run.phase !== 'running' || managed.info.state !== 'normal') return { ok: false, code: 'not-running', message: `changefeed ${changefeed} is not running` };
+    // The cache has this owner's own writes at once, the managed run only from the next
+    // tick: a split asked right after a pause's answer must meet the pause, not a run
+    // that is about to end.
+    const latest = this.ctx.cache.info(changefeed)?.value;
+    const running = managed !== undefined && managed.run.phase === 'running' && managed.info.state === 'normal' && latest?.state === 'normal' && latest.epoch === managed.epoch;
+    if (!running) return { ok: false, code: 'not-running', message: `changefeed ${changefeed} is not running` };
     if (!managed.info.tables.some((t) => t.name === table)) return { ok: false, code: 'unknown-table', message: `changefeed ${changefeed} has no table ${JSON.stringify(table)}` };
     if (managed.coordinator.phase !== 'running') return { ok: false, code: 'not-ready', message: `the coordinator of ${changefeed} is ${managed.coordinator.phase}; retry` };
     const set = managed.coordinator.findSpan(table, start);

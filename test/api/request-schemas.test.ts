@@ -9,7 +9,8 @@ import { openApiDocument } from '../../src/api/http-api.ts';
 import { compileRequestSchemas } from '../../src/api/request-schemas.ts';
 import type { RequestSchema } from '../../src/api/request-schemas.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
-import { ValidationError, parseCreateRequest, parseTables } from '../../src/server/changefeed-info.ts';
+import { update as decideUpdate } from '../../src/core/changefeed-lifecycle.ts';
+import { ValidationError, parseCreateRequest, parseTables, parseUpdateRequest } from '../../src/server/changefeed-info.ts';
 import { checkAgainstOpenApi } from '../integration/openapi-check.ts';
 
 const schemas = compileRequestSchemas(openApiDocument());
@@ -69,6 +70,19 @@ describe('request schemas from the OpenAPI document', () => {
     // A request may not set what only the owner sets.
     expect(update.check({ tables: [{ name: 't', backfillTs: '5' }] })).toBe('/tables/0 must not have the field "backfillTs"');
     expect(update.check({ tables: [{ name: 't', spans: 0 }] })).toBe('/tables/0/spans must be >= 1');
+    // An update turns the split policy on or off, alone or with tables; it must ask for one of them.
+    expect(update.check({ autoSplit: false })).toBeUndefined();
+    expect(update.check({ autoSplit: true, tables: [{ name: 't' }], backfill: true })).toBeUndefined();
+    expect(update.check({ autoSplit: 'no' })).toBe('/autoSplit must be boolean');
+    expect(update.check({})).toContain("the body must have required property 'tables'");
+    expect(update.check({})).toContain("the body must have required property 'autoSplit'");
+    expect(update.check({ backfill: true, autoSplit: true })).toContain('the body must have property tables when property backfill is present');
+    // The handler's own rules say the same.
+    expect(() => parseUpdateRequest({ autoSplit: 'no' })).toThrow('autoSplit must be true or false');
+    expect(() => parseUpdateRequest({ autoSplit: true, backfill: false })).toThrow('backfill goes with "tables"');
+    expect(() => parseUpdateRequest({ autoSplit: true, spans: 3 })).toThrow('unknown field "spans"');
+    expect(parseUpdateRequest({ autoSplit: false })).toEqual({ backfill: false, autoSplit: false });
+    expect(parseUpdateRequest({})).toEqual({ backfill: false });
     expect(schema('POST /api/v1/changefeeds/{}/pause').check({ x: 1 })).toBe('the body must not have the field "x"');
     const resume = schema('POST /api/v1/changefeeds/{}/resume');
     expect(resume.check({ backfill: 'yes' })).toContain('/backfill must be boolean');
@@ -103,6 +117,7 @@ describe('request schemas from the OpenAPI document', () => {
       return table;
     };
     let accepted = 0;
+    let updatesAccepted = 0;
     for (let i = 0; i < 4_000; i++) {
       const body: Record<string, unknown> = {
         id: rng.pick(['cf', 'a-b.c_d', '-x', 'x'.repeat(129), 'x'.repeat(128)]),
@@ -133,9 +148,29 @@ describe('request schemas from the OpenAPI document', () => {
         tablesAccepted = false;
       }
       if (tablesAccepted) expect(update.check({ tables: body.tables }), JSON.stringify(body.tables)).toBeUndefined();
+      // An update: tables, backfill and autoSplit each there or not; accepted when the
+      // shape is valid and the lifecycle finds something asked.
+      const updateBody: Record<string, unknown> = {};
+      if (rng.chance(0.6)) updateBody.tables = body.tables;
+      if (body.backfill !== undefined) updateBody.backfill = body.backfill;
+      if (body.autoSplit !== undefined) updateBody.autoSplit = body.autoSplit;
+      let updateAccepted = true;
+      try {
+        const parsed = parseUpdateRequest(updateBody);
+        const view = { state: 'normal' as const, epoch: 1n, tables: [] };
+        updateAccepted = decideUpdate(view, { ...(parsed.tables === undefined ? {} : { tables: parsed.tables.map((t) => ({ name: t.name })) }), ...(parsed.autoSplit === undefined ? {} : { autoSplit: parsed.autoSplit }) }).ok;
+      } catch (error) {
+        if (!(error instanceof ValidationError)) throw error;
+        updateAccepted = false;
+      }
+      if (updateAccepted) {
+        updatesAccepted++;
+        expect(update.check(updateBody), JSON.stringify(updateBody)).toBeUndefined();
+      }
     }
     // The generator must reach the accepting side often enough to mean something.
     expect(accepted).toBeGreaterThan(50);
+    expect(updatesAccepted).toBeGreaterThan(50);
   });
 
   it('keeps the response checks of openapi-check working', () => {

@@ -3,7 +3,7 @@
  * revisions and incremental bounds, and when a run's failure must still be written.
  */
 import { describe, expect, it } from 'vitest';
-import { failRun, pause, resume, updateTables } from '../../src/core/changefeed-lifecycle.ts';
+import { failRun, pause, resume, update, updateTables } from '../../src/core/changefeed-lifecycle.ts';
 import type { LifecycleView } from '../../src/core/changefeed-lifecycle.ts';
 
 const normal: LifecycleView = { state: 'normal', epoch: 7n, tables: [{ name: 'a', backfillTs: 50n }, { name: 'b' }] };
@@ -54,6 +54,36 @@ describe('changefeed lifecycle', () => {
     });
     expect(updateTables(normal, [{ name: 'a' }, { name: 'c' }])).toMatchObject({ ok: true, next: { tables: [{ name: 'a', backfillTs: 50n }, { name: 'c' }] } });
     expect(updateTables({ ...normal, targetTs: 250n }, [{ name: 'c' }], 300n)).toMatchObject({ ok: false, code: 'past-target' });
+  });
+
+  it('an update turns the split policy on or off alone, keeping the very same tables, in any state', () => {
+    const on = update(normal, { autoSplit: true });
+    expect(on).toEqual({ ok: true, next: { ...normal, autoSplit: true }, removed: [] });
+    // The same table objects: nothing about them (boundaries, backfills, spans) is re-derived.
+    if (!on.ok) throw new Error('refused');
+    expect(on.next.tables).toBe(normal.tables);
+    const off = update(on.next, { autoSplit: false });
+    expect(off).toEqual({ ok: true, next: { ...normal, autoSplit: false }, removed: [] });
+    if (!off.ok) throw new Error('refused');
+    expect(off.next.tables).toBe(normal.tables);
+    expect(update({ ...normal, state: 'paused' }, { autoSplit: true })).toMatchObject({ ok: true, next: { state: 'paused', epoch: 7n, autoSplit: true } });
+    expect(update(failed, { autoSplit: true })).toMatchObject({ ok: true, next: { state: 'failed', epoch: 7n, autoSplit: true } });
+  });
+
+  it('an update with tables and autoSplit does both; one without autoSplit keeps the policy as it was', () => {
+    expect(update(normal, { tables: [{ name: 'a' }, { name: 'c' }], autoSplit: true, backfillAtTs: 300n })).toEqual({
+      ok: true,
+      next: { ...normal, autoSplit: true, tables: [{ name: 'a', backfillTs: 50n }, { name: 'c', backfillTs: 300n }] },
+      removed: ['b'],
+    });
+    expect(update({ ...normal, autoSplit: true }, { tables: [{ name: 'a' }] })).toMatchObject({ ok: true, next: { autoSplit: true, tables: [{ name: 'a', backfillTs: 50n }] }, removed: ['b'] });
+    // The table rules still hold with autoSplit beside them.
+    expect(update({ ...normal, targetTs: 250n }, { tables: [{ name: 'c' }], autoSplit: true, backfillAtTs: 300n })).toMatchObject({ ok: false, code: 'past-target' });
+  });
+
+  it('an update that asks for nothing, or for a backfill without tables, is refused', () => {
+    expect(update(normal, {})).toMatchObject({ ok: false, kind: 'invalid', message: 'an update needs "tables", "autoSplit" or both' });
+    expect(update(normal, { autoSplit: true, backfillAtTs: 300n })).toMatchObject({ ok: false, kind: 'invalid', message: expect.stringMatching(/backfill goes with "tables"/) });
   });
 
   it('a run failure is written only over the normal info of that run', () => {

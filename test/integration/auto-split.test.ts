@@ -6,11 +6,13 @@
  * the split threshold. Measured from `GET /api/v1/changefeeds/{id}/spans`: every span
  * replicating, freshly reported, at or below `--split-rate-min`, and together carrying
  * the table's whole rate; the span count grew. A changefeed without autoSplit keeps its
- * spans.
+ * spans. `PUT` with `autoSplit` alone turns the policy off and on again on the running
+ * changefeed without changing its tables or spans (a bad value is a 400 that changes
+ * nothing), and turning it on for the plain changefeed makes the policy split it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TestCapture, TestEtcd, callAny, waitFor } from './harness.ts';
-import { checkAgainstOpenApi } from './openapi-check.ts';
+import { TestCapture, TestEtcd, waitFor } from './harness.ts';
+import { callChecked, checkAgainstOpenApi } from './openapi-check.ts';
 
 const cluster = `autosplit${process.pid}`;
 /** Events a second the table makes, and the split threshold (zipf(1) over 1,000 keys: the hottest key alone is 13%, 67 a second). */
@@ -18,7 +20,20 @@ const tableRate = 500;
 const splitRateMin = 150;
 let etcd: TestEtcd;
 const captures: TestCapture[] = [];
-const call = <T = any>(method: string, path: string, body?: unknown) => callAny<T>(captures, method, path, body);
+const call = <T = any>(method: string, path: string, body?: unknown) => callChecked<T>(captures, method, path, body);
+
+interface TableView {
+  name: string;
+  spans?: number;
+  boundaries?: string[];
+}
+
+interface ChangefeedRow {
+  autoSplit: boolean;
+  tables: TableView[];
+  spans: number;
+  operations: unknown[];
+}
 
 interface SpanRow {
   table: string;
@@ -109,5 +124,38 @@ describe('auto split', () => {
     const plain = await spansOf('plain');
     expect(plain).toHaveLength(2);
     expect(Math.max(...plain.map((r) => r.progress?.eventsPerSecond ?? 0))).toBeGreaterThan(splitRateMin);
-  }, 90_000);
+
+    // autoSplit off and on again on the running changefeed: the tables (with the
+    // boundaries the splits wrote) and the spans stay exactly as they are.
+    const tiled = await waitFor('the info to hold the settled tiling', async () => {
+      const answer = await call<ChangefeedRow>('GET', '/api/v1/changefeeds/hot');
+      const table = answer.body.tables[0];
+      const persisted = table !== undefined && table.spans === answer.body.spans && (table.boundaries?.length ?? 0) === answer.body.spans - 1;
+      return answer.body.operations.length === 0 && persisted ? answer.body : undefined;
+    }, 15_000, 200);
+    const spanKeys = async (id: string): Promise<string[]> => (await spansOf(id)).map((r) => `${r.start}..${r.end}`).sort();
+    const tiledSpans = await spanKeys('hot');
+    for (const autoSplit of [false, true]) {
+      const put = await call<ChangefeedRow>('PUT', '/api/v1/changefeeds/hot', { autoSplit });
+      expect(put.status, JSON.stringify(put.body)).toBe(200);
+      expect(put.body.autoSplit).toBe(autoSplit);
+      expect(put.body.tables).toEqual(tiled.tables);
+      const got = await call<ChangefeedRow>('GET', '/api/v1/changefeeds/hot');
+      expect(got.body).toMatchObject({ autoSplit, tables: tiled.tables, spans: tiled.spans });
+      expect(await spanKeys('hot')).toEqual(tiledSpans);
+    }
+    // Refused with a JSON error, nothing changed: not a boolean, nothing asked, a backfill without tables.
+    for (const body of [{ autoSplit: 'no' }, {}, { autoSplit: false, backfill: true }]) {
+      const refused = await call<{ error: { code: string; message: string } }>('PUT', '/api/v1/changefeeds/hot', body);
+      expect(refused.status, JSON.stringify(body)).toBe(400);
+      expect(refused.body.error.code).toBe('invalid');
+    }
+    expect((await call<ChangefeedRow>('GET', '/api/v1/changefeeds/hot')).body).toMatchObject({ autoSplit: true, tables: tiled.tables });
+
+    // Turned on for the plain changefeed, the policy splits its hot span.
+    const plainOn = await call<ChangefeedRow>('PUT', '/api/v1/changefeeds/plain', { autoSplit: true });
+    expect(plainOn.status, JSON.stringify(plainOn.body)).toBe(200);
+    expect(plainOn.body.autoSplit).toBe(true);
+    await waitFor('the plain changefeed split once its policy is on', async () => ((await spansOf('plain')).length > 2 ? true : undefined), 20_000, 200);
+  }, 120_000);
 });

@@ -35,6 +35,16 @@ describe('spanfeed cli', () => {
     expect(list.stdout).toMatch(/^ID\s+STATE\s+CHECKPOINTTS/);
     expect(list.stdout).toContain('c1');
     expect((await cli('changefeed', 'get', 'c1')).stdout).toMatch(/watermark\s+\{"state":"advancing"/);
+    // --auto-split alone turns the split policy on and keeps the tables as they are.
+    const before = JSON.parse((await cli('--json', 'changefeed', 'get', 'c1')).stdout) as { tables: unknown; autoSplit: boolean };
+    const autoSplitOn = await cli('--json', 'changefeed', 'update', 'c1', '--auto-split', 'on');
+    expect(autoSplitOn.status, autoSplitOn.stderr).toBe(0);
+    expect(JSON.parse(autoSplitOn.stdout)).toMatchObject({ id: 'c1', autoSplit: true, tables: before.tables });
+    expect((await cli('changefeed', 'update', 'c1', '--auto-split', 'off')).stdout).toContain('updated changefeed c1: orders, users; autoSplit off');
+    const badSwitch = await cli('changefeed', 'update', 'c1', '--auto-split', 'yes');
+    expect(badSwitch.status).not.toBe(0);
+    expect(badSwitch.stderr).toContain('--auto-split takes on or off');
+    expect((await cli('changefeed', 'update', 'c1')).stderr).toContain('needs --table or --auto-split');
     const captureList = JSON.parse((await cli('--json', 'capture', 'list')).stdout) as { id: string; isOwner: boolean }[];
     expect(captureList).toHaveLength(2);
     const spans = JSON.parse((await cli('--json', 'span', 'list', 'c1')).stdout) as { table: string; start: string; primary: string }[];

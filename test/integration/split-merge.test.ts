@@ -6,7 +6,9 @@
  * and the owner is SIGKILLed once they settled: the persisted info must hold the new
  * boundaries and the next owner must go on with the same spans. After the writes stop,
  * the verifier must find nothing missing, mismatched or extra in any sink. Bad requests
- * get the documented 4xx with a JSON error and change nothing.
+ * get the documented 4xx with a JSON error and change nothing. A changefeed into the
+ * blackhole sink (which keeps nothing to verify) splits and merges too, and its
+ * checkpoint then passes a later write.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -336,5 +338,37 @@ describe('span split and merge on running changefeeds', () => {
     expect(JSON.parse(done.stdout).operation).toMatchObject({ kind: 'split', table: 'orders', to: [{ start: first.start, end: at }, { start: at, end: first.end }] });
     const after = await settled(id);
     expect(after.some((s) => s.table === 'orders' && s.start === at)).toBe(true);
+  }, 60_000);
+
+  it('splits and merges a changefeed into the blackhole sink, whose checkpoint then passes a later write', async () => {
+    const id = 'cf-blackhole';
+    const created = await call('POST', '/api/v1/changefeeds', { id, source: { uri: `etcd://${etcd.endpoint}` }, sink: { uri: 'blackhole://' }, tables: tableNames.map((name) => ({ name, prefix: `up/${name}/`, spans: 2 })) });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const before = describeSpans(await settled(id));
+    const atKey = 'up/orders/00300';
+    const split = await call('POST', `/api/v1/changefeeds/${id}/spans/split`, { table: 'orders', start: 'up/orders/', at: atKey });
+    expect(split.status, JSON.stringify(split.body)).toBe(202);
+    let spans = await settled(id);
+    expect(spans.some((s) => s.table === 'orders' && s.start === atKey)).toBe(true);
+    expect(spans).toHaveLength(before.length + 1);
+    // Merged back: the spans it started with.
+    const merged = await call('POST', `/api/v1/changefeeds/${id}/spans/merge`, { table: 'orders', start: 'up/orders/' });
+    expect(merged.status, JSON.stringify(merged.body)).toBe(202);
+    expect(merged.body.operation).toMatchObject({ kind: 'merge', from: [{ start: 'up/orders/', end: atKey }, { start: atKey }] });
+    spans = await settled(id);
+    expect(describeSpans(spans)).toEqual(before);
+    // Both operations counted done by the owner.
+    const owner = await ownerAmong(captures);
+    const counted = String((await api(owner.url, 'GET', '/metrics')).body);
+    for (const kind of ['split', 'merge']) {
+      expect(counted, kind).toMatch(new RegExp(`^spanfeed_span_operations_total\\{changefeed="${id}",kind="${kind}",outcome="done"\\} 1$`, 'm'));
+    }
+    // A write after both: the checkpoint passes it (nothing holds the watermark any more).
+    const written = await client.put('up/orders/00301').value('after-merge').exec();
+    const revision = BigInt(written.header.revision);
+    await waitFor(`the checkpoint of ${id} past revision ${revision}`, async () => {
+      const view = await call('GET', `/api/v1/changefeeds/${id}`);
+      return view.status === 200 && view.body.operations.length === 0 && BigInt(view.body.checkpointTs) >= revision ? true : undefined;
+    }, 20_000, 100);
   }, 60_000);
 });

@@ -27,7 +27,7 @@ import { Coordinator } from '../../src/core/coordinator.ts';
 import { ChangefeedRun } from '../../src/core/changefeed-run.ts';
 import type { CoordinatorEvent } from '../../src/core/events.ts';
 import { FailureWindow } from '../../src/core/failure-window.ts';
-import { resume } from '../../src/core/changefeed-lifecycle.ts';
+import { resume, update } from '../../src/core/changefeed-lifecycle.ts';
 import type { LifecycleView } from '../../src/core/changefeed-lifecycle.ts';
 import type { CaptureId, Message, OwnerMessage, ReportMessage } from '../../src/core/messages.ts';
 import { SeededRandom } from '../../src/core/rng.ts';
@@ -227,10 +227,17 @@ export class SimCluster {
    * simulator's scale: a span sees a few events a second) besides the random requests.
    */
   private readonly autoSplit: boolean;
+  /**
+   * The info's `autoSplit` on those seeds: an operator turns it off and on again now and
+   * then (a PUT of `autoSplit` alone, decided by the lifecycle, which keeps the tables),
+   * and the owner in office applies it at its next tick.
+   */
+  private autoSplitInfo: boolean;
 
   constructor(options: SimOptions) {
     this.options = options;
     this.autoSplit = options.seed % 2 === 0;
+    this.autoSplitInfo = this.autoSplit;
     this.rng = new SeededRandom(options.seed);
     this.network = new SimNetwork(this.rng, { dropProbability: 0.05, duplicateProbability: 0.03, delayStepsMax: 3 });
     // One more table than the changefeed starts with: table updates add and remove them.
@@ -317,6 +324,8 @@ export class SimCluster {
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.pauseOwner();
     if (this.owner !== undefined && this.owner.zombieUntil < 0 && this.rng.chance(0.003)) this.resignOwner();
     this.updateTables();
+    // Off now and then, for a short while: the policy still runs most of the time.
+    if (this.autoSplit && this.rng.chance(this.autoSplitInfo ? 0.001 : 0.02)) this.toggleAutoSplit();
     // etcd compacts the upstream's history: spans behind it fail the changefeed.
     if (this.rng.chance(0.0015)) {
       this.world.upstream.compactedTs = this.world.upstream.ts - BigInt(this.rng.int(4));
@@ -467,6 +476,17 @@ export class SimCluster {
     this.tablesVersion++;
   }
 
+  /** An operator's PUT of `autoSplit` alone: the lifecycle flips it and keeps the very same tables. */
+  private toggleAutoSplit(): void {
+    const view = this.lifecycleView();
+    const decision = update(view, { autoSplit: !this.autoSplitInfo });
+    if (!decision.ok || decision.next.tables !== view.tables || (decision.removed ?? []).length > 0) {
+      throw new Error(`sim: an autoSplit update changed more than autoSplit: ${JSON.stringify(decision, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+    }
+    this.autoSplitInfo = decision.next.autoSplit === true;
+    this.stats.autoSplitToggles = (this.stats.autoSplitToggles ?? 0) + 1;
+  }
+
   /** The changefeed's info as the lifecycle sees it. */
   private lifecycleView(): LifecycleView {
     const tables = [...this.included].map((name) => {
@@ -474,7 +494,7 @@ export class SimCluster {
       const backfillSinceTs = this.backfillSince.get(name);
       return { name, ...(backfillTs === undefined ? {} : { backfillTs }), ...(backfillSinceTs === undefined ? {} : { backfillSinceTs }) };
     });
-    return { state: this.metadata.info.state, epoch: this.epoch, tables };
+    return { state: this.metadata.info.state, epoch: this.epoch, tables, ...(this.autoSplitInfo ? { autoSplit: true } : {}) };
   }
 
   /** The tables the changefeed replicates now. */
@@ -796,7 +816,7 @@ export class SimCluster {
       seed: this.rng.int(2 ** 31),
       limits: { collectIntervalTicks: 60, balanceIntervalTicks: 100, moveTasksInFlightMax: 4, addBatchPerTickMax: 16, spansPerMessageMax: 8, stallAfterMs: simStallAfterMs, ...simSplitPolicy },
       // Like the operator's requests, the policy stops with the faults: liveness is judged on a tiling nobody changes.
-      autoSplit: this.autoSplit && this.faultsOn,
+      autoSplit: this.autoSplitInfo && this.faultsOn,
     });
     coordinator.setSpans(this.tables, this.spans);
     owner.tablesVersion = this.tablesVersion;
@@ -846,6 +866,9 @@ export class SimCluster {
         coordinator.setSpans(this.tables, this.spans);
         owner.tablesVersion = this.tablesVersion;
       }
+      // So does an autoSplit update (the owner role calls setAutoSplit on every info change).
+      const autoSplit = this.autoSplitInfo && this.faultsOn;
+      if (captures !== undefined && coordinator.autoSplit !== autoSplit) coordinator.setAutoSplit(autoSplit);
       this.applyDrains(owner, live);
       const nowMs = this.step * simStepMs;
       const out = coordinator.tick(captures === undefined ? { reports, nowMs } : { captures, reports, nowMs });
