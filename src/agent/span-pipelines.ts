@@ -31,10 +31,13 @@ interface CheckInFlight {
   readonly deadlineMs: number;
 }
 
-/** The table's backfill revision for a span, as the capture's copy of the changefeed says. */
+/**
+ * The table's backfill revision for a span, as the capture's copy of the changefeed says:
+ * a function of the span's table only (a bulk check asks once per table).
+ */
 export type GenerationOf = (span: Span) => BackfillGeneration;
 
-/** The lower bound of an incremental backfill of the span's table; undefined for a full one. */
+/** The lower bound of an incremental backfill of the span's table (of the table only); undefined for a full one. */
 export type SinceTsOf = (span: Span) => bigint | undefined;
 
 const full: SinceTsOf = () => undefined;
@@ -220,18 +223,25 @@ export class SpanPipelines {
     if (check === undefined) return out;
     this.checks.delete(outcome.id);
     const answers = outcome.kind === 'quiet-checked' && outcome.answers.length === check.members.length ? outcome.answers : undefined;
-    check.members.forEach((pipeline, i) => {
-      if (!this.checking.delete(pipeline) || pipeline.phase === 'gone') return;
+    // One context per table: what it holds depends only on the span's table, and a check
+    // moves thousands of spans of few tables.
+    const contexts = new Map<string, PipelineContext>();
+    const { members, afterTs } = check;
+    for (let i = 0; i < members.length; i++) {
+      const pipeline = members[i] as SpanPipeline;
+      if (!this.checking.delete(pipeline) || pipeline.phase === 'gone') continue;
       const answer = answers?.[i];
-      if (answer === undefined || pipeline.streamPosition !== check.afterTs[i] || answer.quietTs < pipeline.streamPosition) {
+      if (answer === undefined || pipeline.streamPosition !== afterTs[i] || answer.quietTs < pipeline.streamPosition) {
         this.ready.add(pipeline);
-        return;
+        continue;
       }
-      const ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span));
+      const table = pipeline.span.table;
+      let ctx = contexts.get(table);
+      if (ctx === undefined) contexts.set(table, (ctx = this.context(nowMs, generationOf(pipeline.span), sinceTsOf(pipeline.span))));
       const verdict = pipeline.advanceQuiet(answer.quietTs, answer.needsStep, ctx, out);
       if (verdict === 'step') this.ready.add(pipeline);
       else this.quiet.set(pipeline, nowMs);
-    });
+    }
     return out;
   }
 

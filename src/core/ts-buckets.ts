@@ -17,6 +17,8 @@ import { IndexedMinHeap } from './indexed-heap.ts';
 
 /** The items of one key. */
 export interface TsBucket<T> {
+  /** The order it belongs to: an item's field says which bucket, this says whose. */
+  readonly order: TsBuckets<T>;
   readonly key: bigint;
   /** In the order they joined (deterministic, as the simulator needs). */
   readonly members: Set<T>;
@@ -59,7 +61,8 @@ export class TsBuckets<T> {
   /** Whether the item is in this order. */
   has(item: T): boolean {
     const bucket = this.slot.get(item);
-    return bucket !== undefined && this.buckets.get(bucket.key) === bucket && bucket.members.has(item);
+    // An emptied bucket holds no one, so no map lookup is needed to tell a live one.
+    return bucket !== undefined && bucket.order === this && bucket.members.has(item);
   }
 
   /** Adds an item that is not in this order. */
@@ -117,7 +120,7 @@ export class TsBuckets<T> {
   private join(item: T, key: bigint): void {
     let bucket = this.buckets.get(key);
     if (bucket === undefined) {
-      bucket = { key, members: new Set(), heapSlot: -1 };
+      bucket = { order: this, key, members: new Set(), heapSlot: -1 };
       this.buckets.set(key, bucket);
       this.heap.push(bucket);
     }
