@@ -113,8 +113,10 @@ interface AgentSpan {
   fatalError: string | undefined;
   /** Its bucket in the agent's checkpoint order, undefined when not replicating. */
   checkpointSlot: TsBucket<AgentSpan> | undefined;
+  checkpointIndex: number;
   /** Its bucket in the agent's resolved order, undefined when not replicating. */
   resolvedSlot: TsBucket<AgentSpan> | undefined;
+  resolvedIndex: number;
   /** Events written a second, as its pipeline last said (display, and the owner's split policy). */
   eventsPerSecond: number;
   /** Bytes written a second, when its pipeline measures them. */
@@ -175,15 +177,19 @@ export class Agent {
    * rescans every span held (issue 11).
    */
   private readonly byCheckpoint = new TsBuckets<AgentSpan>((held) => held.checkpointTs, {
-    get: (held) => held.checkpointSlot,
-    set: (held, slot) => {
-      held.checkpointSlot = slot;
+    bucket: (held) => held.checkpointSlot,
+    index: (held) => held.checkpointIndex,
+    set: (held, bucket, index) => {
+      held.checkpointSlot = bucket;
+      held.checkpointIndex = index;
     },
   });
   private readonly byResolved = new TsBuckets<AgentSpan>(effectiveResolvedTs, {
-    get: (held) => held.resolvedSlot,
-    set: (held, slot) => {
-      held.resolvedSlot = slot;
+    bucket: (held) => held.resolvedSlot,
+    index: (held) => held.resolvedIndex,
+    set: (held, bucket, index) => {
+      held.resolvedSlot = bucket;
+      held.resolvedIndex = index;
     },
   });
   private commands: PipelineCommand[] = [];
@@ -500,7 +506,9 @@ export class Agent {
         stoppedAfterSeq: 0,
         fatalError: undefined,
         checkpointSlot: undefined,
+        checkpointIndex: -1,
         resolvedSlot: undefined,
+        resolvedIndex: -1,
         eventsPerSecond: 0,
         bytesPerSecond: undefined,
         splitKey: undefined,
@@ -551,7 +559,7 @@ export class Agent {
     const key = spanKey(span);
     let held = this.spans.get(key);
     if (held === undefined) {
-      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: undefined, resolvedSlot: undefined, eventsPerSecond: 0, bytesPerSecond: undefined, splitKey: undefined, sampleKeys: 0 };
+      held = { span, key, state: 'absent', checkpointTs: 0n, resolvedTs: 0n, promoteTs: undefined, pending: undefined, stoppedAfterSeq: 0, fatalError: undefined, checkpointSlot: undefined, checkpointIndex: -1, resolvedSlot: undefined, resolvedIndex: -1, eventsPerSecond: 0, bytesPerSecond: undefined, splitKey: undefined, sampleKeys: 0 };
       this.spans.set(key, held);
     }
     if (held.state === 'absent') this.setState(held, 'stopped');

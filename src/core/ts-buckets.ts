@@ -20,16 +20,20 @@ export interface TsBucket<T> {
   /** The order it belongs to: an item's field says which bucket, this says whose. */
   readonly order: TsBuckets<T>;
   readonly key: bigint;
-  /** In the order they joined (deterministic, as the simulator needs). */
-  readonly members: Set<T>;
+  /**
+   * Its items, each knowing its index here (an array, not a set: thousands of spans join
+   * one bucket at once, and an array grows by pushes where a set rehashes).
+   */
+  readonly members: T[];
   /** This bucket's place in the heap of buckets. */
   heapSlot: number;
 }
 
-/** Where an item keeps its bucket in one order: undefined when in none. */
+/** Where an item keeps its bucket and its index in it, in one order. */
 export interface BucketSlot<T> {
-  get(item: T): TsBucket<T> | undefined;
-  set(item: T, bucket: TsBucket<T> | undefined): void;
+  bucket(item: T): TsBucket<T> | undefined;
+  index(item: T): number;
+  set(item: T, bucket: TsBucket<T> | undefined, index: number): void;
 }
 
 export class TsBuckets<T> {
@@ -60,9 +64,9 @@ export class TsBuckets<T> {
 
   /** Whether the item is in this order. */
   has(item: T): boolean {
-    const bucket = this.slot.get(item);
+    const bucket = this.slot.bucket(item);
     // An emptied bucket holds no one, so no map lookup is needed to tell a live one.
-    return bucket !== undefined && bucket.order === this && bucket.members.has(item);
+    return bucket !== undefined && bucket.order === this && bucket.members[this.slot.index(item)] === item;
   }
 
   /** Adds an item that is not in this order. */
@@ -75,7 +79,7 @@ export class TsBuckets<T> {
   /** Moves the item to the bucket of its key now (either way). */
   update(item: T): void {
     if (!this.has(item)) throw new RangeError('update of an item not in the order');
-    const bucket = this.slot.get(item) as TsBucket<T>;
+    const bucket = this.slot.bucket(item) as TsBucket<T>;
     const key = this.keyOf(item);
     if (bucket.key === key) return;
     this.leave(item, bucket);
@@ -85,18 +89,17 @@ export class TsBuckets<T> {
   /** Removes an item that is in this order. */
   remove(item: T): void {
     if (!this.has(item)) throw new RangeError('remove of an item not in the order');
-    this.leave(item, this.slot.get(item) as TsBucket<T>);
-    this.slot.set(item, undefined);
+    this.leave(item, this.slot.bucket(item) as TsBucket<T>);
+    this.slot.set(item, undefined, -1);
     this.count--;
   }
 
-  /** An item of the least key (the first to join it), or undefined when empty. */
+  /** An item of the least key, or undefined when empty. */
   peek(): T | undefined {
-    const least = this.heap.peek();
-    return least === undefined ? undefined : (least.members.values().next().value as T);
+    return this.heap.peek()?.members[0];
   }
 
-  /** The `k` items of least keys, least first (equal keys in the order they joined), O(k log k). */
+  /** The `k` items of least keys, least first (equal keys in bucket order), O(k log k). */
   smallest(k: number): T[] {
     const taken: T[] = [];
     if (k <= 0) return taken;
@@ -111,7 +114,7 @@ export class TsBuckets<T> {
   }
 
   clear(): void {
-    for (const bucket of this.buckets.values()) for (const item of bucket.members) this.slot.set(item, undefined);
+    for (const bucket of this.buckets.values()) for (const item of bucket.members) this.slot.set(item, undefined, -1);
     this.buckets.clear();
     this.heap.clear();
     this.count = 0;
@@ -120,17 +123,24 @@ export class TsBuckets<T> {
   private join(item: T, key: bigint): void {
     let bucket = this.buckets.get(key);
     if (bucket === undefined) {
-      bucket = { order: this, key, members: new Set(), heapSlot: -1 };
+      bucket = { order: this, key, members: [], heapSlot: -1 };
       this.buckets.set(key, bucket);
       this.heap.push(bucket);
     }
-    bucket.members.add(item);
-    this.slot.set(item, bucket);
+    this.slot.set(item, bucket, bucket.members.length);
+    bucket.members.push(item);
   }
 
+  /** Takes the item out of its bucket: the last member takes its index. */
   private leave(item: T, bucket: TsBucket<T>): void {
-    bucket.members.delete(item);
-    if (bucket.members.size > 0) return;
+    const members = bucket.members;
+    const index = this.slot.index(item);
+    const last = members.pop() as T;
+    if (last !== item) {
+      members[index] = last;
+      this.slot.set(last, bucket, index);
+    }
+    if (members.length > 0) return;
     this.buckets.delete(bucket.key);
     this.heap.remove(bucket);
   }

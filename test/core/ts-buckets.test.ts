@@ -12,13 +12,16 @@ interface Item {
   readonly id: number;
   key: bigint;
   slot: TsBucket<Item> | undefined;
+  index: number;
 }
 
 const newOrder = (): TsBuckets<Item> =>
   new TsBuckets<Item>((item) => item.key, {
-    get: (item) => item.slot,
-    set: (item, bucket) => {
+    bucket: (item) => item.slot,
+    index: (item) => item.index,
+    set: (item, bucket, index) => {
       item.slot = bucket;
+      item.index = index;
     },
   });
 
@@ -27,7 +30,7 @@ describe('TsBuckets', () => {
     for (let seed = 1; seed <= 30; seed++) {
       const rng = new SeededRandom(seed);
       const order = newOrder();
-      const items: Item[] = Array.from({ length: 200 }, (_, id) => ({ id, key: 0n, slot: undefined }));
+      const items: Item[] = Array.from({ length: 200 }, (_, id) => ({ id, key: 0n, slot: undefined, index: -1 }));
       const inOrder = new Set<Item>();
       for (let step = 0; step < 2_000; step++) {
         const item = items[rng.int(items.length)] as Item;
@@ -57,7 +60,7 @@ describe('TsBuckets', () => {
 
   it('refuses a push of an item it has and an update or remove of one it has not', () => {
     const order = newOrder();
-    const item: Item = { id: 1, key: 5n, slot: undefined };
+    const item: Item = { id: 1, key: 5n, slot: undefined, index: -1 };
     expect(() => order.update(item)).toThrow(RangeError);
     order.push(item);
     expect(() => order.push(item)).toThrow(RangeError);
@@ -71,7 +74,7 @@ describe('TsBuckets', () => {
 
   it('forgets every item on clear', () => {
     const order = newOrder();
-    const items: Item[] = [1n, 1n, 3n].map((key, id) => ({ id, key, slot: undefined }));
+    const items: Item[] = [1n, 1n, 3n].map((key, id) => ({ id, key, slot: undefined, index: -1 }));
     for (const item of items) order.push(item);
     order.clear();
     expect(order.size).toBe(0);
