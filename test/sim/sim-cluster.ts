@@ -185,6 +185,12 @@ export class SimCluster {
   private readonly faultsEndStep: number;
   private settledAt = -1;
   private checkpointAtSettle = 0n;
+  /**
+   * Where the liveness window starts: when faults stop, or once later, when a compaction
+   * made while they were on surfaces only now (a span reads below it and fails the
+   * changefeed, which is resumed with a backfill): the recovery it needs starts there.
+   */
+  private livenessFromStep: number;
   private readonly violations: string[] = [];
   private livenessFailure: string | undefined;
   private readonly stats: Record<string, number> = {
@@ -260,19 +266,22 @@ export class SimCluster {
     this.metadata = new SimMetadata(this.rng, startTs, this.epoch, { failProbability: 0.05, lostProbability: 0.02, slowProbability: 0.05, slowStepsMax: 30 });
     this.drainStore = new SimDrainStore(this.rng, { failProbability: 0.08, lostProbability: 0.04, slowProbability: 0.08, slowStepsMax: 30 }, (write) => this.onDrainLanded(write));
     this.faultsEndStep = Math.max(0, options.steps - options.livenessStepsMax);
+    this.livenessFromStep = this.faultsEndStep;
     for (let i = 0; i < options.captures; i++) this.startCapture();
   }
 
   /** Runs every step and returns the verdict. */
   run(): SimResult {
-    for (this.step = 1; this.step <= this.options.steps; this.step++) {
+    // A late compaction failure moves the window, and the run goes on to its end.
+    const lastStep = (): number => Math.max(this.options.steps, this.livenessFromStep + this.options.livenessStepsMax);
+    for (this.step = 1; this.step <= lastStep(); this.step++) {
       this.runStep();
       if (this.violations.length > 0) break;
     }
     if (this.violations.length === 0 && this.livenessFailure === undefined) this.checkLiveness(true);
     return {
       seed: this.options.seed,
-      steps: Math.min(this.step, this.options.steps),
+      steps: Math.min(this.step, lastStep()),
       violations: this.violations,
       livenessFailure: this.livenessFailure,
       stats: { ...this.stats, ...this.metadata.stats, ...this.drainStore.stats, messages: this.network.sent, dropped: this.network.dropped, duplicated: this.network.duplicated },
@@ -889,7 +898,15 @@ export class SimCluster {
         // A span error retrying cannot fix (a compacted revision) fails the changefeed;
         // anything else is a broken invariant.
         if (coordinator.manager.violations.length > 0) this.violations.push(`step ${this.step}: coordinator failed: ${coordinator.failure ?? '?'}`);
-        else run.fail(coordinator.failure ?? 'span failed');
+        else {
+          run.fail(coordinator.failure ?? 'span failed');
+          // No compaction after faults stop, so this one was made while they were on.
+          if (!this.faultsOn && this.livenessFromStep === this.faultsEndStep && coordinator.failure?.includes('compacted') === true) {
+            this.livenessFromStep = this.step;
+            this.settledAt = -1;
+            this.stats.lateCompactionFailures = (this.stats.lateCompactionFailures ?? 0) + 1;
+          }
+        }
       }
       const failing = coordinator.failing();
       const window = owner.failures?.observe({ tick: owner.ticks, failingSpans: failing.spans, error: failing.error, checkpointTs: coordinator.checkpointTs });
@@ -1207,7 +1224,7 @@ export class SimCluster {
       // persisted one, replaying; the convergence check below covers the persisted one.
       this.checkpointAtSettle = coordinator.checkpointTs;
     }
-    const deadline = this.faultsEndStep + this.options.livenessStepsMax;
+    const deadline = this.livenessFromStep + this.options.livenessStepsMax;
     if (this.step < deadline && !final) return;
     if (this.livenessFailure !== undefined) return;
     if (this.settledAt < 0) {
