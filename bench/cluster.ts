@@ -5,7 +5,7 @@
  *
  *   npm run bench:cluster [-- --spans N] [--source datagen|etcd] [--total-rate R]
  *                         [--writer-rate W] [--spans-per-table T] [--lease-ttl-s S]
- *                         [--moves-in-flight M] [--tick-ms T] [--steady-s S]
+ *                         [--moves-in-flight M] [--tick-ms T] [--steady-s S] [--quiet-interval-ms Q]
  *
  * Source `datagen` (default): `datagen://?totalRate=R` (R events/s over the whole
  * changefeed, default 10,000). Source `etcd`: N spans over the key range of a second,
@@ -119,6 +119,7 @@ async function main(): Promise<void> {
       'moves-in-flight': { type: 'string' },
       'tick-ms': { type: 'string' },
       'steady-s': { type: 'string' },
+      'quiet-interval-ms': { type: 'string' },
     },
     strict: true,
   });
@@ -132,6 +133,8 @@ async function main(): Promise<void> {
   const movesInFlight = positive('moves-in-flight', values['moves-in-flight'], 512);
   const tickMs = positive('tick-ms', values['tick-ms'], 50);
   const steadyS = positive('steady-s', values['steady-s'], 20);
+  // The captures' --pipeline-quiet-interval-ms: a capture's quiet-span work is spans / interval.
+  const quietIntervalMs = positive('quiet-interval-ms', values['quiet-interval-ms'], 500);
   const cluster = `bench${process.pid}`;
   const keys = clusterKeys(cluster);
   const etcd = await LocalEtcd.start();
@@ -139,7 +142,7 @@ async function main(): Promise<void> {
   const client = new Etcd3({ hosts: `http://${etcd.endpoint}` });
   const upstreamClient = upstream === undefined ? undefined : new Etcd3({ hosts: `http://${upstream.endpoint}` });
   const captures: LocalCapture[] = [];
-  const extraArgs = ['--moves-in-flight', String(movesInFlight), '--tick-ms', String(tickMs), '--log-level', 'warn', '--event-loop-delay-window-ms', '1000'];
+  const extraArgs = ['--moves-in-flight', String(movesInFlight), '--tick-ms', String(tickMs), '--pipeline-quiet-interval-ms', String(quietIntervalMs), '--log-level', 'warn', '--event-loop-delay-window-ms', '1000'];
   const sampler = new Sampler(() => captures);
   let writing = true;
   let writes = 0;
@@ -289,6 +292,7 @@ async function main(): Promise<void> {
         leaseTtlS: ttlS,
         movesInFlight,
         tickMs,
+        quietIntervalMs,
         placementMs,
         sessionLosses: sessionLossLines + sampler.idChanges,
         healthMsP99: byPhase(sampler.healthMs),
