@@ -17,6 +17,7 @@
  *
  * Prints one JSON line:
  *   placementMs                   create -> every span replicating
+ *   catchUpMs                     placement done -> the checkpoint passes that time (the steady phase starts then)
  *   sessionLosses                 "session lost" log lines plus capture id changes, all captures, whole run
  *   healthMsP99, eventLoopDelayMsP99   per phase (placement, steady, drain, failover), worst capture
  *   captureRssMiB                 the largest RSS any capture reached
@@ -194,6 +195,16 @@ async function main(): Promise<void> {
     await waitFor('placement', async () => ((await view()).spansByState?.replicating === spanCount ? true : undefined), 1_800_000, 200);
     const placementMs = Date.now() - placementStarted;
     await waitFor('the watermark to advance', async () => ((await view()).watermark.state === 'advancing' ? true : undefined), 300_000, 100);
+    // Catch-up: spans placed early hold checkpoints from before the last was placed, so
+    // the lag right after placement is the placement's length, not the steady state's.
+    // Steady starts once the checkpoint passes the end of placement.
+    // (Told by the lag, which every source maps to time: lag < time since placement ended.)
+    const placedAt = placementStarted + placementMs;
+    await waitFor('the checkpoint to pass the end of placement', async () => {
+      const lag = (await view()).checkpointLagMs;
+      return lag !== null && lag < Date.now() - placedAt ? true : undefined;
+    }, 300_000, 100);
+    const catchUpMs = Date.now() - placementStarted - placementMs;
 
     // Steady state.
     sampler.phase = 'steady';
@@ -294,6 +305,7 @@ async function main(): Promise<void> {
         tickMs,
         quietIntervalMs,
         placementMs,
+        catchUpMs,
         sessionLosses: sessionLossLines + sampler.idChanges,
         healthMsP99: byPhase(sampler.healthMs),
         eventLoopDelayMsP99: byPhase(sampler.loopDelayMs),

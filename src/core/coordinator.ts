@@ -78,7 +78,12 @@ export const coordinatorDefaults: CoordinatorLimits = {
   addRemoveTasksInFlightMax: 10_000,
   addBatchPerTickMax: 2_000,
   heartbeatIntervalTicks: 2,
-  collectIntervalTicks: 600,
+  // A backstop only (30 min): the digest asks for a reconciling collection whenever a
+  // capture's set disagrees, a stall asks the holders for one, and per-span progress
+  // comes in report slices. Every 600 ticks, as it was, a capture holding 100,000 spans
+  // sent them all every 30 s: the encode and decode blocked both event loops for
+  // seconds and the checkpoint lag jumped from under 1 s to 5-7 s each time.
+  collectIntervalTicks: 36_000,
   digestMismatchCollectTicks: 40,
   collectRetryTicks: 20,
   spansPerMessageMax: 1_024,

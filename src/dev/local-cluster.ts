@@ -358,10 +358,12 @@ export class LocalCapture {
    */
   static async start(
     etcd: LocalEtcd,
-    options: { cluster: string; leaseTtlS?: number; fileSinkRoot?: string; extraArgs?: string[]; token?: string; tls?: { readonly files: { readonly ca: string; readonly cert: string; readonly key: string }; readonly client?: ApiClientTls } },
+    options: { cluster: string; leaseTtlS?: number; fileSinkRoot?: string; extraArgs?: string[]; nodeArgs?: string[]; token?: string; tls?: { readonly files: { readonly ca: string; readonly cert: string; readonly key: string }; readonly client?: ApiClientTls } },
   ): Promise<LocalCapture> {
     const httpPort = await freePort();
     const args = [
+      // Node's own flags first (a profile: `--cpu-prof`), then the executable's.
+      ...(options.nodeArgs ?? []),
       join(root, 'bin/spanfeed'), 'server',
       '--etcd', etcd.endpoint, '--cluster', options.cluster,
       '--http', `127.0.0.1:${httpPort}`, '--grpc', '127.0.0.1:0',

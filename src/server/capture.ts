@@ -494,6 +494,7 @@ function ownerLimits(config: ServerConfig): OwnerLimits {
     coordinator: {
       moveTasksInFlightMax: config.moveTasksInFlightMax,
       splitsInFlightMax: config.splitsInFlightMax,
+      collectIntervalTicks: Math.max(1, Math.ceil((config.collectIntervalS * 1_000) / config.tickIntervalMs)),
       stallAfterMs: config.stallAfterMs,
       splitRateMin: config.splitRateMin,
       mergeRateMax: config.mergeRateMax,

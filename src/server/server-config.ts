@@ -34,6 +34,8 @@ export interface ServerConfig {
   /** Span splits and merges in flight per changefeed (more are refused with 409 operations-bound). */
   readonly splitsInFlightMax: number;
   readonly drainWaitMs: number;
+  /** Seconds between a capture's periodic full-status collections (a backstop; see coordinatorDefaults). */
+  readonly collectIntervalS: number;
   /**
    * How long a capture may take to start (listen, reach etcd, register) before it gives
    * up and exits non-zero; etcd is retried meanwhile, a port in use fails at once.
@@ -146,6 +148,7 @@ export const serverDefaults: ServerConfig = {
   moveTasksInFlightMax: 10,
   splitsInFlightMax: coordinatorDefaults.splitsInFlightMax,
   drainWaitMs: 30_000,
+  collectIntervalS: 1_800,
   startTimeoutMs: 30_000,
   pipelineBatchEvents: pipelineDefaults.batchEventsMax,
   pipelineQuietBatch: pipelineDefaults.quietBatchMax,
@@ -205,6 +208,7 @@ const options = {
   'moves-in-flight': ['SPANFEED_MOVES_IN_FLIGHT', 'movesInFlight'],
   'splits-in-flight': ['SPANFEED_SPLITS_IN_FLIGHT', 'splitsInFlight'],
   'drain-wait-ms': ['SPANFEED_DRAIN_WAIT_MS', 'drainWaitMs'],
+  'collect-interval-s': ['SPANFEED_COLLECT_INTERVAL_S', 'collectIntervalS'],
   'start-timeout-ms': ['SPANFEED_START_TIMEOUT_MS', 'startTimeoutMs'],
   'pipeline-batch-events': ['SPANFEED_PIPELINE_BATCH_EVENTS', 'pipelineBatchEvents'],
   'pipeline-quiet-batch': ['SPANFEED_PIPELINE_QUIET_BATCH', 'pipelineQuietBatch'],
@@ -273,6 +277,8 @@ Starts a capture. Flags (also from SPANFEED_* variables or a JSON --config file)
   --splits-in-flight <n>    span splits and merges in flight per changefeed, 1-1000 (default 4);
                             each holds the changefeed's watermark while it runs
   --drain-wait-ms <n>       on SIGTERM, how long to wait for spans to move away (default 30000)
+  --collect-interval-s <n>  seconds between full-status collections of a capture, 1-86400 (default 1800);
+                            a backstop: disagreements and stalls ask for one at once
   --start-timeout-ms <n>    how long to keep trying to reach etcd and register before exiting
                             non-zero; a port in use exits at once, 100-600000 (default 30000)
   --pipeline-batch-events <n>
@@ -506,6 +512,7 @@ export function parseServerConfig(argv: readonly string[], env: NodeJS.ProcessEn
     moveTasksInFlightMax: intIn('--moves-in-flight', get('moves-in-flight') ?? String(serverDefaults.moveTasksInFlightMax), 1, 10_000),
     splitsInFlightMax: intIn('--splits-in-flight', get('splits-in-flight') ?? String(serverDefaults.splitsInFlightMax), 1, 1_000),
     drainWaitMs: intIn('--drain-wait-ms', get('drain-wait-ms') ?? String(serverDefaults.drainWaitMs), 0, 600_000),
+    collectIntervalS: intIn('--collect-interval-s', get('collect-interval-s') ?? String(serverDefaults.collectIntervalS), 1, 86_400),
     startTimeoutMs: intIn('--start-timeout-ms', get('start-timeout-ms') ?? String(serverDefaults.startTimeoutMs), 100, 600_000),
     pipelineQuietBatch: intIn('--pipeline-quiet-batch', get('pipeline-quiet-batch') ?? String(serverDefaults.pipelineQuietBatch), 0, 100_000),
     pipelineQuietChecksInFlight: intIn('--pipeline-quiet-checks-in-flight', get('pipeline-quiet-checks-in-flight') ?? String(serverDefaults.pipelineQuietChecksInFlight), 1, 64),
