@@ -64,3 +64,13 @@ describe('quiet span checks', () => {
     expect(() => parseServerConfig(['--pipeline-quiet-interval-ms', '5'], {})).toThrow(/--pipeline-quiet-interval-ms must be an integer from 10/);
   });
 });
+
+describe('full-status collections', () => {
+  it('default to a 30-minute backstop, take 1 s to a day, and refuse anything else', () => {
+    expect(parseServerConfig([], {}).collectIntervalS).toBe(1_800);
+    expect(parseServerConfig(['--collect-interval-s', '30'], {}).collectIntervalS).toBe(30);
+    expect(parseServerConfig([], { SPANFEED_COLLECT_INTERVAL_S: '600' }).collectIntervalS).toBe(600);
+    expect(() => parseServerConfig(['--collect-interval-s', '0'], {})).toThrow(/--collect-interval-s must be an integer from 1 to 86400/);
+    expect(() => parseServerConfig(['--collect-interval-s', 'soon'], {})).toThrow(/--collect-interval-s/);
+  });
+});
